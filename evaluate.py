@@ -1,0 +1,19 @@
+"""Score a trained model: `python evaluate.py model_dir=<run>/model dataset=<name> split=<name>`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from speechkit.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from speechkit import evaluation
+
+    evaluation.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Decoding one clip to mono float32 at the model's rate, with errors that say what is wrong.
+
+torchcodec (FFmpeg) does the decoding, the down-mix and the resampling, for files on disk and for encoded
+bytes stored in Arrow alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+
+class AudioError(Exception):
+    """A clip that cannot be used; `reason` is a short machine-readable tag for the drop report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def audio_ref(value: Any) -> str:
+    """A human-readable name for a clip: its path when it has one."""
+    if isinstance(value, Mapping):
+        return str(value.get("path") or "<bytes>")
+    return str(value)
+
+
+def decode(value: Any, sampling_rate: int) -> np.ndarray:
+    """Decode an Arrow audio cell ({"path", "bytes"} or {"array", "sampling_rate"}) or a path to mono float32."""
+    from torchcodec.decoders import AudioDecoder  # imported here: loads FFmpeg's libraries
+
+    if isinstance(value, Mapping) and value.get("array") is not None:
+        return _from_array(np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]), sampling_rate)
+    path: Optional[str] = value.get("path") if isinstance(value, Mapping) else str(value)
+    data: Optional[bytes] = value.get("bytes") if isinstance(value, Mapping) else None
+    if data is None:
+        if not path:
+            raise AudioError("missing_file", "no path and no bytes")
+        if not os.path.isfile(path):
+            raise AudioError("missing_file", path)
+        if os.path.getsize(path) == 0:
+            raise AudioError("empty_audio", f"{path} is 0 bytes")
+    try:
+        samples = AudioDecoder(data if data is not None else path, sample_rate=sampling_rate, num_channels=1)
+        array = samples.get_all_samples().data
+    except Exception as exc:  # FFmpeg's errors come in several types; all mean the same here
+        raise AudioError("unreadable_audio", f"{audio_ref(value)}: {str(exc).splitlines()[0][:200]}") from None
+    array = array.numpy().reshape(-1).astype(np.float32, copy=False)
+    if array.size == 0:
+        raise AudioError("empty_audio", f"{audio_ref(value)} has no samples")
+    return array
+
+
+def _from_array(array: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Audio already decoded upstream (e.g. a Hub data set stored as arrays): mix down and resample."""
+    if array.ndim == 2:  # (channels, samples) or (samples, channels): average the smaller axis
+        array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
+    if array.size == 0:
+        raise AudioError("empty_audio", "array has no samples")
+    if source_rate != target_rate:
+        import torch
+        from torchcodec.encoders import AudioEncoder
+        from torchcodec.decoders import AudioDecoder
+
+        # Round-trip through an in-memory WAV so FFmpeg's resampler is used, as for every other clip.
+        wav = AudioEncoder(torch.from_numpy(array).unsqueeze(0), sample_rate=source_rate).to_tensor("wav")
+        array = AudioDecoder(wav, sample_rate=target_rate).get_all_samples().data.numpy().reshape(-1)
+    return array.astype(np.float32, copy=False)

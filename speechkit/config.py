@@ -1,0 +1,235 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each dataclass is the contract of one folder under conf/: the YAML files there only fill in values.
+Because the composed config is checked against these schemas, a misspelt key, a value of the wrong type
+or an unknown enum member fails at composition time with a message naming the key, before any data is
+touched or any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+# --------------------------------------------------------------------------------------- conf/dataset
+class Source(str, Enum):
+    audiofolder = "audiofolder"  # local folder: audio files + metadata.csv (Hugging Face convention)
+    hub = "hub"  # anything datasets.load_dataset can open: a Hub repo id or a local builder/dir
+    demo = "demo"  # speech synthesized offline with espeak-ng, then read back as an audiofolder
+
+
+class Digits(str, Enum):
+    keep = "keep"
+    remove = "remove"
+    drop_example = "drop_example"  # when numbers are read aloud, "12" cannot be spelt from the audio
+
+
+@dataclass
+class TextConfig:
+    lowercase: bool = True
+    unidecode: bool = False  # transliterate to ASCII: "canción" -> "cancion"
+    # Characters deleted before the vocab is built. Apostrophes are kept by default (English "don't").
+    chars_to_ignore: Optional[str] = r"[\,\?\.\!\-\;\:\"“”%‘’«»…—–()\[\]{}¿¡/\\*#&@^_`|~+=<>]"
+    digits: Digits = Digits.keep
+
+
+@dataclass
+class FiltersConfig:
+    # Duration limits apply to the training split only, so that evaluation scores every utterance.
+    min_duration_s: float = 0.0
+    max_duration_s: Optional[float] = 20.0  # as the Hugging Face CTC example script
+    # A clip whose peak absolute amplitude is at or below this is treated as silent and dropped.
+    silence_peak: float = 1e-4
+
+
+@dataclass
+class CarveConfig:
+    """Carve a held-out split out of one source split (e.g. the SUPERB recipe's 80/20 split)."""
+
+    from_split: Optional[str] = None  # null: no carving
+    test_ratio: float = 0.2
+    seed: int = 42
+    train_name: str = "train"
+    test_name: str = "test"
+
+
+@dataclass
+class DemoCorpusConfig:
+    language: str = "en"
+    voices: List[str] = field(default_factory=lambda: ["en-us"])
+    speeds: List[int] = field(default_factory=lambda: [160])  # words per minute
+    pitches: List[int] = field(default_factory=lambda: [50])  # 0..99
+    num_train: int = 400
+    num_test: int = 50
+    seed: int = 0
+    cache_dir: str = "${oc.env:SPEECHKIT_CACHE,'~/.cache/speechkit'}/demo"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: Source = MISSING
+    path: Optional[str] = None  # Hub repo id, or local directory
+    config_name: Optional[str] = None  # Hub configuration, e.g. "es_419"
+    revision: Optional[str] = None  # Hub git revision (branch, tag or commit)
+    train_split: str = "train"
+    eval_split: str = "test"
+    audio_column: str = "audio"
+    text_column: str = "transcription"
+    file_column: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file
+    carve: CarveConfig = field(default_factory=CarveConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig)
+    num_proc: Optional[int] = None  # processes for the one-off decode-and-check pass
+
+
+# ----------------------------------------------------------------------------------------- conf/vocab
+@dataclass
+class VocabConfig:
+    path: Optional[str] = None  # reuse an existing vocab.json instead of building one
+    include_eval_text: bool = False
+    word_delimiter: str = "|"
+    unk_token: str = "[UNK]"
+    pad_token: str = "[PAD]"  # doubles as the CTC blank
+
+
+# ----------------------------------------------------------------------------------------- conf/model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Hub id or local directory of a pretrained Wav2Vec2 checkpoint; null builds `architecture` from scratch.
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    # Wav2Vec2Config fields for a randomly initialised model (used only when name_or_path is null).
+    architecture: Dict[str, Any] = field(default_factory=dict)
+    sampling_rate: int = 16000
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.0
+    mask_time_prob: float = 0.05
+    layerdrop: float = 0.0
+    ctc_loss_reduction: str = "mean"
+    ctc_zero_infinity: bool = True
+    freeze_feature_encoder: bool = True
+    gradient_checkpointing: bool = False
+
+
+# -------------------------------------------------------------------------------------------- conf/hw
+class Backend(str, Enum):
+    cpu = "cpu"
+
+
+class Precision(str, Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@dataclass
+class HardwareConfig:
+    backend: Backend = Backend.cpu
+    mixed_precision: Precision = Precision.no
+    num_threads: Optional[int] = None  # CPU intra-op threads; null keeps torch's default
+
+
+# --------------------------------------------------------------------------------------- conf/trainer
+class FinalModel(str, Enum):
+    best = "best"  # weights with the lowest eval WER seen
+    last = "last"
+
+
+@dataclass
+class TrainerConfig:
+    seed: int = 42
+    num_epochs: float = 10
+    max_steps: Optional[int] = None  # overrides num_epochs when set
+    batch_size: int = 8  # per device
+    eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
+    num_workers: int = 0
+    logging_steps: int = 10
+    eval_steps: Optional[int] = None  # also evaluates at every epoch end
+    eval_at_epoch_end: bool = True
+    save_steps: Optional[int] = 500
+    save_total_limit: Optional[int] = 2  # the best checkpoint is kept on top of these
+    resume: Optional[str] = None  # "auto": newest complete checkpoint in the run dir; or a checkpoint path
+    final_model: FinalModel = FinalModel.best
+    progress_bar: bool = True
+
+
+# ---------------------------------------------------------------------------------------- conf/logger
+class LoggerBackend(str, Enum):
+    none = "none"
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.none
+
+
+# ----------------------------------------------------------------------------------------- conf/paths
+@dataclass
+class PathsConfig:
+    root: str = "outputs"
+
+
+# ------------------------------------------------------------------------------ primary configs
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    vocab: VocabConfig = MISSING
+    model: ModelConfig = MISSING
+    hw: HardwareConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class EvaluateConfig:
+    model_dir: str = MISSING
+    split: str = "test"
+    batch_size: int = 8
+    num_examples: int = 5  # rows of the reference/hypothesis table printed at the end
+    dataset: DatasetConfig = MISSING
+    hw: HardwareConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that passed type checking but cannot work; the message names the key."""
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Fail early, naming every required value that was left as ??? ."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            "Missing required config value(s): "
+            + ", ".join(missing)
+            + ". Set them on the command line, e.g. `" + missing[0] + "=...`."
+        )

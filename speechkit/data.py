@@ -1,0 +1,216 @@
+"""Data loading (conf/dataset): sources -> named splits -> one checking pass -> drop report -> torch datasets.
+
+Audio stays encoded in Arrow (a path or the file's bytes); a single pass decodes every clip once to check it
+(readable, not silent, duration) and keeps only a few numbers per row, so nothing large is held in memory. The
+training loader then decodes each clip again when it is batched.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from datasets import Audio, Dataset, DatasetDict, Features, Value, load_dataset
+
+from speechkit.audio import AudioError, audio_ref, decode
+from speechkit.config import ConfigError, DatasetConfig, Source
+from speechkit.text import TextNormalizer
+
+log = logging.getLogger(__name__)
+
+AUDIO, TEXT = "audio", "text"  # column names after mapping, whatever the source calls them
+
+
+# ------------------------------------------------------------------------------------------ sources
+def load_source(cfg: DatasetConfig) -> DatasetDict:
+    """Every split of the configured source, columns renamed to `audio` / `text`, audio left encoded."""
+    if cfg.source == Source.demo:
+        from speechkit.demo_corpus import ensure_corpus
+
+        splits = _load_audiofolder(ensure_corpus(cfg), "file_name", "transcription")
+    elif cfg.source == Source.audiofolder:
+        if not cfg.path:
+            raise ConfigError("dataset.path must name a local folder for dataset.source=audiofolder")
+        splits = _load_audiofolder(os.path.expanduser(cfg.path), cfg.file_column, cfg.text_column)
+    else:
+        if not cfg.path:
+            raise ConfigError("dataset.path must name a Hub data set (or a local one) for dataset.source=hub")
+        splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision)
+        splits = DatasetDict({name: _select_columns(ds, cfg.audio_column, cfg.text_column, cfg.path)
+                              for name, ds in splits.items()})
+    return carve(splits, cfg)
+
+
+def _load_audiofolder(root: str, file_column: str, text_column: str) -> DatasetDict:
+    """A folder in the audiofolder layout: root/metadata.csv (one split, `train`) or root/<split>/metadata.csv.
+
+    The metadata is read with the csv builder, every column as a string (a transcript "12" stays text), and the
+    file column is turned into the audio column; missing or broken files are caught by the checking pass.
+    """
+    if not os.path.isdir(root):
+        raise ConfigError(f"dataset.path: {root} is not a directory")
+    if os.path.isfile(os.path.join(root, "metadata.csv")):
+        files = {"train": os.path.join(root, "metadata.csv")}
+    else:
+        files = {os.path.basename(os.path.dirname(p)): p for p in sorted(glob.glob(os.path.join(root, "*", "metadata.csv")))}
+    if not files:
+        raise ConfigError(f"dataset.path: no metadata.csv in {root} nor in its sub-folders (one per split)")
+    splits = {}
+    for split, csv_path in files.items():
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f), [])
+        ds = load_dataset("csv", data_files=csv_path, split="train", keep_default_na=False,
+                          features=Features({name: Value("string") for name in header}))
+        for column in (file_column, text_column):
+            if column not in ds.column_names:
+                raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); "
+                                  f"set dataset.file_column / dataset.text_column")
+        folder = os.path.dirname(os.path.abspath(csv_path))
+        ds = ds.map(lambda f: {AUDIO: os.path.join(folder, f)}, input_columns=file_column)
+        ds = ds.select_columns([AUDIO, text_column]).rename_columns({text_column: TEXT} if text_column != TEXT else {})
+        splits[split] = ds.cast_column(AUDIO, Audio(decode=False))
+    return DatasetDict(splits)
+
+
+def _select_columns(ds: Dataset, audio_column: str, text_column: str, where: str) -> Dataset:
+    for key, column in (("audio_column", audio_column), ("text_column", text_column)):
+        if column not in ds.column_names:
+            raise ConfigError(f"dataset.{key}: {where} has no column '{column}' (columns: {ds.column_names})")
+    ds = ds.select_columns([audio_column, text_column]).cast_column(audio_column, Audio(decode=False))
+    return ds.rename_columns({k: v for k, v in ((audio_column, AUDIO), (text_column, TEXT)) if k != v})
+
+
+def carve(splits: DatasetDict, cfg: DatasetConfig) -> DatasetDict:
+    """Split one source split into train/test by ratio and seed (deterministic)."""
+    c = cfg.carve
+    if c.from_split is None:
+        return splits
+    if c.from_split not in splits:
+        raise ConfigError(f"dataset.carve.from_split: no split '{c.from_split}' (splits: {list(splits)})")
+    if not 0.0 < c.test_ratio < 1.0:
+        raise ConfigError(f"dataset.carve.test_ratio must be between 0 and 1, got {c.test_ratio}")
+    parts = splits[c.from_split].train_test_split(test_size=c.test_ratio, seed=c.seed, shuffle=True)
+    out = {k: v for k, v in splits.items() if k != c.from_split}
+    out[c.train_name], out[c.test_name] = parts["train"], parts["test"]
+    return DatasetDict(out)
+
+
+# ----------------------------------------------------------------------------------- checking pass
+@dataclass
+class DropReport:
+    """Every example left out, with its file and the reason; written to the run dir."""
+
+    rows: List[dict] = field(default_factory=list)
+
+    def add(self, split: str, row: int, file: str, reason: str, detail: str = "") -> None:
+        self.rows.append({"split": split, "row": row, "file": file, "reason": reason, "detail": detail})
+
+    def counts(self, split: Optional[str] = None) -> Counter:
+        return Counter(r["reason"] for r in self.rows if split is None or r["split"] == split)
+
+    def summary(self) -> str:
+        if not self.rows:
+            return "no examples dropped"
+        splits = sorted({r["split"] for r in self.rows})
+        return "; ".join(f"{s}: " + ", ".join(f"{k}={v}" for k, v in sorted(self.counts(s).items())) for s in splits)
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            for r in self.rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
+                report: DropReport) -> Dataset:
+    """Decode every clip once, normalize its text, and keep only the usable rows (the rest go to `report`)."""
+    normalize = TextNormalizer(cfg.text)
+    f = cfg.filters
+    min_len = int(f.min_duration_s * sampling_rate) if training else 0
+    max_len = int(f.max_duration_s * sampling_rate) if training and f.max_duration_s else None
+
+    def check(audio, raw_text):
+        norm = normalize(raw_text)
+        out = {TEXT: norm.text, "num_samples": 0, "drop_reason": norm.reason or "", "drop_detail": ""}
+        if norm.reason:
+            out["drop_detail"] = repr(raw_text)
+            return out
+        try:
+            array = decode(audio, sampling_rate)
+        except AudioError as err:
+            return {**out, "drop_reason": err.reason, "drop_detail": err.detail}
+        peak, n = float(np.abs(array).max()), int(array.size)
+        out["num_samples"] = n
+        if peak <= f.silence_peak:
+            out.update(drop_reason="silent", drop_detail=f"peak {peak:.2e} <= {f.silence_peak:g}")
+        elif n < min_len:
+            out.update(drop_reason="too_short", drop_detail=f"{n / sampling_rate:.2f}s < {f.min_duration_s}s")
+        elif max_len is not None and n > max_len:
+            out.update(drop_reason="too_long", drop_detail=f"{n / sampling_rate:.2f}s > {f.max_duration_s}s")
+        return out
+
+    checked = ds.map(check, input_columns=[AUDIO, TEXT], num_proc=cfg.num_proc,
+                     desc=f"Checking audio and text ({split})")
+    reasons = list(checked["drop_reason"])
+    dropped = [i for i, r in enumerate(reasons) if r]
+    if dropped:
+        info = checked.select(dropped).select_columns([AUDIO, "drop_reason", "drop_detail"])
+        for i, row in zip(dropped, info):
+            report.add(split, i, audio_ref(row[AUDIO]), row["drop_reason"], row["drop_detail"])
+    return checked.select([i for i, r in enumerate(reasons) if not r]).remove_columns(["drop_reason", "drop_detail"])
+
+
+def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int, report: DropReport) -> Dict[str, Dataset]:
+    """The named splits ({name: is_training}), checked; raises naming the key when a split does not exist."""
+    splits = load_source(cfg)
+    out = {}
+    for name, training in wanted.items():
+        if name not in splits:
+            raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); "
+                              f"check dataset.train_split / dataset.eval_split / split")
+        out[name] = check_split(splits[name], name, cfg, sampling_rate, training, report)
+        if len(out[name]) == 0:
+            raise ConfigError(f"dataset '{cfg.name}' split '{name}': every example was dropped ({report.summary()})")
+    return out
+
+
+def texts(ds: Dataset) -> List[str]:
+    """The normalized transcripts of a checked split."""
+    return list(ds[TEXT])
+
+
+# ------------------------------------------------------------------------------ torch-facing dataset
+class SpeechDataset(torch.utils.data.Dataset):
+    """Checked rows; each item decodes its clip on access and carries its label ids and row index."""
+
+    def __init__(self, ds: Dataset, sampling_rate: int, encode: Optional[Callable[[str], List[int]]] = None):
+        self.ds = ds
+        self.sampling_rate = sampling_rate
+        self.encode = encode
+        self.lengths = np.asarray(list(ds["num_samples"]), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def texts(self) -> List[str]:
+        return texts(self.ds)
+
+    def __getitem__(self, i: int) -> Optional[dict]:
+        row = self.ds[int(i)]
+        try:
+            audio = decode(row[AUDIO], self.sampling_rate)
+        except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
+            log.warning("skipping row %d: %s", i, err)
+            return None
+        item = {"input_values": audio, "index": int(i)}
+        if self.encode is not None:
+            item["labels"] = self.encode(row[TEXT])
+        return item

@@ -1,0 +1,55 @@
+"""Model building (conf/model): a pretrained Wav2Vec2 with a fresh CTC head, or a small one from scratch."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import OmegaConf
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from speechkit.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def _knobs(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> dict:
+    """What the recipes tune, applied on top of whatever the checkpoint or architecture says."""
+    return dict(
+        attention_dropout=cfg.attention_dropout,
+        hidden_dropout=cfg.hidden_dropout,
+        activation_dropout=cfg.activation_dropout,
+        feat_proj_dropout=cfg.feat_proj_dropout,
+        final_dropout=cfg.final_dropout,
+        mask_time_prob=cfg.mask_time_prob,
+        layerdrop=cfg.layerdrop,
+        ctc_loss_reduction=cfg.ctc_loss_reduction,
+        ctc_zero_infinity=cfg.ctc_zero_infinity,
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,  # the CTC blank
+    )
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec2ForCTC:
+    if cfg.name_or_path:
+        log.info("Loading %s with a new %d-symbol CTC head", cfg.name_or_path, vocab_size)
+        model = Wav2Vec2ForCTC.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, ignore_mismatched_sizes=True, **_knobs(cfg, vocab_size, pad_token_id)
+        )
+    else:
+        arch = OmegaConf.to_container(cfg.architecture) if OmegaConf.is_config(cfg.architecture) else dict(cfg.architecture)
+        known = Wav2Vec2Config().to_dict()
+        unknown = sorted(k for k in arch if k not in known)
+        if unknown:
+            raise ConfigError(f"model.architecture: unknown Wav2Vec2Config field(s) {unknown}")
+        model = Wav2Vec2ForCTC(Wav2Vec2Config(**{**arch, **_knobs(cfg, vocab_size, pad_token_id)}))
+        log.info("Built %s from scratch: %.2fM parameters", cfg.name, model.num_parameters() / 1e6)
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def uses_attention_mask(model: Wav2Vec2ForCTC) -> bool:
+    """Layer-norm feature encoders (XLSR, large) take an attention mask; group-norm ones (base) must not."""
+    return model.config.feat_extract_norm == "layer"

@@ -1,0 +1,90 @@
+"""Character vocab (conf/vocab) and the Wav2Vec2 processor built around it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, Iterable, List
+
+from datasets import Dataset
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+from speechkit.config import ConfigError, VocabConfig
+from speechkit.audio import audio_ref
+from speechkit.data import AUDIO, DropReport, texts as data_texts
+
+log = logging.getLogger(__name__)
+
+
+def build_vocab(texts: Iterable[str], cfg: VocabConfig) -> Dict[str, int]:
+    """Sorted characters (space written as the word delimiter), then [UNK] and [PAD]: same data, same ids."""
+    chars = set()
+    for t in texts:
+        chars.update(t)
+    chars.discard(" ")
+    symbols = sorted(chars | {cfg.word_delimiter})
+    for special in (cfg.unk_token, cfg.pad_token):
+        if special in symbols:
+            symbols.remove(special)
+        symbols.append(special)
+    return {s: i for i, s in enumerate(symbols)}
+
+
+def load_vocab(path: str, cfg: VocabConfig) -> Dict[str, int]:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"vocab.path: {path} does not exist")
+    with open(path) as f:
+        vocab = json.load(f)
+    for token in (cfg.word_delimiter, cfg.unk_token, cfg.pad_token):
+        if token not in vocab:
+            raise ConfigError(f"vocab.path: {path} has no '{token}' token (vocab.word_delimiter/unk_token/pad_token)")
+    return vocab
+
+
+def make_vocab(cfg: VocabConfig, train_texts: List[str], eval_texts: List[str]) -> Dict[str, int]:
+    if cfg.path:
+        return load_vocab(cfg.path, cfg)
+    return build_vocab(train_texts + (eval_texts if cfg.include_eval_text else []), cfg)
+
+
+def unknown_chars(text: str, vocab: Dict[str, int]) -> List[str]:
+    return sorted({c for c in text if c != " " and c not in vocab})
+
+
+def warn_unspellable(texts: List[str], vocab: Dict[str, int], split: str, unk_token: str) -> None:
+    """Eval text is scored as is: characters the model cannot spell are counted as errors, not hidden."""
+    unknown = sorted({c for t in texts for c in unknown_chars(t, vocab)})
+    if unknown:
+        log.warning("split '%s' has characters outside the vocab %s: they become %s in the labels and count as "
+                    "errors in WER/CER", split, unknown, unk_token)
+
+
+def drop_unspellable(ds: Dataset, vocab: Dict[str, int], split: str, report: DropReport) -> Dataset:
+    """Training rows the vocab cannot spell are dropped (and reported) rather than taught as [UNK]."""
+    texts = data_texts(ds)
+    keep: List[int] = []
+    for i, t in enumerate(texts):
+        unknown = unknown_chars(t, vocab)
+        if unknown:
+            report.add(split, i, audio_ref(ds[i][AUDIO]), "chars_outside_vocab", "".join(unknown))
+        else:
+            keep.append(i)
+    return ds if len(keep) == len(texts) else ds.select(keep)
+
+
+def write_vocab(vocab: Dict[str, int], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(vocab, f, ensure_ascii=False, indent=1)
+
+
+def make_processor(vocab_path: str, cfg: VocabConfig, sampling_rate: int, attention_mask: bool) -> Wav2Vec2Processor:
+    """Tokenizer + feature extractor, saved with the model so `transformers.pipeline` can load the directory."""
+    tokenizer = Wav2Vec2CTCTokenizer(vocab_path, unk_token=cfg.unk_token, pad_token=cfg.pad_token,
+                                     word_delimiter_token=cfg.word_delimiter)
+    # Per-utterance normalisation; models with layer-norm feature encoders (XLSR) want the attention mask,
+    # group-norm ones (wav2vec2-base) were trained on plain zero padding.
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=sampling_rate, padding_value=0.0,
+                                                 do_normalize=True, return_attention_mask=attention_mask)
+    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)

@@ -1,0 +1,19 @@
+"""Fine-tune a wav2vec2 CTC model: `python train.py [group=option ...] [key=value ...]` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from speechkit.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from speechkit import training  # imported here so `--cfg job` and `--help` stay fast
+
+    return training.run(cfg)
+
+
+if __name__ == "__main__":
+    main()
