@@ -44,14 +44,22 @@ def decode(value: Any, sampling_rate: int) -> np.ndarray:
         if os.path.getsize(path) == 0:
             raise AudioError("empty_audio", f"{path} is 0 bytes")
     try:
-        samples = AudioDecoder(data if data is not None else path, sample_rate=sampling_rate, num_channels=1)
-        array = samples.get_all_samples().data
-    except Exception as exc:  # FFmpeg's errors come in several types; all mean the same here
-        raise AudioError("unreadable_audio", f"{audio_ref(value)}: {str(exc).splitlines()[0][:200]}") from None
+        decoder = AudioDecoder(data if data is not None else path, sample_rate=sampling_rate, num_channels=1)
+    except Exception as exc:  # FFmpeg's errors come in several types; all mean "not audio we can read"
+        raise AudioError("unreadable_audio", f"{audio_ref(value)}: {_first_line(exc)}") from None
+    try:
+        array = decoder.get_all_samples().data
+    except Exception as exc:  # a valid header with no frames behind it: an empty recording
+        reason = "empty_audio" if "No audio frames" in str(exc) else "unreadable_audio"
+        raise AudioError(reason, f"{audio_ref(value)}: {_first_line(exc)}") from None
     array = array.numpy().reshape(-1).astype(np.float32, copy=False)
     if array.size == 0:
         raise AudioError("empty_audio", f"{audio_ref(value)} has no samples")
     return array
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _from_array(array: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

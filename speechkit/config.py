@@ -74,7 +74,7 @@ class DemoCorpusConfig:
 class DatasetConfig:
     name: str = MISSING
     source: Source = MISSING
-    path: Optional[str] = None  # Hub repo id, or local directory
+    path: Optional[str] = MISSING  # Hub repo id, or local directory; null for the demo
     config_name: Optional[str] = None  # Hub configuration, e.g. "es_419"
     revision: Optional[str] = None  # Hub git revision (branch, tag or commit)
     train_split: str = "train"
@@ -104,7 +104,7 @@ class VocabConfig:
 class ModelConfig:
     name: str = MISSING
     # Hub id or local directory of a pretrained Wav2Vec2 checkpoint; null builds `architecture` from scratch.
-    name_or_path: Optional[str] = None
+    name_or_path: Optional[str] = MISSING
     revision: Optional[str] = None
     # Wav2Vec2Config fields for a randomly initialised model (used only when name_or_path is null).
     architecture: Dict[str, Any] = field(default_factory=dict)

@@ -37,9 +37,10 @@ def load_vocab(path: str, cfg: VocabConfig) -> Dict[str, int]:
         raise ConfigError(f"vocab.path: {path} does not exist")
     with open(path) as f:
         vocab = json.load(f)
-    for token in (cfg.word_delimiter, cfg.unk_token, cfg.pad_token):
-        if token not in vocab:
-            raise ConfigError(f"vocab.path: {path} has no '{token}' token (vocab.word_delimiter/unk_token/pad_token)")
+    absent = [t for t in (cfg.word_delimiter, cfg.unk_token, cfg.pad_token) if t not in vocab]
+    if absent:
+        raise ConfigError(f"vocab.path: {path} lacks the token(s) {absent} "
+                          "(set vocab.word_delimiter / vocab.unk_token / vocab.pad_token to its own names)")
     return vocab
 
 

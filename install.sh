@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything speechkit needs on a Debian/Ubuntu machine with Python >= 3.11:
+#   - system packages: FFmpeg's shared libraries (audio decoding), espeak-ng (the offline demo's voices),
+#     libsndfile (soundfile), python3-venv where missing;
+#   - a virtual environment in .venv with speechkit and its pinned dependencies (pyproject.toml).
+# Usage: ./install.sh          runtime only
+#        ./install.sh dev      plus the test tools
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+extras="${1:-}"
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      python=$candidate; break
+    fi
+  done
+fi
+[ -n "$python" ] || { echo "install.sh: speechkit needs Python >= 3.11 (set PYTHON=/path/to/python)" >&2; exit 1; }
+
+missing=()
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+ldconfig -p 2>/dev/null | grep -q libsndfile || missing+=(libsndfile1)
+"$python" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install.sh: installing system packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+target="."
+[ "$extras" = "dev" ] && target=".[dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
+echo "install.sh: ready. Run: .venv/bin/python train.py experiment=demo"

@@ -1,0 +1,88 @@
+"""Shared test setup: offline, hermetic caches, the real config tree, and small real audio fixtures."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A model small enough that a training step takes well under a second on 2 cores.
+TINY = [
+    "model.architecture.hidden_size=32",
+    "model.architecture.num_hidden_layers=2",
+    "model.architecture.num_attention_heads=2",
+    "model.architecture.intermediate_size=64",
+    "model.architecture.conv_dim=[32,32,32,32,32,32,32]",
+    "model.architecture.num_conv_pos_embeddings=16",
+    "model.architecture.num_conv_pos_embedding_groups=2",
+]
+# A small synthesized corpus (espeak-ng), shared by the whole session through the cache.
+SMALL_DEMO = ["dataset.demo.num_train=24", "dataset.demo.num_test=6"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env(tmp_path_factory):
+    """No test may reach the Hub; caches live in a temporary folder, not the user's home."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(cache / "hf"),
+        "SPEECHKIT_CACHE": str(cache / "speechkit"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def compose(config_name: str = "train", overrides: List[str] = ()):
+    """The real Hydra composition of conf/, as `python train.py <overrides>` would see it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from speechkit.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def run_cli(script: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run train.py / evaluate.py in a real subprocess, as a user would."""
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def speak(text: str, path: Path, voice: str = "en-us") -> Path:
+    """Real speech from espeak-ng (22.05 kHz mono WAV)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def write_metadata(folder: Path, rows, file_column: str = "file_name", text_column: str = "transcription") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([file_column, text_column])
+        w.writerows(rows)
+
+
+def write_tone(path: Path, seconds: float, rate: int, channels: int = 1, amplitude: float = 0.3) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(path, np.stack([wave] * channels, axis=1) if channels > 1 else wave, rate)
+    return path

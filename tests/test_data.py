@@ -1,0 +1,178 @@
+"""Data loading on real audio files: the audiofolder layout, bad input of every kind, carving, Hub-style data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from datasets import Audio, Dataset
+
+from conftest import compose, speak, write_metadata, write_tone
+from speechkit import data
+from speechkit.config import ConfigError
+from speechkit.vocab import build_vocab, drop_unspellable, write_vocab
+
+GOOD = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory) -> Path:
+    """An audiofolder with every kind of bad row a real collection has, beside good speech."""
+    root = tmp_path_factory.mktemp("messy")
+    train, test = root / "train", root / "test"
+    train.mkdir()
+    test.mkdir()
+    rows = []
+    for i, text in enumerate(GOOD):
+        speak(text, train / f"good{i}.wav", voice=["en-us", "en-gb"][i % 2])
+        rows.append((f"good{i}.wav", text.upper() + "."))
+    (train / "corrupt.wav").write_bytes(b"RIFF....this is not audio at all" * 10)
+    rows.append(("corrupt.wav", "broken file"))
+    rows.append(("missing.wav", "no such file"))
+    speech, rate = sf.read(speak("a stereo clip", train / "tmp.wav"))
+    (train / "tmp.wav").unlink()
+    hi = np.interp(np.arange(0, len(speech), rate / 44100), np.arange(len(speech)), speech)
+    sf.write(train / "stereo44k.wav", np.stack([hi, 0.5 * hi], axis=1), 44100)
+    rows.append(("stereo44k.wav", "a stereo clip"))
+    sf.write(train / "silent.wav", np.zeros(16000, np.float32), 16000)
+    rows.append(("silent.wav", "nothing to hear"))
+    speak("some words", train / "untranscribed.wav")
+    rows.append(("untranscribed.wav", "?!"))
+    sf.write(train / "nosamples.wav", np.zeros(0, np.float32), 16000)
+    rows.append(("nosamples.wav", "zero samples"))
+    write_tone(train / "long.wav", 4.0, 16000)
+    rows.append(("long.wav", "a long tone"))
+    speak("zebra", train / "zebra.wav")
+    rows.append(("zebra.wav", "zebra"))
+    write_metadata(train, rows)
+    test_rows = []
+    for i, text in enumerate(["the dog sees a cat", "my red boat"]):
+        speak(text, test / f"t{i}.wav")
+        test_rows.append((f"t{i}.wav", text))
+    write_metadata(test, test_rows)
+    return root
+
+
+def messy_cfg(folder, *extra):
+    return compose("train", ["dataset=audiofolder", f"dataset.path={folder}", "dataset.filters.max_duration_s=3.5",
+                             "run_dir=/tmp/unused", *extra]).dataset
+
+
+def test_every_bad_row_is_dropped_with_its_reason(messy_folder):
+    report = data.DropReport()
+    splits = data.load_splits(messy_cfg(messy_folder), {"train": True, "test": False}, 16000, report)
+    assert len(splits["test"]) == 2
+    reasons = {Path(r["file"]).name: r["reason"] for r in report.rows}
+    assert reasons == {
+        "corrupt.wav": "unreadable_audio",
+        "missing.wav": "missing_file",
+        "silent.wav": "silent",
+        "untranscribed.wav": "empty_transcript",
+        "nosamples.wav": "empty_audio",
+        "long.wav": "too_long",
+    }
+    assert report.counts("train") == {"unreadable_audio": 1, "missing_file": 1, "silent": 1, "empty_transcript": 1,
+                                      "empty_audio": 1, "too_long": 1}
+    kept = data.texts(splits["train"])
+    assert sorted(kept) == sorted(GOOD + ["a stereo clip", "zebra"])  # normalized: lowercase, no full stop
+    assert "train:" in report.summary() and "silent=1" in report.summary()
+
+
+def test_stereo_44k_is_decoded_to_mono_at_the_model_rate(messy_folder):
+    report = data.DropReport()
+    rows = data.load_splits(messy_cfg(messy_folder), {"train": True}, 16000, report)["train"]
+    ds = data.SpeechDataset(rows, 16000)
+    i = data.texts(rows).index("a stereo clip")
+    item = ds[i]
+    info = sf.info(str(messy_folder / "train" / "stereo44k.wav"))
+    assert item["input_values"].ndim == 1 and item["input_values"].dtype == np.float32
+    assert abs(len(item["input_values"]) - info.duration * 16000) < 0.01 * 16000
+    assert ds.lengths[i] == len(item["input_values"])
+
+
+def test_duration_filters_spare_the_eval_split(tmp_path):
+    write_tone(tmp_path / "long.wav", 4.0, 16000)
+    write_metadata(tmp_path, [("long.wav", "a long tone")])
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "dataset.filters.max_duration_s=2",
+                            "run_dir=/x"]).dataset
+    assert len(data.load_splits(cfg, {"train": False}, 16000, data.DropReport())["train"]) == 1
+    with pytest.raises(ConfigError, match="every example was dropped"):
+        data.load_splits(cfg, {"train": True}, 16000, data.DropReport())
+
+
+def test_chars_outside_a_reused_vocab_are_dropped_and_named(messy_folder):
+    report = data.DropReport()
+    rows = data.load_splits(messy_cfg(messy_folder), {"train": True}, 16000, report)["train"]
+    vocab = build_vocab(GOOD + ["a stereo clip"], compose("train", ["run_dir=/x"]).vocab)
+    assert "z" not in vocab
+    kept = drop_unspellable(rows, vocab, "train", report)
+    assert "zebra" not in data.texts(kept) and len(kept) == len(rows) - 1
+    row = [r for r in report.rows if r["reason"] == "chars_outside_vocab"][0]
+    assert row["file"].endswith("zebra.wav") and "z" in row["detail"]
+
+
+def test_custom_column_names(tmp_path):
+    speak("hello there", tmp_path / "a.wav")
+    write_metadata(tmp_path, [("a.wav", "Hello there")], file_column="path", text_column="sentence")
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "dataset.file_column=path",
+                            "dataset.text_column=sentence", "run_dir=/x"]).dataset
+    rows = data.load_splits(cfg, {"train": True}, 16000, data.DropReport())["train"]
+    assert data.texts(rows) == ["hello there"]
+    bad = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "run_dir=/x"]).dataset
+    with pytest.raises(ConfigError, match="no column 'file_name'"):
+        data.load_splits(bad, {"train": True}, 16000, data.DropReport())
+
+
+def test_missing_split_and_folder_are_named(messy_folder, tmp_path):
+    with pytest.raises(ConfigError, match="split 'validation' not found"):
+        data.load_splits(messy_cfg(messy_folder), {"validation": False}, 16000, data.DropReport())
+    with pytest.raises(ConfigError, match="no metadata.csv"):
+        data.load_splits(messy_cfg(tmp_path), {"train": True}, 16000, data.DropReport())
+
+
+def test_carving_is_deterministic_and_disjoint(tmp_path):
+    rows = []
+    for i in range(10):
+        write_tone(tmp_path / f"{i}.wav", 0.5 + i / 10, 16000)
+        rows.append((f"{i}.wav", f"clip {'abcdefghij'[i]}"))
+    write_metadata(tmp_path, rows)
+    over = ["dataset=audiofolder", f"dataset.path={tmp_path}", "dataset.carve.from_split=train",
+            "dataset.carve.test_ratio=0.2", "run_dir=/x"]
+    a = data.load_source(compose("train", over).dataset)
+    b = data.load_source(compose("train", over).dataset)
+    assert (len(a["train"]), len(a["test"])) == (8, 2)
+    assert list(a["test"]["text"]) == list(b["test"]["text"])
+    assert not set(a["test"]["text"]) & set(a["train"]["text"])
+    c = data.load_source(compose("train", over + ["dataset.carve.seed=7"]).dataset)
+    assert sorted(list(c["train"]["text"]) + list(c["test"]["text"])) == sorted(r[1] for r in rows)
+
+
+def test_hub_source_reads_parquet_with_embedded_audio_bytes(tmp_path):
+    """The `hub` source through datasets.load_dataset on a local parquet data set, audio stored as bytes."""
+    clips = []
+    for i, text in enumerate(["the red car", "a green tree", "the old man"]):
+        path = speak(text, tmp_path / f"{i}.wav")
+        clips.append({"bytes": path.read_bytes(), "path": f"{i}.wav"})
+    ds = Dataset.from_dict({"audio": clips, "sentence": ["The red car!", "A green tree.", "The OLD man"],
+                           "speaker": [1, 2, 3]}).cast_column("audio", Audio())
+    (tmp_path / "data").mkdir()
+    ds.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    for f in tmp_path.glob("*.wav"):
+        f.unlink()  # the audio now lives only inside the parquet file
+    cfg = compose("train", ["dataset=hub", f"dataset.path={tmp_path / 'data'}", "dataset.text_column=sentence",
+                            "run_dir=/x"]).dataset
+    rows = data.load_splits(cfg, {"train": True}, 16000, data.DropReport())["train"]
+    assert data.texts(rows) == ["the red car", "a green tree", "the old man"]
+    assert data.SpeechDataset(rows, 16000)[0]["input_values"].size > 8000
+    bad = compose("train", ["dataset=hub", f"dataset.path={tmp_path / 'data'}", "run_dir=/x"]).dataset
+    with pytest.raises(ConfigError, match=r"dataset.text_column: .* no column 'text'"):
+        data.load_splits(bad, {"train": True}, 16000, data.DropReport())
+
+
+def test_drop_report_file(tmp_path):
+    r = data.DropReport()
+    r.add("train", 3, "/a/b.wav", "silent", "peak 0")
+    r.write(str(tmp_path / "drop_report.jsonl"))
+    assert json.loads((tmp_path / "drop_report.jsonl").read_text()) == {
+        "split": "train", "row": 3, "file": "/a/b.wav", "reason": "silent", "detail": "peak 0"}
