@@ -62,10 +62,14 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     train_sampler = DurationBatchSampler(train_set.lengths, cfg.batch_size, seed=cfg.seed,
                                          group_by_length=cfg.group_by_length)
     eval_sampler = DurationBatchSampler(eval_set.lengths, cfg.eval_batch_size, shuffle=False)
+    # Loaders draw worker seeds from their own generators, not the global one, so starting an iterator (as a
+    # resumed run does mid-epoch) leaves the dropout/masking random stream exactly as an uninterrupted run has it.
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator,
-                                               num_workers=cfg.num_workers)
+                                               num_workers=cfg.num_workers,
+                                               generator=torch.Generator().manual_seed(cfg.seed))
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=eval_sampler, collate_fn=collator,
-                                              num_workers=cfg.num_workers)
+                                              num_workers=cfg.num_workers,
+                                              generator=torch.Generator().manual_seed(cfg.seed))
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]
@@ -119,6 +123,8 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     window_loss, window_batches, skip_this_step = 0.0, 0, False
     with logging_redirect_tqdm():
         while state.global_step < total_steps:
+            # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
+            train_loader.set_epoch(state.epoch)
             train_sampler.set_epoch(state.epoch)
             batches = train_loader
             if state.batches_done_in_epoch:

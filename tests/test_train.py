@@ -1,0 +1,146 @@
+"""End to end on real audio: train a tiny model, ship model/, load it with transformers, evaluate, resume."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMALL_DEMO, TINY, compose, run_cli, speak, write_metadata
+from speechkit import training
+from speechkit.demo_corpus import corpus_dir
+
+FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
+        "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`python train.py experiment=demo ...` for a few steps, as a user would type it."""
+    run_dir = tmp_path_factory.mktemp("demo_run")
+    done = run_cli("train.py", "experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=3",
+                   "trainer.learning_rate=1e-6",  # stays near its random init: transcripts are non-empty noise
+                   f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_run_dir_holds_every_artifact(demo_run):
+    run_dir, done = demo_run
+    for name in ("config.yaml", "vocab.json", "metrics.jsonl", "drop_report.jsonl", "model/config.json",
+                 "model/model.safetensors", "model/vocab.json", "model/processor_config.json",
+                 "checkpoints/step-3/trainer_state.json", "checkpoints/best/model.safetensors"):
+        assert (run_dir / name).exists(), name
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["kind"] == "train"] == [1, 2, 3]
+    assert any(m["kind"] == "eval" and 0 <= m["eval_cer"] for m in lines)
+    assert "Final eval on 'test'" in done.stdout and "WER" in done.stdout
+    assert "train step=3/3" in done.stderr + done.stdout  # one log line per logging step
+
+
+def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
+    run_dir, _ = demo_run
+    done = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO, "split=test",
+                   f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "demo_en/test: WER" in done.stdout and "scored 6 utterances, dropped 0" in done.stdout
+    assert "reference" in done.stdout and "hypothesis" in done.stdout  # the side-by-side table
+    with open(tmp_path / "predictions.csv") as f:
+        predictions = list(csv.DictReader(f))
+    assert len(predictions) == 6 and set(predictions[0]) == {"id", "reference", "hypothesis", "wer"}
+
+    # The shipped folder is a plain Hugging Face model: the stock ASR pipeline transcribes a WAV path, and gives
+    # exactly what speechkit's own evaluation decoded for that file.
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(run_dir / "model"))
+    first = predictions[0]
+    assert first["hypothesis"], "a near-random model should emit characters"
+    assert asr(first["id"])["text"] == first["hypothesis"]
+
+
+def test_drop_report_and_counts_in_a_real_run(tmp_path):
+    """A folder with broken rows trains anyway; every drop is reported with its file and reason."""
+    data = tmp_path / "data"
+    rows = []
+    for i, text in enumerate(["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree"]):
+        speak(text, (data / "train").mkdir(parents=True, exist_ok=True) or data / "train" / f"{i}.wav")
+        rows.append((f"{i}.wav", text))
+    (data / "train" / "bad.wav").write_bytes(b"not audio")
+    rows += [("bad.wav", "broken"), ("gone.wav", "missing file"), ("0.wav", "...")]
+    write_metadata(data / "train", rows)
+    speak("the dog sees a cat", (data / "test").mkdir() or data / "test" / "t.wav")
+    write_metadata(data / "test", [("t.wav", "the dog sees a cat")])
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "model=tiny", *TINY, *FAST,
+                            "trainer.max_steps=2", f"run_dir={run_dir}"])
+    wer = training.run(cfg)
+    assert 0.0 <= wer
+    report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
+    assert sorted((Path(r["file"]).name, r["reason"]) for r in report) == [
+        ("0.wav", "empty_transcript"), ("bad.wav", "unreadable_audio"), ("gone.wav", "missing_file")]
+    assert (run_dir / "model" / "model.safetensors").exists()
+
+
+def _resume_cfg(run_dir, *extra):
+    return compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=8",
+                             "trainer.save_steps=3", "trainer.eval_steps=4", "trainer.save_total_limit=null",
+                             "model.mask_time_prob=0.2", "model.hidden_dropout=0.1",  # randomness to restore
+                             f"run_dir={run_dir}", *extra])
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    training.run(_resume_cfg(full))
+    # The same run stopped after step 3: its run dir as it was then (later checkpoints and outputs not yet written),
+    # plus a half-written checkpoint from a save that was killed.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(full, stopped)
+    for later in ("step-6", "step-8", "best"):
+        shutil.rmtree(stopped / "checkpoints" / later)
+    shutil.rmtree(stopped / "model")
+    partial = stopped / "checkpoints" / ".tmp-step-6"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    state = json.loads((stopped / "checkpoints" / "step-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+
+    training.run(_resume_cfg(stopped, "trainer.resume=auto"))
+    resumed_state = json.loads((stopped / "checkpoints" / "step-8" / "trainer_state.json").read_text())
+    full_state = json.loads((full / "checkpoints" / "step-8" / "trainer_state.json").read_text())
+    assert resumed_state == full_state and resumed_state["global_step"] == 8
+    a = load_file(full / "checkpoints" / "step-8" / "model.safetensors")
+    b = load_file(stopped / "checkpoints" / "step-8" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    start = load_file(full / "checkpoints" / "step-3" / "model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # it did train after step 3
+
+
+def test_resume_auto_without_checkpoint_starts_fresh_and_bad_path_is_refused(tmp_path):
+    cfg = _resume_cfg(tmp_path / "r", "trainer.resume=auto", "trainer.max_steps=1")
+    training.run(cfg)
+    assert (tmp_path / "r" / "checkpoints" / "step-1").is_dir()
+    with pytest.raises(FileNotFoundError, match="trainer.resume"):
+        training.run(_resume_cfg(tmp_path / "s", f"trainer.resume={tmp_path / 'nowhere'}", "trainer.max_steps=1"))
+
+
+def test_non_finite_losses_are_skipped_and_counted(tmp_path):
+    """Transcripts far longer than their audio make CTC infinite when ctc_zero_infinity is off."""
+    data = tmp_path / "data"
+    rows = []
+    for i in range(4):
+        speak("hi", (data).mkdir(exist_ok=True) or data / f"{i}.wav")
+        rows.append((f"{i}.wav", "this transcript is much too long for such a short clip of audio " * 2))
+    write_metadata(data, rows)
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "dataset.carve.from_split=train",
+                            "dataset.carve.test_ratio=0.5", "model=tiny", *TINY, *FAST, "trainer.batch_size=2",
+                            "model.ctc_zero_infinity=false", "trainer.max_steps=2", f"run_dir={run_dir}"])
+    training.run(cfg)
+    train_logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_nonfinite"] for m in train_logs if m["kind"] == "train"] == [1, 2]
