@@ -10,6 +10,8 @@ from accelerate import Accelerator
 from speechkit.config import Backend, ConfigError, HardwareConfig, Precision
 
 log = logging.getLogger(__name__)
+# accelerate logs every file of every checkpoint at INFO; speechkit says once what it saved.
+logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def check_precision(hw: HardwareConfig) -> None:

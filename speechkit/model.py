@@ -46,7 +46,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
     return model
 
 

@@ -1,0 +1,48 @@
+"""Model building: a pretrained checkpoint (here a local one) gets a fresh CTC head and the recipe's knobs."""
+
+import pytest
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from conftest import TINY, compose
+from speechkit.config import ConfigError
+from speechkit.model import build_model, uses_attention_mask
+
+SMALL_ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A randomly initialised wav2vec2 encoder saved as a Hub checkpoint is laid out (no CTC head)."""
+    path = tmp_path_factory.mktemp("w2v2_pretrained")
+    Wav2Vec2Model(Wav2Vec2Config(**SMALL_ARCH, feat_extract_norm="group")).save_pretrained(path)
+    return path
+
+
+def test_local_pretrained_checkpoint_gets_new_head_and_knobs(pretrained_dir):
+    cfg = compose("train", ["model=xlsr_53", f"model.name_or_path={pretrained_dir}", "run_dir=/x"]).model
+    model = build_model(cfg, vocab_size=31, pad_token_id=30)
+    assert model.lm_head.out_features == 31 and model.config.pad_token_id == 30
+    assert model.config.layerdrop == 0.1 and model.config.mask_time_prob == 0.05
+    assert model.config.attention_dropout == 0.1 and model.config.ctc_loss_reduction == "mean"
+    assert model.config.ctc_zero_infinity is True
+    assert model.is_activation_checkpointing
+    frozen = [p.requires_grad for p in model.wav2vec2.feature_extractor.parameters()]
+    assert frozen and not any(frozen)
+    assert all(p.requires_grad for p in model.wav2vec2.encoder.parameters())
+    encoder = Wav2Vec2Model.from_pretrained(pretrained_dir)
+    assert (model.wav2vec2.encoder.layers[0].attention.q_proj.weight == encoder.encoder.layers[0].attention.q_proj.weight).all()
+    assert not uses_attention_mask(model)  # group-norm encoder, like wav2vec2-base
+
+
+def test_tiny_from_scratch_trains_its_feature_encoder():
+    cfg = compose("train", ["model=tiny", *TINY, "run_dir=/x"]).model
+    model = build_model(cfg, vocab_size=10, pad_token_id=9)
+    assert all(p.requires_grad for p in model.wav2vec2.feature_extractor.parameters())
+    assert model.config.hidden_size == 32 and uses_attention_mask(model)
+
+
+def test_unknown_architecture_field_is_named():
+    cfg = compose("train", ["model=tiny", "+model.architecture.hiden_size=8", "run_dir=/x"]).model
+    with pytest.raises(ConfigError, match="hiden_size"):
+        build_model(cfg, vocab_size=10, pad_token_id=9)
