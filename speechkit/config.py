@@ -124,10 +124,14 @@ class ModelConfig:
 
 # -------------------------------------------------------------------------------------------- conf/hw
 class Backend(str, Enum):
+    auto = "auto"  # ROCm GPU, else CUDA GPU, else CPU; says which it picked
+    cuda = "cuda"
+    rocm = "rocm"
     cpu = "cpu"
 
 
 class Precision(str, Enum):
+    auto = "auto"  # fp16 on CUDA, bf16 on ROCm (MI300), none on the CPU
     no = "no"
     fp16 = "fp16"
     bf16 = "bf16"
@@ -135,9 +139,11 @@ class Precision(str, Enum):
 
 @dataclass
 class HardwareConfig:
-    backend: Backend = Backend.cpu
-    mixed_precision: Precision = Precision.no
+    backend: Backend = Backend.auto
+    mixed_precision: Precision = Precision.auto
     num_threads: Optional[int] = None  # CPU intra-op threads; null keeps torch's default
+    # ROCm: where MIOpen keeps its tuned-kernel database, so the kernel search is paid once, not every run.
+    miopen_cache_dir: Optional[str] = None
 
 
 # --------------------------------------------------------------------------------------- conf/trainer
@@ -175,12 +181,17 @@ class TrainerConfig:
 
 # ---------------------------------------------------------------------------------------- conf/logger
 class LoggerBackend(str, Enum):
-    none = "none"
+    none = "none"  # console, train.log and metrics.jsonl only
+    wandb = "wandb"  # plus Weights & Biases (WANDB_MODE=offline writes the run to disk only)
 
 
 @dataclass
 class LoggerConfig:
     backend: LoggerBackend = LoggerBackend.none
+    project: str = "speechkit"
+    entity: Optional[str] = None  # team or user; null: the API key's default
+    name: Optional[str] = None  # run name; null: the run dir's name
+    tags: List[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------- conf/paths
@@ -218,6 +229,23 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+_SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")
+
+
+def public_config(cfg: DictConfig) -> dict:
+    """The resolved config as plain data with any secret-looking value redacted: what is saved and logged."""
+
+    def scrub(node):
+        if isinstance(node, dict):
+            return {k: "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, "")
+                    else scrub(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
 class ConfigError(ValueError):

@@ -1,8 +1,15 @@
-"""Hardware (conf/hw): turns the `hw` group into an `accelerate.Accelerator`; model code never branches on it."""
+"""Hardware (conf/hw): resolves the `hw` group into an `accelerate.Accelerator`.
+
+Model and training code never branch on the hardware: everything device-specific is decided here, from config,
+and checked before any data is read: a backend this torch build or machine cannot run, or a precision the device
+does not support, stops the run with a message saying what to change.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -14,22 +21,75 @@ log = logging.getLogger(__name__)
 logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
-def check_precision(hw: HardwareConfig) -> None:
-    """Mixed precision is for accelerators; on the CPU we refuse fp16 rather than silently train in fp32."""
-    if hw.backend == Backend.cpu and hw.mixed_precision == Precision.fp16:
-        raise ConfigError("hw.mixed_precision=fp16 is not supported on hw=cpu: use hw.mixed_precision=no "
-                          "(or bf16 if this CPU supports it)")
+@dataclass(frozen=True)
+class Resolved:
+    backend: Backend  # never auto
+    precision: Precision  # never auto
+    reason: str
 
 
-def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1) -> Accelerator:
-    check_precision(hw)
+def _torch_build() -> str:
+    if torch.version.hip:
+        return f"ROCm {torch.version.hip}"
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda}"
+    return "CPU-only"
+
+
+def resolve(hw: HardwareConfig) -> Resolved:
+    """Pick the backend and precision, refusing combinations this machine cannot run."""
+    gpu = torch.cuda.is_available()  # ROCm builds of torch expose AMD GPUs through torch.cuda too
+    backend, reason = hw.backend, "asked for"
+    if backend == Backend.auto:
+        if gpu and torch.version.hip:
+            backend, reason = Backend.rocm, f"auto: AMD GPU {torch.cuda.get_device_name(0)} with a ROCm build of torch"
+        elif gpu:
+            backend, reason = Backend.cuda, f"auto: NVIDIA GPU {torch.cuda.get_device_name(0)}"
+        else:
+            backend, reason = Backend.cpu, f"auto: no GPU visible to this {_torch_build()} torch"
+    elif backend == Backend.rocm:
+        if not torch.version.hip:
+            raise ConfigError(f"hw=rocm needs a ROCm build of torch, but this one is {_torch_build()} "
+                              f"(torch {torch.__version__}, torch.version.hip is None). Install torch from the ROCm "
+                              "wheel index (see README, 'Hardware') or use the Dockerfile.rocm image.")
+        if not gpu:
+            raise ConfigError("hw=rocm: this ROCm torch sees no AMD GPU (check /dev/kfd and /dev/dri access, "
+                              "HIP_VISIBLE_DEVICES, and that the user is in the video/render groups)")
+    elif backend == Backend.cuda:
+        if torch.version.hip:
+            raise ConfigError("hw=cuda on a ROCm build of torch: use hw=rocm (or hw=auto)")
+        if not gpu:
+            raise ConfigError(f"hw=cuda: no CUDA GPU is visible to this {_torch_build()} torch "
+                              f"(torch {torch.__version__}); use hw=cpu or hw=auto")
+
+    precision = hw.mixed_precision
+    if precision == Precision.auto:
+        precision = {Backend.cuda: Precision.fp16, Backend.rocm: Precision.bf16, Backend.cpu: Precision.no}[backend]
+    if backend == Backend.cpu and precision == Precision.fp16:
+        raise ConfigError("hw.mixed_precision=fp16 is not supported on the CPU: use hw.mixed_precision=no "
+                          "(or bf16), or a GPU backend")
+    if backend != Backend.cpu and precision == Precision.bf16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"hw.mixed_precision=bf16: {torch.cuda.get_device_name(0)} does not support bf16; use fp16")
+    return Resolved(backend, precision, reason)
+
+
+def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None) -> Accelerator:
+    chosen = resolve(hw)
+    if chosen.backend == Backend.rocm:
+        # MIOpen searches for the fastest convolution kernels on first use; keep its database across runs.
+        cache = os.path.expanduser(hw.miopen_cache_dir or os.path.join(
+            os.environ.get("SPEECHKIT_CACHE", "~/.cache/speechkit"), "miopen"))
+        os.makedirs(cache, exist_ok=True)
+        os.environ.setdefault("MIOPEN_USER_DB_PATH", cache)
+        os.environ.setdefault("MIOPEN_CUSTOM_CACHE_DIR", cache)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     accelerator = Accelerator(
-        cpu=hw.backend == Backend.cpu,
-        mixed_precision=hw.mixed_precision.value,
+        cpu=chosen.backend == Backend.cpu,
+        mixed_precision=chosen.precision.value,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=log_with,
     )
-    log.info("Hardware: hw=%s on %s, mixed precision %s, %d process(es)", hw.backend.value, accelerator.device,
-             hw.mixed_precision.value, accelerator.num_processes)
+    log.info("Hardware: %s (%s) on %s, mixed precision %s, %d process(es)", chosen.backend.value, chosen.reason,
+             accelerator.device, chosen.precision.value, accelerator.num_processes)
     return accelerator

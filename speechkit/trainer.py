@@ -40,22 +40,24 @@ class TrainerState:
 
 
 class MetricsFile:
-    """metrics.jsonl: one JSON object per logged train window or evaluation (main process only)."""
+    """metrics.jsonl: one JSON object per logged train window or evaluation (main process only); the same
+    values go to the accelerate trackers (logger=wandb) when there are any."""
 
-    def __init__(self, path: str, accelerator: Accelerator, tracker=None):
-        self.path, self.accelerator, self.tracker = path, accelerator, tracker
+    def __init__(self, path: str, accelerator: Accelerator):
+        self.path, self.accelerator = path, accelerator
 
     def write(self, kind: str, step: int, values: dict) -> None:
+        if self.accelerator.trackers:  # accelerate.log is a no-op off the main process
+            self.accelerator.log({k if k.startswith(kind) or k == "epoch" else f"{kind}_{k}": v
+                                  for k, v in values.items()}, step=step)
         if not self.accelerator.is_main_process:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        if self.tracker is not None:
-            self.tracker.log(values, step=step)
 
 
 def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor,
-          train_set: SpeechDataset, eval_set: SpeechDataset, run_dir: str, tracker=None) -> EvalResult:
+          train_set: SpeechDataset, eval_set: SpeechDataset, run_dir: str) -> EvalResult:
     """Fine-tune `model`, write checkpoints/, best/ and model/ under `run_dir`; returns the shipped model's eval."""
     set_seed(cfg.seed)
     collator = CTCCollator(processor.feature_extractor, uses_attention_mask(model))
@@ -99,7 +101,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     elif cfg.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", ckpt_root)
 
-    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), accelerator, tracker)
+    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), accelerator)
     texts = eval_set.texts
     log.info("Training %d steps: %d examples, %d per device x %d process(es) x %d accumulation, %d steps/epoch",
              total_steps, len(train_set), cfg.batch_size, accelerator.num_processes,

@@ -9,8 +9,9 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data, trainer, vocab as vocabulary
-from speechkit.config import TrainConfig, check_required
+from speechkit.config import TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
+from speechkit.logger import start as start_tracking, tracker_name
 from speechkit.model import build_model, uses_attention_mask
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,11 @@ def run(raw_cfg: DictConfig) -> float:
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
     run_dir = cfg.run_dir
     os.makedirs(run_dir, exist_ok=True)
-    accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps)
+    accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger))
+    public = public_config(raw_cfg)
     if accelerator.is_main_process:
-        OmegaConf.save(raw_cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        OmegaConf.save(OmegaConf.create(public), os.path.join(run_dir, "config.yaml"))
+    start_tracking(cfg.logger, accelerator, public, run_dir)
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl.
     ds = cfg.dataset
