@@ -1,9 +1,11 @@
 """Score a trained model: `python evaluate.py model_dir=<run>/model dataset=<name> split=<name>`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.config import register_configs
+from speechkit.config import ConfigError, register_configs
 
 register_configs()
 
@@ -12,7 +14,11 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from speechkit import evaluation
 
-    evaluation.run(cfg)
+    try:
+        evaluation.run(cfg)
+    except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
+        print(f"speechkit: config error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

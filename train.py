@@ -1,9 +1,11 @@
 """Fine-tune a wav2vec2 CTC model: `python train.py [group=option ...] [key=value ...]` (see README.md)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.config import register_configs
+from speechkit.config import ConfigError, register_configs
 
 register_configs()
 
@@ -12,7 +14,11 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from speechkit import training  # imported here so `--cfg job` and `--help` stay fast
 
-    return training.run(cfg)
+    try:
+        return training.run(cfg)
+    except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
+        print(f"speechkit: config error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class DatasetConfig:
     path: Optional[str] = MISSING  # Hub repo id, or local directory; null for the demo
     config_name: Optional[str] = None  # Hub configuration, e.g. "es_419"
     revision: Optional[str] = None  # Hub git revision (branch, tag or commit)
+    data_dir: Optional[str] = None  # sub-folder of the repo holding this data set's files (e.g. a language)
     train_split: str = "train"
     eval_split: str = "test"
     audio_column: str = "audio"

@@ -43,7 +43,7 @@ def load_source(cfg: DatasetConfig) -> DatasetDict:
     else:
         if not cfg.path:
             raise ConfigError("dataset.path must name a Hub data set (or a local one) for dataset.source=hub")
-        splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision)
+        splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir)
         splits = DatasetDict({name: _select_columns(ds, cfg.audio_column, cfg.text_column, cfg.path)
                               for name, ds in splits.items()})
     return carve(splits, cfg)

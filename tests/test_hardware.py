@@ -1,0 +1,76 @@
+"""hw selection and refusals, on this machine's real torch build."""
+
+import logging
+
+import pytest
+import torch
+
+from conftest import compose, run_cli
+from speechkit.config import Backend, ConfigError, Precision
+from speechkit.hardware import make_accelerator, resolve
+
+
+def hw(*overrides):
+    return compose("train", [*overrides, "run_dir=/x"]).hw
+
+
+def test_every_hw_option_states_a_precision():
+    from conftest import CONF
+
+    for path in (CONF / "hw").glob("*.yaml"):
+        assert "mixed_precision:" in path.read_text(), path.name
+
+
+def test_auto_picks_what_this_machine_has_and_says_so(caplog):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(hw())
+    chosen = resolve(cfg)
+    if not torch.cuda.is_available():
+        assert chosen.backend == Backend.cpu and chosen.precision == Precision.no
+        assert "no GPU" in chosen.reason
+    else:
+        assert chosen.backend in (Backend.cuda, Backend.rocm) and chosen.precision != Precision.no
+    with caplog.at_level(logging.INFO, logger="speechkit.hardware"):
+        make_accelerator(cfg)
+    assert f"Hardware: {chosen.backend.value} (auto:" in caplog.text
+
+
+def test_rocm_is_refused_on_a_torch_without_hip():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(hw("hw=rocm"))
+    if torch.version.hip:
+        assert resolve(cfg).backend == Backend.rocm
+        return
+    with pytest.raises(ConfigError, match=r"hw=rocm needs a ROCm build of torch.*torch.version.hip is None"):
+        resolve(cfg)
+
+
+def test_cuda_without_a_gpu_is_refused():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(hw("hw=cuda"))
+    if torch.cuda.is_available() and not torch.version.hip:
+        assert resolve(cfg) .backend == Backend.cuda
+        return
+    with pytest.raises(ConfigError, match="hw=cuda"):
+        resolve(cfg)
+
+
+def test_fp16_on_cpu_is_an_error_not_a_silent_fallback():
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+        resolve(OmegaConf.to_object(hw("hw=cpu", "hw.mixed_precision=fp16")))
+    assert resolve(OmegaConf.to_object(hw("hw=cpu", "hw.mixed_precision=bf16"))).precision == Precision.bf16
+
+
+def test_cli_refuses_rocm_before_touching_data(tmp_path):
+    done = run_cli("train.py", "experiment=rocm_fleurs_es", "hw=rocm", f"hydra.run.dir={tmp_path}")
+    if torch.version.hip:
+        pytest.fail("this test expects a non-ROCm torch build")  # CI and dev machines run CPU torch
+    assert done.returncode == 2
+    assert "hw=rocm needs a ROCm build of torch" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "vocab.json").exists()

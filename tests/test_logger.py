@@ -1,0 +1,78 @@
+"""logger=wandb in offline mode: a real run written to disk, read back record by record."""
+
+import json
+import struct
+
+from conftest import SMALL_DEMO, TINY, compose
+from speechkit import training
+
+
+def read_wandb_records(path):
+    """Records of a .wandb transaction log (LevelDB log format: 32 KiB blocks, 7-byte record headers)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left in the block for a header: zero padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a FULL record, or the LAST piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_config_and_eval_wer(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "local-secret-key-0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecret_token_value")
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, "logger=wandb", "logger.tags=[ci,tiny]",
+                            "logger.name=tiny-offline", "trainer.max_steps=2", "trainer.eval_steps=1",
+                            "trainer.logging_steps=1", "trainer.batch_size=4", "trainer.progress_bar=false",
+                            f"run_dir={run_dir}"])
+    wer = training.run(cfg)
+
+    files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    history, config, run = [], {}, None
+    for record in read_wandb_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "run":
+            run = record.run
+    assert run.project == "speechkit" and run.display_name == "tiny-offline" and list(run.tags) == ["ci", "tiny"]
+    evals = [h for h in history if "eval_wer" in h]
+    assert [h["_step"] for h in evals] == [1, 2]
+    assert all("eval_cer" in h and "eval_loss" in h for h in evals)
+    assert any("train_loss" in h for h in history)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert evals[-1]["eval_wer"] == [m for m in metrics if m["kind"] == "eval"][-1]["eval_wer"]
+    assert wer >= 0
+    assert config["trainer"]["learning_rate"] == cfg.trainer.learning_rate and config["logger"]["backend"] == "wandb"
+
+    # no secret in anything saved or logged
+    for path in [*run_dir.rglob("*")]:
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"local-secret-key" not in blob and b"hf_supersecret" not in blob, path
+
+
+def test_secret_looking_keys_are_redacted():
+    from omegaconf import OmegaConf
+    from speechkit.config import public_config
+
+    cfg = OmegaConf.create({"a": {"hf_token": "hf_x", "api_key": "k", "ok": 1, "token_count": None}})
+    assert public_config(cfg) == {"a": {"hf_token": "<redacted>", "api_key": "<redacted>", "ok": 1,
+                                        "token_count": None}}
