@@ -25,44 +25,65 @@ from tqdm.auto import tqdm
 from speechkit.config import ConfigError, DatasetConfig
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1  # bump when the grammar or the synthesis changes, to invalidate old caches
+GENERATOR_VERSION = 2  # bump when the grammar or the synthesis changes, to invalidate old caches
 
-# A tiny grammar per language: determiner + (adjective) + noun + verb + determiner + noun (+ place).
+# A small grammar per language. Sentences are 3-9 words (1-3.5 s of speech): noun phrase + transitive verb + noun
+# phrase, noun phrase + intransitive verb (+ place or adverb), or a short pronoun-led sentence. Every word recurs
+# across many sentences, so a held-out sentence is a new combination of words the model has heard.
 GRAMMARS = {
     "en": {
-        "det": ["the", "a", "my", "your", "this", "that", "one", "every"],
-        "adj": ["red", "big", "small", "old", "green", "happy", "quiet", "fast", "cold", "bright"],
-        "noun": ["cat", "dog", "bird", "man", "woman", "child", "car", "house", "tree", "river", "boat", "book",
-                 "phone", "table", "garden", "teacher", "doctor", "farmer", "horse", "window"],
-        "verb": ["sees", "likes", "finds", "takes", "moves", "paints", "needs", "wants", "holds", "follows",
-                 "watches", "carries"],
-        "place": ["near the road", "in the park", "at home", "by the sea", "on the hill", "under the bridge"],
+        "det": ["the", "a", "my", "your", "his", "her", "our", "their", "this", "that"],
+        "adj": ["big", "small", "red", "blue", "green", "old", "new", "happy", "quiet", "dark", "warm", "cold",
+                "little", "bright", "soft", "fast"],
+        "noun": ["cat", "dog", "bird", "fish", "man", "woman", "child", "boy", "girl", "car", "boat", "house",
+                 "tree", "book", "ball", "door", "table", "chair", "river", "garden", "horse", "teacher", "doctor",
+                 "farmer", "window", "apple", "letter", "train"],
+        "verb_t": ["sees", "likes", "finds", "takes", "holds", "wants", "needs", "opens", "moves", "pushes",
+                   "makes", "keeps", "watches", "paints", "follows", "carries"],
+        "verb_i": ["runs", "sleeps", "sings", "waits", "jumps", "walks", "falls", "smiles", "swims", "laughs"],
+        "adv": ["today", "again", "slowly", "quickly", "now", "often", "later", "there", "here", "tonight"],
+        "prep": ["in", "on", "under", "near", "behind", "with"],
+        "pron": ["i", "you", "we", "they"],
+        "verb_base": ["see", "like", "find", "take", "want", "need", "watch"],
+        "adj_after_noun": False,
     },
     "es": {  # spelt properly, so espeak says "niño", not "nino"; dataset.text.unidecode strips the accents
-        "det": ["el", "un", "mi", "tu", "este", "ese", "cada", "otro"],
-        "adj": ["rojo", "grande", "viejo", "verde", "feliz", "rápido", "nuevo", "alto", "bueno", "blanco"],
+        "det": ["el", "un", "mi", "tu", "su", "este", "ese", "cada", "otro", "nuestro"],
+        "adj": ["rojo", "grande", "viejo", "verde", "feliz", "rápido", "nuevo", "alto", "bueno", "blanco",
+                "pequeño", "oscuro", "frío", "tranquilo"],
         "noun": ["gato", "perro", "pájaro", "hombre", "niño", "coche", "libro", "árbol", "barco", "teléfono",
-                 "caballo", "maestro", "médico", "granjero", "jardín", "camino", "vaso", "zapato", "pueblo", "río"],
-        "verb": ["ve", "quiere", "busca", "toma", "mueve", "pinta", "necesita", "lleva", "sigue", "mira",
-                 "encuentra", "tiene"],
-        "place": ["cerca del camino", "en el parque", "en casa", "junto al mar", "sobre la colina",
-                  "bajo el puente"],
+                 "caballo", "maestro", "médico", "granjero", "jardín", "camino", "vaso", "zapato", "pueblo", "río",
+                 "tren", "puente"],
+        "verb_t": ["ve", "quiere", "busca", "toma", "mueve", "pinta", "necesita", "lleva", "sigue", "mira",
+                   "encuentra", "tiene"],
+        "verb_i": ["corre", "duerme", "canta", "espera", "salta", "camina", "cae", "sonríe", "nada", "ríe"],
+        "adv": ["hoy", "otra vez", "despacio", "rápido", "ahora", "mañana", "allí", "aquí", "esta noche"],
+        "prep": ["en", "bajo", "cerca de", "detrás de", "con"],
+        "pron": ["yo", "tú", "nosotros", "ellos"],
+        "verb_base": ["veo", "quiero", "busco", "tomo", "necesito", "miro"],
+        "adj_after_noun": True,
     },
 }
 
 
-def _sentence(rng: random.Random, g: dict, language: str) -> str:
-    def phrase() -> str:
+def _sentence(rng: random.Random, g: dict) -> str:
+    def noun_phrase() -> List[str]:
+        det, noun = rng.choice(g["det"]), rng.choice(g["noun"])
         if rng.random() < 0.5:
             adj = rng.choice(g["adj"])
-            noun = rng.choice(g["noun"])
-            # Spanish puts the adjective after the noun.
-            return f"{rng.choice(g['det'])} {noun} {adj}" if language == "es" else f"{rng.choice(g['det'])} {adj} {noun}"
-        return f"{rng.choice(g['det'])} {rng.choice(g['noun'])}"
+            return [det, noun, adj] if g["adj_after_noun"] else [det, adj, noun]
+        return [det, noun]
 
-    words = [phrase(), rng.choice(g["verb"]), phrase()]
-    if rng.random() < 0.3:
-        words.append(rng.choice(g["place"]))
+    r = rng.random()
+    if r < 0.45:
+        words = noun_phrase() + [rng.choice(g["verb_t"])] + noun_phrase()
+        if rng.random() < 0.3:
+            words.append(rng.choice(g["adv"]))
+    elif r < 0.75:
+        words = noun_phrase() + [rng.choice(g["verb_i"])]
+        words += [rng.choice(g["prep"])] + noun_phrase() if rng.random() < 0.5 else [rng.choice(g["adv"])]
+    else:
+        words = [rng.choice(g["pron"]), rng.choice(g["verb_base"])] + noun_phrase()
     return " ".join(words)
 
 
@@ -77,7 +98,7 @@ def plan(cfg: DatasetConfig) -> List[Tuple[str, str, str, int, int]]:
     seen = set()
     attempts = 0
     while len(sentences) < d.num_train + d.num_test:
-        s = _sentence(rng, g, d.language)
+        s = _sentence(rng, g)
         attempts += 1
         if attempts > 100 * (d.num_train + d.num_test):
             raise ConfigError("dataset.demo: the grammar cannot make that many distinct sentences")

@@ -22,7 +22,7 @@ TINY = [
     "model.architecture.num_hidden_layers=2",
     "model.architecture.num_attention_heads=2",
     "model.architecture.intermediate_size=64",
-    "model.architecture.conv_dim=[32,32,32,32,32,32,32]",
+    "model.architecture.conv_dim=[16,16,32,32]",
     "model.architecture.num_conv_pos_embeddings=16",
     "model.architecture.num_conv_pos_embedding_groups=2",
 ]
