@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 
 from speechkit.config import Backend, ConfigError, HardwareConfig, Precision
 
@@ -73,7 +74,11 @@ def resolve(hw: HardwareConfig) -> Resolved:
     return Resolved(backend, precision, reason)
 
 
-def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None) -> Accelerator:
+def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None,
+                     find_unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator for this hardware. Under `accelerate launch` (several processes) it is DDP; then
+    `find_unused_parameters` must be set when a step may leave parameters without a gradient (layerdrop skips whole
+    layers at random), or DDP stops with "Expected to have finished reduction in the prior iteration"."""
     chosen = resolve(hw)
     if chosen.backend == Backend.rocm:
         # MIOpen searches for the fastest convolution kernels on first use; keep its database across runs.
@@ -89,7 +94,21 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
         mixed_precision=chosen.precision.value,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+    if not accelerator.is_main_process:
+        _main_process_logs_only()
     log.info("Hardware: %s (%s) on %s, mixed precision %s, %d process(es)", chosen.backend.value, chosen.reason,
              accelerator.device, chosen.precision.value, accelerator.num_processes)
     return accelerator
+
+
+def _main_process_logs_only() -> None:
+    """Called in every process but the main one of a multi-process run: the run dir's train.log and the console
+    get one copy of each line (the main process's); the others' warnings and errors still reach the console."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):  # Hydra's <run dir>/train.log, opened by every process
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)

@@ -110,8 +110,8 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     def evaluate_and_track(epoch_float: float) -> None:
         result = run_eval(model, eval_loader, collator, processor.tokenizer, texts, accelerator)
         values = {"epoch": round(epoch_float, 4), **result.metrics}
-        log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f", state.global_step,
-                 epoch_float, result.loss, result.wer, result.cer)
+        log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
+                 state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
         metrics.write("eval", state.global_step, values)
         if state.best_wer is None or result.wer < state.best_wer:
             state.best_wer, state.best_step = result.wer, state.global_step
@@ -162,7 +162,11 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                 epoch_float = state.epoch + state.batches_done_in_epoch / len(train_loader)
 
                 if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
-                    values = {"epoch": round(epoch_float, 4), "loss": window_loss / max(window_batches, 1),
+                    window_mean = window_loss / max(window_batches, 1)
+                    if accelerator.num_processes > 1:  # every process's batches, not only the main one's
+                        window_mean = accelerator.reduce(torch.tensor(window_mean, device=accelerator.device),
+                                                         "mean").item()
+                    values = {"epoch": round(epoch_float, 4), "loss": window_mean,
                               "learning_rate": scheduler.get_last_lr()[0],
                               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                               "skipped_nonfinite": state.skipped_nonfinite}
