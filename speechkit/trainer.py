@@ -113,10 +113,12 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
         log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
                  state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
         metrics.write("eval", state.global_step, values)
-        if state.best_wer is None or result.wer < state.best_wer:
+        if state.best_wer is None or result.wer < state.best_wer:  # the gathered WER: the same in every process
             state.best_wer, state.best_step = result.wer, state.global_step
+            weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
             if accelerator.is_main_process:
-                checkpoint.replace_dir(accelerator.unwrap_model(model).save_pretrained, os.path.join(ckpt_root, "best"))
+                checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(
+                    path, state_dict=weights), os.path.join(ckpt_root, "best"))
             accelerator.wait_for_everyone()
 
     model.train()
@@ -205,9 +207,10 @@ def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts
         unwrapped.load_state_dict(best.state_dict())
         del best
     model_dir = os.path.join(run_dir, "model")
+    weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
     if accelerator.is_main_process:
         def write(path):
-            unwrapped.save_pretrained(path)
+            unwrapped.save_pretrained(path, state_dict=weights)
             processor.save_pretrained(path)
         checkpoint.replace_dir(write, model_dir)
     accelerator.wait_for_everyone()

@@ -264,6 +264,34 @@ def test_two_process_run_resumes_exactly_as_a_requeued_slurm_job(ddp_run, tmp_pa
     assert [m["eval_utterances"] for m in metrics if m["kind"] == "eval"] == [NUM_TEST, NUM_TEST]
 
 
+@pytest.mark.parametrize("name,flag,expected", [
+    ("multi_gpu", "multi_gpu", {}),
+    ("fsdp", "use_fsdp", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
+                          "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}),
+    ("deepspeed", "use_deepspeed", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}),
+])
+def test_accelerate_config_files_are_read_by_accelerate_launch(name, flag, expected):
+    """The README's `accelerate launch --config_file accelerate/<name>.yaml train.py ...`: accelerate's own
+    parser and validation read each file, and the environment it would give train.py is as intended (no GPUs here
+    to run them on)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+    import transformers.models.wav2vec2.modeling_wav2vec2 as wav2vec2
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "accelerate" / f"{name}.yaml"),
+                                              str(REPO / "train.py"), "experiment=demo"])
+    args, defaults, _ = _validate_launch_command(args)
+    assert getattr(args, flag) and args.num_processes == 8 and args.mixed_precision == "no"
+    if name == "deepspeed":  # as launch_command does before handing over to DeepSpeed's launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    assert {k: env.get(k) for k in expected} == expected
+    for cls in filter(None, env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",")):
+        assert hasattr(wav2vec2, cls), cls  # the layers FSDP wraps exist under these names
+
+
 # ----------------------------------------------------------------------------------------------- containers
 DOCKERFILES = ["Dockerfile.cuda", "Dockerfile.rocm"]
 
