@@ -130,6 +130,13 @@ class Backend(str, Enum):
     cuda = "cuda"
     rocm = "rocm"
     cpu = "cpu"
+    sagemaker = "sagemaker"  # not a device: submits the run as a SageMaker training job (speechkit/sagemaker/)
+
+
+class Distribution(str, Enum):
+    auto = "auto"  # torchrun when the job has more than one GPU in total, else one process
+    none = "none"
+    torchrun = "torchrun"
 
 
 class Precision(str, Enum):
@@ -146,6 +153,27 @@ class HardwareConfig:
     num_threads: Optional[int] = None  # CPU intra-op threads; null keeps torch's default
     # ROCm: where MIOpen keeps its tuned-kernel database, so the kernel search is paid once, not every run.
     miopen_cache_dir: Optional[str] = None
+    # ---- hw=sagemaker only (conf/hw/sagemaker.yaml fills these in; null for the local backends) ----
+    region: Optional[str] = None  # null: the AWS config / AWS_DEFAULT_REGION
+    role: Optional[str] = None  # IAM role ARN the job (and endpoint) runs as
+    bucket: Optional[str] = None  # S3 bucket for code, data, outputs and model tarballs
+    prefix: Optional[str] = None  # key prefix inside the bucket
+    instance_type: Optional[str] = None
+    instance_count: Optional[int] = None
+    gpus_per_instance: Optional[int] = None  # null: looked up for instance_type
+    volume_size_gb: Optional[int] = None
+    wait: Optional[bool] = None  # wait for the job and stream its logs, else return the job name at once
+    image_uri: Optional[str] = None  # explicit training image; null: the Hugging Face PyTorch image below
+    transformers_version: Optional[str] = None
+    pytorch_version: Optional[str] = None
+    py_version: Optional[str] = None
+    max_run_s: Optional[int] = None
+    spot: Optional[bool] = None  # managed spot training; checkpoints go to S3 and the job resumes from them
+    max_wait_s: Optional[int] = None  # spot only: run time plus time waiting for capacity
+    distribution: Optional[Distribution] = None
+    base_job_name: Optional[str] = None
+    container_hw: Optional[Backend] = None  # the hw option the job trains with inside the container
+    container_mixed_precision: Optional[Precision] = None
 
 
 # --------------------------------------------------------------------------------------- conf/trainer
@@ -227,6 +255,46 @@ class EvaluateConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+@dataclass
+class InferenceConfig:
+    """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed."""
+
+    max_body_mb: float = 6.0  # a larger request is refused (6 MB is SageMaker's real-time payload limit)
+    chunk_length_s: Optional[float] = 20.0  # audio longer than this is transcribed in overlapping chunks
+    stride_length_s: Optional[float] = 4.0  # overlap on each side of a chunk; null: chunk_length_s / 6
+
+
+@dataclass
+class EndpointConfig:
+    name: Optional[str] = None  # null: speechkit-<timestamp>
+    instance_type: str = "ml.g4dn.xlarge"
+    instance_count: int = 1
+    image_uri: Optional[str] = None  # explicit inference image; null: the Hugging Face PyTorch image below
+    transformers_version: str = "5.5.3"
+    pytorch_version: str = "2.6.0"
+    py_version: str = "py312"
+    wait: bool = False  # wait until the endpoint is InService
+
+
+@dataclass
+class DeployConfig:
+    model_dir: str = MISSING
+    hw: HardwareConfig = MISSING  # hw=sagemaker: region, role, bucket, prefix
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class ServeConfig:
+    model_dir: str = MISSING
+    host: str = "127.0.0.1"
+    port: int = 8080
+    device: Optional[str] = None  # null: cuda when available, else cpu
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
 def register_configs() -> None:
     # conf/hydra/launcher/submitit_slurm.yaml shadows the submitit plugin's config of that name on purpose, and Hydra
     # checks it against the plugin's schema ("automatic schema matching"), with a deprecation notice each time.
@@ -234,6 +302,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="deploy_schema", node=DeployConfig)
+    cs.store(name="serve_schema", node=ServeConfig)
 
 
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")

@@ -38,11 +38,11 @@ GRAMMARS = {
                  "watches", "carries"],
         "place": ["near the road", "in the park", "at home", "by the sea", "on the hill", "under the bridge"],
     },
-    "es": {
+    "es": {  # spelt properly, so espeak says "niño", not "nino"; dataset.text.unidecode strips the accents
         "det": ["el", "un", "mi", "tu", "este", "ese", "cada", "otro"],
-        "adj": ["rojo", "grande", "viejo", "verde", "feliz", "rapido", "nuevo", "alto", "bueno", "blanco"],
-        "noun": ["gato", "perro", "pajaro", "hombre", "nino", "coche", "libro", "arbol", "barco", "telefono",
-                 "caballo", "maestro", "medico", "granjero", "jardin", "camino", "vaso", "zapato", "pueblo", "rio"],
+        "adj": ["rojo", "grande", "viejo", "verde", "feliz", "rápido", "nuevo", "alto", "bueno", "blanco"],
+        "noun": ["gato", "perro", "pájaro", "hombre", "niño", "coche", "libro", "árbol", "barco", "teléfono",
+                 "caballo", "maestro", "médico", "granjero", "jardín", "camino", "vaso", "zapato", "pueblo", "río"],
         "verb": ["ve", "quiere", "busca", "toma", "mueve", "pinta", "necesita", "lleva", "sigue", "mira",
                  "encuentra", "tiene"],
         "place": ["cerca del camino", "en el parque", "en casa", "junto al mar", "sobre la colina",

@@ -39,6 +39,9 @@ def _torch_build() -> str:
 
 def resolve(hw: HardwareConfig) -> Resolved:
     """Pick the backend and precision, refusing combinations this machine cannot run."""
+    if hw.backend == Backend.sagemaker:
+        raise ConfigError("hw=sagemaker is not a local device: it submits `python train.py` as a SageMaker training "
+                          "job (and is the target of deploy.py); use hw=auto/cuda/rocm/cpu here")
     gpu = torch.cuda.is_available()  # ROCm builds of torch expose AMD GPUs through torch.cuda too
     backend, reason = hw.backend, "asked for"
     if backend == Backend.auto:

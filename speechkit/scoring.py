@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence
 import jiwer
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 from transformers import Wav2Vec2CTCTokenizer
 
 from speechkit.batching import CTCCollator
@@ -43,7 +44,8 @@ def run_eval(model, loader, collator: CTCCollator, tokenizer: Wav2Vec2CTCTokeniz
     unwrapped = accelerator.unwrap_model(model)
     ids: Dict[int, List[int]] = {}
     loss_sum, loss_count, gathered_count = 0.0, 0, 0
-    for batch in loader:
+    for batch in tqdm(loader, desc="Evaluating", leave=False, dynamic_ncols=True,
+                      disable=not accelerator.is_main_process):
         if batch is None:
             continue
         out = model(**collator.model_inputs(batch))

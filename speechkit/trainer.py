@@ -34,6 +34,7 @@ class TrainerState:
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches, so resume can skip exactly these
     best_wer: Optional[float] = None
+    best_cer: Optional[float] = None
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
@@ -113,8 +114,10 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
         log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
                  state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
         metrics.write("eval", state.global_step, values)
-        if state.best_wer is None or result.wer < state.best_wer:  # the gathered WER: the same in every process
-            state.best_wer, state.best_step = result.wer, state.global_step
+        # Lowest WER wins; CER breaks ties (early on, every evaluation has WER 1.0). Gathered values: the same in
+        # every process, so all of them take this branch together.
+        if state.best_wer is None or (result.wer, result.cer) < (state.best_wer, state.best_cer):
+            state.best_wer, state.best_cer, state.best_step = result.wer, result.cer, state.global_step
             weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
             if accelerator.is_main_process:
                 checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(

@@ -11,7 +11,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data, trainer, vocab as vocabulary
-from speechkit.config import TrainConfig, check_required, public_config
+from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_name
 from speechkit.model import build_model, uses_attention_mask
@@ -19,9 +19,14 @@ from speechkit.model import build_model, uses_attention_mask
 log = logging.getLogger(__name__)
 
 
-def run(raw_cfg: DictConfig) -> float:
-    """Train as configured; returns the shipped model's eval WER (what sweeps minimise)."""
+def run(raw_cfg: DictConfig) -> float | str:
+    """Train as configured; returns the shipped model's eval WER (what sweeps minimise), or with hw=sagemaker the
+    name of the SageMaker training job that trains it remotely."""
     check_required(raw_cfg)
+    if raw_cfg.hw.backend == Backend.sagemaker:
+        from speechkit.sagemaker.launch import launch
+
+        return launch(raw_cfg)
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
     accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger),
                                    find_unused_parameters=cfg.model.layerdrop > 0)

@@ -1,0 +1,113 @@
+"""`python deploy.py model_dir=<run>/model hw.role=... hw.bucket=...`: a SageMaker real-time endpoint for a model.
+
+Packs model.tar.gz as SageMaker's Hugging Face/PyTorch inference containers expect it (the model and processor
+files at the top, code/inference.py and code/requirements.txt beside them), uploads it to
+s3://<hw.bucket>/<hw.prefix>/models/<name>/, and creates the model, the endpoint config and the endpoint (all named
+<name>) with the SageMaker Python SDK 3 resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import List
+
+from omegaconf import DictConfig, OmegaConf
+
+from speechkit.config import Backend, ConfigError, DeployConfig, check_required
+from speechkit.sagemaker import launch
+from speechkit.sagemaker.server import settings_env
+
+log = logging.getLogger(__name__)
+
+HANDLER = Path(__file__).with_name("inference.py")
+# What the handler imports, pinned as speechkit pins them (pyproject.toml); installed by the inference container.
+HANDLER_REQUIREMENTS = ("torch", "torchcodec", "transformers", "numpy")
+
+
+def handler_requirements() -> List[str]:
+    pins = {re.split(r"[=<>!~ ]", r, maxsplit=1)[0].lower(): r for r in launch.requirements()}
+    return [pins[name] for name in HANDLER_REQUIREMENTS if name in pins]
+
+
+def pack(model_dir: str, tarball: str) -> str:
+    """model.tar.gz: every file of model_dir at the top, code/inference.py, code/requirements.txt."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
+    names = {p.name for p in files}
+    if "config.json" not in names or not names & {"model.safetensors", "model.safetensors.index.json"}:
+        raise ConfigError(f"model_dir: {model_dir} is not a saved model (needs config.json and model.safetensors); "
+                          "point it at a run's model/ folder")
+    requirements = Path(tarball).with_name("requirements.txt")
+    requirements.write_text("\n".join(handler_requirements()) + "\n")
+    with tarfile.open(tarball, "w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=path.name)
+        tar.add(HANDLER, arcname="code/inference.py")
+        tar.add(requirements, arcname="code/requirements.txt")
+    return tarball
+
+
+def inference_image(cfg: DeployConfig, region: str) -> str:
+    ep = cfg.endpoint
+    if ep.image_uri:
+        return ep.image_uri
+    from sagemaker.core import image_uris
+
+    try:
+        return image_uris.retrieve("huggingface", region=region, version=ep.transformers_version,
+                                   base_framework_version=f"pytorch{ep.pytorch_version}", py_version=ep.py_version,
+                                   instance_type=ep.instance_type, image_scope="inference")
+    except ValueError as err:
+        raise ConfigError(f"endpoint.transformers_version={ep.transformers_version} / endpoint.pytorch_version="
+                          f"{ep.pytorch_version}: no Hugging Face inference image ({err}); pick versions the SDK "
+                          "lists or give endpoint.image_uri") from None
+
+
+def run(raw_cfg: DictConfig) -> str:
+    """Deploy; returns the endpoint name."""
+    check_required(raw_cfg)
+    cfg: DeployConfig = OmegaConf.to_object(raw_cfg)
+    if cfg.hw.backend != Backend.sagemaker:
+        raise ConfigError(f"hw={cfg.hw.backend.value}: deploy.py deploys to SageMaker; keep hw=sagemaker")
+    model_dir = os.path.expanduser(cfg.model_dir)
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"model_dir: {model_dir} is not a directory; point it at a run's model/ folder")
+    hw = cfg.hw
+    session = launch.sagemaker_session(hw)  # names hw.role / hw.bucket / hw.region when they are missing
+    region = session.boto_region_name
+    name = cfg.endpoint.name or f"speechkit-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
+        raise ConfigError(f"endpoint.name={name}: 1-63 letters, digits and hyphens, starting with a letter or digit")
+    image = inference_image(cfg, region)
+
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    tarball = pack(model_dir, os.path.join(cfg.run_dir, "model.tar.gz"))
+    key_prefix = "/".join(p for p in (hw.prefix, "models", name) if p)
+    model_data = session.upload_data(path=tarball, bucket=hw.bucket, key_prefix=key_prefix)
+    log.info("Uploaded %s to %s", tarball, model_data)
+
+    from sagemaker.core.helper.session_helper import container_def, production_variant
+
+    env = {**settings_env(cfg.inference), "SAGEMAKER_PROGRAM": "inference.py", "HF_HUB_OFFLINE": "1"}
+    session.create_model(name, role=hw.role, container_defs=container_def(image, model_data, env=env))
+    session.create_endpoint_config(name, [production_variant(
+        model_name=name, instance_type=cfg.endpoint.instance_type,
+        initial_instance_count=cfg.endpoint.instance_count)])
+    session.create_endpoint(name, name, wait=cfg.endpoint.wait)
+    print(f"SageMaker endpoint: {name}  ({cfg.endpoint.instance_count} x {cfg.endpoint.instance_type}, region {region})\n"
+          f"  model    {model_data}\n  image    {image}\n"
+          f"Call it (audio bytes, or JSON {{\"speech_array\": [...], \"sampling_rate\": 16000}}):\n"
+          f"  aws sagemaker-runtime invoke-endpoint --region {region} --endpoint-name {name} "
+          f"--content-type audio/wav --body fileb://clip.wav out.json && cat out.json\n"
+          f"  python -c \"import boto3; print(boto3.client('sagemaker-runtime', region_name='{region}')"
+          f".invoke_endpoint(EndpointName='{name}', ContentType='audio/wav', "
+          f"Body=open('clip.wav', 'rb').read())['Body'].read().decode())\"\n"
+          f"Delete it (an endpoint is billed while it exists):\n"
+          f"  aws sagemaker delete-endpoint --region {region} --endpoint-name {name}\n"
+          f"  aws sagemaker delete-endpoint-config --region {region} --endpoint-config-name {name}\n"
+          f"  aws sagemaker delete-model --region {region} --model-name {name}", flush=True)
+    return name

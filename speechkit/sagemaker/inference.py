@@ -1,0 +1,182 @@
+"""The inference handler: SageMaker's Hugging Face/PyTorch toolkit contract, shipped as `code/inference.py`.
+
+    model_fn(model_dir)                 -> the model, its processor and a CTC speech-recognition pipeline
+    input_fn(body, content_type)        -> a mono clip, from JSON {"speech_array": [...], "sampling_rate": N}
+                                           or from raw audio bytes (audio/wav, audio/flac, audio/x-audio, ...)
+    predict_fn(clip, model)             -> {"text": ..., "duration_s": ...}; resampled to the model's rate, long
+                                           audio transcribed in overlapping chunks
+    output_fn(prediction, accept)       -> JSON
+
+It is self-contained (numpy, torch, torchcodec, transformers; nothing from speechkit), so the same file runs in the
+endpoint's container, in `python serve.py` on this machine, and in the tests. Requests that cannot be served raise
+`InferenceError` with an HTTP status and a message saying what is wrong. Nothing here unpickles input or trusts
+remote code: bodies are parsed as JSON or decoded as audio by FFmpeg, and the model loads from safetensors with
+the concrete Wav2Vec2 classes.
+
+Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
+SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none: never chunk), SPEECHKIT_STRIDE_LENGTH_S (4;
+none: chunk/6), SPEECHKIT_DEVICE (cuda when available, else cpu).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+JSON_TYPES = ("application/json",)
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/x-audio",
+               "audio/mpeg", "audio/mp3", "audio/ogg", "audio/webm")
+ACCEPT_TYPES = ("application/json", "*/*")
+
+
+class InferenceError(ValueError):
+    """A request that cannot be served; `status_code` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status_code: int = 400):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def _env_float(name: str, default: Optional[float]) -> Optional[float]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in ("", "none", "null"):
+        return None
+    return float(value)
+
+
+def max_body_bytes() -> int:
+    return int((_env_float("SPEECHKIT_MAX_BODY_MB", 6.0) or 6.0) * 1024 * 1024)
+
+
+def _media_type(value: Optional[str]) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+# --------------------------------------------------------------------------------------------- model_fn
+def model_fn(model_dir: str, context: Any = None) -> dict:
+    import torch
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
+
+    device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    processor = Wav2Vec2Processor.from_pretrained(model_dir, local_files_only=True)
+    model = Wav2Vec2ForCTC.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).to(device).eval()
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                   feature_extractor=processor.feature_extractor, device=torch.device(device))
+    return {"pipeline": asr, "model": model, "processor": processor,
+            "sampling_rate": int(processor.feature_extractor.sampling_rate)}
+
+
+# --------------------------------------------------------------------------------------------- input_fn
+def input_fn(input_data: Any, content_type: Optional[str], context: Any = None) -> dict:
+    """The request body as {"array": mono float32, "sampling_rate": its rate}; raises InferenceError."""
+    media = _media_type(content_type)
+    if media not in JSON_TYPES + AUDIO_TYPES:
+        raise InferenceError(f"unsupported content type '{content_type}': send application/json "
+                             f"({{\"speech_array\": [...], \"sampling_rate\": N}}) or audio bytes "
+                             f"({', '.join(AUDIO_TYPES)})", 415)
+    body = input_data.encode() if isinstance(input_data, str) else bytes(input_data or b"")
+    limit = max_body_bytes()
+    if len(body) > limit:
+        raise InferenceError(f"request body of {len(body)} bytes is over the limit of {limit} bytes "
+                             "(SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413)
+    if not body:
+        raise InferenceError("empty request body: no audio")
+    clip = _from_json(body) if media in JSON_TYPES else _from_audio_bytes(body)
+    if clip["array"].size == 0:
+        raise InferenceError("empty audio: no samples")
+    return clip
+
+
+def _from_json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InferenceError(f"malformed JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise InferenceError("the JSON body must be an object {\"speech_array\": [...], \"sampling_rate\": N}")
+    missing = [k for k in ("speech_array", "sampling_rate") if k not in payload]
+    if missing:
+        raise InferenceError(f"missing field(s) {', '.join(missing)}: send "
+                             "{\"speech_array\": [floats], \"sampling_rate\": N}")
+    rate = payload["sampling_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate != int(rate) or not 1000 <= rate <= 384000:
+        raise InferenceError(f"sampling_rate must be a whole number of Hz between 1000 and 384000, got {rate!r}")
+    samples = payload["speech_array"]
+    if not isinstance(samples, list):
+        raise InferenceError("speech_array must be a list of numbers (one channel)")
+    if not samples:
+        raise InferenceError("empty audio: speech_array has no samples")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples):
+        raise InferenceError("speech_array must hold numbers only (one channel: a flat list)")
+    array = np.asarray(samples, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise InferenceError("speech_array holds NaN or infinite values")
+    return {"array": array, "sampling_rate": int(rate)}
+
+
+def _from_audio_bytes(body: bytes) -> dict:
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        decoder = AudioDecoder(body, num_channels=1)
+        samples = decoder.get_all_samples()
+    except Exception as err:  # FFmpeg's errors come in several types; all mean "not audio we can read"
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if "No audio frames" in str(err):
+            raise InferenceError(f"empty audio: the file holds no samples ({detail})") from None
+        raise InferenceError(f"the body is not audio that can be decoded ({detail})") from None
+    return {"array": samples.data.numpy().reshape(-1).astype(np.float32, copy=False),
+            "sampling_rate": int(samples.sample_rate)}
+
+
+# ------------------------------------------------------------------------------------------- predict_fn
+def resample(array: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """FFmpeg's resampler (through an in-memory WAV), as speechkit's training data went through."""
+    if source_rate == target_rate:
+        return array
+    import torch
+    from torchcodec.decoders import AudioDecoder
+    from torchcodec.encoders import AudioEncoder
+
+    wav = AudioEncoder(torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0), sample_rate=source_rate)
+    out = AudioDecoder(wav.to_tensor("wav"), sample_rate=target_rate).get_all_samples().data
+    return out.numpy().reshape(-1).astype(np.float32, copy=False)
+
+
+def predict_fn(data: dict, model: dict, context: Any = None) -> dict:
+    rate = model["sampling_rate"]
+    array = resample(data["array"], data["sampling_rate"], rate)
+    duration = array.size / rate
+    chunk = _env_float("SPEECHKIT_CHUNK_LENGTH_S", 20.0)
+    kwargs = {}
+    if chunk and duration > chunk:  # long audio: overlapping chunks, CTC logits stitched by the pipeline
+        stride = _env_float("SPEECHKIT_STRIDE_LENGTH_S", 4.0)
+        if stride is not None and stride * 2 >= chunk:
+            stride = chunk / 6
+        kwargs = {"chunk_length_s": chunk, "stride_length_s": stride}
+    result = model["pipeline"]({"raw": array, "sampling_rate": rate}, **kwargs)
+    return {"text": result["text"], "duration_s": round(duration, 3), "chunked": bool(kwargs)}
+
+
+# -------------------------------------------------------------------------------------------- output_fn
+def output_fn(prediction: dict, accept: Optional[str] = None, context: Any = None):
+    media = _media_type(accept) or "application/json"
+    if media not in ACCEPT_TYPES:
+        raise InferenceError(f"unsupported accept type '{accept}': responses are application/json", 406)
+    return json.dumps(prediction, ensure_ascii=False, allow_nan=False)
+
+
+def transform(body: Any, content_type: Optional[str], accept: Optional[str], model: dict):
+    """input -> predict -> output, as the toolkit chains them."""
+    return output_fn(predict_fn(input_fn(body, content_type), model), accept)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("imported by the SageMaker inference toolkit or by `python serve.py`; not run directly")

@@ -1,0 +1,244 @@
+"""`python train.py ... hw=sagemaker`: submit the run as a SageMaker training job (SageMaker Python SDK 3).
+
+What travels: the project's source (speechkit/, conf/, train.py) with a requirements.txt of speechkit's own pins
+as the job's code; a local data set (audiofolder, a local Hub-format folder, or the synthesized demo corpus) as
+the `dataset` input channel; the user's Hydra overrides, as typed, as one hyperparameter (`overrides`, a JSON
+list). In the container, entry.py composes the same config with `hw` swapped for `hw.container_hw`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from speechkit.config import ConfigError, Distribution, HardwareConfig, Source, TrainConfig, check_required
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout holding speechkit/ and conf/
+ENTRY_SCRIPT = "speechkit/sagemaker/entry.py"  # relative to the shipped code
+CHANNEL = "dataset"  # the input channel holding a local data set: SM_CHANNEL_DATASET in the container
+
+# CloudWatch metrics, parsed from the trainer's own log lines (speechkit/trainer.py):
+#   train step=20/400 epoch=0.25 loss=3.1234 lr=2.000e-04 grad_norm=1.234
+#   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000
+_NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+METRIC_DEFINITIONS = [
+    ("train_loss", rf"train step=\d+/\d+ epoch=\S+ loss={_NUM}"),
+    ("learning_rate", rf"train step=\d+/\d+ .*\blr={_NUM}"),
+    ("epoch", rf"train step=\d+/\d+ epoch={_NUM}"),
+    ("eval_loss", rf"eval step=\d+ epoch=\S+ eval_loss={_NUM}"),
+    ("eval_wer", rf"eval step=\d+ .*\beval_wer={_NUM}"),
+    ("eval_cer", rf"eval step=\d+ .*\beval_cer={_NUM}"),
+]
+
+# Fields of conf/hw that describe the remote job, not the device the container trains on.
+SAGEMAKER_FIELDS = ("backend", "region", "role", "bucket", "prefix", "instance_type", "instance_count",
+                    "gpus_per_instance", "volume_size_gb", "wait", "image_uri", "transformers_version",
+                    "pytorch_version", "py_version", "max_run_s", "spot", "max_wait_s", "distribution",
+                    "base_job_name", "container_hw", "container_mixed_precision")
+
+
+def task_overrides() -> List[str]:
+    """The overrides typed on the command line (Hydra's own `hydra.*` ones are not among them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ConfigError("hw=sagemaker: run it as `python train.py ... hw=sagemaker` (the job carries the "
+                          "command line's overrides)")
+    return list(HydraConfig.get().overrides.task)
+
+
+def require(hw: HardwareConfig, *names: str) -> None:
+    for name in names:
+        if getattr(hw, name) in (None, ""):
+            raise ConfigError(f"hw.{name} is not set: hw=sagemaker needs it (e.g. `hw.{name}=...`; see "
+                              "conf/hw/sagemaker.yaml and README, 'SageMaker')")
+
+
+def boto_session(hw: HardwareConfig):
+    import boto3
+
+    session = boto3.Session(region_name=hw.region) if hw.region else boto3.Session()
+    if not session.region_name:
+        raise ConfigError("hw.region is not set and no default AWS region is configured: pass `hw.region=us-east-1` "
+                          "(or set AWS_DEFAULT_REGION)")
+    if session.get_credentials() is None:
+        raise ConfigError("no AWS credentials found: run `aws configure` / `aws sso login`, or set "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    return session
+
+
+def sagemaker_session(hw: HardwareConfig):
+    """A SageMaker session on hw.region with hw.bucket as its bucket (nothing is looked up through STS)."""
+    os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
+    from sagemaker.core.helper.session_helper import Session
+
+    require(hw, "role", "bucket")
+    return Session(boto_session=boto_session(hw), default_bucket=hw.bucket,
+                   default_bucket_prefix=hw.prefix or None)
+
+
+def training_image(hw: HardwareConfig, region: str) -> str:
+    if hw.image_uri:
+        return hw.image_uri
+    from sagemaker.core import image_uris
+
+    try:
+        return image_uris.retrieve("huggingface", region=region, version=hw.transformers_version,
+                                   base_framework_version=f"pytorch{hw.pytorch_version}", py_version=hw.py_version,
+                                   instance_type=hw.instance_type, image_scope="training")
+    except ValueError as err:
+        raise ConfigError(f"hw.transformers_version={hw.transformers_version} / hw.pytorch_version="
+                          f"{hw.pytorch_version} / hw.py_version={hw.py_version}: no Hugging Face training image "
+                          f"({err}); pick versions the SDK lists or give hw.image_uri") from None
+
+
+def gpus_per_instance(hw: HardwareConfig, region: str) -> int:
+    if hw.gpus_per_instance is not None:
+        return hw.gpus_per_instance
+    from sagemaker.core import instance_types_gpu_info
+
+    info = instance_types_gpu_info.retrieve(region).get(hw.instance_type)
+    return int(info["Count"]) if info else 0
+
+
+def use_torchrun(hw: HardwareConfig, region: str) -> bool:
+    if hw.distribution == Distribution.torchrun:
+        return True
+    if hw.distribution == Distribution.none:
+        if hw.instance_count > 1:
+            raise ConfigError("hw.distribution=none with hw.instance_count > 1: the other instances would idle; "
+                              "use hw.distribution=torchrun (or auto)")
+        return False
+    return hw.instance_count * gpus_per_instance(hw, region) > 1
+
+
+def requirements() -> List[str]:
+    """speechkit's own pinned dependencies (pyproject.toml), installed into the training container."""
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
+def stage_code(into: str) -> str:
+    """The job's code: speechkit/, conf/, train.py, pyproject.toml and requirements.txt."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    shutil.copytree(REPO / "speechkit", os.path.join(into, "speechkit"), ignore=ignore)
+    shutil.copytree(REPO / "conf", os.path.join(into, "conf"), ignore=ignore)
+    for name in ("train.py", "pyproject.toml"):
+        shutil.copy2(REPO / name, into)
+    with open(os.path.join(into, "requirements.txt"), "w") as f:
+        f.write("# speechkit's pinned dependencies (pyproject.toml), installed by the SageMaker training driver\n")
+        f.write("\n".join(requirements()) + "\n")
+    return into
+
+
+def local_dataset(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
+    """(local folder to upload, sub-folder it goes to inside the channel), or None when the container reads the
+    data itself (a Hub repo id)."""
+    ds = cfg.dataset
+    if ds.source == Source.demo:  # synthesized here (espeak-ng); the container finds it in its cache layout
+        from speechkit.demo_corpus import ensure_corpus
+
+        corpus = ensure_corpus(ds)
+        return corpus, os.path.basename(corpus)
+    path = os.path.expanduser(ds.path) if ds.path else None
+    if ds.source == Source.audiofolder:
+        if not path or not os.path.isdir(path):
+            raise ConfigError(f"dataset.path: {ds.path} is not a local directory (hw=sagemaker uploads it to "
+                              f"s3://{cfg.hw.bucket}/... as the '{CHANNEL}' channel)")
+        return path, ""
+    if path and os.path.isdir(path):  # a Hub-format data set on disk
+        return path, ""
+    return None
+
+
+def container_data_overrides(source: Source, channel_dir: str) -> List[str]:
+    """Where the container finds the uploaded data set: the overrides entry.py adds for SM_CHANNEL_DATASET."""
+    if source == Source.demo:
+        return [f"dataset.demo.cache_dir={channel_dir}"]
+    return [f"dataset.path={channel_dir}"]
+
+
+def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
+    """Submit the job; returns its name (after it ends when hw.wait)."""
+    check_required(raw_cfg)
+    cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
+    hw = cfg.hw
+    require(hw, "role", "bucket", "instance_type", "instance_count", "max_run_s")
+    overrides = task_overrides() if overrides is None else list(overrides)
+
+    from sagemaker.core.training.configs import (CheckpointConfig, Compute, InputData, MetricDefinition,
+                                                 SourceCode, StoppingCondition)
+    from sagemaker.train.distributed import Torchrun
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    session = sagemaker_session(hw)
+    region = session.boto_region_name
+    image = training_image(hw, region)
+    distributed = Torchrun() if use_torchrun(hw, region) else None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = local_dataset(cfg)
+    prefix = "/".join(p for p in (hw.prefix, hw.base_job_name) if p)
+
+    inputs = []
+    if data is not None:
+        folder, sub = data
+        channel_key = f"{prefix}/datasets/{cfg.dataset.name}-{stamp}"
+        log.info("Uploading the data set %s to s3://%s/%s", folder, hw.bucket, channel_key)
+        session.upload_data(path=folder, bucket=hw.bucket, key_prefix="/".join(p for p in (channel_key, sub) if p))
+        inputs.append(InputData(channel_name=CHANNEL, data_source=f"s3://{hw.bucket}/{channel_key}"))
+
+    stopping = StoppingCondition(max_runtime_in_seconds=hw.max_run_s)
+    checkpoint = None
+    if hw.spot:
+        max_wait = hw.max_wait_s or 2 * hw.max_run_s
+        if max_wait < hw.max_run_s:
+            raise ConfigError(f"hw.max_wait_s={max_wait} must be at least hw.max_run_s={hw.max_run_s}")
+        stopping = StoppingCondition(max_runtime_in_seconds=hw.max_run_s, max_wait_time_in_seconds=max_wait)
+        checkpoint = CheckpointConfig(s3_uri=f"s3://{hw.bucket}/{prefix}/checkpoints/{stamp}",
+                                      local_path="/opt/ml/checkpoints")
+
+    with tempfile.TemporaryDirectory(prefix="speechkit-code-") as code:
+        trainer = ModelTrainer(
+            sagemaker_session=session,
+            role=hw.role,
+            base_job_name=hw.base_job_name,
+            training_image=image,
+            source_code=SourceCode(source_dir=stage_code(code), requirements="requirements.txt",
+                                   entry_script=ENTRY_SCRIPT),
+            distributed=distributed,
+            compute=Compute(instance_type=hw.instance_type, instance_count=hw.instance_count,
+                            volume_size_in_gb=hw.volume_size_gb or 30, enable_managed_spot_training=bool(hw.spot)),
+            stopping_condition=stopping,
+            checkpoint_config=checkpoint,
+            hyperparameters={"overrides": json.dumps(overrides)},
+            environment={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+        ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in METRIC_DEFINITIONS])
+        trainer.train(input_data_config=inputs or None, wait=bool(hw.wait), logs=bool(hw.wait))
+    job = trainer._latest_training_job.training_job_name
+    record = {"job_name": job, "region": region, "image": image, "instance_type": hw.instance_type,
+              "instance_count": hw.instance_count, "distribution": "torchrun" if distributed else "none",
+              "overrides": overrides, "dataset_channel": inputs[0].data_source if inputs else None,
+              "output_path": f"{trainer.output_data_config.s3_output_path.rstrip('/')}/{job}/output/model.tar.gz"}
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    with open(os.path.join(cfg.run_dir, "sagemaker_job.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"SageMaker training job: {job}\n"
+          f"  image {image}\n  {hw.instance_count} x {hw.instance_type}, "
+          f"distribution {record['distribution']}, spot {bool(hw.spot)}\n"
+          f"  model (when done): {record['output_path']}\n"
+          f"  follow it: aws sagemaker describe-training-job --region {region} --training-job-name {job}\n"
+          f"  logs: CloudWatch group /aws/sagemaker/TrainingJobs, stream {job}/algo-1-...", flush=True)
+    return job
+

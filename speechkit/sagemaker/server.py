@@ -1,0 +1,83 @@
+"""`python serve.py model_dir=<run>/model`: the deployed handler (inference.py) over HTTP on this machine.
+
+SageMaker's container contract: GET /ping answers 200 once the model is loaded, POST /invocations takes the request
+body with its Content-Type (and Accept) and answers with output_fn's JSON. Refusals are JSON {"error": ...} with the
+handler's status (400, 413, 415, 406). A small ASGI app (starlette) run by uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig, OmegaConf
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from speechkit.config import ConfigError, ServeConfig, check_required
+from speechkit.sagemaker import inference
+
+log = logging.getLogger(__name__)
+
+
+def settings_env(cfg) -> dict:
+    """The handler's settings as the environment variables a deployed endpoint gets (deploy.py sets the same)."""
+    none = lambda v: "none" if v is None else str(v)  # noqa: E731
+    return {"SPEECHKIT_MAX_BODY_MB": str(cfg.max_body_mb), "SPEECHKIT_CHUNK_LENGTH_S": none(cfg.chunk_length_s),
+            "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s)}
+
+
+def create_app(model_dir: str) -> Starlette:
+    model = inference.model_fn(model_dir)
+    log.info("Loaded %s (%d Hz)", model_dir, model["sampling_rate"])
+
+    async def ping(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def invocations(request: Request) -> Response:
+        limit = inference.max_body_bytes()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:  # refused before reading it
+            return _error(inference.InferenceError(f"request body of {declared} bytes is over the limit of {limit} "
+                                                   "bytes (SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                return _error(inference.InferenceError(f"request body is over the limit of {limit} bytes "
+                                                       "(SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
+        try:
+            out = await run_in_threadpool(inference.transform, bytes(body), request.headers.get("content-type"),
+                                          request.headers.get("accept"), model)
+        except inference.InferenceError as err:
+            return _error(err)
+        return Response(out, media_type="application/json")
+
+    return Starlette(routes=[Route("/ping", ping, methods=["GET"]),
+                             Route("/invocations", invocations, methods=["POST"])])
+
+
+def _error(err: "inference.InferenceError") -> Response:
+    return JSONResponse({"error": err.message}, status_code=err.status_code)
+
+
+def run(raw_cfg: DictConfig) -> None:
+    import uvicorn
+
+    check_required(raw_cfg)
+    cfg: ServeConfig = OmegaConf.to_object(raw_cfg)
+    model_dir = os.path.expanduser(cfg.model_dir)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
+                          "point it at a run's model/ folder")
+    os.environ.update(settings_env(cfg.inference))
+    if cfg.device:
+        os.environ["SPEECHKIT_DEVICE"] = cfg.device
+    app = create_app(model_dir)
+    print(f"Serving {model_dir} on http://{cfg.host}:{cfg.port} (GET /ping, POST /invocations)\n"
+          f"  curl -s -X POST -H 'Content-Type: audio/wav' --data-binary @clip.wav "
+          f"http://{cfg.host}:{cfg.port}/invocations", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
