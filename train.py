@@ -1,7 +1,6 @@
 """Fine-tune a wav2vec2 CTC model: `python train.py [group=option ...] [key=value ...]` (see README.md)."""
 
 import sys
-import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -9,9 +8,6 @@ from omegaconf import DictConfig
 from speechkit.config import ConfigError, register_configs
 
 register_configs()
-# conf/hydra/launcher/submitit_slurm.yaml shadows the submitit plugin's config of that name on purpose, and Hydra
-# checks it against the plugin's schema ("automatic schema matching"), with a deprecation notice on every run.
-warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
