@@ -14,7 +14,8 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
     """Batches of similar length so padding stays small, the order of batches shuffled every epoch.
 
     The order depends only on (seed, epoch), so a resumed run can replay an epoch and skip what it had seen.
-    Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches.
+    Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
+    full batches are then shuffled and a short remainder batch, if any, comes last.
     With shuffle=False (evaluation), batches simply follow the length order.
     """
 
@@ -48,8 +49,14 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
             order = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
                                     for chunk in (order[i:i + mega] for i in range(0, n, mega))])
         batches = [order[i:i + bs].tolist() for i in range(0, n, bs)]
-        for b in rng.permutation(len(batches)):
+        # The one short batch (if any) always comes last. Under several processes accelerate's BatchSamplerShard
+        # deals batch i to process i % num_processes and pads only a short *last* batch; a short batch anywhere
+        # else makes it silently drop that whole round of batches (one per process) from the epoch.
+        full = n // bs
+        for b in rng.permutation(full):
             yield batches[b]
+        if full < len(batches):
+            yield batches[-1]
 
 
 class CTCCollator:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 
 from speechkit.config import Backend, ConfigError, HardwareConfig, Precision
 
@@ -76,12 +77,38 @@ def resolve(hw: HardwareConfig) -> Resolved:
     return Resolved(backend, precision, reason)
 
 
-def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None) -> Accelerator:
+def miopen_cache_dir(hw: HardwareConfig) -> str:
+    """Where hw=rocm keeps MIOpen's tuned-kernel database: hw.miopen_cache_dir, else $SPEECHKIT_CACHE/miopen (the
+    VOLUME of Dockerfile.rocm)."""
+    return os.path.expanduser(hw.miopen_cache_dir or os.path.join(
+        os.environ.get("SPEECHKIT_CACHE", "~/.cache/speechkit"), "miopen"))
+
+
+def _join_slurm_job() -> None:
+    """hydra/launcher=submitit_slurm starts one task (process) per GPU of a job; submitit's own helper turns SLURM's
+    description of the job (SLURM_PROCID, SLURM_NTASKS, node list...) into the env:// variables torch.distributed,
+    and so accelerate, reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). Nothing to do outside a multi-task
+    submitit job, or where a launcher (accelerate launch, torchrun) has already set them."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or int(os.environ.get("SLURM_NTASKS", "1")) < 2 \
+            or "RANK" in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)  # cuda:LOCAL_RANK
+    if env.rank == 0:
+        log.info("SLURM job: %d processes, master %s:%d", env.world_size, env.master_addr, env.master_port)
+
+
+def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None,
+                     find_unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator for this hardware. Under `accelerate launch` (several processes) it is DDP; then
+    `find_unused_parameters` must be set when a step may leave parameters without a gradient (layerdrop skips whole
+    layers at random), or DDP stops with "Expected to have finished reduction in the prior iteration"."""
     chosen = resolve(hw)
+    _join_slurm_job()
     if chosen.backend == Backend.rocm:
         # MIOpen searches for the fastest convolution kernels on first use; keep its database across runs.
-        cache = os.path.expanduser(hw.miopen_cache_dir or os.path.join(
-            os.environ.get("SPEECHKIT_CACHE", "~/.cache/speechkit"), "miopen"))
+        cache = miopen_cache_dir(hw)
         os.makedirs(cache, exist_ok=True)
         os.environ.setdefault("MIOPEN_USER_DB_PATH", cache)
         os.environ.setdefault("MIOPEN_CUSTOM_CACHE_DIR", cache)
@@ -92,7 +119,21 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
         mixed_precision=chosen.precision.value,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+    if not accelerator.is_main_process:
+        _main_process_logs_only()
     log.info("Hardware: %s (%s) on %s, mixed precision %s, %d process(es)", chosen.backend.value, chosen.reason,
              accelerator.device, chosen.precision.value, accelerator.num_processes)
     return accelerator
+
+
+def _main_process_logs_only() -> None:
+    """Called in every process but the main one of a multi-process run: the run dir's train.log and the console
+    get one copy of each line (the main process's); the others' warnings and errors still reach the console."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):  # Hydra's <run dir>/train.log, opened by every process
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)

@@ -46,7 +46,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
+        # transformers 5 name of gradient checkpointing. Non-reentrant (torch.utils.checkpoint's recommended mode,
+        # also transformers' default, said here so no default change can break it): the reentrant one fails under
+        # DDP with layerdrop ("Expected to mark a variable ready only once").
+        model.activation_checkpointing_enable({"use_reentrant": False})
     return model
 
 

@@ -26,10 +26,12 @@ class EvalResult:
     rows: List[int]  # dataset row of each prediction, in the order scored
     references: List[str]
     hypotheses: List[str]
+    gathered: int = 0  # predictions received from all processes, before duplicates were dropped
 
     @property
     def metrics(self) -> Dict[str, float]:
-        return {"eval_loss": self.loss, "eval_wer": self.wer, "eval_cer": self.cer}
+        return {"eval_loss": self.loss, "eval_wer": self.wer, "eval_cer": self.cer,
+                "eval_utterances": len(self.rows), "eval_gathered": self.gathered}
 
 
 @torch.no_grad()
@@ -41,7 +43,7 @@ def run_eval(model, loader, collator: CTCCollator, tokenizer: Wav2Vec2CTCTokeniz
     blank = tokenizer.pad_token_id
     unwrapped = accelerator.unwrap_model(model)
     ids: Dict[int, List[int]] = {}
-    loss_sum, loss_count = 0.0, 0
+    loss_sum, loss_count, gathered_count = 0.0, 0, 0
     for batch in tqdm(loader, desc="Evaluating", leave=False, dynamic_ncols=True,
                       disable=not accelerator.is_main_process):
         if batch is None:
@@ -54,6 +56,7 @@ def run_eval(model, loader, collator: CTCCollator, tokenizer: Wav2Vec2CTCTokeniz
         pred = accelerator.pad_across_processes(pred, dim=1, pad_index=blank)
         losses = out.loss.detach().float().reshape(1).repeat(len(pred)) if out.loss is not None else None
         gathered = accelerator.gather_for_metrics((pred, batch["index"]) + ((losses,) if losses is not None else ()))
+        gathered_count += len(gathered[1])
         for row, p in zip(gathered[1].tolist(), gathered[0].cpu()):
             ids[row] = p.tolist()  # keyed by row: a row duplicated to even out processes counts once
         if losses is not None:
@@ -66,4 +69,4 @@ def run_eval(model, loader, collator: CTCCollator, tokenizer: Wav2Vec2CTCTokeniz
     if was_training:
         model.train()
     return EvalResult(loss=loss_sum / max(loss_count, 1), wer=rates["wer"], cer=rates["cer"], rows=rows,
-                      references=references, hypotheses=hypotheses)
+                      references=references, hypotheses=hypotheses, gathered=gathered_count)

@@ -111,14 +111,17 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     def evaluate_and_track(epoch_float: float) -> None:
         result = run_eval(model, eval_loader, collator, processor.tokenizer, texts, accelerator)
         values = {"epoch": round(epoch_float, 4), **result.metrics}
-        log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f", state.global_step,
-                 epoch_float, result.loss, result.wer, result.cer)
+        log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
+                 state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
         metrics.write("eval", state.global_step, values)
-        # Lowest WER wins; CER breaks ties (early on, every evaluation has WER 1.0).
+        # Lowest WER wins; CER breaks ties (early on, every evaluation has WER 1.0). Gathered values: the same in
+        # every process, so all of them take this branch together.
         if state.best_wer is None or (result.wer, result.cer) < (state.best_wer, state.best_cer):
             state.best_wer, state.best_cer, state.best_step = result.wer, result.cer, state.global_step
+            weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
             if accelerator.is_main_process:
-                checkpoint.replace_dir(accelerator.unwrap_model(model).save_pretrained, os.path.join(ckpt_root, "best"))
+                checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(
+                    path, state_dict=weights), os.path.join(ckpt_root, "best"))
             accelerator.wait_for_everyone()
 
     model.train()
@@ -164,7 +167,11 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                 epoch_float = state.epoch + state.batches_done_in_epoch / len(train_loader)
 
                 if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
-                    values = {"epoch": round(epoch_float, 4), "loss": window_loss / max(window_batches, 1),
+                    window_mean = window_loss / max(window_batches, 1)
+                    if accelerator.num_processes > 1:  # every process's batches, not only the main one's
+                        window_mean = accelerator.reduce(torch.tensor(window_mean, device=accelerator.device),
+                                                         "mean").item()
+                    values = {"epoch": round(epoch_float, 4), "loss": window_mean,
                               "learning_rate": scheduler.get_last_lr()[0],
                               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                               "skipped_nonfinite": state.skipped_nonfinite}
@@ -203,9 +210,10 @@ def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts
         unwrapped.load_state_dict(best.state_dict())
         del best
     model_dir = os.path.join(run_dir, "model")
+    weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
     if accelerator.is_main_process:
         def write(path):
-            unwrapped.save_pretrained(path)
+            unwrapped.save_pretrained(path, state_dict=weights)
             processor.save_pretrained(path)
         checkpoint.replace_dir(write, model_dir)
     accelerator.wait_for_everyone()

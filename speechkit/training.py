@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
-from accelerate.utils import set_seed
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data, trainer, vocab as vocabulary
@@ -26,9 +28,10 @@ def run(raw_cfg: DictConfig) -> float | str:
 
         return launch(raw_cfg)
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
-    run_dir = cfg.run_dir
+    accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger),
+                                   find_unused_parameters=cfg.model.layerdrop > 0)
+    run_dir = _agree_on_run_dir(cfg.run_dir, accelerator)
     os.makedirs(run_dir, exist_ok=True)
-    accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger))
     public = public_config(raw_cfg)
     if accelerator.is_main_process:
         OmegaConf.save(OmegaConf.create(public), os.path.join(run_dir, "config.yaml"))
@@ -68,3 +71,19 @@ def run(raw_cfg: DictConfig) -> float | str:
               f"WER {result.wer:.4f}  CER {result.cer:.4f}\nModel: {os.path.join(run_dir, 'model')}", flush=True)
     accelerator.end_training()
     return result.wer
+
+
+def _agree_on_run_dir(own: str, accelerator: Accelerator) -> str:
+    """Under `accelerate launch` every process composes its own config, and the default run dir is a timestamp:
+    two processes that start either side of a second boundary would write to two run dirs (and a resume would miss
+    half the random states). All use the main process's; a stray dir Hydra made for another process, holding only
+    its own .hydra/ and train.log, is removed."""
+    if accelerator.num_processes == 1:
+        return own
+    chosen = [own]
+    broadcast_object_list(chosen, from_process=0)
+    main = chosen[0]
+    if os.path.abspath(own) != os.path.abspath(main) and os.path.isdir(own) \
+            and set(os.listdir(own)) <= {".hydra", "train.log"}:
+        shutil.rmtree(own, ignore_errors=True)
+    return main

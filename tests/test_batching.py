@@ -1,6 +1,7 @@
 """Length-grouped batching and the CTC collator."""
 
 import numpy as np
+import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
@@ -65,3 +66,32 @@ def test_sampler_is_deterministic_per_epoch_and_shuffles_across_epochs():
 def test_eval_sampler_is_sorted_and_stable():
     lengths = np.array([5, 50, 20, 40])
     assert list(DurationBatchSampler(lengths, 2, shuffle=False)) == [[1, 3], [2, 0]]
+
+
+@pytest.mark.parametrize("n,batch_size,processes", [(23, 4, 2), (24, 5, 2), (101, 8, 3), (450, 4, 2)])
+def test_accelerate_shards_cover_every_batch_of_every_epoch(n, batch_size, processes):
+    """What `accelerator.prepare` does to our sampler under N processes (accelerate's own BatchSamplerShard): each
+    process gets its own batches, together they cover every index of every epoch, every process gets as many
+    batches as the sharded loader's length says, and set_epoch on our sampler reaches every shard."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    lengths = np.random.default_rng(0).integers(1000, 5000, size=n)
+    sampler = DurationBatchSampler(lengths, batch_size, seed=3)
+    shards = [BatchSamplerShard(sampler, processes, i) for i in range(processes)]
+    seen_by_epoch = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        per_process = [list(shard) for shard in shards]
+        assert all(len(batches) == len(shard) for batches, shard in zip(per_process, shards))
+        assert len({len(batches) for batches in per_process}) == 1  # DDP needs the same number everywhere
+        real = [b for b in sampler]
+        # Round r gives process p the batch r * processes + p of the epoch (the last round padded with early rows).
+        for p, batches in enumerate(per_process):
+            for r, batch in enumerate(batches):
+                k = r * processes + p
+                if k < len(real):
+                    assert batch[:len(real[k])] == real[k]
+        covered = {i for batches in per_process for b in batches for i in b}
+        assert covered == set(range(n))
+        seen_by_epoch.append([b for batches in per_process for b in batches])
+    assert seen_by_epoch[0] != seen_by_epoch[1]  # the epoch reached the shards: a new order

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from conftest import CONF, compose, run_cli
 from speechkit.config import ConfigError, check_required
 
-GROUPS = ["dataset", "vocab", "model", "hw", "trainer", "logger", "experiment", "debug"]
+GROUPS = ["dataset", "vocab", "model", "hw", "trainer", "logger", "experiment", "hparams_search", "debug"]
 
 
 def options(group):
@@ -19,7 +19,7 @@ def options(group):
 def test_every_option_of_every_group_composes(group, option):
     cfg = compose("train", [f"{group}={option}", "run_dir=/tmp/unused"])
     assert OmegaConf.is_config(cfg)
-    if group not in ("experiment", "debug"):
+    if group not in ("experiment", "hparams_search", "debug"):
         assert group in cfg
     OmegaConf.to_yaml(cfg)  # every interpolation resolvable in text form
 
@@ -98,3 +98,15 @@ def test_cli_prints_composed_config():
     cfg = OmegaConf.create(done.stdout)
     assert cfg.model.name_or_path == "facebook/wav2vec2-large-xlsr-53"
     assert cfg.dataset.path == "google/fleurs"
+
+
+def test_hparams_search_optuna_sets_up_the_sweeper():
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("train", ["hparams_search=optuna", "experiment=demo"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.storage is None  # in memory (see the config)
+    assert set(sweeper.params) == {"trainer.learning_rate", "model.mask_time_prob", "model.layerdrop"}
+    assert cfg.trainer.learning_rate == compose("train", ["experiment=demo", "run_dir=/x"]).trainer.learning_rate
