@@ -1,11 +1,10 @@
 """Deploy a trained model to a SageMaker endpoint: `python deploy.py model_dir=<run>/model hw.role=... hw.bucket=...`."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.config import ConfigError, register_configs
+from speechkit.cli import run_or_exit
+from speechkit.config import register_configs
 
 register_configs()
 
@@ -14,11 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> str:
     from speechkit.sagemaker import deploy
 
-    try:
-        return deploy.run(cfg)
-    except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
-        print(f"speechkit: config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    return run_or_exit(deploy.run, cfg)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """Serve a trained model over HTTP as its SageMaker endpoint would: `python serve.py model_dir=<run>/model`."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.config import ConfigError, register_configs
+from speechkit.cli import run_or_exit
+from speechkit.config import register_configs
 
 register_configs()
 
@@ -14,11 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from speechkit.sagemaker import server
 
-    try:
-        server.run(cfg)
-    except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
-        print(f"speechkit: config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(server.run, cfg)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """Fine-tune a wav2vec2 CTC model: `python train.py [group=option ...] [key=value ...]` (see README.md)."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.config import ConfigError, register_configs
+from speechkit.cli import run_or_exit
+from speechkit.config import register_configs
 
 register_configs()
 
@@ -14,11 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from speechkit import training  # imported here so `--cfg job` and `--help` stay fast
 
-    try:
-        return training.run(cfg)
-    except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
-        print(f"speechkit: config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    return run_or_exit(training.run, cfg)
 
 
 if __name__ == "__main__":

@@ -53,18 +53,8 @@ def pack(model_dir: str, tarball: str) -> str:
 
 def inference_image(cfg: DeployConfig, region: str) -> str:
     ep = cfg.endpoint
-    if ep.image_uri:
-        return ep.image_uri
-    from sagemaker.core import image_uris
-
-    try:
-        return image_uris.retrieve("huggingface", region=region, version=ep.transformers_version,
-                                   base_framework_version=f"pytorch{ep.pytorch_version}", py_version=ep.py_version,
-                                   instance_type=ep.instance_type, image_scope="inference")
-    except ValueError as err:
-        raise ConfigError(f"endpoint.transformers_version={ep.transformers_version} / endpoint.pytorch_version="
-                          f"{ep.pytorch_version}: no Hugging Face inference image ({err}); pick versions the SDK "
-                          "lists or give endpoint.image_uri") from None
+    return launch.huggingface_image("inference", region, ep.instance_type, ep.transformers_version, ep.pytorch_version,
+                             ep.py_version, ep.image_uri, "endpoint")
 
 
 def run(raw_cfg: DictConfig) -> str:

@@ -87,19 +87,27 @@ def sagemaker_session(hw: HardwareConfig):
                    default_bucket_prefix=hw.prefix or None)
 
 
-def training_image(hw: HardwareConfig, region: str) -> str:
-    if hw.image_uri:
-        return hw.image_uri
+def huggingface_image(scope: str, region: str, instance_type: str, transformers_version: str, pytorch_version: str,
+                      py_version: str, explicit: Optional[str], key: str) -> str:
+    """A Hugging Face PyTorch image (scope "training" or "inference") for the versions in config, or the explicit
+    URI; `key` is the config group named in the error (hw / endpoint)."""
+    if explicit:
+        return explicit
     from sagemaker.core import image_uris
 
     try:
-        return image_uris.retrieve("huggingface", region=region, version=hw.transformers_version,
-                                   base_framework_version=f"pytorch{hw.pytorch_version}", py_version=hw.py_version,
-                                   instance_type=hw.instance_type, image_scope="training")
+        return image_uris.retrieve("huggingface", region=region, version=transformers_version,
+                                   base_framework_version=f"pytorch{pytorch_version}", py_version=py_version,
+                                   instance_type=instance_type, image_scope=scope)
     except ValueError as err:
-        raise ConfigError(f"hw.transformers_version={hw.transformers_version} / hw.pytorch_version="
-                          f"{hw.pytorch_version} / hw.py_version={hw.py_version}: no Hugging Face training image "
-                          f"({err}); pick versions the SDK lists or give hw.image_uri") from None
+        raise ConfigError(f"{key}.transformers_version={transformers_version} / {key}.pytorch_version="
+                          f"{pytorch_version} / {key}.py_version={py_version}: no Hugging Face {scope} image "
+                          f"({err}); pick versions the SDK lists or give {key}.image_uri") from None
+
+
+def training_image(hw: HardwareConfig, region: str) -> str:
+    return huggingface_image("training", region, hw.instance_type, hw.transformers_version, hw.pytorch_version,
+                             hw.py_version, hw.image_uri, "hw")
 
 
 def gpus_per_instance(hw: HardwareConfig, region: str) -> int:
