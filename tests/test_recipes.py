@@ -44,13 +44,22 @@ def test_fleurs_config_normalizes_and_drops_silent_clips(fleurs):
     assert all(r["file"].endswith(".wav") and "peak" in r["detail"] for r in report.rows)
 
 
-def test_aws_superb_experiment_has_the_recipe_values():
-    cfg = compose("train", ["experiment=aws_superb", "run_dir=/x"])
-    assert cfg.dataset.name == "superb" and cfg.dataset.path == "openslr/librispeech_asr"
-    assert cfg.dataset.config_name == "clean" and cfg.dataset.carve.from_split == "test"
-    assert cfg.dataset.carve.test_ratio == 0.2
-    assert cfg.model.name_or_path == "facebook/wav2vec2-base"
-    assert cfg.trainer.num_epochs == 10 and cfg.trainer.batch_size == 8
+AWS_RECIPE = {
+    "dataset.name": "superb", "dataset.path": "openslr/librispeech_asr", "dataset.config_name": "clean",
+    "dataset.text_column": "text", "dataset.carve.from_split": "test", "dataset.carve.test_ratio": 0.2,
+    "dataset.carve.train_name": "train", "dataset.carve.test_name": "test", "dataset.eval_split": "test",
+    "dataset.filters.max_duration_s": None, "model.name_or_path": "facebook/wav2vec2-base",
+    "model.freeze_feature_encoder": True, "trainer.num_epochs": 10, "trainer.batch_size": 8,
+    "trainer.eval_at_epoch_end": True,
+}
+
+
+@pytest.mark.parametrize("key,value", sorted(AWS_RECIPE.items()))
+def test_aws_superb_experiment_has_every_recipe_value(key, value):
+    from omegaconf import OmegaConf
+
+    got = OmegaConf.select(compose("train", ["experiment=aws_superb", "run_dir=/x"]), key)
+    assert (got.value if hasattr(got, "value") else got) == value
 
 
 ROCM_RECIPE = {
