@@ -14,9 +14,9 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 from speechkit import data
 from speechkit.audio import audio_ref
 from speechkit.batching import CTCCollator, DurationBatchSampler
-from speechkit.config import ConfigError, EvaluateConfig, check_required
+from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import make_accelerator
-from speechkit.model import uses_attention_mask
+from speechkit.model import saved_model_dir, uses_attention_mask
 from speechkit.scoring import EvalResult, run_eval
 from speechkit.vocab import warn_unspellable
 
@@ -26,10 +26,7 @@ log = logging.getLogger(__name__)
 def run(raw_cfg: DictConfig) -> EvalResult:
     check_required(raw_cfg)
     cfg: EvaluateConfig = OmegaConf.to_object(raw_cfg)
-    model_dir = os.path.expanduser(cfg.model_dir)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
-                          "point it at a run's model/ folder")
+    model_dir = saved_model_dir(cfg.model_dir)
     os.makedirs(cfg.run_dir, exist_ok=True)
     accelerator = make_accelerator(cfg.hw)
 

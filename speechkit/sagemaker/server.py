@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from speechkit.config import ConfigError, ServeConfig, check_required
+from speechkit.config import ServeConfig, check_required
+from speechkit.model import saved_model_dir
 from speechkit.sagemaker import inference
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,7 @@ def run(raw_cfg: DictConfig) -> None:
 
     check_required(raw_cfg)
     cfg: ServeConfig = OmegaConf.to_object(raw_cfg)
-    model_dir = os.path.expanduser(cfg.model_dir)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
-                          "point it at a run's model/ folder")
+    model_dir = saved_model_dir(cfg.model_dir)
     os.environ.update(settings_env(cfg.inference))
     if cfg.device:
         os.environ["SPEECHKIT_DEVICE"] = cfg.device
