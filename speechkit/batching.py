@@ -1,4 +1,5 @@
-"""Batches of similar duration, and the collator that pads them."""
+"""Batches of clips of similar duration (a fixed number of clips, or a budget of seconds), and the collator that
+pads them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor
 
 
-class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
-    """Batches of similar length so padding stays small, the order of batches shuffled every epoch.
+class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
+    """`batch_size` clips per batch, of similar length so padding stays small, the order of batches shuffled every
+    epoch (what the Hugging Face Trainer's group_by_length does, and what the published recipes used).
 
     The order depends only on (seed, epoch), so a resumed run can replay an epoch and skip what it had seen.
     Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
@@ -59,6 +61,66 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
             yield batches[-1]
 
 
+class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
+    """Batches of at most `max_samples` samples each, padding counted (clips x longest clip): many short clips or a
+    few long ones, so every batch fills the device alike and none runs out of memory.
+
+    Clips are sorted by length and cut once into buckets of similar length (within BUCKET_WIDTH of the bucket's
+    longest clip, and a whole number of batches each); every epoch shuffles the clips inside each bucket, cuts them
+    into that bucket's batches and shuffles the order of all batches. The batches change from epoch to epoch but
+    their number does not (the trainer counts steps before it starts), the order depends only on (seed, epoch) so a
+    resumed run replays an epoch and skips what it had seen, and padding stays within the bucket width. Batches vary
+    in size, which `batch_size = None` tells accelerate: under several processes it deals them out round by round.
+    """
+
+    BUCKET_WIDTH = 0.05  # clips of a bucket are at least 95 % as long as its longest: padding under 5 % per batch
+
+    batch_size = None  # variable-size batches (accelerate's BatchSamplerShard reads this)
+    drop_last = False
+
+    def __init__(self, lengths: Sequence[int], max_samples: int, seed: int = 0):
+        self.lengths = np.asarray(lengths)
+        self.seed = seed
+        self.epoch = 0
+        order = np.argsort(-self.lengths, kind="stable")
+        self.buckets = []  # (clip indices, clips per batch), longest clips first
+        start, n = 0, len(order)
+        while start < n:
+            longest = int(self.lengths[order[start]])
+            per_batch = max(1, int(max_samples) // max(longest, 1))
+            end = start
+            while end < n and self.lengths[order[end]] >= longest * (1 - self.BUCKET_WIDTH):
+                end += 1
+            # A whole number of batches; a bucket too small for one full batch borrows the next (shorter) clips.
+            take = (end - start) // per_batch * per_batch or per_batch
+            self.buckets.append((order[start:start + take], per_batch))
+            start += take
+        self.num_batches = sum(math.ceil(len(ix) / per) for ix, per in self.buckets)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[List[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for indices, per_batch in self.buckets:
+            shuffled = rng.permutation(indices)
+            batches += [shuffled[i:i + per_batch].tolist() for i in range(0, len(shuffled), per_batch)]
+        for b in rng.permutation(len(batches)):
+            yield batches[b]
+
+
+def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
+                        sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
+    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch."""
+    if batch_duration_s:
+        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
+    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
+
+
 class CTCCollator:
     """Pads audio (normalised per utterance, with its attention mask) and label ids (with -100, ignored by CTC)."""
 
@@ -77,7 +139,10 @@ class CTCCollator:
             return_attention_mask=True,  # always: normalisation must ignore the padding
             return_tensors="pt",
         )
-        batch = {"input_values": features["input_values"], "index": torch.tensor([x["index"] for x in items])}
+        batch = {"input_values": features["input_values"], "index": torch.tensor([x["index"] for x in items]),
+                 # plain numbers, for the trainer's throughput figures: they stay on the host
+                 "audio_samples": sum(len(x["input_values"]) for x in items),
+                 "padded_samples": int(features["input_values"].numel())}
         # The mask is always kept for output lengths; the model only sees it if it was trained with one.
         batch["attention_mask"] = features["attention_mask"]
         if "labels" in items[0]:

@@ -89,6 +89,10 @@ class DatasetConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig)
     num_proc: Optional[int] = None  # processes for the one-off decode-and-check pass
+    # Keep every clip as decoded by the checking pass (mono, int16, at the model's rate) in the datasets cache,
+    # memory-mapped: later epochs and later runs never decode again. false: decode each clip when it is batched
+    # (a corpus too large for the disk).
+    cache_audio: bool = True
 
 
 # ----------------------------------------------------------------------------------------- conf/vocab
@@ -187,7 +191,10 @@ class TrainerConfig:
     seed: int = 42
     num_epochs: float = 10
     max_steps: Optional[int] = None  # overrides num_epochs when set
-    batch_size: int = 8  # per device
+    batch_size: int = 8  # clips per batch, per device (when batch_duration_s is null)
+    # Seconds of audio per batch, per device, padding counted (clips x longest clip): batches of clips of similar
+    # length from length buckets, so short clips make big batches and long ones small batches. null: batch_size.
+    batch_duration_s: Optional[float] = None
     eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
@@ -198,7 +205,8 @@ class TrainerConfig:
     warmup_steps: int = 500
     max_grad_norm: float = 1.0
     group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
+    compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)
     logging_steps: int = 10
     eval_steps: Optional[int] = None  # also evaluates at every epoch end
     eval_at_epoch_end: bool = True

@@ -1,8 +1,12 @@
 """Data loading (conf/dataset): sources -> named splits -> one checking pass -> drop report -> torch datasets.
 
-Audio stays encoded in Arrow (a path or the file's bytes); a single pass decodes every clip once to check it
-(readable, not silent, duration) and keeps only a few numbers per row, so nothing large is held in memory. The
-training loader then decodes each clip again when it is batched.
+Audio stays encoded in the source (a path or the file's bytes). One pass decodes every clip once to check it
+(readable, not silent, duration) and, with `dataset.cache_audio` (the default), keeps the decoded samples (mono,
+at the model's rate; int16 for training splits, half the disk; float32 for evaluation splits, so scores equal those
+of the stock pipeline reading the file) in the datasets cache: an Arrow file that is memory-mapped, not loaded, keyed by the
+source's fingerprint, each audio file's size and modification time and the sampling rate. Later epochs and later
+runs read samples from it and never decode again; nothing large is held in RAM. With `cache_audio=false` only a few
+numbers per row are kept and the loader decodes each clip again when it is batched.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import Audio, Dataset, DatasetDict, Features, List as ListOf, Value, concatenate_datasets, load_dataset
+from datasets.fingerprint import Hasher
 
 from speechkit.audio import AudioError, audio_ref, decode
 from speechkit.config import ConfigError, DatasetConfig, Source
@@ -27,6 +32,9 @@ from speechkit.text import TextNormalizer
 log = logging.getLogger(__name__)
 
 AUDIO, TEXT = "audio", "text"  # column names after mapping, whatever the source calls them
+PCM = "pcm"  # the decoded clip at the model's rate (int16 or float32), when dataset.cache_audio is on
+PCM_SCALE = 32767.0  # int16 full scale
+AUDIO_CACHE_VERSION = 1  # bump when decoding changes, to invalidate cached audio
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -128,27 +136,71 @@ class DropReport:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def _audio_cache_key(ds: Dataset, sampling_rate: int, keep: Optional[str]) -> str:
+    """What the decoded audio depends on: the source's rows (datasets' fingerprint), the bytes of every file a row
+    points to (size and modification time: the fingerprint of a metadata.csv does not change when a WAV beside it is
+    rewritten), the sampling rate and the way speechkit decodes."""
+    files = Hasher()
+    for batch in ds.select_columns([AUDIO]).with_format("arrow").iter(batch_size=4096):
+        cells = batch.column(AUDIO).combine_chunks()
+        paths, has_bytes = cells.field("path").to_pylist(), cells.field("bytes").is_valid().to_pylist()
+        for path, inline in zip(paths, has_bytes):
+            if not inline and path:
+                try:
+                    st = os.stat(path)
+                    files.update((path, st.st_size, st.st_mtime_ns))
+                except OSError:
+                    files.update((path, None))
+    return Hasher.hash([ds._fingerprint, files.hexdigest(), sampling_rate, keep, AUDIO_CACHE_VERSION])
+
+
+def decode_split(ds: Dataset, split: str, sampling_rate: int, keep: Optional[str] = None,
+                 num_proc: Optional[int] = None) -> Dataset:
+    """Decode every clip once: adds `num_samples`, `peak`, `audio_error`/`audio_detail` (why a clip is unusable) and,
+    with `keep` ("int16" or "float32"), the clip itself (`pcm`). The result is cached by the datasets library under a
+    key of everything it depends on (_audio_cache_key), so a second run with the same audio reads it back at once."""
+
+    def one(audio):
+        out = {"num_samples": 0, "peak": 0.0, "audio_error": "", "audio_detail": ""}
+        samples = np.zeros(0, np.float32)
+        try:
+            array = decode(audio, sampling_rate)
+        except AudioError as err:
+            out.update(audio_error=err.reason, audio_detail=err.detail)
+        else:
+            out.update(num_samples=int(array.size), peak=float(np.abs(array).max()))
+            samples = np.clip(np.rint(array * PCM_SCALE), -32768, 32767) if keep == "int16" else array
+        return {**out, PCM: samples} if keep else out
+
+    features = Features({**ds.features, "num_samples": Value("int64"), "peak": Value("float32"),
+                         "audio_error": Value("string"), "audio_detail": Value("string")})
+    if keep:
+        features[PCM] = ListOf(Value(keep))
+    return ds.map(one, input_columns=[AUDIO], features=features, num_proc=num_proc,
+                  writer_batch_size=64 if keep else 1000,  # rows of samples: keep write buffers small
+                  new_fingerprint=_audio_cache_key(ds, sampling_rate, keep),
+                  desc=f"Decoding audio ({split})")
+
+
 def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
                 report: DropReport) -> Dataset:
-    """Decode every clip once, normalize its text, and keep only the usable rows (the rest go to `report`)."""
+    """Decode every clip once (or read it back from the cache), normalize its text, and keep only the usable rows
+    (the rest go to `report`)."""
+    keep = ("int16" if training else "float32") if cfg.cache_audio else None
+    decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
     normalize = TextNormalizer(cfg.text)
     f = cfg.filters
     min_len = int(f.min_duration_s * sampling_rate) if training else 0
     max_len = int(f.max_duration_s * sampling_rate) if training and f.max_duration_s else None
 
-    def check(audio, raw_text):
+    def check(raw_text, n, peak, audio_error, audio_detail):
         norm = normalize(raw_text)
-        out = {TEXT: norm.text, "num_samples": 0, "drop_reason": norm.reason or "", "drop_detail": ""}
+        out = {TEXT: norm.text, "drop_reason": "", "drop_detail": ""}
         if norm.reason:
-            out["drop_detail"] = repr(raw_text)
-            return out
-        try:
-            array = decode(audio, sampling_rate)
-        except AudioError as err:
-            return {**out, "drop_reason": err.reason, "drop_detail": err.detail}
-        peak, n = float(np.abs(array).max()), int(array.size)
-        out["num_samples"] = n
-        if peak <= f.silence_peak:
+            out.update(drop_reason=norm.reason, drop_detail=repr(raw_text))
+        elif audio_error:
+            out.update(drop_reason=audio_error, drop_detail=audio_detail)
+        elif peak <= f.silence_peak:
             out.update(drop_reason="silent", drop_detail=f"peak {peak:.2e} <= {f.silence_peak:g}")
         elif n < min_len:
             out.update(drop_reason="too_short", drop_detail=f"{n / sampling_rate:.2f}s < {f.min_duration_s}s")
@@ -156,15 +208,21 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
             out.update(drop_reason="too_long", drop_detail=f"{n / sampling_rate:.2f}s > {f.max_duration_s}s")
         return out
 
-    checked = ds.map(check, input_columns=[AUDIO, TEXT], num_proc=cfg.num_proc,
-                     desc=f"Checking audio and text ({split})")
+    # The text pass runs without the samples column (a map rewrites every column it is given); the samples are
+    # joined back column-wise, which copies nothing.
+    small = decoded.remove_columns([PCM]) if cfg.cache_audio else decoded
+    checked = small.map(check, input_columns=[TEXT, "num_samples", "peak", "audio_error", "audio_detail"],
+                        desc=f"Checking text and durations ({split})")
     reasons = list(checked["drop_reason"])
     dropped = [i for i, r in enumerate(reasons) if r]
     if dropped:
         info = checked.select(dropped).select_columns([AUDIO, "drop_reason", "drop_detail"])
         for i, row in zip(dropped, info):
             report.add(split, i, audio_ref(row[AUDIO]), row["drop_reason"], row["drop_detail"])
-    return checked.select([i for i, r in enumerate(reasons) if not r]).remove_columns(["drop_reason", "drop_detail"])
+    checked = checked.remove_columns(["drop_reason", "drop_detail", "audio_error", "audio_detail"])
+    if cfg.cache_audio:
+        checked = concatenate_datasets([checked, decoded.select_columns([PCM])], axis=1)
+    return checked.select([i for i, r in enumerate(reasons) if not r])
 
 
 def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int, report: DropReport) -> Dict[str, Dataset]:
@@ -188,13 +246,20 @@ def texts(ds: Dataset) -> List[str]:
 
 # ------------------------------------------------------------------------------ torch-facing dataset
 class SpeechDataset(torch.utils.data.Dataset):
-    """Checked rows; each item decodes its clip on access and carries its label ids and row index."""
+    """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its label ids
+    and its row index."""
 
     def __init__(self, ds: Dataset, sampling_rate: int, encode: Optional[Callable[[str], List[int]]] = None):
         self.ds = ds
         self.sampling_rate = sampling_rate
         self.encode = encode
         self.lengths = np.asarray(list(ds["num_samples"]), dtype=np.int64)
+        self.cached = PCM in ds.column_names
+        # One column each: reading a whole row would turn its samples into a Python list.
+        self._audio = ds.select_columns([AUDIO])
+        if self.cached:  # as stored: datasets' numpy format would widen int16 to int64
+            self._audio = ds.select_columns([PCM]).with_format("numpy", dtype=ds.features[PCM].feature.dtype)
+        self._text = ds.select_columns([TEXT])
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -204,13 +269,18 @@ class SpeechDataset(torch.utils.data.Dataset):
         return texts(self.ds)
 
     def __getitem__(self, i: int) -> Optional[dict]:
-        row = self.ds[int(i)]
-        try:
-            audio = decode(row[AUDIO], self.sampling_rate)
-        except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
-            log.warning("skipping row %d: %s", i, err)
-            return None
-        item = {"input_values": audio, "index": int(i)}
+        i = int(i)
+        if self.cached:
+            audio = self._audio[i][PCM]
+            if audio.dtype == np.int16:
+                audio = audio.astype(np.float32) / PCM_SCALE
+        else:
+            try:
+                audio = decode(self._audio[i][AUDIO], self.sampling_rate)
+            except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
+                log.warning("skipping row %d: %s", i, err)
+                return None
+        item = {"input_values": audio, "index": i}
         if self.encode is not None:
-            item["labels"] = self.encode(row[TEXT])
+            item["labels"] = self.encode(self._text[i][TEXT])
         return item

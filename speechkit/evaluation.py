@@ -13,7 +13,7 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from speechkit import data
 from speechkit.audio import audio_ref
-from speechkit.batching import CTCCollator, DurationBatchSampler
+from speechkit.batching import ClipCountBatchSampler, CTCCollator
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.model import saved_model_dir, uses_attention_mask
@@ -42,7 +42,7 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     dataset = data.SpeechDataset(rows, sampling_rate, lambda text: processor.tokenizer(text).input_ids)
     collator = CTCCollator(processor.feature_extractor, uses_attention_mask(model))
     loader = torch.utils.data.DataLoader(dataset, collate_fn=collator,
-                                         batch_sampler=DurationBatchSampler(dataset.lengths, cfg.batch_size, shuffle=False))
+                                         batch_sampler=ClipCountBatchSampler(dataset.lengths, cfg.batch_size, shuffle=False))
     model, loader = accelerator.prepare(model, loader)
     result = run_eval(model, loader, collator, processor.tokenizer, dataset.texts, accelerator)
 

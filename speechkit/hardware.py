@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -77,6 +78,26 @@ def resolve(hw: HardwareConfig) -> Resolved:
     return Resolved(backend, precision, reason)
 
 
+def loader_settings(accelerator: Accelerator, num_workers: Optional[int] = None) -> dict:
+    """DataLoader settings for this device. On a GPU, worker processes make the next batches while it computes and
+    put them in pinned (page-locked) memory, which copies to the device faster; on the CPU, workers would take cores
+    from the model's own threads, and reading the decoded-audio cache is cheap, so batches are made in the main
+    process. `trainer.num_workers` overrides the count."""
+    gpu = accelerator.device.type == "cuda"  # ROCm devices are "cuda" to torch too
+    if num_workers is None:
+        local_processes = max(1, torch.cuda.device_count()) if gpu else 1
+        num_workers = min(4, max(1, (os.cpu_count() or 2) // local_processes - 1)) if gpu else 0
+    settings = {"num_workers": num_workers, "pin_memory": gpu}
+    if num_workers:
+        settings.update(prefetch_factor=4, persistent_workers=True)
+    return settings
+
+
+def optimizer_settings(accelerator: Accelerator) -> dict:
+    """The fused AdamW kernel (one launch for all parameters) on GPUs; torch's default elsewhere."""
+    return {"fused": True} if accelerator.device.type == "cuda" else {}
+
+
 def miopen_cache_dir(hw: HardwareConfig) -> str:
     """Where hw=rocm keeps MIOpen's tuned-kernel database: hw.miopen_cache_dir, else $SPEECHKIT_CACHE/miopen (the
     VOLUME of Dockerfile.rocm)."""
@@ -114,6 +135,10 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
         os.environ.setdefault("MIOPEN_CUSTOM_CACHE_DIR", cache)
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
+    if chosen.backend == Backend.cuda and torch.cuda.get_device_capability(0) >= (8, 0):
+        # Ampere and newer: fp32 matmuls and convolutions (the parts autocast leaves in fp32) on TF32 tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(
         cpu=chosen.backend == Backend.cpu,
         mixed_precision=chosen.precision.value,

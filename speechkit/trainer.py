@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -17,9 +18,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor, get_linear_schedule_with_warmup
 
 from speechkit import checkpoint
-from speechkit.batching import CTCCollator, DurationBatchSampler
+from speechkit.batching import ClipCountBatchSampler, CTCCollator, train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
+from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.model import uses_attention_mask
 from speechkit.scoring import EvalResult, run_eval
 
@@ -54,7 +56,50 @@ class MetricsFile:
         if not self.accelerator.is_main_process:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+            f.write(json.dumps({"kind": kind, "step": step, **values, "time": round(time.time(), 3)}) + "\n")
+
+
+class Throughput:
+    """What one logging window of training did and cost: seconds of real audio trained on (`audio_s`), training time
+    (`train_s`, evaluations and checkpoints excluded), their ratio (`audio_s_per_s`), the share of padded samples
+    (`padding`) and the share of time spent waiting for the next batch (`data_wait`). Host-side counters only:
+    nothing here waits for the device."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.audio = self.padded = self.waited = self.excluded = 0.0
+        self.started = time.perf_counter()
+
+    def timed(self, batches):
+        """The batches of `batches`, the time spent waiting for each one counted."""
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - t
+            yield batch
+
+    def count(self, batch: dict) -> None:
+        self.audio += batch["audio_samples"]
+        self.padded += batch["padded_samples"]
+
+    def values(self, accelerator: Accelerator, sampling_rate: int) -> dict:
+        """The window's figures, summed (time: averaged) over processes."""
+        seconds = max(time.perf_counter() - self.started - self.excluded, 1e-9)
+        window = torch.tensor([self.audio, self.padded, self.waited, seconds], dtype=torch.float64)
+        if accelerator.num_processes > 1:
+            window = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
+        audio, padded, waited, seconds = window.tolist()
+        seconds /= accelerator.num_processes
+        return {"audio_s": audio / sampling_rate, "train_s": seconds,
+                "audio_s_per_s": audio / sampling_rate / seconds,
+                "padding": 1.0 - audio / padded if padded else 0.0,
+                "data_wait": waited / accelerator.num_processes / seconds}
 
 
 def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor,
@@ -62,24 +107,28 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     """Fine-tune `model`, write checkpoints/, best/ and model/ under `run_dir`; returns the shipped model's eval."""
     set_seed(cfg.seed)
     collator = CTCCollator(processor.feature_extractor, uses_attention_mask(model))
-    train_sampler = DurationBatchSampler(train_set.lengths, cfg.batch_size, seed=cfg.seed,
-                                         group_by_length=cfg.group_by_length)
-    eval_sampler = DurationBatchSampler(eval_set.lengths, cfg.eval_batch_size, shuffle=False)
-    # Loaders draw worker seeds from their own generators, not the global one, so starting an iterator (as a
-    # resumed run does mid-epoch) leaves the dropout/masking random stream exactly as an uninterrupted run has it.
+    sampling_rate = processor.feature_extractor.sampling_rate
+    train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
+                                        cfg.seed, cfg.group_by_length)
+    eval_sampler = ClipCountBatchSampler(eval_set.lengths, cfg.eval_batch_size, shuffle=False)
+    # Workers and pinned memory as suits the device. Loaders draw worker seeds from their own generators, not the
+    # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
+    # stream exactly as an uninterrupted run has it.
+    loading = loader_settings(accelerator, cfg.num_workers)
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator,
-                                               num_workers=cfg.num_workers,
-                                               generator=torch.Generator().manual_seed(cfg.seed))
+                                               generator=torch.Generator().manual_seed(cfg.seed), **loading)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=eval_sampler, collate_fn=collator,
-                                              num_workers=cfg.num_workers,
-                                              generator=torch.Generator().manual_seed(cfg.seed))
+                                              generator=torch.Generator().manual_seed(cfg.seed), **loading)
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
          {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+        **optimizer_settings(accelerator))
+    if cfg.compile:
+        model.compile(dynamic=True)  # in place: parameter names, and so checkpoints, stay those of the plain model
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
@@ -104,9 +153,10 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
 
     metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), accelerator)
     texts = eval_set.texts
-    log.info("Training %d steps: %d examples, %d per device x %d process(es) x %d accumulation, %d steps/epoch",
-             total_steps, len(train_set), cfg.batch_size, accelerator.num_processes,
-             cfg.gradient_accumulation_steps, steps_per_epoch)
+    per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
+    log.info("Training %d steps: %d examples, %s per batch and device x %d process(es) x %d accumulation, "
+             "%d steps/epoch; data loading: %s", total_steps, len(train_set), per_device, accelerator.num_processes,
+             cfg.gradient_accumulation_steps, steps_per_epoch, loading)
 
     def evaluate_and_track(epoch_float: float) -> None:
         result = run_eval(model, eval_loader, collator, processor.tokenizer, texts, accelerator)
@@ -127,7 +177,12 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     model.train()
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
                     disable=not (cfg.progress_bar and accelerator.is_main_process))
-    window_loss, window_batches, skip_this_step = 0.0, 0, False
+    # The logged loss and the non-finite flag stay on the device; the host reads them once per logging window and
+    # once per optimizer step respectively, never per micro-batch.
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_batches = torch.zeros((), device=accelerator.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    clock = Throughput()
     with logging_redirect_tqdm():
         while state.global_step < total_steps:
             # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
@@ -136,21 +191,23 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
             batches = train_loader
             if state.batches_done_in_epoch:
                 batches = accelerator.skip_first_batches(train_loader, state.batches_done_in_epoch)
-            for batch in batches:
+            for batch in clock.timed(batches):
                 state.batches_done_in_epoch += 1
                 if batch is None:
                     continue
+                clock.count(batch)
                 with accelerator.accumulate(model):
                     loss = model(**collator.model_inputs(batch)).loss
-                    if _finite_everywhere(loss, accelerator):
-                        accelerator.backward(loss)
-                        window_loss += loss.detach().float().item()
-                        window_batches += 1
-                    else:
-                        skip_this_step = True  # keep going; the optimizer step below is skipped
+                    finite = torch.isfinite(loss.detach())
+                    nonfinite |= ~finite
+                    # A non-finite loss is backpropagated too (its gradients are thrown away with the whole step
+                    # below): skipping it here would need its value on the host now.
+                    accelerator.backward(loss)
+                    window_loss += torch.where(finite, loss.detach().float(), 0.0)
+                    window_batches += finite.float()
                     if accelerator.sync_gradients:
                         grad_norm = None
-                        if skip_this_step:
+                        if _anywhere(nonfinite, accelerator):
                             state.skipped_nonfinite += 1
                             log.warning("non-finite loss at step %d: step skipped (%d so far)",
                                         state.global_step + 1, state.skipped_nonfinite)
@@ -158,29 +215,35 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                             optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
+                        nonfinite.zero_()
                 if not accelerator.sync_gradients:
                     continue
                 scheduler.step()
                 state.global_step += 1
-                skip_this_step = False
                 progress.update(1)
                 epoch_float = state.epoch + state.batches_done_in_epoch / len(train_loader)
 
-                if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
-                    window_mean = window_loss / max(window_batches, 1)
+                if state.global_step % cfg.logging_steps == 0 or state.global_step in (1, total_steps):
+                    losses = torch.stack([window_loss, window_batches])
                     if accelerator.num_processes > 1:  # every process's batches, not only the main one's
-                        window_mean = accelerator.reduce(torch.tensor(window_mean, device=accelerator.device),
-                                                         "mean").item()
-                    values = {"epoch": round(epoch_float, 4), "loss": window_mean,
+                        losses = accelerator.reduce(losses, "sum")
+                    loss_sum, loss_count = losses.tolist()
+                    speed = clock.values(accelerator, sampling_rate)
+                    values = {"epoch": round(epoch_float, 4), "loss": loss_sum / max(loss_count, 1),
                               "learning_rate": scheduler.get_last_lr()[0],
                               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                              "skipped_nonfinite": state.skipped_nonfinite}
-                    log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f", state.global_step,
-                             total_steps, epoch_float, values["loss"], values["learning_rate"], values["grad_norm"])
+                              "skipped_nonfinite": state.skipped_nonfinite, **speed}
+                    log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f audio_s_per_s=%.1f "
+                             "padding=%.3f data_wait=%.3f", state.global_step, total_steps, epoch_float,
+                             values["loss"], values["learning_rate"], values["grad_norm"], values["audio_s_per_s"],
+                             values["padding"], values["data_wait"])
                     metrics.write("train", state.global_step, values)
                     progress.set_postfix(loss=f"{values['loss']:.3f}")
-                    window_loss, window_batches = 0.0, 0
+                    window_loss.zero_()
+                    window_batches.zero_()
+                    clock.reset()
 
+                paused = time.perf_counter()
                 end_of_epoch = state.batches_done_in_epoch >= len(train_loader)
                 if (cfg.eval_steps and state.global_step % cfg.eval_steps == 0) or (
                         end_of_epoch and cfg.eval_at_epoch_end) or state.global_step == total_steps:
@@ -189,6 +252,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                     state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
                 if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
                     checkpoint.save(accelerator, ckpt_root, state.global_step, asdict(state), cfg.save_total_limit)
+                clock.excluded += time.perf_counter() - paused
                 if state.global_step >= total_steps:
                     break
             if state.batches_done_in_epoch >= len(train_loader):  # ended on a batch that made no step
@@ -223,8 +287,9 @@ def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts
     return result
 
 
-def _finite_everywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:
-    finite = torch.isfinite(loss.detach()).all().reshape(1).float()
-    if accelerator.num_processes > 1:  # every process must skip together, or DDP waits forever
-        finite = accelerator.gather(finite).min()
-    return bool(finite.item())
+def _anywhere(flag: torch.Tensor, accelerator: Accelerator) -> bool:
+    """True when `flag` is set in any process: every process must skip a step together, or DDP waits forever."""
+    flag = flag.reshape(1).float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.gather(flag).max()
+    return bool(flag.item())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from speechkit.batching import CTCCollator, DurationBatchSampler
+from speechkit.batching import ClipCountBatchSampler, CTCCollator, DurationBatchSampler, train_batch_sampler
 
 
 def fe():
@@ -26,6 +26,7 @@ def test_collator_pads_audio_with_mask_and_labels_with_minus_100():
     assert abs(float(batch["input_values"][1, :800].std()) - 1) < 1e-2
     assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
     assert batch["index"].tolist() == [0, 1, 2]
+    assert (batch["audio_samples"], batch["padded_samples"]) == (3600, 4800)  # for the throughput figures
 
 
 def test_collator_hides_mask_from_group_norm_models():
@@ -44,7 +45,7 @@ def test_collator_skips_unreadable_rows():
 
 def test_sampler_covers_every_index_once_and_groups_lengths():
     lengths = np.random.default_rng(1).integers(1000, 100000, size=1000)
-    s = DurationBatchSampler(lengths, batch_size=10, seed=5)
+    s = ClipCountBatchSampler(lengths, batch_size=10, seed=5)
     batches = list(s)
     assert sorted(i for b in batches for i in b) == list(range(1000))
     assert len(batches) == len(s) == 100
@@ -55,7 +56,7 @@ def test_sampler_covers_every_index_once_and_groups_lengths():
 
 def test_sampler_is_deterministic_per_epoch_and_shuffles_across_epochs():
     lengths = np.arange(200)
-    a, b = DurationBatchSampler(lengths, 8, seed=1), DurationBatchSampler(lengths, 8, seed=1)
+    a, b = ClipCountBatchSampler(lengths, 8, seed=1), ClipCountBatchSampler(lengths, 8, seed=1)
     assert list(a) == list(b)
     a.set_epoch(1)
     assert list(a) != list(b)
@@ -65,18 +66,20 @@ def test_sampler_is_deterministic_per_epoch_and_shuffles_across_epochs():
 
 def test_eval_sampler_is_sorted_and_stable():
     lengths = np.array([5, 50, 20, 40])
-    assert list(DurationBatchSampler(lengths, 2, shuffle=False)) == [[1, 3], [2, 0]]
+    assert list(ClipCountBatchSampler(lengths, 2, shuffle=False)) == [[1, 3], [2, 0]]
 
 
+@pytest.mark.parametrize("kind", ["clips", "duration"])
 @pytest.mark.parametrize("n,batch_size,processes", [(23, 4, 2), (24, 5, 2), (101, 8, 3), (450, 4, 2)])
-def test_accelerate_shards_cover_every_batch_of_every_epoch(n, batch_size, processes):
+def test_accelerate_shards_cover_every_batch_of_every_epoch(n, batch_size, processes, kind):
     """What `accelerator.prepare` does to our sampler under N processes (accelerate's own BatchSamplerShard): each
     process gets its own batches, together they cover every index of every epoch, every process gets as many
     batches as the sharded loader's length says, and set_epoch on our sampler reaches every shard."""
     from accelerate.data_loader import BatchSamplerShard
 
     lengths = np.random.default_rng(0).integers(1000, 5000, size=n)
-    sampler = DurationBatchSampler(lengths, batch_size, seed=3)
+    sampler = ClipCountBatchSampler(lengths, batch_size, seed=3) if kind == "clips" else \
+        DurationBatchSampler(lengths, max_samples=batch_size * 3000, seed=3)
     shards = [BatchSamplerShard(sampler, processes, i) for i in range(processes)]
     seen_by_epoch = []
     for epoch in range(3):
@@ -95,3 +98,71 @@ def test_accelerate_shards_cover_every_batch_of_every_epoch(n, batch_size, proce
         assert covered == set(range(n))
         seen_by_epoch.append([b for batches in per_process for b in batches])
     assert seen_by_epoch[0] != seen_by_epoch[1]  # the epoch reached the shards: a new order
+
+
+# ------------------------------------------------------------------------------ batches by duration
+def _lengths(n=2000, seed=1):
+    return np.random.default_rng(seed).integers(16000, 20 * 16000, size=n)  # 1-20 s at 16 kHz
+
+
+def test_duration_batches_cover_every_clip_once_within_the_budget_with_little_padding():
+    lengths = _lengths()
+    budget = 60 * 16000
+    s = DurationBatchSampler(lengths, max_samples=budget, seed=0)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s)  # the same count every epoch: the trainer plans its steps on it
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) * lengths[b].max() <= budget for b in batches)  # padding counted
+        real = sum(lengths[b].sum() for b in batches)
+        padded = sum(len(b) * lengths[b].max() for b in batches)
+        assert 1 - real / padded < 0.05
+    sizes = [len(b) for b in batches]
+    assert max(sizes) >= 2 * min(sizes)  # short clips make bigger batches
+
+
+def test_duration_batches_are_deterministic_per_epoch_and_change_across_epochs():
+    lengths = _lengths(500)
+    a, b = DurationBatchSampler(lengths, 40 * 16000, seed=7), DurationBatchSampler(lengths, 40 * 16000, seed=7)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    second = list(a)
+    assert second != first
+    assert {tuple(sorted(x)) for x in second} != {tuple(sorted(x)) for x in first}  # new batches, not just a new order
+    assert list(DurationBatchSampler(lengths, 40 * 16000, seed=8)) != first
+
+
+def test_a_clip_longer_than_the_budget_gets_a_batch_of_its_own():
+    s = DurationBatchSampler(np.array([100, 10, 10, 10, 10]), max_samples=40)
+    assert sorted(map(sorted, s)) == [[0], [1, 2, 3, 4]]
+
+
+def test_resuming_mid_epoch_replays_the_rest_of_the_epoch():
+    """What a resumed run does: the same (seed, epoch) order, the batches already trained on skipped."""
+    from accelerate import Accelerator
+
+    lengths = _lengths(300)
+    dataset = list(range(len(lengths)))
+    accelerator = Accelerator(cpu=True)
+
+    def loader():
+        sampler = DurationBatchSampler(lengths, 30 * 16000, seed=3)
+        prepared = accelerator.prepare(torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                                                   collate_fn=lambda xs: xs))
+        prepared.set_epoch(2)  # as the trainer does: accelerate's loader sets its sampler's epoch when iterated
+        sampler.set_epoch(2)
+        return prepared
+
+    full = list(loader())
+    assert list(accelerator.skip_first_batches(loader(), 5)) == full[5:]
+    assert full != [b for b in DurationBatchSampler(lengths, 30 * 16000, seed=3)]  # epoch 2 is not epoch 0
+
+
+def test_batch_size_or_duration_from_the_trainer_config():
+    lengths = _lengths(100)
+    assert isinstance(train_batch_sampler(lengths, 8, None, 16000, 0), ClipCountBatchSampler)
+    by_duration = train_batch_sampler(lengths, 8, 45.0, 16000, 0)
+    assert isinstance(by_duration, DurationBatchSampler)
+    assert all(len(b) * lengths[b].max() <= 45 * 16000 for b in by_duration)
