@@ -176,3 +176,78 @@ def test_drop_report_file(tmp_path):
     r.write(str(tmp_path / "drop_report.jsonl"))
     assert json.loads((tmp_path / "drop_report.jsonl").read_text()) == {
         "split": "train", "row": 3, "file": "/a/b.wav", "reason": "silent", "detail": "peak 0"}
+
+
+# ------------------------------------------------------------------------------------- decoded-audio cache
+def _cache_folder(root: Path, texts=("the cat sees a dog", "my old boat is red")) -> Path:
+    for split in ("train", "test"):
+        rows = []
+        for i, text in enumerate(texts):
+            speak(text, (root / split).mkdir(parents=True, exist_ok=True) or root / split / f"{i}.wav")
+            rows.append((f"{i}.wav", text))
+        write_metadata(root / split, rows)
+    return root
+
+
+def _load(folder, rate=16000, *extra):
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={folder}", "run_dir=/tmp/unused", *extra]).dataset
+    from omegaconf import OmegaConf
+
+    return data.load_splits(OmegaConf.to_object(cfg), {"train": True, "test": False}, rate, data.DropReport())
+
+
+def _no_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(data, "decode", refuse)
+
+
+def test_clips_are_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    folder = _cache_folder(tmp_path / "a")
+    first = _load(folder)
+    train = data.SpeechDataset(first["train"], 16000)
+    assert train.cached and train[0]["input_values"].dtype == np.float32
+    # the cache holds what decoding gives: int16 for training (within one step of 16-bit), float32 for evaluation
+    exact = data.decode(str(folder / "train" / "0.wav"), 16000)
+    assert np.abs(train[0]["input_values"] - exact).max() <= 1 / data.PCM_SCALE
+    assert np.array_equal(data.SpeechDataset(first["test"], 16000)[0]["input_values"],
+                          data.decode(str(folder / "test" / "0.wav"), 16000))
+    assert first["train"].features[data.PCM].feature.dtype == "int16"
+    assert first["test"].features[data.PCM].feature.dtype == "float32"
+
+    _no_decoding(monkeypatch)  # a second run (new objects, same files): nothing is decoded
+    again = _load(folder)
+    assert np.array_equal(data.SpeechDataset(again["train"], 16000)[1]["input_values"], train[1]["input_values"])
+
+
+def test_the_cache_is_rebuilt_when_a_file_or_the_rate_changes(tmp_path):
+    folder = _cache_folder(tmp_path / "a")
+    before = data.SpeechDataset(_load(folder)["train"], 16000)
+    # the same metadata.csv, one WAV rewritten with other speech: a different clip, decoded anew
+    speak("a completely different and much longer sentence", folder / "train" / "0.wav")
+    after = data.SpeechDataset(_load(folder)["train"], 16000)
+    assert after.lengths[0] != before.lengths[0] and after.lengths[1] == before.lengths[1]
+    assert len(after[0]["input_values"]) == after.lengths[0]
+    at_8k = data.SpeechDataset(_load(folder, 8000)["train"], 8000)
+    assert abs(at_8k.lengths[1] - before.lengths[1] / 2) <= 2  # decoded at the new rate, not read back
+
+
+def test_two_sources_never_share_a_cache(tmp_path):
+    a = _cache_folder(tmp_path / "a", ("the cat sees a dog", "my old boat is red"))
+    b = _cache_folder(tmp_path / "b", ("a bird in the park", "one tree by the sea"))  # same file names
+    da, db = (data.SpeechDataset(_load(f)["train"], 16000) for f in (a, b))
+    assert da.texts != db.texts
+    for i in range(2):
+        assert np.array_equal(db[i]["input_values"],
+                              np.clip(np.rint(data.decode(str(b / "train" / f"{i}.wav"), 16000) * data.PCM_SCALE),
+                                      -32768, 32767).astype(np.float32) / data.PCM_SCALE)
+
+
+def test_lazy_decoding_keeps_no_samples(tmp_path):
+    folder = _cache_folder(tmp_path / "a")
+    rows = _load(folder, 16000, "dataset.cache_audio=false")["train"]
+    assert data.PCM not in rows.column_names
+    ds = data.SpeechDataset(rows, 16000)
+    assert not ds.cached
+    assert np.array_equal(ds[0]["input_values"], data.decode(str(folder / "train" / "0.wav"), 16000))

@@ -87,6 +87,7 @@ def test_drop_report_and_counts_in_a_real_run(tmp_path):
 
 def _resume_cfg(run_dir, *extra):
     return compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=8",
+                             "trainer.batch_duration_s=8",  # batches by duration, from the decoded-audio cache
                              "trainer.save_steps=3", "trainer.eval_steps=4", "trainer.save_total_limit=null",
                              "model.mask_time_prob=0.2", "model.hidden_dropout=0.1",  # randomness to restore
                              f"run_dir={run_dir}", *extra])

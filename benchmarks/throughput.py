@@ -1,0 +1,429 @@
+"""Training speed: speechkit's loop against the Hugging Face `Trainer` run as `run_speech_recognition_ctc.py` runs it.
+
+Both systems train the same model architecture (random init, same seed) with the same optimizer settings on the same
+audio for whole epochs; each runs in a fresh process with a cold datasets cache, so its own data preparation counts.
+The Trainer gets its data the way the example script prepares it (audio decoded, resampled and normalized up front
+with `datasets.map`, `train_sampling_strategy="group_by_length"`, `DataCollatorCTCWithPadding`); speechkit runs its
+own path (`speechkit.training.run`, as `python train.py` does) with batches of a duration budget equal, on average, to
+the Trainer's batch size, so both take about the same number of steps.
+
+Per system: training throughput (seconds of real audio per second, padding excluded, evaluation excluded), the
+padding fraction, the fraction of training time spent waiting for the next batch, peak RSS, time from launch to the
+first optimizer step, end-to-end time from launch to the last step (data preparation included), the mean training
+loss over the last quarter of the audio, and on GPUs the peak device memory and MFU. Then the ratios.
+
+    python benchmarks/throughput.py                                  # tiny model, demo corpus, 1 epoch, CPU
+    python benchmarks/throughput.py --model wav2vec2_base --num-train 160
+    python benchmarks/throughput.py --model wav2vec2_base --device cuda --precision bf16
+    python benchmarks/throughput.py --model xlsr_53 --device cuda --precision bf16 --gradient-checkpointing
+
+Writes <out>/throughput-<model>-<device>.json and .md (default out: benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMS = ("speechkit", "trainer")
+# Dense bf16 tensor-core peaks (TFLOP/s), for MFU; --peak-tflops for any other device.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "MI300X": 1307.0, "MI250": 362.0}
+
+
+# ------------------------------------------------------------------------------------------------ parent
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="a conf/model option; pretrained ones are built from their "
+                                                    "architecture with random init (tiny, wav2vec2_base, xlsr_53)")
+    p.add_argument("--data", default="demo", help="'demo' (synthesized offline) or an audiofolder with train/ and "
+                                                  "test/ sub-folders (metadata.csv: file_name,transcription)")
+    p.add_argument("--num-train", type=int, default=1200, help="demo corpus: training clips")
+    p.add_argument("--num-test", type=int, default=16, help="demo corpus: held-out clips (speechkit scores them "
+                                                            "once after training; not timed)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "rocm"])
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="both systems")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None, help="budget: stop both after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=16, help="the Trainer's clips per batch")
+    p.add_argument("--batch-duration-s", type=float, default=None,
+                   help="speechkit's seconds of audio per batch (default: batch size x mean clip duration)")
+    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--logging-steps", type=int, default=5)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: speechkit,trainer")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s, for MFU")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def prepare_data(args) -> Path:
+    """The audiofolder both systems read (the demo corpus is synthesized once and cached, outside the timings)."""
+    if args.data != "demo":
+        root = Path(args.data).expanduser().resolve()
+        for split in ("train", "test"):
+            if not (root / split / "metadata.csv").is_file():
+                sys.exit(f"--data: {root / split / 'metadata.csv'} not found (an audiofolder with train/ and test/)")
+        return root
+    sys.path.insert(0, str(REPO))
+    from speechkit.demo_corpus import ensure_corpus
+
+    from omegaconf import OmegaConf
+
+    cfg = compose(["dataset=demo_en", f"dataset.demo.num_train={args.num_train}",
+                   f"dataset.demo.num_test={args.num_test}"])
+    return Path(ensure_corpus(OmegaConf.to_object(cfg).dataset))
+
+
+def mean_duration(root: Path) -> float:
+    import soundfile as sf
+
+    with open(root / "train" / "metadata.csv", newline="") as f:
+        files = [row["file_name"] for row in csv.DictReader(f)]
+    return sum(sf.info(str(root / "train" / name)).duration for name in files) / len(files)
+
+
+def run_system(system: str, spec: dict, out_dir: Path) -> dict:
+    """One system in a fresh process with fresh caches; returns what it measured."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
+    spec = {**spec, "work": str(work), "launched": time.time()}
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "datasets"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    print(f"\n=== {system} ===", flush=True)
+    done = subprocess.run([sys.executable, __file__, "--child", system, "--spec", str(work / "spec.json")],
+                          env=env, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{system} failed (exit {done.returncode}); its work dir: {work}")
+    return json.loads((work / "result.json").read_text())
+
+
+ROWS = [  # (key, label, format, ratio: higher is better?)
+    ("audio_s_per_s", "training throughput (audio s / s)", "{:.1f}", True),
+    ("padding", "padding fraction", "{:.3f}", None),
+    ("data_wait", "data wait (share of training time)", "{:.3f}", None),
+    ("peak_rss_mb", "peak RSS (MB)", "{:.0f}", False),
+    ("first_step_s", "launch to first optimizer step (s)", "{:.1f}", False),
+    ("end_to_end_s", "launch to last step, data prep included (s)", "{:.1f}", False),
+    ("train_s", "training loop (s)", "{:.1f}", False),
+    ("steps", "optimizer steps", "{:d}", None),
+    ("audio_s", "audio trained on (s)", "{:.0f}", None),
+    ("final_loss", "mean loss, last quarter of the audio", "{:.3f}", None),
+    ("peak_device_mb", "peak device memory (MB)", "{:.0f}", False),
+    ("tflops", "model TFLOP/s", "{:.2f}", True),
+    ("mfu", "MFU (share of peak bf16)", "{:.3f}", True),
+]
+
+
+def markdown(results: Dict[str, dict], header: str) -> str:
+    systems = list(results)
+    ratio = len(systems) == 2 and systems == list(SYSTEMS)
+    lines = [header, "", "| | " + " | ".join(systems) + (" | speechkit / Trainer |" if ratio else " |"),
+             "|---" * (len(systems) + 1 + ratio) + "|"]
+    for key, label, fmt, _ in ROWS:
+        values = [results[s].get(key) for s in systems]
+        if all(v is None for v in values):
+            continue
+        cells = [fmt.format(v) if v is not None else "–" for v in values]
+        if ratio:
+            a, b = values
+            cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s") else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.child:
+        return child(args.child, json.loads(Path(args.spec).read_text()))
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        sys.exit(f"--systems: unknown {unknown}; choose from {list(SYSTEMS)}")
+    root = prepare_data(args)
+    mean_s = mean_duration(root)
+    spec = {k: v for k, v in vars(args).items() if k not in ("child", "spec", "out", "systems")}
+    spec.update(data=str(root), mean_clip_s=mean_s,
+                batch_duration_s=args.batch_duration_s or round(args.batch_size * mean_s, 1))
+    results = {system: run_system(system, spec, Path(args.out)) for system in systems}
+    device = next(iter(results.values()))["device"]
+    summary = {"command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+               "spec": spec, "device": device, "results": results}
+    if set(systems) == set(SYSTEMS):
+        sk, tr = results["speechkit"], results["trainer"]
+        summary["ratios"] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
+                                                        "peak_rss_mb", "final_loss") if sk.get(k) and tr.get(k)}
+    header = (f"`{summary['command']}` on {device}: model {args.model}, {args.epochs:g} epoch(s) of "
+              f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; Trainer "
+              f"batch {args.batch_size} clips, speechkit batch {spec['batch_duration_s']:g} s of audio")
+    table = markdown(results, header)
+    os.makedirs(args.out, exist_ok=True)
+    stem = Path(args.out) / f"throughput-{args.model}-{device.split(' ')[0].lower()}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    stem.with_suffix(".md").write_text(table)
+    print("\n" + table + f"\nWritten: {stem}.json, {stem}.md")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ children
+def compose(overrides: List[str]):
+    """speechkit's config as `python train.py <overrides>` composes it (a DictConfig)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    sys.path.insert(0, str(REPO))
+    from speechkit.config import register_configs
+
+    register_configs()
+    if not any(o.startswith("run_dir=") for o in overrides):
+        overrides = [*overrides, "run_dir=unused"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def speechkit_overrides(spec: dict, run_dir: str) -> List[str]:
+    """The one speechkit config both systems take their model and optimizer settings from."""
+    hw = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "rocm": "rocm"}[spec["device"]]
+    out = [f"model={spec['model']}", f"hw={hw}", f"hw.mixed_precision={spec['precision']}",
+           "dataset=audiofolder", f"dataset.path={spec['data']}", "dataset.eval_split=test",
+           f"trainer.num_epochs={spec['epochs']}", f"trainer.learning_rate={spec['learning_rate']}",
+           f"trainer.warmup_steps={spec['warmup_steps']}", f"trainer.weight_decay={spec['weight_decay']}",
+           f"trainer.seed={spec['seed']}", f"trainer.batch_size={spec['batch_size']}",
+           f"trainer.batch_duration_s={spec['batch_duration_s']}", f"trainer.logging_steps={spec['logging_steps']}",
+           "trainer.eval_at_epoch_end=false", "trainer.eval_steps=null", "trainer.save_steps=null",
+           "trainer.final_model=last", "trainer.progress_bar=false", f"run_dir={run_dir}"]
+    if spec["model"] != "tiny":
+        out.append("model.name_or_path=null")  # its architecture, random init: the same FLOPs as the checkpoint
+    if spec["gradient_checkpointing"]:
+        out.append("model.gradient_checkpointing=true")
+    if spec["max_steps"]:
+        out.append(f"trainer.max_steps={spec['max_steps']}")
+    return out
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + workers) / 1024
+
+
+def tail_loss(curve: List[tuple]) -> Optional[float]:
+    """Mean logged loss over the last quarter of the audio trained on; curve: (cumulative audio s, loss)."""
+    if not curve:
+        return None
+    total = curve[-1][0]
+    last = [loss for audio, loss in curve if audio >= 0.75 * total] or [curve[-1][1]]
+    return sum(last) / len(last)
+
+
+def flops_per_audio_second(model, batch: dict) -> float:
+    """Model FLOPs of one training step (forward and backward) on `batch`, per second of its real audio."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / (float(batch["attention_mask"].sum()) / 16000)
+
+
+def device_figures(spec: dict, model_builder, audio_s_per_s: float) -> dict:
+    """On GPUs: peak memory, achieved model TFLOP/s and MFU (counted on one batch of 8 clips of the mean length)."""
+    import torch
+
+    if not torch.cuda.is_available() or spec["device"] == "cpu":
+        return {}
+    out = {"peak_device_mb": torch.cuda.max_memory_allocated() / 2**20}
+    model = model_builder().cuda().train()
+    n = int(spec["mean_clip_s"] * 16000)
+    batch = {"input_values": torch.randn(8, n, device="cuda"), "attention_mask": torch.ones(8, n, device="cuda",
+                                                                                             dtype=torch.long),
+             "labels": torch.randint(1, 20, (8, 20), device="cuda")}
+    tflops = flops_per_audio_second(model, batch) * audio_s_per_s / 1e12
+    out["tflops"] = tflops
+    name = torch.cuda.get_device_name(0)
+    peak = spec["peak_tflops"] or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    if peak:
+        out["mfu"] = tflops / peak
+    return out
+
+
+def device_name(torch) -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU x{os.cpu_count()}"
+
+
+def child(system: str, spec: dict) -> dict:
+    work = Path(spec["work"])
+    result = (run_speechkit if system == "speechkit" else run_trainer)(spec, work)
+    import torch
+
+    result.update(device=device_name(torch), peak_rss_mb=peak_rss_mb(),
+                  first_step_s=result.pop("first_step_at") - spec["launched"],
+                  end_to_end_s=result.pop("last_step_at") - spec["launched"],
+                  final_loss=tail_loss(result.pop("curve")))
+    (work / "result.json").write_text(json.dumps(result))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def run_speechkit(spec: dict, work: Path) -> dict:
+    """`python train.py` in this process: speechkit's own set-up path, its own metrics.jsonl read back."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    from speechkit import training
+    from speechkit.model import build_model
+
+    from omegaconf import OmegaConf
+
+    raw = compose(speechkit_overrides(spec, str(work / "run")))
+    cfg = OmegaConf.to_object(raw)
+    training.run(raw)
+    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    audio = sum(r["audio_s"] for r in train)
+    seconds = sum(r["train_s"] for r in train)
+    curve, seen = [], 0.0
+    for r in train:
+        seen += r["audio_s"]
+        curve.append((seen, r["loss"]))
+    padded = sum(r["audio_s"] / (1 - r["padding"]) for r in train)
+    result = {"system": "speechkit", "clips": _clips(spec), "steps": train[-1]["step"], "audio_s": audio,
+              "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
+              "data_wait": sum(r["data_wait"] * r["train_s"] for r in train) / seconds, "curve": curve,
+              "first_step_at": train[0]["time"], "last_step_at": train[-1]["time"]}
+    result.update(device_figures(spec, lambda: build_model(cfg.model, 32, 0), result["audio_s_per_s"]))
+    return result
+
+
+def _clips(spec: dict) -> int:
+    with open(Path(spec["data"]) / "train" / "metadata.csv", newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
+def run_trainer(spec: dict, work: Path) -> dict:
+    """transformers' examples/pytorch/speech-recognition/run_speech_recognition_ctc.py, reduced to what it does for
+    this data: vocab from the training text, audio decoded and resampled by `datasets`, normalized by the feature
+    extractor in `prepare_dataset`, lengths for group_by_length, DataCollatorCTCWithPadding, Trainer."""
+    import datasets
+    import torch
+    from transformers import (Trainer, TrainerCallback, TrainingArguments, Wav2Vec2Config, Wav2Vec2CTCTokenizer,
+                              Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor, set_seed)
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(compose(speechkit_overrides(spec, str(work / "unused"))))
+    m = cfg.model
+    raw = datasets.load_dataset("audiofolder", data_dir=spec["data"], split="train")
+    chars_to_ignore = re.compile(r"[\,\?\.\!\-\;\:\"“%‘”�—’…–]")
+    raw = raw.map(lambda b: {"target_text": chars_to_ignore.sub("", b["transcription"]).lower() + " "})
+    chars = sorted(set("".join(raw["target_text"])))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab["|"] = vocab.pop(" ")
+    vocab["[UNK]"], vocab["[PAD]"] = len(vocab), len(vocab) + 1
+    (work / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(work / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                     word_delimiter_token="|")
+    layer_norm = m.architecture.get("feat_extract_norm", "group") == "layer"
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                 do_normalize=True, return_attention_mask=layer_norm)
+    processor = Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+    raw = raw.cast_column("audio", datasets.Audio(sampling_rate=16000))
+
+    def prepare_dataset(batch):
+        sample = batch["audio"]
+        inputs = feature_extractor(sample["array"], sampling_rate=sample["sampling_rate"])
+        batch["input_values"] = inputs.input_values[0]
+        batch["input_length"] = len(batch["input_values"])
+        batch["labels"] = tokenizer(batch["target_text"]).input_ids
+        return batch
+
+    train = raw.map(prepare_dataset, remove_columns=raw.column_names, desc="preprocess datasets")
+    max_len = cfg.dataset.filters.max_duration_s * 16000
+    train = train.filter(lambda n: 0 < n < max_len, input_columns=["input_length"])
+
+    stats = {"audio": 0.0, "padded": 0.0, "waited": 0.0, "curve": []}
+
+    class DataCollatorCTCWithPadding:
+        def __call__(self, features):
+            stats["audio"] += sum(len(f["input_values"]) for f in features)  # measuring only: real samples
+            input_features = [{"input_values": f["input_values"]} for f in features]
+            label_features = [{"input_ids": f["labels"]} for f in features]
+            batch = processor.pad(input_features, padding=True, return_tensors="pt")
+            labels_batch = processor.pad(labels=label_features, padding=True, return_tensors="pt")
+            batch["labels"] = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+            if "attention_mask" in batch:
+                batch["attention_mask"] = batch["attention_mask"].to(torch.long)
+            stats["padded"] += batch["input_values"].numel()  # measuring only
+            return batch
+
+    set_seed(spec["seed"])
+    config = Wav2Vec2Config(**m.architecture, attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout,
+                            activation_dropout=m.activation_dropout, feat_proj_dropout=m.feat_proj_dropout,
+                            final_dropout=m.final_dropout, mask_time_prob=m.mask_time_prob, layerdrop=m.layerdrop,
+                            ctc_loss_reduction=m.ctc_loss_reduction, ctc_zero_infinity=m.ctc_zero_infinity,
+                            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model = Wav2Vec2ForCTC(config)
+    if m.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+
+    class MeasuredTrainer(Trainer):
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            t = time.perf_counter()
+            batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
+            stats["waited"] += time.perf_counter() - t
+            stats.setdefault("started", t)
+            return batches, n
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            now = time.time()
+            stats.setdefault("first_step_at", now)
+            stats["last_step_at"], stats["ended"], stats["steps"] = now, time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                stats["curve"].append((stats["audio"] / 16000, logs["loss"]))
+
+    args = TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=spec["batch_size"],
+        num_train_epochs=spec["epochs"], max_steps=spec["max_steps"] or -1, learning_rate=spec["learning_rate"],
+        warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], adam_beta1=cfg.trainer.adam_beta1,
+        adam_beta2=cfg.trainer.adam_beta2, adam_epsilon=cfg.trainer.adam_epsilon,
+        max_grad_norm=cfg.trainer.max_grad_norm, train_sampling_strategy="group_by_length",
+        length_column_name="input_length", gradient_checkpointing=spec["gradient_checkpointing"],
+        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16", use_cpu=spec["device"] == "cpu",
+        logging_steps=spec["logging_steps"], logging_first_step=True, save_strategy="no", eval_strategy="no", report_to="none",
+        seed=spec["seed"], disable_tqdm=True)
+    trainer = MeasuredTrainer(model=model, data_collator=DataCollatorCTCWithPadding(), args=args,
+                              train_dataset=train, processing_class=processor, callbacks=[Clock()])
+    trainer.train()
+    seconds = stats["ended"] - stats["started"]
+    result = {"system": "trainer", "clips": len(train), "steps": stats["steps"], "audio_s": stats["audio"] / 16000,
+              "train_s": seconds, "audio_s_per_s": stats["audio"] / 16000 / seconds,
+              "padding": 1 - stats["audio"] / stats["padded"], "data_wait": stats["waited"] / seconds,
+              "curve": stats["curve"], "first_step_at": stats["first_step_at"], "last_step_at": stats["last_step_at"]}
+    result.update(device_figures(spec, lambda: Wav2Vec2ForCTC(config), result["audio_s_per_s"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
