@@ -410,7 +410,8 @@ def run_trainer(spec: dict, work: Path) -> dict:
         adam_beta2=cfg.trainer.adam_beta2, adam_epsilon=cfg.trainer.adam_epsilon,
         max_grad_norm=cfg.trainer.max_grad_norm, train_sampling_strategy="group_by_length",
         length_column_name="input_length", gradient_checkpointing=spec["gradient_checkpointing"],
-        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16", use_cpu=spec["device"] == "cpu",
+        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
+        use_cpu=spec["device"] == "cpu" or not torch.cuda.is_available(),
         logging_steps=spec["logging_steps"], logging_first_step=True, save_strategy="no", eval_strategy="no", report_to="none",
         seed=spec["seed"], disable_tqdm=True)
     trainer = MeasuredTrainer(model=model, data_collator=DataCollatorCTCWithPadding(), args=args,

@@ -233,7 +233,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                               "learning_rate": scheduler.get_last_lr()[0],
                               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                               "skipped_nonfinite": state.skipped_nonfinite, **speed}
-                    log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f audio_s_per_s=%.1f "
+                    log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f audio_s_per_s=%.2f "
                              "padding=%.3f data_wait=%.3f", state.global_step, total_steps, epoch_float,
                              values["loss"], values["learning_rate"], values["grad_norm"], values["audio_s_per_s"],
                              values["padding"], values["data_wait"])

@@ -74,3 +74,23 @@ def test_cli_refuses_rocm_before_touching_data(tmp_path):
     assert "hw=rocm needs a ROCm build of torch" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "vocab.json").exists()
+
+
+def test_data_loading_and_optimizer_follow_the_device():
+    """CPU: batches made in the main process (workers would take the model's cores), no pinned memory, torch's
+    default AdamW; a GPU gets workers, pinned memory, prefetching and the fused AdamW; trainer.num_workers wins."""
+    from omegaconf import OmegaConf
+
+    from speechkit.hardware import loader_settings, optimizer_settings
+
+    accelerator = make_accelerator(OmegaConf.to_object(hw("hw=cpu")))
+    if accelerator.device.type == "cpu":
+        assert loader_settings(accelerator) == {"num_workers": 0, "pin_memory": False}
+        assert optimizer_settings(accelerator) == {}
+        assert loader_settings(accelerator, 2) == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4,
+                                                   "persistent_workers": True}
+    gpu = make_accelerator(OmegaConf.to_object(hw())) if torch.cuda.is_available() else None
+    if gpu is not None:
+        settings = loader_settings(gpu)
+        assert settings["pin_memory"] and settings["num_workers"] >= 1 and settings["persistent_workers"]
+        assert optimizer_settings(gpu) == {"fused": True}

@@ -28,7 +28,8 @@ def test_superb_config_carves_librispeech_test_clean_80_20(librispeech):
     expected = {line.lower().replace(",", "").replace("?", "").replace(";", "") for line in LIBRISPEECH_LINES}
     assert set(texts) == expected  # lower-cased, the recipe's punctuation removed, apostrophes kept
     assert "it's a long way to the sea" in texts
-    assert splits["train"].column_names == ["audio", "text", "num_samples"]  # speaker/chapter ids dropped
+    # speaker/chapter ids dropped; the decoded clip kept beside its length and peak
+    assert splits["train"].column_names == ["audio", "text", "num_samples", "peak", "pcm"]
     again = data.load_splits(cfg, {"test": False}, 16000, data.DropReport())
     assert data.texts(again["test"]) == data.texts(splits["test"])  # the fixed seed carves the same way
 

@@ -179,7 +179,8 @@ def test_launch_submits_the_job_the_config_describes(launched):
 def test_launch_sends_metric_definitions_for_every_logged_value(launched):
     request = created_job(launched["aws"]["recording"], launched["job"]["TrainingJobName"])
     definitions = {d["Name"]: d["Regex"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
-    assert set(definitions) == {"train_loss", "learning_rate", "epoch", "eval_loss", "eval_wer", "eval_cer"}
+    assert set(definitions) == {"train_loss", "learning_rate", "epoch", "train_audio_s_per_s", "eval_loss",
+                                "eval_wer", "eval_cer"}
     assert request["HyperParameters"]["overrides"] == json.dumps(OVERRIDES)
 
 
@@ -263,7 +264,8 @@ def test_metric_regexes_match_the_trainers_log_lines(launched, container_run):
     last_train = [m for m in metrics if m["kind"] == "train"][-1]
     first_eval = [m for m in metrics if m["kind"] == "eval"][0]
     expected = {"train_loss": last_train["loss"], "learning_rate": last_train["learning_rate"],
-                "epoch": last_train["epoch"], "eval_loss": first_eval["eval_loss"],
+                "epoch": last_train["epoch"], "train_audio_s_per_s": last_train["audio_s_per_s"],
+                "eval_loss": first_eval["eval_loss"],
                 "eval_wer": first_eval["eval_wer"], "eval_cer": first_eval["eval_cer"]}
     for definition in request["AlgorithmSpecification"]["MetricDefinitions"]:
         values = [float(m.group(1)) for line in log.splitlines() if (m := re.search(definition["Regex"], line))]

@@ -28,13 +28,14 @@ ENTRY_SCRIPT = "speechkit/sagemaker/entry.py"  # relative to the shipped code
 CHANNEL = "dataset"  # the input channel holding a local data set: SM_CHANNEL_DATASET in the container
 
 # CloudWatch metrics, parsed from the trainer's own log lines (speechkit/trainer.py):
-#   train step=20/400 epoch=0.25 loss=3.1234 lr=2.000e-04 grad_norm=1.234
+#   train step=20/400 epoch=0.25 loss=3.1234 lr=2.000e-04 grad_norm=1.234 audio_s_per_s=81.25 padding=0.021 ...
 #   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000
 _NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 METRIC_DEFINITIONS = [
     ("train_loss", rf"train step=\d+/\d+ epoch=\S+ loss={_NUM}"),
     ("learning_rate", rf"train step=\d+/\d+ .*\blr={_NUM}"),
     ("epoch", rf"train step=\d+/\d+ epoch={_NUM}"),
+    ("train_audio_s_per_s", rf"train step=\d+/\d+ .*\baudio_s_per_s={_NUM}"),  # throughput: audio s per s
     ("eval_loss", rf"eval step=\d+ epoch=\S+ eval_loss={_NUM}"),
     ("eval_wer", rf"eval step=\d+ .*\beval_wer={_NUM}"),
     ("eval_cer", rf"eval step=\d+ .*\beval_cer={_NUM}"),

@@ -1,0 +1,29 @@
+"""The benchmarks run for real on a tiny budget: both systems measured and reported (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, SMALL_DEMO
+
+
+def test_throughput_benchmark_reports_both_systems(tmp_path):
+    out = tmp_path / "out"
+    num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)  # the session's demo corpus, already synthesized
+    done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--num-train", num_train,
+                           "--num-test", num_test, "--max-steps", "2", "--batch-size", "4", "--logging-steps", "1",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "throughput-tiny-cpu.json").read_text())
+    assert summary["spec"]["batch_duration_s"] > 0  # speechkit's budget: 4 clips of the mean duration
+    for system in ("speechkit", "trainer"):
+        r = summary["results"][system]
+        assert r["system"] == system and r["steps"] == 2 and r["clips"] == int(num_train)
+        assert r["audio_s"] > 0 and r["audio_s_per_s"] > 0 and r["train_s"] > 0
+        assert 0 <= r["padding"] < 1 and 0 <= r["data_wait"] < 1
+        assert r["peak_rss_mb"] > 100 and 0 < r["first_step_s"] <= r["end_to_end_s"]
+        assert r["final_loss"] > 0
+    assert set(summary["ratios"]) >= {"audio_s_per_s", "end_to_end_s", "first_step_s", "peak_rss_mb"}
+    table = (out / "throughput-tiny-cpu.md").read_text()
+    assert "| training throughput (audio s / s) |" in table and "speechkit / Trainer" in table
+    assert table in done.stdout  # printed as well as written
