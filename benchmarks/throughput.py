@@ -99,7 +99,7 @@ def mean_duration(root: Path) -> float:
     return sum(sf.info(str(root / "train" / name)).duration for name in files) / len(files)
 
 
-def run_system(system: str, spec: dict, out_dir: Path) -> dict:
+def run_system(system: str, spec: dict) -> dict:
     """One system in a fresh process with fresh caches; returns what it measured."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
     spec = {**spec, "work": str(work), "launched": time.time()}
@@ -161,9 +161,10 @@ def main(argv=None) -> dict:
     spec = {k: v for k, v in vars(args).items() if k not in ("child", "spec", "out", "systems")}
     spec.update(data=str(root), mean_clip_s=mean_s,
                 batch_duration_s=args.batch_duration_s or round(args.batch_size * mean_s, 1))
-    results = {system: run_system(system, spec, Path(args.out)) for system in systems}
+    results = {system: run_system(system, spec) for system in systems}
     device = next(iter(results.values()))["device"]
-    summary = {"command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+    given = argv if argv is not None else sys.argv[1:]
+    summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results}
     if set(systems) == set(SYSTEMS):
         sk, tr = results["speechkit"], results["trainer"]
@@ -412,7 +413,8 @@ def run_trainer(spec: dict, work: Path) -> dict:
         length_column_name="input_length", gradient_checkpointing=spec["gradient_checkpointing"],
         bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
         use_cpu=spec["device"] == "cpu" or not torch.cuda.is_available(),
-        logging_steps=spec["logging_steps"], logging_first_step=True, save_strategy="no", eval_strategy="no", report_to="none",
+        logging_steps=spec["logging_steps"], logging_first_step=True, save_strategy="no", eval_strategy="no",
+        report_to="none",
         seed=spec["seed"], disable_tqdm=True)
     trainer = MeasuredTrainer(model=model, data_collator=DataCollatorCTCWithPadding(), args=args,
                               train_dataset=train, processing_class=processor, callbacks=[Clock()])

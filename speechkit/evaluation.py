@@ -15,7 +15,7 @@ from speechkit import data
 from speechkit.audio import audio_ref
 from speechkit.batching import ClipCountBatchSampler, CTCCollator
 from speechkit.config import EvaluateConfig, check_required
-from speechkit.hardware import make_accelerator
+from speechkit.hardware import loader_settings, make_accelerator
 from speechkit.model import saved_model_dir, uses_attention_mask
 from speechkit.scoring import EvalResult, run_eval
 from speechkit.vocab import warn_unspellable
@@ -41,8 +41,9 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     warn_unspellable(data.texts(rows), vocab, cfg.split, processor.tokenizer.unk_token)
     dataset = data.SpeechDataset(rows, sampling_rate, lambda text: processor.tokenizer(text).input_ids)
     collator = CTCCollator(processor.feature_extractor, uses_attention_mask(model))
-    loader = torch.utils.data.DataLoader(dataset, collate_fn=collator,
-                                         batch_sampler=ClipCountBatchSampler(dataset.lengths, cfg.batch_size, shuffle=False))
+    sampler = ClipCountBatchSampler(dataset.lengths, cfg.batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, collate_fn=collator, batch_sampler=sampler,
+                                         **loader_settings(accelerator))
     model, loader = accelerator.prepare(model, loader)
     result = run_eval(model, loader, collator, processor.tokenizer, dataset.texts, accelerator)
 
