@@ -115,13 +115,15 @@ class ModelConfig:
     # Wav2Vec2Config fields for a randomly initialised model (used only when name_or_path is null).
     architecture: Dict[str, Any] = field(default_factory=dict)
     sampling_rate: int = 16000
-    attention_dropout: float = 0.1
-    hidden_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    feat_proj_dropout: float = 0.0
-    final_dropout: float = 0.0
-    mask_time_prob: float = 0.05
-    layerdrop: float = 0.0
+    # Regularisation knobs set on top of the checkpoint's (or the architecture's) config; null leaves that value as
+    # the checkpoint says, as a recipe that does not set it had it.
+    attention_dropout: Optional[float] = None
+    hidden_dropout: Optional[float] = None
+    activation_dropout: Optional[float] = None
+    feat_proj_dropout: Optional[float] = None
+    final_dropout: Optional[float] = None
+    mask_time_prob: Optional[float] = None
+    layerdrop: Optional[float] = None
     ctc_loss_reduction: str = "mean"
     ctc_zero_infinity: bool = True
     freeze_feature_encoder: bool = True

@@ -13,16 +13,15 @@ from speechkit.config import ConfigError, ModelConfig
 log = logging.getLogger(__name__)
 
 
+REGULARISATION = ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
+                  "mask_time_prob", "layerdrop")
+
+
 def _knobs(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> dict:
-    """What the recipes tune, applied on top of whatever the checkpoint or architecture says."""
+    """What the recipes tune, applied on top of whatever the checkpoint or architecture says (a knob left null keeps
+    the checkpoint's value)."""
     return dict(
-        attention_dropout=cfg.attention_dropout,
-        hidden_dropout=cfg.hidden_dropout,
-        activation_dropout=cfg.activation_dropout,
-        feat_proj_dropout=cfg.feat_proj_dropout,
-        final_dropout=cfg.final_dropout,
-        mask_time_prob=cfg.mask_time_prob,
-        layerdrop=cfg.layerdrop,
+        **{k: getattr(cfg, k) for k in REGULARISATION if getattr(cfg, k) is not None},
         ctc_loss_reduction=cfg.ctc_loss_reduction,
         ctc_zero_infinity=cfg.ctc_zero_infinity,
         vocab_size=vocab_size,

@@ -29,7 +29,7 @@ def run(raw_cfg: DictConfig) -> float | str:
         return launch(raw_cfg)
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
     accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger),
-                                   find_unused_parameters=cfg.model.layerdrop > 0)
+                                   find_unused_parameters=cfg.model.layerdrop != 0)  # null: the checkpoint's, maybe > 0
     run_dir = _agree_on_run_dir(cfg.run_dir, accelerator)
     os.makedirs(run_dir, exist_ok=True)
     public = public_config(raw_cfg)

@@ -35,6 +35,21 @@ def test_local_pretrained_checkpoint_gets_new_head_and_knobs(pretrained_dir):
     assert not uses_attention_mask(model)  # group-norm encoder, like wav2vec2-base
 
 
+def test_knobs_a_recipe_leaves_null_keep_the_checkpoints_values(tmp_path):
+    """experiment=aws_superb sets no dropout, layerdrop or masking: the checkpoint's own values stay, as they did in
+    the recipe's own code; the knobs it does set (rocm_fleurs_es: feat_proj_dropout 0.0) win over the checkpoint."""
+    own = dict(attention_dropout=0.11, hidden_dropout=0.12, activation_dropout=0.13, feat_proj_dropout=0.14,
+               final_dropout=0.15, mask_time_prob=0.16, layerdrop=0.17)
+    Wav2Vec2Model(Wav2Vec2Config(**SMALL_ARCH, **own)).save_pretrained(tmp_path)
+    aws = compose("train", ["experiment=aws_superb", f"model.name_or_path={tmp_path}", "run_dir=/x"]).model
+    config = build_model(aws, vocab_size=12, pad_token_id=11).config
+    assert {k: getattr(config, k) for k in own} == own
+    rocm = compose("train", ["experiment=rocm_fleurs_es", f"model.name_or_path={tmp_path}", "run_dir=/x"]).model
+    config = build_model(rocm, vocab_size=12, pad_token_id=11).config
+    assert config.activation_dropout == 0.13  # left to the checkpoint
+    assert (config.feat_proj_dropout, config.attention_dropout, config.layerdrop) == (0.0, 0.1, 0.1)
+
+
 def test_tiny_from_scratch_trains_its_feature_encoder():
     cfg = compose("train", ["model=tiny", *TINY, "run_dir=/x"]).model
     model = build_model(cfg, vocab_size=10, pad_token_id=9)

@@ -50,8 +50,15 @@ AWS_RECIPE = {
     "dataset.text_column": "text", "dataset.carve.from_split": "test", "dataset.carve.test_ratio": 0.2,
     "dataset.carve.train_name": "train", "dataset.carve.test_name": "test", "dataset.eval_split": "test",
     "dataset.filters.max_duration_s": None, "model.name_or_path": "facebook/wav2vec2-base",
-    "model.freeze_feature_encoder": True, "trainer.num_epochs": 10, "trainer.batch_size": 8,
-    "trainer.eval_at_epoch_end": True,
+    "model.freeze_feature_encoder": True, "model.gradient_checkpointing": True, "trainer.num_epochs": 10,
+    "trainer.batch_size": 8, "trainer.eval_batch_size": 32, "trainer.learning_rate": 1e-4,
+    "trainer.weight_decay": 0.005, "trainer.warmup_steps": 500, "hw.mixed_precision": "fp16",
+    "trainer.eval_steps": 500, "trainer.logging_steps": 500, "trainer.save_steps": 500,
+    "trainer.eval_at_epoch_end": False,
+    # left as the checkpoint says: the recipe does not set them
+    "model.attention_dropout": None, "model.hidden_dropout": None, "model.activation_dropout": None,
+    "model.feat_proj_dropout": None, "model.final_dropout": None, "model.mask_time_prob": None,
+    "model.layerdrop": None,
 }
 
 
@@ -71,8 +78,9 @@ ROCM_RECIPE = {
     "trainer.num_epochs": 5, "trainer.learning_rate": 3e-4, "trainer.batch_size": 4, "trainer.warmup_steps": 50,
     "hw.backend": "rocm", "hw.mixed_precision": "fp16", "model.gradient_checkpointing": True,
     "model.freeze_feature_encoder": True, "model.attention_dropout": 0.1, "model.hidden_dropout": 0.1,
-    "model.activation_dropout": 0.1, "model.feat_proj_dropout": 0.1, "model.mask_time_prob": 0.05,
+    "model.activation_dropout": None, "model.feat_proj_dropout": 0.0, "model.mask_time_prob": 0.05,
     "model.layerdrop": 0.1, "model.ctc_loss_reduction": "mean", "trainer.eval_at_epoch_end": True,
+    "dataset.eval_split": "validation",  # the published WER by epoch is the Trainer's eval_dataset: validation
 }
 
 
