@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SMALL_DEMO, TINY, run_cli, speak
+from conftest import REPO, SMALL_DEMO, TINY, compose, run_cli, speak
 
 ROLE = "arn:aws:iam::123456789012:role/SpeechkitSageMakerRole"
 BUCKET = "speechkit-test-bucket"
@@ -331,6 +331,22 @@ def test_handler_json_request(handler, clip):
     direct = model["pipeline"]({"raw": at_16k, "sampling_rate": 16000})["text"]
     assert out["text"] == direct and out["text"]  # a near-random model still spells something
     assert out["duration_s"] == pytest.approx(at_16k.size / 16000, abs=1e-3) and out["chunked"] is False
+
+
+def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, clip, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from speechkit.sagemaker.server import settings_env
+
+    inference, model = handler
+    _, at_16k = clip
+    body = json.dumps({"speech_array": at_16k.tolist(), "sampling_rate": 16000})
+    shaped = compose("serve", ["model_dir=x", "inference.response=transcript"]).inference
+    env = settings_env(OmegaConf.to_object(shaped))
+    assert env["SPEECHKIT_RESPONSE"] == "transcript"
+    monkeypatch.setenv("SPEECHKIT_RESPONSE", env["SPEECHKIT_RESPONSE"])
+    answer = json.loads(inference.transform(body, "application/json", "application/json", model))
+    assert answer == model["pipeline"]({"raw": at_16k, "sampling_rate": 16000})["text"]  # a JSON string
 
 
 def test_handler_wav_and_flac_bytes_are_resampled(handler, clip, tmp_path):

@@ -5,7 +5,8 @@
                                            or from raw audio bytes (audio/wav, audio/flac, audio/x-audio, ...)
     predict_fn(clip, model)             -> {"text": ..., "duration_s": ...}; resampled to the model's rate, long
                                            audio transcribed in overlapping chunks
-    output_fn(prediction, accept)       -> JSON
+    output_fn(prediction, accept)       -> JSON: that object, or with SPEECHKIT_RESPONSE=transcript the bare
+                                           transcript as a JSON string (what the AWS recipe's endpoint answers)
 
 It is self-contained (numpy, torch, torchcodec, transformers; nothing from speechkit), so the same file runs in the
 endpoint's container, in `python serve.py` on this machine, and in the tests. Requests that cannot be served raise
@@ -15,7 +16,7 @@ the concrete Wav2Vec2 classes.
 
 Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
 SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none: never chunk), SPEECHKIT_STRIDE_LENGTH_S (4;
-none: chunk/6), SPEECHKIT_DEVICE (cuda when available, else cpu).
+none: chunk/6), SPEECHKIT_RESPONSE (details; or transcript), SPEECHKIT_DEVICE (cuda when available, else cpu).
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def output_fn(prediction: dict, accept: Optional[str] = None, context: Any = Non
     media = _media_type(accept) or "application/json"
     if media not in ACCEPT_TYPES:
         raise InferenceError(f"unsupported accept type '{accept}': responses are application/json", 406)
+    if os.environ.get("SPEECHKIT_RESPONSE", "details") == "transcript":
+        return json.dumps(prediction["text"], ensure_ascii=False)
     return json.dumps(prediction, ensure_ascii=False, allow_nan=False)
 
 

@@ -28,7 +28,7 @@ def settings_env(cfg) -> dict:
     """The handler's settings as the environment variables a deployed endpoint gets (deploy.py sets the same)."""
     none = lambda v: "none" if v is None else str(v)  # noqa: E731
     return {"SPEECHKIT_MAX_BODY_MB": str(cfg.max_body_mb), "SPEECHKIT_CHUNK_LENGTH_S": none(cfg.chunk_length_s),
-            "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s)}
+            "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s), "SPEECHKIT_RESPONSE": cfg.response.value}
 
 
 def create_app(model_dir: str) -> Starlette:
