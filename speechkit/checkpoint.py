@@ -53,7 +53,8 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(root, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
+    accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
+    accelerator.wait_for_everyone()  # all of them written before the folder is renamed into place
     if accelerator.is_main_process:
         _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
         if os.path.isdir(final):  # the same step saved again after a resume

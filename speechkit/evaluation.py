@@ -17,6 +17,7 @@ from speechkit.batching import ClipCountBatchSampler, CTCCollator
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
 from speechkit.model import saved_model_dir, uses_attention_mask
+from speechkit.rundir import RunDir
 from speechkit.scoring import EvalResult, run_eval
 from speechkit.vocab import warn_unspellable
 
@@ -49,13 +50,13 @@ def run(raw_cfg: DictConfig) -> EvalResult:
 
     if accelerator.is_main_process:
         files = rows.select_columns([data.AUDIO])
-        path = os.path.join(cfg.run_dir, "predictions.csv")
+        path = RunDir(cfg.run_dir).predictions
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "reference", "hypothesis", "wer"])
             for r, ref, hyp in zip(result.rows, result.references, result.hypotheses):
                 w.writerow([audio_ref(files[r][data.AUDIO]), ref, hyp, f"{jiwer.wer(ref, hyp):.4f}"])
-        report.write(os.path.join(cfg.run_dir, "drop_report.jsonl"))
+        report.write(RunDir(cfg.run_dir).drop_report)
         print(_table(result, cfg.num_examples))
         dropped = report.counts()
         print(f"\n{cfg.dataset.name}/{cfg.split}: WER {result.wer:.4f}  CER {result.cer:.4f}  "

@@ -23,6 +23,7 @@ from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.model import uses_attention_mask
+from speechkit.rundir import RunDir
 from speechkit.scoring import EvalResult, run_eval
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
-    ckpt_root = os.path.join(run_dir, "checkpoints")
+    run = RunDir(run_dir)
+    ckpt_root = run.checkpoints
     state = TrainerState(total_steps=total_steps)
     resume_from = checkpoint.resolve_resume(cfg.resume, ckpt_root)
     if resume_from:
@@ -151,7 +153,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     elif cfg.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", ckpt_root)
 
-    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), accelerator)
+    metrics = MetricsFile(run.metrics, accelerator)
     texts = eval_set.texts
     per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
     log.info("Training %d steps: %d examples, %s per batch and device x %d process(es) x %d accumulation, "
@@ -171,7 +173,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
             weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
             if accelerator.is_main_process:
                 checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(
-                    path, state_dict=weights), os.path.join(ckpt_root, "best"))
+                    path, state_dict=weights), run.best)
             accelerator.wait_for_everyone()
 
     model.train()
@@ -267,13 +269,14 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
 def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts, state, run_dir) -> EvalResult:
     """Write model/ (the best or last weights + processor) and score exactly what was shipped."""
     unwrapped = accelerator.unwrap_model(model)
-    best_dir = os.path.join(run_dir, "checkpoints", "best")
+    run = RunDir(run_dir)
+    best_dir = run.best
     if cfg.final_model == FinalModel.best and os.path.isdir(best_dir):
         log.info("Shipping the best weights (step %s, eval WER %.4f)", state.best_step, state.best_wer)
         best = Wav2Vec2ForCTC.from_pretrained(best_dir)
         unwrapped.load_state_dict(best.state_dict())
         del best
-    model_dir = os.path.join(run_dir, "model")
+    model_dir = run.model
     weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
     if accelerator.is_main_process:
         def write(path):

@@ -15,6 +15,7 @@ from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_name
 from speechkit.model import build_model, uses_attention_mask
+from speechkit.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def run(raw_cfg: DictConfig) -> float | str:
     os.makedirs(run_dir, exist_ok=True)
     public = public_config(raw_cfg)
     if accelerator.is_main_process:
-        OmegaConf.save(OmegaConf.create(public), os.path.join(run_dir, "config.yaml"))
+        OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl.
@@ -48,10 +49,10 @@ def run(raw_cfg: DictConfig) -> float | str:
     vocab = vocabulary.make_vocab(cfg.vocab, data.texts(train_rows), data.texts(eval_rows))
     train_rows = vocabulary.drop_unspellable(train_rows, vocab, ds.train_split, report)
     vocabulary.warn_unspellable(data.texts(eval_rows), vocab, ds.eval_split, cfg.vocab.unk_token)
-    vocab_path = os.path.join(run_dir, "vocab.json")
+    vocab_path = RunDir(run_dir).vocab
     if accelerator.is_main_process:
         vocabulary.write_vocab(vocab, vocab_path)
-        report.write(os.path.join(run_dir, "drop_report.jsonl"))
+        report.write(RunDir(run_dir).drop_report)
     accelerator.wait_for_everyone()
     log.info("Data '%s': %d train / %d eval utterances, %d symbols; dropped: %s", ds.name, len(train_rows),
              len(eval_rows), len(vocab), report.summary())
@@ -68,7 +69,7 @@ def run(raw_cfg: DictConfig) -> float | str:
     result = trainer.train(cfg.trainer, accelerator, model, processor, train_set, eval_set, run_dir)
     if accelerator.is_main_process:
         print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} utterances): "
-              f"WER {result.wer:.4f}  CER {result.cer:.4f}\nModel: {os.path.join(run_dir, 'model')}", flush=True)
+              f"WER {result.wer:.4f}  CER {result.cer:.4f}\nModel: {RunDir(run_dir).model}", flush=True)
     accelerator.end_training()
     return result.wer
 
@@ -84,6 +85,6 @@ def _agree_on_run_dir(own: str, accelerator: Accelerator) -> str:
     broadcast_object_list(chosen, from_process=0)
     main = chosen[0]
     if os.path.abspath(own) != os.path.abspath(main) and os.path.isdir(own) \
-            and set(os.listdir(own)) <= {".hydra", "train.log"}:
+            and set(os.listdir(own)) <= {".hydra", os.path.basename(RunDir(own).log)}:
         shutil.rmtree(own, ignore_errors=True)
     return main

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import List
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
-RUN_RECORDS = ("config.yaml", "metrics.jsonl", "drop_report.jsonl", "vocab.json", "train.log")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as train.py's (Hydra's default)
 
 
@@ -66,8 +65,10 @@ def main(argv: List[str] | None = None) -> int:
 
     from speechkit import training
     from speechkit.config import ConfigError
+    from speechkit.rundir import RunDir
 
     run_dir = os.environ.get("SPEECHKIT_RUN_DIR", "/opt/ml/checkpoints/speechkit")
+    run = RunDir(run_dir)
     model_dir = os.environ.get("SM_MODEL_DIR", "/opt/ml/model")
     output_dir = os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data")
     channel_dir = os.environ.get("SM_CHANNEL_DATASET")
@@ -82,7 +83,7 @@ def main(argv: List[str] | None = None) -> int:
         os.makedirs(run_dir, exist_ok=True)
         handlers = [logging.StreamHandler(sys.stdout)]
         if main_process:
-            handlers.append(logging.FileHandler(os.path.join(run_dir, "train.log")))
+            handlers.append(logging.FileHandler(run.log))
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
         import speechkit
 
@@ -95,11 +96,11 @@ def main(argv: List[str] | None = None) -> int:
         return 2
 
     if main_process:
-        shutil.copytree(os.path.join(run_dir, "model"), model_dir, dirs_exist_ok=True)
+        shutil.copytree(run.model, model_dir, dirs_exist_ok=True)
         os.makedirs(output_dir, exist_ok=True)
-        for name in RUN_RECORDS:
-            if os.path.isfile(os.path.join(run_dir, name)):
-                shutil.copy2(os.path.join(run_dir, name), output_dir)
+        for path in run.records():
+            if os.path.isfile(path):
+                shutil.copy2(path, output_dir)
         print(f"speechkit: model written to {model_dir}", flush=True)
     return 0
 

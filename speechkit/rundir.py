@@ -1,0 +1,54 @@
+"""The run dir: every file and folder a run leaves behind, named once (README, "What a run leaves behind")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: str
+
+    def _at(self, *name: str) -> str:
+        return os.path.join(self.root, *name)
+
+    @property
+    def config(self) -> str:  # the resolved config, secrets redacted
+        return self._at("config.yaml")
+
+    @property
+    def log(self) -> str:  # the console log: Hydra names it after the job (train.py)
+        return self._at("train.log")
+
+    @property
+    def vocab(self) -> str:
+        return self._at("vocab.json")
+
+    @property
+    def metrics(self) -> str:  # one JSON line per logging window and per evaluation
+        return self._at("metrics.jsonl")
+
+    @property
+    def drop_report(self) -> str:  # every example left out, with its file and reason
+        return self._at("drop_report.jsonl")
+
+    @property
+    def predictions(self) -> str:  # evaluate.py: every utterance's reference and hypothesis
+        return self._at("predictions.csv")
+
+    @property
+    def checkpoints(self) -> str:  # step-N/ folders, each a full training state
+        return self._at("checkpoints")
+
+    @property
+    def best(self) -> str:  # the weights with the best eval score so far
+        return self._at("checkpoints", "best")
+
+    @property
+    def model(self) -> str:  # the shipped Hugging Face model folder
+        return self._at("model")
+
+    def records(self) -> tuple:
+        """The small files that describe a run (what a SageMaker job copies to its output)."""
+        return (self.config, self.metrics, self.drop_report, self.vocab, self.log)
