@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
 from speechkit.config import Backend, ConfigError, HardwareConfig, Precision
 
@@ -145,6 +145,8 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        # Batches in pinned memory (loader_settings) are copied to the GPU asynchronously, overlapping compute.
+        dataloader_config=DataLoaderConfiguration(non_blocking=chosen.backend != Backend.cpu),
     )
     if not accelerator.is_main_process:
         _main_process_logs_only()
