@@ -30,6 +30,10 @@ class RunDir:
         return self._at("metrics.jsonl")
 
     @property
+    def curves(self) -> str:  # loss, learning rate and eval WER/CER against the step, redrawn at each evaluation
+        return self._at("curves.png")
+
+    @property
     def drop_report(self) -> str:  # every example left out, with its file and reason
         return self._at("drop_report.jsonl")
 
@@ -51,4 +55,4 @@ class RunDir:
 
     def records(self) -> tuple:
         """The small files that describe a run (what a SageMaker job copies to its output)."""
-        return (self.config, self.metrics, self.drop_report, self.vocab, self.log)
+        return (self.config, self.metrics, self.curves, self.drop_report, self.vocab, self.log)

@@ -23,6 +23,7 @@ from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.model import uses_attention_mask
+from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
 from speechkit.scoring import EvalResult, run_eval
 
@@ -166,6 +167,8 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
         log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
                  state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
         metrics.write("eval", state.global_step, values)
+        if accelerator.is_main_process:
+            training_curves(run.metrics, run.curves)
         # Lowest WER wins; CER breaks ties (early on, every evaluation has WER 1.0). Gathered values: the same in
         # every process, so all of them take this branch together.
         if state.best_wer is None or (result.wer, result.cer) < (state.best_wer, state.best_cer):

@@ -30,7 +30,7 @@ def demo_run(tmp_path_factory):
 
 def test_run_dir_holds_every_artifact(demo_run):
     run_dir, done = demo_run
-    for name in ("config.yaml", "vocab.json", "metrics.jsonl", "drop_report.jsonl", "model/config.json",
+    for name in ("config.yaml", "vocab.json", "metrics.jsonl", "drop_report.jsonl", "curves.png", "model/config.json",
                  "model/model.safetensors", "model/vocab.json", "model/processor_config.json",
                  "checkpoints/step-3/trainer_state.json", "checkpoints/best/model.safetensors"):
         assert (run_dir / name).exists(), name
@@ -39,6 +39,10 @@ def test_run_dir_holds_every_artifact(demo_run):
     assert any(m["kind"] == "eval" and 0 <= m["eval_cer"] for m in lines)
     assert "Final eval on 'test'" in done.stdout and "WER" in done.stdout
     assert "train step=3/3" in done.stderr + done.stdout  # one log line per logging step
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(run_dir / "curves.png")  # a real PNG: three panels, 800x900 pixels
+    assert picture.shape[:2] == (900, 800) and picture[..., :3].std() > 0.05
 
 
 def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):

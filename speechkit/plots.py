@@ -1,0 +1,49 @@
+"""Pictures a person would rather look at than a log: the training curves (`curves.png` in the run dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+
+def training_curves(metrics_path: str, out_path: str) -> str:
+    """Training loss, learning rate and eval WER/CER against the optimizer step, read from metrics.jsonl; written
+    to `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        records: List[dict] = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+
+    fig, (loss_ax, lr_ax, err_ax) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue")
+    if evals:
+        loss_ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss",
+                     color="tab:orange")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_yscale("log")
+    loss_ax.legend()
+    lr_ax.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
+    lr_ax.set_ylabel("learning rate")
+    for key, label in (("eval_wer", "WER"), ("eval_cer", "CER")):
+        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=label)
+    err_ax.set_ylabel("eval error rate")
+    err_ax.set_ylim(bottom=0)
+    err_ax.set_xlabel("optimizer step")
+    err_ax.legend()
+    for ax in (loss_ax, lr_ax, err_ax):
+        ax.grid(alpha=0.3)
+    if evals:
+        best = min(evals, key=lambda r: (r["eval_wer"], r["eval_cer"]))
+        fig.suptitle(f"best eval: WER {best['eval_wer']:.4f}, CER {best['eval_cer']:.4f} at step {best['step']}")
+    fig.tight_layout()
+    tmp = out_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
