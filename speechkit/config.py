@@ -271,6 +271,17 @@ class ResponseShape(str, Enum):
 
 
 @dataclass
+class InspectConfig:
+    """`python inspect_data.py dataset=...`: a data set looked at before training."""
+
+    dataset: DatasetConfig = MISSING
+    sampling_rate: int = 16000  # the rate the model will train at: durations and the decoded cache follow it
+    top_chars: int = 60  # rows of the character inventory printed (all of them go to characters.csv)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
 class InferenceConfig:
     """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed."""
 
@@ -320,6 +331,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="inspect_schema", node=InspectConfig)
     cs.store(name="deploy_schema", node=DeployConfig)
     cs.store(name="serve_schema", node=ServeConfig)
 

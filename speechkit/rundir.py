@@ -42,6 +42,18 @@ class RunDir:
         return self._at("predictions.csv")
 
     @property
+    def durations(self) -> str:  # inspect_data.py: a histogram of clip durations per split
+        return self._at("durations.png")
+
+    @property
+    def characters(self) -> str:  # inspect_data.py: the character inventory with counts per split
+        return self._at("characters.csv")
+
+    @property
+    def summary(self) -> str:  # inspect_data.py: clips, hours and drops per split
+        return self._at("summary.json")
+
+    @property
     def checkpoints(self) -> str:  # step-N/ folders, each a full training state
         return self._at("checkpoints")
 

@@ -1,5 +1,6 @@
 """Data loading on real audio files: the audiofolder layout, bad input of every kind, carving, Hub-style data."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -251,3 +252,40 @@ def test_lazy_decoding_keeps_no_samples(tmp_path):
     ds = data.SpeechDataset(rows, 16000)
     assert not ds.cached
     assert np.array_equal(ds[0]["input_values"], data.decode(str(folder / "train" / "0.wav"), 16000))
+
+
+# ------------------------------------------------------------------------------------------ inspect_data.py
+def test_inspect_data_prints_and_writes_what_training_would_see(messy_folder, tmp_path):
+    from conftest import run_cli
+
+    done = run_cli("inspect_data.py", "dataset=audiofolder", f"dataset.path={messy_folder}",
+                   "dataset.filters.max_duration_s=3.5", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    expected = data.DropReport()
+    kept = data.load_splits(messy_cfg(messy_folder), {"train": True, "test": False}, 16000, expected)
+    for split in ("train", "test"):
+        s = summary["splits"][split]
+        assert s["clips"] == len(kept[split]) and s["drop_reasons"] == dict(expected.counts(split))
+        assert s["hours"] == pytest.approx(sum(kept[split]["num_samples"]) / 16000 / 3600)
+    train_row = next(line for line in done.stdout.splitlines() if line.startswith("train "))
+    assert str(len(kept["train"])) in train_row and "too_long=1" in train_row and "unreadable_audio=1" in train_row
+    with open(tmp_path / "characters.csv") as f:
+        rows = {r["character"]: r for r in csv.DictReader(f)}
+    assert rows["z"]["train"] == "1" and rows["z"]["test"] == "0"  # "zebra", train only
+    assert [json.loads(line)["reason"] for line in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "durations.png").shape[:2] == (400, 800)
+
+
+def test_inspect_data_names_characters_a_model_cannot_learn(tmp_path):
+    from conftest import run_cli
+
+    root = tmp_path / "data"
+    for split, text in (("train", "the cat sees a dog"), ("test", "a quiet fox")):
+        speak(text, (root / split).mkdir(parents=True) or root / split / "0.wav")
+        write_metadata(root / split, [("0.wav", text)])
+    done = run_cli("inspect_data.py", "dataset=audiofolder", f"dataset.path={root}", f"hydra.run.dir={tmp_path / 'i'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in 'test' but never in 'train' (a model cannot learn them): f i q u x" in done.stdout

@@ -1,0 +1,20 @@
+"""Look at a data set before training: `python inspect_data.py dataset=<name> [dataset.path=...]` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from speechkit.cli import run_or_exit
+from speechkit.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="inspect")
+def main(cfg: DictConfig) -> None:
+    from speechkit import inspection
+
+    run_or_exit(inspection.run, cfg)
+
+
+if __name__ == "__main__":
+    main()

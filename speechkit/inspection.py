@@ -1,0 +1,107 @@
+"""`python inspect_data.py`: a data set as training would see it, before training.
+
+Every split of the source goes through the same checking pass as training (so its decoded audio lands in the cache
+a later run reads): clips and hours per split, durations, the character inventory of the normalized text, and what
+the checking pass drops, printed, written (summary.json, characters.csv, drop_report.jsonl) and drawn
+(durations.png).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from typing import Dict
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from speechkit import data
+from speechkit.config import InspectConfig, check_required
+from speechkit.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def run(raw_cfg: DictConfig) -> dict:
+    check_required(raw_cfg)
+    cfg: InspectConfig = OmegaConf.to_object(raw_cfg)
+    ds, rate, run = cfg.dataset, cfg.sampling_rate, RunDir(cfg.run_dir)
+    os.makedirs(run.root, exist_ok=True)
+    report = data.DropReport()
+    sources = data.load_source(ds)
+    splits = {name: data.check_split(rows, name, ds, rate, name == ds.train_split, report)
+              for name, rows in sources.items()}
+
+    durations = {name: np.asarray(rows["num_samples"], dtype=np.float64) / rate for name, rows in splits.items()}
+    chars = {name: Counter("".join(data.texts(rows))) for name, rows in splits.items()}
+    summary = {"dataset": ds.name, "sampling_rate": rate, "splits": {}}
+    for name in splits:
+        d = durations[name]
+        summary["splits"][name] = {
+            "clips": int(d.size), "hours": float(d.sum() / 3600), "dropped": len(sources[name]) - int(d.size),
+            "drop_reasons": dict(report.counts(name)),
+            "duration_s": {"min": float(d.min()), "mean": float(d.mean()), "max": float(d.max())} if d.size else None,
+            "characters": len(chars[name]),
+        }
+    train_chars = chars.get(ds.train_split, Counter())
+    unseen = {name: sorted(set(c) - set(train_chars)) for name, c in chars.items() if name != ds.train_split}
+    summary["characters_not_in_training_text"] = {k: v for k, v in unseen.items() if v}
+
+    with open(run.summary, "w") as f:
+        json.dump(summary, f, indent=1, ensure_ascii=False)
+    _write_inventory(chars, run.characters)
+    report.write(run.drop_report)
+    _plot_durations(durations, run.durations)
+    print(_describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
+    return summary
+
+
+def _write_inventory(chars: Dict[str, Counter], path: str) -> None:
+    names = list(chars)
+    everything = sum(chars.values(), Counter())
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["character", "codepoint", *names])
+        for ch, _ in everything.most_common():
+            w.writerow([ch, f"U+{ord(ch):04X}", *(chars[n][ch] for n in names)])
+
+
+def _plot_durations(durations: Dict[str, np.ndarray], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    longest = max((d.max() for d in durations.values() if d.size), default=1.0)
+    bins = np.linspace(0, longest, 41)
+    for name, d in durations.items():
+        ax.hist(d, bins=bins, histtype="step", linewidth=1.5, label=f"{name} ({d.size} clips, {d.sum() / 3600:.2f} h)")
+    ax.set_xlabel("clip duration (s)")
+    ax.set_ylabel("clips")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _describe(summary: dict, chars: Dict[str, Counter], train_split: str, top: int, run: RunDir) -> str:
+    lines = [f"Data set '{summary['dataset']}' at {summary['sampling_rate']} Hz", "",
+             f"{'split':<14}{'clips':>8}{'hours':>9}{'min s':>8}{'mean s':>8}{'max s':>8}{'dropped':>9}  reasons"]
+    for name, s in summary["splits"].items():
+        d = s["duration_s"] or {"min": 0, "mean": 0, "max": 0}
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(s["drop_reasons"].items())) or "-"
+        lines.append(f"{name:<14}{s['clips']:>8}{s['hours']:>9.3f}{d['min']:>8.2f}{d['mean']:>8.2f}{d['max']:>8.2f}"
+                     f"{s['dropped']:>9}  {reasons}")
+    inventory = chars.get(train_split) or sum(chars.values(), Counter())
+    lines += ["", f"Characters of the normalized '{train_split}' text ({len(inventory)}; most frequent first):"]
+    shown = [f"{ch!r}:{n}" if ch != " " else f"' ':{n}" for ch, n in inventory.most_common(top)]
+    lines += ["  " + " ".join(shown[i:i + 10]) for i in range(0, len(shown), 10)]
+    for name, missing in summary["characters_not_in_training_text"].items():
+        lines.append(f"  in '{name}' but never in '{train_split}' (a model cannot learn them): {' '.join(missing)}")
+    lines += ["", f"Written: {run.summary}, {run.characters}, {run.drop_report}, {run.durations}"]
+    return "\n".join(lines)
