@@ -26,7 +26,9 @@ def training_curves(metrics_path: str, out_path: str) -> str:
         loss_ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss",
                      color="tab:orange")
     loss_ax.set_ylabel("loss")
-    loss_ax.set_yscale("log")
+    losses = [r["loss"] for r in train] + [r["eval_loss"] for r in evals]
+    if losses and all(v > 0 for v in losses):  # CTC losses span decades; a window of only skipped steps logs 0
+        loss_ax.set_yscale("log")
     loss_ax.legend()
     lr_ax.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
     lr_ax.set_ylabel("learning rate")
