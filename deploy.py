@@ -11,9 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="deploy")
 def main(cfg: DictConfig) -> str:
-    from speechkit.sagemaker import deploy
-
-    return run_or_exit(deploy.run, cfg)
+    return run_or_exit("speechkit.sagemaker.deploy", cfg)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    from speechkit import evaluation
-
-    return run_or_exit(evaluation.run, cfg).wer  # what a sweep's summary shows (evaluate.py -m split=test,validation)
+    return run_or_exit("speechkit.evaluation", cfg).wer  # what a sweep's summary shows (evaluate.py -m split=test,validation)
 
 
 if __name__ == "__main__":

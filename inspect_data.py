@@ -11,9 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="inspect")
 def main(cfg: DictConfig) -> None:
-    from speechkit import inspection
-
-    run_or_exit(inspection.run, cfg)
+    run_or_exit("speechkit.inspection", cfg)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    from speechkit.sagemaker import server
-
-    run_or_exit(server.run, cfg)
+    run_or_exit("speechkit.sagemaker.server", cfg)
 
 
 if __name__ == "__main__":

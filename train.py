@@ -11,9 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from speechkit import training  # imported here so `--cfg job` and `--help` stay fast
-
-    return run_or_exit(training.run, cfg)
+    return run_or_exit("speechkit.training", cfg)
 
 
 if __name__ == "__main__":

@@ -231,8 +231,12 @@ def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int,
     out = {}
     for name, training in wanted.items():
         if name not in splits:
-            raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); "
-                              f"check dataset.train_split / dataset.eval_split / split")
+            hint = "check dataset.train_split / dataset.eval_split / split"
+            if len(splits) == 1:  # e.g. an audiofolder with one metadata.csv: everything is in one split
+                hint = (f"the source has one split only: carve '{name}' out of it with "
+                        f"dataset.carve.from_split={next(iter(splits))} (dataset.carve.test_ratio, default 0.2), "
+                        f"or {hint}")
+            raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); {hint}")
         out[name] = check_split(splits[name], name, cfg, sampling_rate, training, report)
         if len(out[name]) == 0:
             raise ConfigError(f"dataset '{cfg.name}' split '{name}': every example was dropped ({report.summary()})")

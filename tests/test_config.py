@@ -110,3 +110,76 @@ def test_hparams_search_optuna_sets_up_the_sweeper():
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.storage is None  # in memory (see the config)
     assert set(sweeper.params) == {"trainer.learning_rate", "model.mask_time_prob", "model.layerdrop"}
     assert cfg.trainer.learning_rate == compose("train", ["experiment=demo", "run_dir=/x"]).trainer.learning_rate
+
+
+# ------------------------------------------------------------------------------ values checked before any work
+# One bad value per key that has a constraint (speechkit/validation.py), with the script whose config has it.
+BAD_VALUES = [
+    ("train.py", "trainer.num_epochs=0"), ("train.py", "trainer.max_steps=0"), ("train.py", "trainer.batch_size=0"),
+    ("train.py", "trainer.batch_duration_s=-5"), ("train.py", "trainer.eval_batch_size=0"),
+    ("train.py", "trainer.gradient_accumulation_steps=0"), ("train.py", "trainer.learning_rate=-1"),
+    ("train.py", "trainer.weight_decay=-0.1"), ("train.py", "trainer.adam_beta1=1.0"),
+    ("train.py", "trainer.adam_beta2=-0.5"), ("train.py", "trainer.adam_epsilon=0"),
+    ("train.py", "trainer.warmup_steps=-1"), ("train.py", "trainer.max_grad_norm=0"),
+    ("train.py", "trainer.num_workers=-2"), ("train.py", "trainer.logging_steps=0"),
+    ("train.py", "trainer.eval_steps=0"), ("train.py", "trainer.save_steps=-100"),
+    ("train.py", "trainer.save_total_limit=-1"), ("train.py", "model.sampling_rate=0"),
+    ("train.py", "model.attention_dropout=1.5"), ("train.py", "model.hidden_dropout=-0.1"),
+    ("train.py", "model.activation_dropout=2"), ("train.py", "model.feat_proj_dropout=-1"),
+    ("train.py", "model.final_dropout=1.01"), ("train.py", "model.mask_time_prob=3"),
+    ("train.py", "model.layerdrop=1.5"), ("train.py", "dataset.filters.min_duration_s=-1"),
+    ("train.py", "dataset.filters.max_duration_s=0"), ("train.py", "dataset.filters.silence_peak=1"),
+    ("train.py", "dataset.carve.test_ratio=1.5"), ("train.py", "dataset.num_proc=0"),
+    ("train.py", "dataset.demo.num_train=0"), ("train.py", "dataset.demo.num_test=-3"),
+    ("train.py", "dataset.demo.speeds=[20]"), ("train.py", "dataset.demo.pitches=[120]"),
+    ("train.py", "dataset.demo.voices=[]"), ("train.py", "hw.num_threads=0"),
+    ("evaluate.py", "batch_size=0"), ("evaluate.py", "num_examples=-1"), ("inspect_data.py", "sampling_rate=0"),
+    ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
+    ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
+    ("deploy.py", "endpoint.instance_count=0"),
+    # paths that must exist, and combinations that cannot work
+    ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),
+    ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
+    ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
+    ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
+]
+REQUIRED = {"evaluate.py": ["model_dir=/no/such/model"], "serve.py": ["model_dir=/no/such/model"],
+            "deploy.py": ["model_dir=/no/such/model"]}
+
+
+def _refusal(script: str, overrides: str, tmp_path):
+    """The script run as a user would, with the bad value and whatever else it requires."""
+    given = overrides.split()
+    extra = [o for o in REQUIRED.get(script, []) if o.split("=")[0] not in {g.split("=")[0] for g in given}]
+    return run_cli(script, *given, *extra, f"hydra.run.dir={tmp_path / 'run'}")
+
+
+@pytest.mark.parametrize("script,overrides", BAD_VALUES)
+def test_every_bad_value_is_refused_in_one_line_before_any_work(script, overrides, tmp_path):
+    done = _refusal(script, overrides, tmp_path)
+    key = overrides.split()[-1].split("=")[0]
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("speechkit: config error: ") and key in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_the_table_covers_every_constrained_key():
+    from speechkit.validation import RANGES
+
+    tested = {o.split("=")[0] for _, overrides in BAD_VALUES for o in overrides.split()}
+    assert set(RANGES) <= tested
+    composed = [compose(name, over) for name, over in (
+        ("train", ["run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]), ("inspect", ["run_dir=/x"]),
+        ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]))]
+    for key in RANGES:  # no constraint on a key that no config has (a typo would silently check nothing)
+        assert any(OmegaConf.select(c, key, default="absent") != "absent" for c in composed), key
+
+
+def test_a_one_split_folder_says_how_to_carve_a_test_split(tmp_path):
+    from conftest import speak, write_metadata
+
+    speak("one clip", tmp_path / "0.wav")
+    write_metadata(tmp_path, [("0.wav", "one clip")])
+    done = run_cli("train.py", "dataset=audiofolder", f"dataset.path={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert done.returncode == 2 and "dataset.carve.from_split=train" in done.stderr, done.stderr[-2000:]

@@ -1,0 +1,117 @@
+"""Every value of the composed config checked before any work: no torch, datasets or transformers imported yet.
+
+The schemas (speechkit/config.py) check types and names as Hydra composes; this checks ranges, paths and
+combinations, so that a bad value is refused in about a second with one line naming the key and what it allows,
+never after the imports, the checking pass or a whole training run. Keys a primary config does not have (serve.py
+has no trainer) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from speechkit.config import ConfigError, Source
+
+_ABSENT = object()
+Check = Tuple[Callable[[Any], bool], str]
+
+POSITIVE: Check = (lambda v: v > 0, "a number > 0")
+POSITIVE_INT: Check = (lambda v: v > 0, "an integer > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
+PROBABILITY: Check = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+BETA: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+
+
+def _or_null(check: Check) -> Check:
+    test, allowed = check
+    return (lambda v: v is None or test(v), f"{allowed}, or null")
+
+
+RANGES: Dict[str, Check] = {
+    # conf/trainer
+    "trainer.num_epochs": POSITIVE, "trainer.max_steps": _or_null(POSITIVE_INT),
+    "trainer.batch_size": POSITIVE_INT, "trainer.batch_duration_s": _or_null(POSITIVE),
+    "trainer.eval_batch_size": POSITIVE_INT, "trainer.gradient_accumulation_steps": POSITIVE_INT,
+    "trainer.learning_rate": POSITIVE, "trainer.weight_decay": NON_NEGATIVE, "trainer.adam_beta1": BETA,
+    "trainer.adam_beta2": BETA, "trainer.adam_epsilon": POSITIVE, "trainer.warmup_steps": NON_NEGATIVE,
+    "trainer.max_grad_norm": POSITIVE, "trainer.num_workers": _or_null(NON_NEGATIVE),
+    "trainer.logging_steps": POSITIVE_INT, "trainer.eval_steps": _or_null(POSITIVE_INT),
+    "trainer.save_steps": _or_null(POSITIVE_INT), "trainer.save_total_limit": _or_null(NON_NEGATIVE),
+    # conf/model
+    "model.sampling_rate": POSITIVE_INT, "model.attention_dropout": _or_null(PROBABILITY),
+    "model.hidden_dropout": _or_null(PROBABILITY), "model.activation_dropout": _or_null(PROBABILITY),
+    "model.feat_proj_dropout": _or_null(PROBABILITY), "model.final_dropout": _or_null(PROBABILITY),
+    "model.mask_time_prob": _or_null(PROBABILITY), "model.layerdrop": _or_null(PROBABILITY),
+    # conf/dataset
+    "dataset.filters.min_duration_s": NON_NEGATIVE, "dataset.filters.max_duration_s": _or_null(POSITIVE),
+    "dataset.filters.silence_peak": BETA, "dataset.carve.test_ratio": OPEN_UNIT,
+    "dataset.num_proc": _or_null(POSITIVE_INT), "dataset.demo.num_train": POSITIVE_INT,
+    "dataset.demo.num_test": POSITIVE_INT,
+    "dataset.demo.speeds": (lambda v: len(v) > 0 and all(80 <= s <= 450 for s in v),
+                            "a non-empty list of words per minute in [80, 450] (espeak-ng's range)"),
+    "dataset.demo.pitches": (lambda v: len(v) > 0 and all(0 <= p <= 99 for p in v),
+                             "a non-empty list of pitches in [0, 99]"),
+    "dataset.demo.voices": (lambda v: len(v) > 0, "a non-empty list of espeak-ng voices"),
+    # conf/hw
+    "hw.num_threads": _or_null(POSITIVE_INT),
+    # evaluate.py, inspect_data.py, serve.py, deploy.py
+    "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
+    "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
+    "inference.max_body_mb": POSITIVE, "inference.chunk_length_s": _or_null(POSITIVE),
+    "inference.stride_length_s": _or_null(NON_NEGATIVE), "endpoint.instance_count": POSITIVE_INT,
+}
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+
+
+def _refuse(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value out of range, path that is not there, or combination that cannot work."""
+    for key, (test, allowed) in RANGES.items():
+        value = _get(cfg, key)
+        if value is _ABSENT:
+            continue
+        try:
+            ok = test(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            _refuse(key, value, allowed)
+
+    # Combinations.
+    low, high = _get(cfg, "dataset.filters.min_duration_s"), _get(cfg, "dataset.filters.max_duration_s")
+    if low is not _ABSENT and high not in (_ABSENT, None) and high <= low:
+        _refuse("dataset.filters.max_duration_s", high, f"greater than dataset.filters.min_duration_s ({low})")
+    chunk, stride = _get(cfg, "inference.chunk_length_s"), _get(cfg, "inference.stride_length_s")
+    if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
+        _refuse("inference.stride_length_s", stride, f"less than half of inference.chunk_length_s ({chunk})")
+
+    # Paths that must exist before anything is loaded.
+    resume = _get(cfg, "trainer.resume")
+    if resume not in (_ABSENT, None, "auto") and \
+            not os.path.isfile(os.path.join(os.path.expanduser(resume), "trainer_state.json")):
+        _refuse("trainer.resume", resume, "null, auto, or a complete checkpoint folder (checkpoints/step-N, with its "
+                                          "trainer_state.json)")
+    if _get(cfg, "dataset.source") == Source.audiofolder:
+        path = _get(cfg, "dataset.path")
+        if path and not os.path.isdir(os.path.expanduser(path)):
+            _refuse("dataset.path", path, "an existing folder (audio files and metadata.csv) for dataset=audiofolder")
+    vocab = _get(cfg, "vocab.path")
+    if vocab not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(vocab)):
+        _refuse("vocab.path", vocab, "null (build the vocab) or an existing vocab.json")
+    name = _get(cfg, "model.name_or_path")
+    if isinstance(name, str) and name.startswith(("/", "./", "../", "~")) and \
+            not os.path.isdir(os.path.expanduser(name)):
+        _refuse("model.name_or_path", name, "a Hub id or an existing local checkpoint folder")
+    model_dir = _get(cfg, "model_dir")
+    if isinstance(model_dir, str) and not os.path.isfile(os.path.join(os.path.expanduser(model_dir), "config.json")):
+        _refuse("model_dir", model_dir, "a saved model folder (a run's model/, with its config.json)")
