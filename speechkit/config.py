@@ -282,6 +282,20 @@ class InspectConfig:
 
 
 @dataclass
+class TranscribeConfig:
+    """`python transcribe.py model_dir=... audio=...`: recordings of any length to text with word timestamps."""
+
+    model_dir: str = MISSING
+    audio: str = MISSING  # a file, a folder (searched recursively) or a glob
+    output_dir: Optional[str] = None  # null: beside each input
+    chunk_length_s: float = 20.0  # seconds of audio the model hears at once
+    stride_length_s: float = 4.0  # of which context on each side, whose frames are dropped
+    batch_size: int = 4  # windows per forward pass
+    progress_bar: bool = True
+    hw: HardwareConfig = MISSING
+
+
+@dataclass
 class InferenceConfig:
     """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed."""
 
@@ -332,6 +346,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="inspect_schema", node=InspectConfig)
+    cs.store(name="transcribe_schema", node=TranscribeConfig)
     cs.store(name="deploy_schema", node=DeployConfig)
     cs.store(name="serve_schema", node=ServeConfig)
 

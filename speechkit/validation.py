@@ -63,6 +63,8 @@ RANGES: Dict[str, Check] = {
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
     "inference.max_body_mb": POSITIVE, "inference.chunk_length_s": _or_null(POSITIVE),
     "inference.stride_length_s": _or_null(NON_NEGATIVE), "endpoint.instance_count": POSITIVE_INT,
+    # transcribe.py
+    "chunk_length_s": POSITIVE, "stride_length_s": NON_NEGATIVE,
 }
 
 
@@ -91,9 +93,10 @@ def check_values(cfg: DictConfig) -> None:
     low, high = _get(cfg, "dataset.filters.min_duration_s"), _get(cfg, "dataset.filters.max_duration_s")
     if low is not _ABSENT and high not in (_ABSENT, None) and high <= low:
         _refuse("dataset.filters.max_duration_s", high, f"greater than dataset.filters.min_duration_s ({low})")
-    chunk, stride = _get(cfg, "inference.chunk_length_s"), _get(cfg, "inference.stride_length_s")
-    if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
-        _refuse("inference.stride_length_s", stride, f"less than half of inference.chunk_length_s ({chunk})")
+    for prefix in ("inference.", ""):  # serve.py/deploy.py's handler, transcribe.py
+        chunk, stride = _get(cfg, prefix + "chunk_length_s"), _get(cfg, prefix + "stride_length_s")
+        if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
+            _refuse(prefix + "stride_length_s", stride, f"less than half of {prefix}chunk_length_s ({chunk})")
 
     # Paths that must exist before anything is loaded.
     resume = _get(cfg, "trainer.resume")

@@ -142,9 +142,11 @@ BAD_VALUES = [
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
+    ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),
+    ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),
 ]
 REQUIRED = {"evaluate.py": ["model_dir=/no/such/model"], "serve.py": ["model_dir=/no/such/model"],
-            "deploy.py": ["model_dir=/no/such/model"]}
+            "deploy.py": ["model_dir=/no/such/model"], "transcribe.py": ["model_dir=/no/such/model", "audio=/no"]}
 
 
 def _refusal(script: str, overrides: str, tmp_path):
@@ -171,7 +173,8 @@ def test_the_table_covers_every_constrained_key():
     assert set(RANGES) <= tested
     composed = [compose(name, over) for name, over in (
         ("train", ["run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]), ("inspect", ["run_dir=/x"]),
-        ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]))]
+        ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]),
+        ("transcribe", ["model_dir=/m", "audio=/a"]))]
     for key in RANGES:  # no constraint on a key that no config has (a typo would silently check nothing)
         assert any(OmegaConf.select(c, key, default="absent") != "absent" for c in composed), key
 

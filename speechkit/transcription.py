@@ -1,0 +1,210 @@
+"""`python transcribe.py`: recordings of any length to text with word timestamps (txt, json, srt, vtt).
+
+A recording is read window by window straight from the file (FFmpeg through torchcodec, mono, at the model's rate),
+never whole: memory stays flat however long it is. Each window is `chunk_length_s` of audio: the new part in its
+middle plus `stride_length_s` of context on each side; the model's frames over the context are dropped and the
+middle parts joined, so every stretch of audio is labelled by a window that heard what surrounds it. Windows go
+through the model `batch_size` at a time; the joined frame labels are decoded once by the CTC tokenizer, with the
+frame offset of every word, which the frame duration turns into seconds.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from speechkit.config import ConfigError, TranscribeConfig, check_required
+from speechkit.hardware import make_accelerator
+from speechkit.model import saved_model_dir, uses_attention_mask
+
+log = logging.getLogger(__name__)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac")
+OUTPUTS = ("txt", "json", "srt", "vtt")
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+def find_audio(spec: str) -> List[str]:
+    """`audio=`: a file, a folder (searched recursively for audio files) or a glob."""
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        found = [os.path.join(root, f) for root, _, files in os.walk(path) for f in files
+                 if f.lower().endswith(AUDIO_EXTENSIONS)]
+    elif os.path.isfile(path):
+        found = [path]
+    else:
+        found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+    if not found:
+        raise ConfigError(f"audio={spec}: no audio file there (a file, a folder of {'/'.join(AUDIO_EXTENSIONS)} "
+                          "files, or a glob)")
+    return sorted(found)
+
+
+def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tuple[float, float, np.ndarray]]:
+    """(start of the new part, its end, the window's samples) along a recording, read window by window."""
+    step = chunk_s - 2 * stride_s
+    start = 0.0
+    while True:
+        left = max(0.0, start - stride_s)
+        samples = decoder.get_samples_played_in_range(left, start + step + stride_s).data
+        samples = samples.mean(dim=0).numpy().astype(np.float32, copy=False)
+        stop = left + samples.size / rate
+        if samples.size == 0 or stop <= start:  # nothing new left
+            return
+        ended = stop < start + step + stride_s - 1e-6  # the recording ends inside this window: no next one
+        yield start, stop if ended else start + step, samples
+        if ended:
+            return
+        start += step
+
+
+class Transcriber:
+    def __init__(self, model_dir: str, cfg: TranscribeConfig):
+        from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+        self.cfg = cfg
+        self.accelerator = make_accelerator(cfg.hw)
+        self.processor = Wav2Vec2Processor.from_pretrained(model_dir)
+        self.model = Wav2Vec2ForCTC.from_pretrained(model_dir).to(self.accelerator.device).eval()
+        self.rate = self.processor.feature_extractor.sampling_rate
+        self.frame_s = self.model.config.inputs_to_logits_ratio / self.rate
+        self.mask = uses_attention_mask(self.model)
+
+    @torch.no_grad()
+    def _frame_ids(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[np.ndarray]:
+        """Argmax ids of the new part of each window: (new start, new end, window start, samples)."""
+        features = self.processor.feature_extractor([w[3] for w in batch], sampling_rate=self.rate, padding=True,
+                                                    return_attention_mask=True, return_tensors="pt")
+        inputs = {"input_values": features["input_values"].to(self.accelerator.device)}
+        if self.mask:
+            inputs["attention_mask"] = features["attention_mask"].to(self.accelerator.device)
+        with self.accelerator.autocast():
+            ids = self.model(**inputs).logits.argmax(dim=-1).cpu().numpy()
+        out = []
+        for (start, end, left, _), row in zip(batch, ids):
+            first, last = round((start - left) / self.frame_s), round((end - left) / self.frame_s)
+            out.append(row[first:last])
+        return out
+
+    def transcribe(self, path: str) -> dict:
+        from torchcodec.decoders import AudioDecoder
+
+        began = time.perf_counter()
+        try:
+            decoder = AudioDecoder(path, sample_rate=self.rate, num_channels=1)
+        except Exception as exc:  # FFmpeg's errors come in several types: all mean "not audio we can read"
+            raise ValueError(f"{path}: not readable audio ({str(exc).strip().splitlines()[0][:200]})") from None
+        header = decoder.metadata.duration_seconds_from_header
+        step = self.cfg.chunk_length_s - 2 * self.cfg.stride_length_s
+        bar = tqdm(total=math.ceil(header / step) if header else None, desc=os.path.basename(path), unit="window",
+                   leave=False, dynamic_ncols=True, disable=not self.cfg.progress_bar)
+        ids, batch, duration = [], [], 0.0
+        for start, end, samples in windows(decoder, self.rate, self.cfg.chunk_length_s, self.cfg.stride_length_s):
+            batch.append((start, end, max(0.0, start - self.cfg.stride_length_s), samples))
+            duration = end
+            if len(batch) == self.cfg.batch_size:
+                ids += self._frame_ids(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            ids += self._frame_ids(batch)
+            bar.update(len(batch))
+        bar.close()
+        if not ids:
+            raise ValueError(f"{path}: no audio samples")
+        frames = np.concatenate(ids).tolist()
+        decoded = self.processor.tokenizer.decode(frames, output_word_offsets=True)
+        words = [Word(w["word"], round(w["start_offset"] * self.frame_s, 3), round(w["end_offset"] * self.frame_s, 3))
+                 for w in decoded.word_offsets]
+        seconds = time.perf_counter() - began
+        return {"file": path, "text": decoded.text, "duration_s": round(duration, 3),
+                "real_time_factor": round(seconds / max(duration, 1e-9), 4),
+                "words": [w.__dict__ for w in words]}
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _clock(seconds: float, sep: str) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def cues(words: List[dict], max_words: int = 12, max_s: float = 6.0, pause_s: float = 1.0) -> List[dict]:
+    """Words grouped into subtitle cues: a new cue after a pause, or when one grows too long."""
+    out: List[dict] = []
+    for w in words:
+        last = out[-1] if out else None
+        if last is None or w["start"] - last["end"] > pause_s or len(last["words"]) >= max_words \
+                or w["end"] - last["start"] > max_s:
+            out.append({"start": w["start"], "end": w["end"], "words": [w["word"]]})
+        else:
+            last["end"] = w["end"]
+            last["words"].append(w["word"])
+    return out
+
+
+def write_outputs(result: dict, stem: str) -> List[str]:
+    """<stem>.txt, .json, .srt and .vtt."""
+    groups = cues(result["words"])
+    files = {
+        "txt": result["text"] + "\n",
+        "json": json.dumps(result, indent=1, ensure_ascii=False) + "\n",
+        "srt": "".join(f"{i}\n{_clock(c['start'], ',')} --> {_clock(c['end'], ',')}\n{' '.join(c['words'])}\n\n"
+                       for i, c in enumerate(groups, 1)),
+        "vtt": "WEBVTT\n\n" + "".join(f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{' '.join(c['words'])}\n\n"
+                                      for c in groups),
+    }
+    written = []
+    for ext, text in files.items():
+        path = f"{stem}.{ext}"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
+def run(raw_cfg: DictConfig) -> dict:
+    """Transcribe every file `audio=` names; returns {"done": [...], "failed": [...]} and exits 1 if any failed."""
+    check_required(raw_cfg)
+    cfg: TranscribeConfig = OmegaConf.to_object(raw_cfg)
+    files = find_audio(cfg.audio)
+    transcriber = Transcriber(saved_model_dir(cfg.model_dir), cfg)
+    done, failed, audio_s, spent = [], [], 0.0, 0.0
+    for path in tqdm(files, desc="Files", unit="file", dynamic_ncols=True, disable=not cfg.progress_bar or len(files) < 2):
+        try:
+            result = transcriber.transcribe(path)
+        except ValueError as err:  # unreadable or empty: said, skipped, the rest go on
+            log.error("skipped %s", err)
+            failed.append({"file": path, "error": str(err)})
+            continue
+        out_dir = os.path.expanduser(cfg.output_dir) if cfg.output_dir else os.path.dirname(path)
+        os.makedirs(out_dir, exist_ok=True)
+        stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+        write_outputs(result, stem)
+        audio_s += result["duration_s"]
+        spent += result["real_time_factor"] * result["duration_s"]
+        done.append(path)
+        print(f"{path}: {result['duration_s']:.1f} s, real-time factor {result['real_time_factor']:.3f} -> "
+              f"{stem}.{{{','.join(OUTPUTS)}}}\n  {result['text'][:200]}", flush=True)
+    print(f"\nTranscribed {len(done)} of {len(files)} file(s), {audio_s:.1f} s of audio, real-time factor "
+          f"{spent / max(audio_s, 1e-9):.3f}" + (f"; {len(failed)} failed: " + ", ".join(f["file"] for f in failed)
+                                                   if failed else ""), flush=True)
+    if failed:
+        sys.exit(1)
+    return {"done": done, "failed": failed}

@@ -1,0 +1,103 @@
+"""transcribe.py on real recordings: windows read from the file, word timestamps, txt/json/srt/vtt, bad files."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from conftest import TINY, compose, run_cli, speak
+from speechkit.model import build_model, uses_attention_mask
+from speechkit.vocab import build_vocab, make_processor, write_vocab
+
+SENTENCES = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random-init model saved as training ships one (weights + processor): near-random text, real path."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    cfg = OmegaConf.to_object(compose("train", ["model=tiny", *TINY, "run_dir=/x"]))
+    vocab = build_vocab(SENTENCES, cfg.vocab)
+    write_vocab(vocab, str(root / "vocab.json"))
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(vocab), vocab[cfg.vocab.pad_token])
+    model.save_pretrained(root / "model")
+    make_processor(str(root / "vocab.json"), cfg.vocab, 16000, uses_attention_mask(model)).save_pretrained(
+        root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """About 12 s: four spoken sentences with pauses between them, at espeak's 22.05 kHz."""
+    root = tmp_path_factory.mktemp("recording")
+    parts = []
+    for i, text in enumerate(SENTENCES):
+        audio, rate = sf.read(speak(text, root / f"s{i}.wav"), dtype="float32")
+        parts += [audio, np.zeros(int(1.2 * rate), np.float32)]
+    path = root / "talk.wav"
+    sf.write(path, np.concatenate(parts), rate)
+    return path
+
+
+def test_a_short_clip_reads_as_the_stock_pipeline_reads_it(model_dir, recording, tmp_path):
+    """One window (the clip is shorter than chunk_length_s): exactly the pipeline's transcript of the file."""
+    from transformers import pipeline
+
+    clip = recording.parent / "s0.wav"
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={clip}", f"output_dir={tmp_path}", "hw=cpu",
+                   "progress_bar=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "s0.json").read_text())
+    assert result["text"] == pipeline("automatic-speech-recognition", model=str(model_dir))(str(clip))["text"]
+    assert result["text"] and result["words"]
+
+
+def test_a_long_recording_in_windows_with_timestamps_and_subtitles(model_dir, recording, tmp_path):
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={recording}", f"output_dir={tmp_path}",
+                   "chunk_length_s=4", "stride_length_s=1", "batch_size=2", "hw=cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    duration = sf.info(str(recording)).duration
+    result = json.loads((tmp_path / "talk.json").read_text())
+    assert result["duration_s"] == pytest.approx(duration, abs=0.05)
+    assert "real-time factor" in done.stdout and result["real_time_factor"] > 0
+    assert re.search(r"talk\.wav: .*\| 0/\d+ \[.*window/s", done.stderr)  # the per-file progress bar, by windows
+    starts = [w["start"] for w in result["words"]]
+    assert starts == sorted(starts) and all(0 <= w["start"] <= w["end"] <= duration + 0.05 for w in result["words"])
+    assert (tmp_path / "talk.txt").read_text().strip() == result["text"]
+    text = " ".join(result["text"].split())  # a near-random model may emit two word delimiters in a row
+    assert " ".join(w["word"] for w in result["words"]) == text
+
+    stamp = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
+    srt = (tmp_path / "talk.srt").read_text()
+    cues = re.findall(rf"^(\d+)\n{stamp} --> {stamp}\n(.+)$", srt, flags=re.M)
+    assert cues and [int(c[0]) for c in cues] == list(range(1, len(cues) + 1))
+    seconds = [(int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000) for c in cues
+               for h, m, s, ms in (c[1:5], c[5:9])]
+    assert seconds == sorted(seconds) and seconds[-1] <= duration + 0.05
+    assert " ".join(c[9] for c in cues) == text  # every word in exactly one cue
+    vtt = (tmp_path / "talk.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n") and len(re.findall(rf"{stamp} --> {stamp}", vtt)) == len(cues)
+
+
+def test_an_unreadable_file_is_reported_and_skipped_and_the_rest_go_on(model_dir, recording, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes((recording.parent / "s1.wav").read_bytes())
+    (folder / "b.wav").write_bytes(b"RIFF not really audio" * 20)
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={folder}", "hw=cpu", "progress_bar=false")
+    assert done.returncode == 1  # something failed: said by the exit status
+    assert (folder / "a.txt").is_file() and (folder / "a.srt").is_file() and not (folder / "b.txt").exists()
+    assert re.search(r"skipped .*b\.wav: not readable audio", done.stdout)
+    assert "Transcribed 1 of 2 file(s)" in done.stdout and "1 failed" in done.stdout
+
+
+def test_nothing_to_transcribe_is_refused_naming_the_key(model_dir, tmp_path):
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={tmp_path / 'nothing*.wav'}", "hw=cpu")
+    assert done.returncode == 2 and "audio=" in done.stderr and "Traceback" not in done.stderr
