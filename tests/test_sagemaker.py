@@ -139,6 +139,34 @@ def launched(aws, tmp_path_factory):
     return {"done": done, "job": job, "run_dir": run_dir, "aws": aws}
 
 
+def test_no_token_from_the_environment_reaches_the_job(aws, tmp_path):
+    """A Hub token and a wandb key in the environment that submits the job appear in none of its hyperparameters,
+    its environment, or anything uploaded for it."""
+    secrets = {"HF_TOKEN": "hf_FAKE_token_0f9e8d7c6b5a", "WANDB_API_KEY": "FAKE_wandb_key_1a2b3c4d5e6f7a8b9c0d"}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), *OVERRIDES, f"hydra.run.dir={tmp_path / 'r'}",
+                           "hw.base_job_name=secrets-check"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **secrets, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    name = re.search(r"SageMaker training job: (\S+)", done.stdout).group(1)
+    request = created_job(aws["recording"], name)
+    blob = json.dumps(request)
+    assert request["HyperParameters"] and all(v not in blob for v in secrets.values())
+    bucket = client("s3")
+    uploaded = bucket.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    assert any("secrets-check" in o["Key"] for o in uploaded), [o["Key"] for o in uploaded]  # this job's code
+    for obj in uploaded:
+        body = bucket.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+        payloads = [body]
+        if obj["Key"].endswith(".tar.gz"):  # the uploaded code: every file in it
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                payloads += [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+        assert all(v.encode() not in p for p in payloads for v in secrets.values()), obj["Key"]
+    assert all(v not in done.stdout + done.stderr for v in secrets.values())
+    for path in (tmp_path / "r").rglob("*"):
+        if path.is_file():
+            assert all(v.encode() not in path.read_bytes() for v in secrets.values()), path
+
+
 def test_launch_submits_the_job_the_config_describes(launched):
     job = launched["job"]
     assert job["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE  # looked up from hw.*_version
