@@ -302,6 +302,7 @@ class InferenceConfig:
     max_body_mb: float = 6.0  # a larger request is refused (6 MB is SageMaker's real-time payload limit)
     chunk_length_s: Optional[float] = 20.0  # audio longer than this is transcribed in overlapping chunks
     stride_length_s: Optional[float] = 4.0  # overlap on each side of a chunk; null: chunk_length_s / 6
+    read_timeout_s: float = 30.0  # serve.py: a request whose body takes longer to arrive is answered 408
     # details: {"text", "duration_s", "chunked"}; transcript: the bare transcript as a JSON string, as the AWS
     # recipe's endpoint answers (for clients written against it).
     response: ResponseShape = ResponseShape.details

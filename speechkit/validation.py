@@ -62,7 +62,8 @@ RANGES: Dict[str, Check] = {
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
     "inference.max_body_mb": POSITIVE, "inference.chunk_length_s": _or_null(POSITIVE),
-    "inference.stride_length_s": _or_null(NON_NEGATIVE), "endpoint.instance_count": POSITIVE_INT,
+    "inference.stride_length_s": _or_null(NON_NEGATIVE), "inference.read_timeout_s": POSITIVE,
+    "endpoint.instance_count": POSITIVE_INT,
     # transcribe.py
     "chunk_length_s": POSITIVE, "stride_length_s": NON_NEGATIVE,
 }

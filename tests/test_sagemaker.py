@@ -502,3 +502,74 @@ def test_serve_answers_ping_and_invocations_over_http(container_run, clip):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(container_run):
+    """serve.py on a free local port, with a short read timeout, for the abuse and load tests."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={container_run['model']}",
+                               f"port={port}", "inference.read_timeout_s=2"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/ping", server, seconds=120)
+        yield {"base": base, "port": port, "server": server}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_random_bytes_under_every_content_type_never_get_a_500(served):
+    """A bounded fuzz: 6 random bodies (empty to 4 KB) under each accepted content type; every answer is a 4xx (or
+    a 200 when FFmpeg finds audio in the noise), never a 5xx, and the server is still up afterwards."""
+    from speechkit.sagemaker import inference
+
+    rng = np.random.default_rng(7)
+    seen = []
+    for content_type in inference.JSON_TYPES + inference.AUDIO_TYPES:
+        for size in (0, 1, 44, 300, 1000, 4096):
+            body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            request = urllib.request.Request(f"{served['base']}/invocations", data=body, method="POST",
+                                             headers={"Content-Type": content_type})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    status = r.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+                assert "error" in json.loads(err.read())  # a message, not a stack trace
+            seen.append((content_type, size, status))
+    assert all(status == 200 or 400 <= status < 500 for _, _, status in seen), seen
+    assert sum(400 <= s < 500 for _, _, s in seen) >= len(seen) // 2
+    assert urllib.request.urlopen(f"{served['base']}/ping", timeout=10).status == 200
+
+
+def test_a_slow_sender_is_timed_out(served):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    conn.putrequest("POST", "/invocations")
+    conn.putheader("Content-Type", "audio/wav")
+    conn.putheader("Content-Length", "1000")
+    conn.endheaders()
+    conn.send(b"RIFF")  # then nothing: 996 bytes never come
+    began = time.time()
+    response = conn.getresponse()
+    assert response.status == 408 and "not received within 2 s" in json.loads(response.read())["error"]
+    assert time.time() - began < 20
+    conn.close()
+    assert urllib.request.urlopen(f"{served['base']}/ping", timeout=10).status == 200
+
+
+def test_load_benchmark_runs_and_reports(container_run, clip, tmp_path):
+    """benchmarks/serve_load.py on a tiny budget (3 clients x 3 requests): every request answered, figures written;
+    no timing is asserted."""
+    path, _ = clip
+    done = subprocess.run([sys.executable, "benchmarks/serve_load.py", "--model-dir", str(container_run["model"]),
+                           "--audio", str(path), "--clients", "3", "--requests", "3", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "serve-load.json").read_text())
+    assert summary["requests"] == 9 and summary["statuses"] == {"200": 9} and summary["errors"] == 0
+    assert summary["server_alive"] and 0 < summary["latency_s"]["p50"] <= summary["latency_s"]["max"]
+    assert summary["server_rss_mb"]["after"] > 0 and "requests/s" in (tmp_path / "serve-load.md").read_text()

@@ -7,6 +7,7 @@ handler's status (400, 413, 415, 406). A small ASGI app (starlette) run by uvico
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -28,7 +29,8 @@ def settings_env(cfg) -> dict:
     """The handler's settings as the environment variables a deployed endpoint gets (deploy.py sets the same)."""
     none = lambda v: "none" if v is None else str(v)  # noqa: E731
     return {"SPEECHKIT_MAX_BODY_MB": str(cfg.max_body_mb), "SPEECHKIT_CHUNK_LENGTH_S": none(cfg.chunk_length_s),
-            "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s), "SPEECHKIT_RESPONSE": cfg.response.value}
+            "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s), "SPEECHKIT_RESPONSE": cfg.response.value,
+            "SPEECHKIT_READ_TIMEOUT_S": str(cfg.read_timeout_s)}
 
 
 def create_app(model_dir: str) -> Starlette:
@@ -45,11 +47,23 @@ def create_app(model_dir: str) -> Starlette:
             return _error(inference.InferenceError(f"request body of {declared} bytes is over the limit of {limit} "
                                                    "bytes (SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                return _error(inference.InferenceError(f"request body is over the limit of {limit} bytes "
-                                                       "(SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
+
+        async def receive() -> bool:  # False: over the limit
+            async for part in request.stream():
+                body.extend(part)
+                if len(body) > limit:
+                    return False
+            return True
+
+        timeout = float(os.environ.get("SPEECHKIT_READ_TIMEOUT_S", "30"))
+        try:
+            within_limit = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:  # a slow (or stalled) sender does not hold a worker forever
+            return _error(inference.InferenceError(f"request body not received within {timeout:g} s "
+                                                   "(SPEECHKIT_READ_TIMEOUT_S / inference.read_timeout_s)", 408))
+        if not within_limit:
+            return _error(inference.InferenceError(f"request body is over the limit of {limit} bytes "
+                                                   "(SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
         try:
             out = await run_in_threadpool(inference.transform, bytes(body), request.headers.get("content-type"),
                                           request.headers.get("accept"), model)
