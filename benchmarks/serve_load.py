@@ -104,7 +104,8 @@ def main(argv=None) -> dict:
     lat = summary["latency_s"]
     table = (f"`python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}`: "
              f"{len(results)} requests of {Path(args.audio).name}\n\n"
-             "| requests/s | p50 | p90 | p99 | max | errors | server RSS before → after |\n|---|---|---|---|---|---|---|\n"
+             "| requests/s | p50 | p90 | p99 | max | errors | server RSS before → after |\n"
+             "|---|---|---|---|---|---|---|\n"
              f"| {summary['requests_per_s']:.1f} | {lat['p50'] * 1000:.0f} ms | {lat['p90'] * 1000:.0f} ms | "
              f"{lat['p99'] * 1000:.0f} ms | {lat['max'] * 1000:.0f} ms | {summary['errors']} | "
              f"{before:.0f} → {after:.0f} MB |\n")

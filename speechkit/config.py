@@ -303,6 +303,7 @@ class InferenceConfig:
     chunk_length_s: Optional[float] = 20.0  # audio longer than this is transcribed in overlapping chunks
     stride_length_s: Optional[float] = 4.0  # overlap on each side of a chunk; null: chunk_length_s / 6
     read_timeout_s: float = 30.0  # serve.py: a request whose body takes longer to arrive is answered 408
+    threads: int = 2  # serve.py: requests transcribed at once (the others queue); more only grows memory
     # details: {"text", "duration_s", "chunked"}; transcript: the bare transcript as a JSON string, as the AWS
     # recipe's endpoint answers (for clients written against it).
     response: ResponseShape = ResponseShape.details

@@ -1,12 +1,12 @@
 """Data loading (conf/dataset): sources -> named splits -> one checking pass -> drop report -> torch datasets.
 
 Audio stays encoded in the source (a path or the file's bytes). One pass decodes every clip once to check it
-(readable, not silent, duration) and, with `dataset.cache_audio` (the default), keeps the decoded samples (mono,
-at the model's rate; int16 for training splits, half the disk; float32 for evaluation splits, so scores equal those
-of the stock pipeline reading the file) in the datasets cache: an Arrow file that is memory-mapped, not loaded,
-keyed by the source's fingerprint, each audio file's size and modification time and the sampling rate. Later epochs and later
-runs read samples from it and never decode again; nothing large is held in RAM. With `cache_audio=false` only a few
-numbers per row are kept and the loader decodes each clip again when it is batched.
+(readable, not silent, duration) and, with `dataset.cache_audio` (the default), keeps the decoded samples (mono, at
+the model's rate; int16 for training splits, half the disk; float32 for evaluation splits, so scores equal those of
+the stock pipeline reading the file) in the datasets cache: an Arrow file that is memory-mapped, not loaded, keyed
+by the source's fingerprint, each audio file's size and modification time and the sampling rate. Later epochs and
+later runs read samples from it and never decode again; nothing large is held in RAM. With `cache_audio=false` only
+a few numbers per row are kept and the loader decodes each clip again when it is batched.
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ def write_outputs(result: dict, stem: str) -> List[str]:
         "json": json.dumps(result, indent=1, ensure_ascii=False) + "\n",
         "srt": "".join(f"{i}\n{_clock(c['start'], ',')} --> {_clock(c['end'], ',')}\n{' '.join(c['words'])}\n\n"
                        for i, c in enumerate(groups, 1)),
-        "vtt": "WEBVTT\n\n" + "".join(f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{' '.join(c['words'])}\n\n"
-                                      for c in groups),
+        "vtt": "WEBVTT\n\n" + "".join(
+            f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{' '.join(c['words'])}\n\n" for c in groups),
     }
     written = []
     for ext, text in files.items():
@@ -186,7 +186,9 @@ def run(raw_cfg: DictConfig) -> dict:
     files = find_audio(cfg.audio)
     transcriber = Transcriber(saved_model_dir(cfg.model_dir), cfg)
     done, failed, audio_s, spent = [], [], 0.0, 0.0
-    for path in tqdm(files, desc="Files", unit="file", dynamic_ncols=True, disable=not cfg.progress_bar or len(files) < 2):
+    over_files = tqdm(files, desc="Files", unit="file", dynamic_ncols=True,
+                      disable=not cfg.progress_bar or len(files) < 2)
+    for path in over_files:
         try:
             result = transcriber.transcribe(path)
         except ValueError as err:  # unreadable or empty: said, skipped, the rest go on

@@ -136,6 +136,7 @@ BAD_VALUES = [
     ("evaluate.py", "batch_size=0"), ("evaluate.py", "num_examples=-1"), ("inspect_data.py", "sampling_rate=0"),
     ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
+    ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
     ("deploy.py", "endpoint.instance_count=0"),
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),

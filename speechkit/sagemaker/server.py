@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -30,12 +30,17 @@ def settings_env(cfg) -> dict:
     none = lambda v: "none" if v is None else str(v)  # noqa: E731
     return {"SPEECHKIT_MAX_BODY_MB": str(cfg.max_body_mb), "SPEECHKIT_CHUNK_LENGTH_S": none(cfg.chunk_length_s),
             "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s), "SPEECHKIT_RESPONSE": cfg.response.value,
-            "SPEECHKIT_READ_TIMEOUT_S": str(cfg.read_timeout_s)}
+            "SPEECHKIT_READ_TIMEOUT_S": str(cfg.read_timeout_s), "SPEECHKIT_INFERENCE_THREADS": str(cfg.threads)}
 
 
 def create_app(model_dir: str) -> Starlette:
     model = inference.model_fn(model_dir)
     log.info("Loaded %s (%d Hz)", model_dir, model["sampling_rate"])
+    # Requests are decoded and transcribed by a fixed, small set of threads (the rest wait their turn): the model's
+    # own intra-op threads use the cores anyway, and every new thread would grow the allocator's arenas, so memory
+    # crept up under load with the default pool of 40.
+    workers = ThreadPoolExecutor(max_workers=int(os.environ.get("SPEECHKIT_INFERENCE_THREADS", "2")),
+                                 thread_name_prefix="inference")
 
     async def ping(request: Request) -> Response:
         return Response(status_code=200)
@@ -65,8 +70,9 @@ def create_app(model_dir: str) -> Starlette:
             return _error(inference.InferenceError(f"request body is over the limit of {limit} bytes "
                                                    "(SPEECHKIT_MAX_BODY_MB / inference.max_body_mb)", 413))
         try:
-            out = await run_in_threadpool(inference.transform, bytes(body), request.headers.get("content-type"),
-                                          request.headers.get("accept"), model)
+            out = await asyncio.get_running_loop().run_in_executor(
+                workers, inference.transform, bytes(body), request.headers.get("content-type"),
+                request.headers.get("accept"), model)
         except inference.InferenceError as err:
             return _error(err)
         return Response(out, media_type="application/json")
