@@ -460,57 +460,13 @@ def test_handler_never_unpickles_or_trusts_remote_code():
 
 
 # ------------------------------------------------------------------------------------------ local server
-def test_serve_answers_ping_and_invocations_over_http(container_run, clip):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={container_run['model']}",
-                               f"port={port}", "inference.max_body_mb=1"], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/ping", server, seconds=120)
-
-        def post(body: bytes, content_type: str):
-            request = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
-                                             headers={"Content-Type": content_type, "Accept": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=60) as r:
-                    return r.status, json.loads(r.read())
-            except urllib.error.HTTPError as err:
-                return err.code, json.loads(err.read())
-
-        path, at_16k = clip
-        status, out = post(path.read_bytes(), "audio/wav")
-        assert status == 200 and out["text"] and out["duration_s"] == pytest.approx(at_16k.size / 16000, abs=2e-3)
-        status, same = post(json.dumps({"speech_array": at_16k.tolist()[:16000], "sampling_rate": 16000}).encode(),
-                            "application/json")
-        assert status == 200 and isinstance(same["text"], str)
-        status, err = post(b"hello", "text/plain")
-        assert status == 415 and "unsupported content type" in err["error"]
-        # A body over inference.max_body_mb (1 MB here) is refused from its Content-Length, before it is read.
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.putrequest("POST", "/invocations")
-        conn.putheader("Content-Type", "audio/wav")
-        conn.putheader("Content-Length", str(2 * 1024 * 1024))
-        conn.endheaders()
-        response = conn.getresponse()
-        assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
-        conn.close()
-        status, err = post(b"{\"sampling_rate\": 16000}", "application/json")
-        assert status == 400 and "speech_array" in err["error"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def served(container_run):
-    """serve.py on a free local port, with a short read timeout, for the abuse and load tests."""
+    """`python serve.py` on a free local port, with a 1 MB body limit and a 2 s read timeout."""
     port = free_port()
     server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={container_run['model']}",
-                               f"port={port}", "inference.read_timeout_s=2"], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               f"port={port}", "inference.max_body_mb=1", "inference.read_timeout_s=2"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/ping", server, seconds=120)
@@ -518,6 +474,41 @@ def served(container_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_answers_ping_and_invocations_over_http(served, clip):
+    base, port = served["base"], served["port"]
+
+    def post(body: bytes, content_type: str):
+        request = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
+                                         headers={"Content-Type": content_type, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    path, at_16k = clip
+    status, out = post(path.read_bytes(), "audio/wav")
+    assert status == 200 and out["text"] and out["duration_s"] == pytest.approx(at_16k.size / 16000, abs=2e-3)
+    status, same = post(json.dumps({"speech_array": at_16k.tolist()[:16000], "sampling_rate": 16000}).encode(),
+                        "application/json")
+    assert status == 200 and isinstance(same["text"], str)
+    status, err = post(b"hello", "text/plain")
+    assert status == 415 and "unsupported content type" in err["error"]
+    # A body over inference.max_body_mb (1 MB here) is refused from its Content-Length, before it is read.
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/invocations")
+    conn.putheader("Content-Type", "audio/wav")
+    conn.putheader("Content-Length", str(2 * 1024 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
+    conn.close()
+    status, err = post(b"{\"sampling_rate\": 16000}", "application/json")
+    assert status == 400 and "speech_array" in err["error"]
 
 
 def test_random_bytes_under_every_content_type_never_get_a_500(served):
