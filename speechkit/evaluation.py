@@ -16,9 +16,10 @@ from speechkit.audio import audio_ref
 from speechkit.batching import ClipCountBatchSampler, CTCCollator
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
-from speechkit.model import saved_model_dir, uses_attention_mask
+from speechkit.model import uses_attention_mask
 from speechkit.rundir import RunDir
 from speechkit.scoring import EvalResult, run_eval
+from speechkit.validation import saved_model_dir
 from speechkit.vocab import warn_unspellable
 
 log = logging.getLogger(__name__)

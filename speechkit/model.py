@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from omegaconf import OmegaConf
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
@@ -51,15 +50,6 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
         # DDP with layerdrop ("Expected to mark a variable ready only once").
         model.activation_checkpointing_enable({"use_reentrant": False})
     return model
-
-
-def saved_model_dir(path: str) -> str:
-    """`model_dir=` of evaluate.py / serve.py: a folder a run's model/ was saved to, checked before any loading."""
-    model_dir = os.path.expanduser(path)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
-                          "point it at a run's model/ folder")
-    return model_dir
 
 
 def uses_attention_mask(model: Wav2Vec2ForCTC) -> bool:

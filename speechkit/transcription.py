@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
-from speechkit.model import saved_model_dir, uses_attention_mask
+from speechkit.model import uses_attention_mask
+from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac")

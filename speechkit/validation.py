@@ -78,6 +78,15 @@ def _refuse(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
 
+def saved_model_dir(path: str) -> str:
+    """`model_dir=` of evaluate.py, serve.py and transcribe.py: a folder a run's model/ was saved to, checked before any loading."""
+    model_dir = os.path.expanduser(path)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
+                          "point it at a run's model/ folder")
+    return model_dir
+
+
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value out of range, path that is not there, or combination that cannot work."""
     for key, (test, allowed) in RANGES.items():
@@ -118,5 +127,5 @@ def check_values(cfg: DictConfig) -> None:
             not os.path.isdir(os.path.expanduser(name)):
         _refuse("model.name_or_path", name, "a Hub id or an existing local checkpoint folder")
     model_dir = _get(cfg, "model_dir")
-    if isinstance(model_dir, str) and not os.path.isfile(os.path.join(os.path.expanduser(model_dir), "config.json")):
-        _refuse("model_dir", model_dir, "a saved model folder (a run's model/, with its config.json)")
+    if isinstance(model_dir, str):
+        saved_model_dir(model_dir)

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from speechkit.config import ServeConfig, check_required
-from speechkit.model import saved_model_dir
+from speechkit.validation import saved_model_dir
 from speechkit.sagemaker import inference
 
 log = logging.getLogger(__name__)
