@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
 from speechkit.config import InspectConfig, check_required
+from speechkit.plots import duration_histogram
 from speechkit.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def run(raw_cfg: DictConfig) -> dict:
         json.dump(summary, f, indent=1, ensure_ascii=False)
     _write_inventory(chars, run.characters)
     report.write(run.drop_report)
-    _plot_durations(durations, run.durations)
+    duration_histogram(durations, run.durations)
     print(_describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
     return summary
 
@@ -67,26 +68,6 @@ def _write_inventory(chars: Dict[str, Counter], path: str) -> None:
         w.writerow(["character", "codepoint", *names])
         for ch, _ in everything.most_common():
             w.writerow([ch, f"U+{ord(ch):04X}", *(chars[n][ch] for n in names)])
-
-
-def _plot_durations(durations: Dict[str, np.ndarray], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    longest = max((d.max() for d in durations.values() if d.size), default=1.0)
-    bins = np.linspace(0, longest, 41)
-    for name, d in durations.items():
-        ax.hist(d, bins=bins, histtype="step", linewidth=1.5, label=f"{name} ({d.size} clips, {d.sum() / 3600:.2f} h)")
-    ax.set_xlabel("clip duration (s)")
-    ax.set_ylabel("clips")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _describe(summary: dict, chars: Dict[str, Counter], train_split: str, top: int, run: RunDir) -> str:

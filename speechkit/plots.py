@@ -1,20 +1,28 @@
-"""Pictures a person would rather look at than a log: the training curves (`curves.png` in the run dir)."""
+"""Pictures a person would rather look at than a log: the training curves (`curves.png` in a training run dir) and
+the duration histogram of a data set (`durations.png` from inspect_data.py). PNG files only, no display needed."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import Dict, List
+
+import numpy as np
 
 
-def training_curves(metrics_path: str, out_path: str) -> str:
-    """Training loss, learning rate and eval WER/CER against the optimizer step, read from metrics.jsonl; written
-    to `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def training_curves(metrics_path: str, out_path: str) -> str:
+    """Training loss, learning rate and eval WER/CER against the optimizer step, read from metrics.jsonl; written
+    to `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
+    plt = _pyplot()
     with open(metrics_path) as f:
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
@@ -49,3 +57,21 @@ def training_curves(metrics_path: str, out_path: str) -> str:
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
+
+
+def duration_histogram(durations: Dict[str, np.ndarray], path: str) -> str:
+    """Clip durations (seconds) per split, one outline each, on shared bins."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    longest = max((d.max() for d in durations.values() if d.size), default=1.0)
+    bins = np.linspace(0, longest, 41)
+    for name, d in durations.items():
+        ax.hist(d, bins=bins, histtype="step", linewidth=1.5, label=f"{name} ({d.size} clips, {d.sum() / 3600:.2f} h)")
+    ax.set_xlabel("clip duration (s)")
+    ax.set_ylabel("clips")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
