@@ -2,6 +2,7 @@
 
 import json
 import struct
+import time
 
 from conftest import SMALL_DEMO, TINY, compose
 from speechkit import training
@@ -30,6 +31,22 @@ def read_wandb_records(path):
             yield record
 
 
+def complete_wandb_records(path, timeout_s=60):
+    """The records once the run's `exit` record is on disk: wandb's service process may still be flushing the
+    file after `finish()` has returned."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = list(read_wandb_records(path))
+        except DecodeError:  # a record caught half-written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_holds_config_and_eval_wer(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", "local-secret-key-0123456789abcdef0123456789abcdef")
@@ -44,7 +61,7 @@ def test_wandb_offline_run_holds_config_and_eval_wer(tmp_path, monkeypatch):
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     history, config, run = [], {}, None
-    for record in read_wandb_records(files[0]):
+    for record in complete_wandb_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
