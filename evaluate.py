@@ -11,8 +11,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    # The WER is what a sweep's summary shows (evaluate.py -m split=test,validation).
-    return run_or_exit("speechkit.evaluation", cfg).wer
+    # What a sweep's summary shows (evaluate.py -m split=test,validation): the WER, or 1 - accuracy.
+    return run_or_exit("speechkit.evaluation", cfg).objective
 
 
 if __name__ == "__main__":

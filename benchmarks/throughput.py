@@ -310,7 +310,7 @@ def run_speechkit(spec: dict, work: Path) -> dict:
               "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
               "data_wait": sum(r["data_wait"] * r["train_s"] for r in train) / seconds, "curve": curve,
               "first_step_at": train[0]["time"], "last_step_at": train[-1]["time"]}
-    result.update(device_figures(spec, lambda: build_model(cfg.model, 32, 0), result["audio_s_per_s"]))
+    result.update(device_figures(spec, lambda: build_model(cfg.model, "ctc", vocab_size=32, pad_token_id=0), result["audio_s_per_s"]))
     return result
 
 

@@ -1,5 +1,5 @@
-"""Batches of clips of similar duration (a fixed number of clips, or a budget of seconds), and the collator that
-pads them."""
+"""Batches of clips of similar duration: a fixed number of clips, or a budget of seconds. (The collators that pad
+them belong to the tasks, speechkit/tasks/.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from transformers import Wav2Vec2FeatureExtractor
 
 
 class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
@@ -119,45 +118,3 @@ def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_
     if batch_duration_s:
         return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
     return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
-
-
-class CTCCollator:
-    """Pads audio (normalised per utterance, with its attention mask) and label ids (with -100, ignored by CTC)."""
-
-    def __init__(self, feature_extractor: Wav2Vec2FeatureExtractor, pass_attention_mask: bool):
-        self.feature_extractor = feature_extractor
-        self.pass_attention_mask = pass_attention_mask
-
-    def __call__(self, items: List[Optional[dict]]) -> Optional[dict]:
-        items = [x for x in items if x is not None]  # rows whose audio vanished since start-up
-        if not items:
-            return None
-        features = self.feature_extractor(
-            [x["input_values"] for x in items],
-            sampling_rate=self.feature_extractor.sampling_rate,
-            padding=True,
-            return_attention_mask=True,  # always: normalisation must ignore the padding
-            return_tensors="pt",
-        )
-        batch = {"input_values": features["input_values"], "index": torch.tensor([x["index"] for x in items]),
-                 # plain numbers, for the trainer's throughput figures: they stay on the host
-                 "audio_samples": sum(len(x["input_values"]) for x in items),
-                 "padded_samples": int(features["input_values"].numel())}
-        # The mask is always kept for output lengths; the model only sees it if it was trained with one.
-        batch["attention_mask"] = features["attention_mask"]
-        if "labels" in items[0]:
-            longest = max(len(x["labels"]) for x in items)
-            labels = torch.full((len(items), longest), -100, dtype=torch.long)
-            for row, x in enumerate(items):
-                labels[row, : len(x["labels"])] = torch.tensor(x["labels"], dtype=torch.long)
-            batch["labels"] = labels
-        return batch
-
-    def model_inputs(self, batch: dict) -> dict:
-        """What goes into the model's forward: the batch without bookkeeping, mask only where it belongs."""
-        inputs = {"input_values": batch["input_values"]}
-        if self.pass_attention_mask:
-            inputs["attention_mask"] = batch["attention_mask"]
-        if "labels" in batch:
-            inputs["labels"] = batch["labels"]
-        return inputs

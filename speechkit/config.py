@@ -68,6 +68,9 @@ class DemoCorpusConfig:
     num_train: int = 400
     num_test: int = 50
     seed: int = 0
+    # A spoken-command corpus instead of sentences: each clip says one of these words, its label (column `label`).
+    words: List[str] = field(default_factory=list)
+    test_voices: List[str] = field(default_factory=list)  # commands: voices heard in the test split only
     cache_dir: str = "${oc.env:SPEECHKIT_CACHE,'~/.cache/speechkit'}/demo"
 
 
@@ -83,6 +86,9 @@ class DatasetConfig:
     eval_split: str = "test"
     audio_column: str = "audio"
     text_column: str = "transcription"
+    # task=audio_classification: the column holding each clip's class (a string, or a list of them for multi-label
+    # data such as AudioSet; a string holding several is split at ";")
+    label_column: str = "label"
     file_column: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file
     carve: CarveConfig = field(default_factory=CarveConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -93,6 +99,22 @@ class DatasetConfig:
     # memory-mapped: later epochs and later runs never decode again. false: decode each clip when it is batched
     # (a corpus too large for the disk).
     cache_audio: bool = True
+
+
+# ------------------------------------------------------------------------------------------ conf/task
+class TaskName(str, Enum):
+    asr = "asr"  # speech recognition: CTC over characters, scored by WER/CER (speechkit/tasks/asr.py)
+    audio_classification = "audio_classification"  # one class (or several) per clip (speechkit/tasks/classification.py)
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = TaskName.asr
+    # audio_classification: several labels per clip (sigmoid, mAP) instead of one (softmax, accuracy)
+    multi_label: bool = False
+    # audio_classification: training clips longer than this are cut to a random window of it (null: the model's own
+    # input window, e.g. AST's max_length frames; no cut for wav2vec2)
+    max_length_s: Optional[float] = None
 
 
 # ----------------------------------------------------------------------------------------- conf/vocab
@@ -112,7 +134,8 @@ class ModelConfig:
     # Hub id or local directory of a pretrained Wav2Vec2 checkpoint; null builds `architecture` from scratch.
     name_or_path: Optional[str] = MISSING
     revision: Optional[str] = None
-    # Wav2Vec2Config fields for a randomly initialised model (used only when name_or_path is null).
+    # Config fields for a randomly initialised model (used only when name_or_path is null); `model_type` names the
+    # family (wav2vec2 when absent, or ast).
     architecture: Dict[str, Any] = field(default_factory=dict)
     sampling_rate: int = 16000
     # Regularisation knobs set on top of the checkpoint's (or the architecture's) config; null leaves that value as
@@ -124,9 +147,9 @@ class ModelConfig:
     final_dropout: Optional[float] = None
     mask_time_prob: Optional[float] = None
     layerdrop: Optional[float] = None
-    ctc_loss_reduction: str = "mean"
-    ctc_zero_infinity: bool = True
-    freeze_feature_encoder: bool = True
+    ctc_loss_reduction: str = "mean"  # task=asr
+    ctc_zero_infinity: bool = True  # task=asr
+    freeze_feature_encoder: bool = True  # wav2vec2's convolutional encoder (AST has none)
     gradient_checkpointing: bool = False
 
 
@@ -243,6 +266,7 @@ class PathsConfig:
 # ------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
+    task: TaskConfig = MISSING
     dataset: DatasetConfig = MISSING
     vocab: VocabConfig = MISSING
     model: ModelConfig = MISSING

@@ -18,11 +18,12 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, DatasetDict, Features, List as ListOf, Value, concatenate_datasets, load_dataset
+from datasets import (Audio, ClassLabel, Dataset, DatasetDict, Features, List as ListOf, Value, concatenate_datasets,
+                      load_dataset)
 from datasets.fingerprint import Hasher
 
 from speechkit.audio import AudioError, audio_ref, decode
@@ -31,33 +32,37 @@ from speechkit.text import TextNormalizer
 
 log = logging.getLogger(__name__)
 
-AUDIO, TEXT = "audio", "text"  # column names after mapping, whatever the source calls them
+AUDIO, TEXT, LABEL = "audio", "text", "label"  # column names after mapping, whatever the source calls them
 PCM = "pcm"  # the decoded clip at the model's rate (int16 or float32), when dataset.cache_audio is on
 PCM_SCALE = 32767.0  # int16 full scale
 AUDIO_CACHE_VERSION = 1  # bump when decoding changes, to invalidate cached audio
 
 
 # ------------------------------------------------------------------------------------------ sources
-def load_source(cfg: DatasetConfig) -> DatasetDict:
-    """Every split of the configured source, columns renamed to `audio` / `text`, audio left encoded."""
+def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
+    """Every split of the configured source, columns renamed to `audio` and `target` (`text`, the transcript, or
+    `label`, the class), audio left encoded."""
+    key = "text_column" if target == TEXT else "label_column"
+    column = getattr(cfg, key)
     if cfg.source == Source.demo:
-        from speechkit.demo_corpus import ensure_corpus
+        from speechkit.demo_corpus import ensure_corpus, target_column
 
-        splits = _load_audiofolder(ensure_corpus(cfg), "file_name", "transcription")
+        splits = _load_audiofolder(ensure_corpus(cfg), "file_name", target_column(cfg), target, f"dataset.{key}")
     elif cfg.source == Source.audiofolder:
         if not cfg.path:
             raise ConfigError("dataset.path must name a local folder for dataset.source=audiofolder")
-        splits = _load_audiofolder(os.path.expanduser(cfg.path), cfg.file_column, cfg.text_column)
+        splits = _load_audiofolder(os.path.expanduser(cfg.path), cfg.file_column, column, target, f"dataset.{key}")
     else:
         if not cfg.path:
             raise ConfigError("dataset.path must name a Hub data set (or a local one) for dataset.source=hub")
         splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir)
-        splits = DatasetDict({name: _select_columns(ds, cfg.audio_column, cfg.text_column, cfg.path)
+        splits = DatasetDict({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
                               for name, ds in splits.items()})
     return carve(splits, cfg)
 
 
-def _load_audiofolder(root: str, file_column: str, text_column: str) -> DatasetDict:
+def _load_audiofolder(root: str, file_column: str, text_column: str, target: str = TEXT,
+                      key: str = "dataset.text_column") -> DatasetDict:
     """A folder in the audiofolder layout: root/metadata.csv (one split, `train`) or root/<split>/metadata.csv.
 
     The metadata is read with the csv builder, every column as a string (a transcript "12" stays text), and the
@@ -77,23 +82,28 @@ def _load_audiofolder(root: str, file_column: str, text_column: str) -> DatasetD
             header = next(csv.reader(f), [])
         ds = load_dataset("csv", data_files=csv_path, split="train", keep_default_na=False,
                           features=Features({name: Value("string") for name in header}))
-        for column in (file_column, text_column):
+        for column, what in ((file_column, "dataset.file_column"), (text_column, key)):
             if column not in ds.column_names:
-                raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); "
-                                  f"set dataset.file_column / dataset.text_column")
+                raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); set {what}")
         folder = os.path.dirname(os.path.abspath(csv_path))
         ds = ds.map(lambda f: {AUDIO: os.path.join(folder, f)}, input_columns=file_column)
-        ds = ds.select_columns([AUDIO, text_column]).rename_columns({text_column: TEXT} if text_column != TEXT else {})
+        ds = ds.select_columns([AUDIO, text_column]).rename_columns({text_column: target} if text_column != target else {})
         splits[split] = ds.cast_column(AUDIO, Audio(decode=False))
     return DatasetDict(splits)
 
 
-def _select_columns(ds: Dataset, audio_column: str, text_column: str, where: str) -> Dataset:
-    for key, column in (("audio_column", audio_column), ("text_column", text_column)):
-        if column not in ds.column_names:
-            raise ConfigError(f"dataset.{key}: {where} has no column '{column}' (columns: {ds.column_names})")
-    ds = ds.select_columns([audio_column, text_column]).cast_column(audio_column, Audio(decode=False))
-    return ds.rename_columns({k: v for k, v in ((audio_column, AUDIO), (text_column, TEXT)) if k != v})
+def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
+    for name, wanted in (("audio_column", audio_column), (key, column)):
+        if wanted not in ds.column_names:
+            raise ConfigError(f"dataset.{name}: {where} has no column '{wanted}' (columns: {ds.column_names})")
+    ds = ds.select_columns([audio_column, column]).cast_column(audio_column, Audio(decode=False))
+    feature = ds.features[column]
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, ClassLabel) or isinstance(inner, ClassLabel):  # class ids: their names are the labels
+        names = feature if isinstance(feature, ClassLabel) else inner
+        ds = ds.map(lambda v: {column: names.int2str(v)}, input_columns=column,
+                    features=Features({**ds.features, column: ListOf(Value("string")) if inner else Value("string")}))
+    return ds.rename_columns({k: v for k, v in ((audio_column, AUDIO), (column, target)) if k != v})
 
 
 def carve(splits: DatasetDict, cfg: DatasetConfig) -> DatasetDict:
@@ -183,9 +193,11 @@ def decode_split(ds: Dataset, split: str, sampling_rate: int, keep: Optional[str
 
 
 def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
-                report: DropReport) -> Dataset:
-    """Decode every clip once (or read it back from the cache), normalize its text, and keep only the usable rows
-    (the rest go to `report`)."""
+                report: DropReport, min_samples: int = 0) -> Dataset:
+    """Decode every clip once (or read it back from the cache), normalize its text (or check that it has a label),
+    and keep only the usable rows (the rest go to `report`). `min_samples`: the shortest clip the model can take
+    (its receptive field)."""
+    target = TEXT if TEXT in ds.column_names else LABEL
     keep = ("int16" if training else "float32") if cfg.cache_audio else None
     decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
     normalize = TextNormalizer(cfg.text)
@@ -193,15 +205,22 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
     min_len = int(f.min_duration_s * sampling_rate) if training else 0
     max_len = int(f.max_duration_s * sampling_rate) if training and f.max_duration_s else None
 
-    def check(raw_text, n, peak, audio_error, audio_detail):
-        norm = normalize(raw_text)
-        out = {TEXT: norm.text, "drop_reason": "", "drop_detail": ""}
-        if norm.reason:
-            out.update(drop_reason=norm.reason, drop_detail=repr(raw_text))
+    def check(raw, n, peak, audio_error, audio_detail):
+        if target == TEXT:
+            norm = normalize(raw)
+            out = {TEXT: norm.text, "drop_reason": norm.reason or "", "drop_detail": repr(raw) if norm.reason else ""}
+        else:
+            empty = raw is None or (raw.strip() == "" if isinstance(raw, str) else len(raw) == 0)
+            out = {"drop_reason": "no_label" if empty else "", "drop_detail": repr(raw) if empty else ""}
+        if out["drop_reason"]:
+            pass
         elif audio_error:
             out.update(drop_reason=audio_error, drop_detail=audio_detail)
         elif peak <= f.silence_peak:
             out.update(drop_reason="silent", drop_detail=f"peak {peak:.2e} <= {f.silence_peak:g}")
+        elif n < min_samples:
+            out.update(drop_reason="too_short", drop_detail=f"{n} samples: shorter than the model's receptive field "
+                                                            f"({min_samples} samples)")
         elif n < min_len:
             out.update(drop_reason="too_short", drop_detail=f"{n / sampling_rate:.2f}s < {f.min_duration_s}s")
         elif max_len is not None and n > max_len:
@@ -211,7 +230,7 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
     # The text pass runs without the samples column (a map rewrites every column it is given); the samples are
     # joined back column-wise, which copies nothing.
     small = decoded.remove_columns([PCM]) if cfg.cache_audio else decoded
-    checked = small.map(check, input_columns=[TEXT, "num_samples", "peak", "audio_error", "audio_detail"],
+    checked = small.map(check, input_columns=[target, "num_samples", "peak", "audio_error", "audio_detail"],
                         desc=f"Checking text and durations ({split})")
     reasons = list(checked["drop_reason"])
     dropped = [i for i, r in enumerate(reasons) if r]
@@ -225,9 +244,11 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
     return checked.select([i for i, r in enumerate(reasons) if not r])
 
 
-def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int, report: DropReport) -> Dict[str, Dataset]:
-    """The named splits ({name: is_training}), checked; raises naming the key when a split does not exist."""
-    splits = load_source(cfg)
+def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int, report: DropReport,
+                target: str = TEXT, min_samples: int = 0) -> Dict[str, Dataset]:
+    """The named splits ({name: is_training}) with their `target` column (TEXT or LABEL), checked; raises naming
+    the key when a split does not exist."""
+    splits = load_source(cfg, target)
     out = {}
     for name, training in wanted.items():
         if name not in splits:
@@ -237,7 +258,7 @@ def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int,
                         f"dataset.carve.from_split={next(iter(splits))} (dataset.carve.test_ratio, default 0.2), "
                         f"or {hint}")
             raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); {hint}")
-        out[name] = check_split(splits[name], name, cfg, sampling_rate, training, report)
+        out[name] = check_split(splits[name], name, cfg, sampling_rate, training, report, min_samples)
         if len(out[name]) == 0:
             raise ConfigError(f"dataset '{cfg.name}' split '{name}': every example was dropped ({report.summary()})")
     return out
@@ -248,29 +269,32 @@ def texts(ds: Dataset) -> List[str]:
     return list(ds[TEXT])
 
 
+def labels(ds: Dataset) -> list:
+    """The raw labels of a checked split (a string, or a list of strings, per clip)."""
+    return list(ds[LABEL])
+
+
 # ------------------------------------------------------------------------------ torch-facing dataset
 class SpeechDataset(torch.utils.data.Dataset):
-    """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its label ids
-    and its row index."""
+    """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its target
+    (`labels`: what the task made of the row, e.g. character ids or a class id) and its row index."""
 
-    def __init__(self, ds: Dataset, sampling_rate: int, encode: Optional[Callable[[str], List[int]]] = None):
+    def __init__(self, ds: Dataset, sampling_rate: int, targets: Optional[Sequence] = None,
+                 max_samples: Optional[int] = None):
         self.ds = ds
         self.sampling_rate = sampling_rate
-        self.encode = encode
+        self.targets = targets
         self.lengths = np.asarray(list(ds["num_samples"]), dtype=np.int64)
+        if max_samples:  # clips are cut to this when batched: batch by what the model will see
+            self.lengths = np.minimum(self.lengths, max_samples)
         self.cached = PCM in ds.column_names
         # One column each: reading a whole row would turn its samples into a Python list.
         self._audio = ds.select_columns([AUDIO])
         if self.cached:  # as stored: datasets' numpy format would widen int16 to int64
             self._audio = ds.select_columns([PCM]).with_format("numpy", dtype=ds.features[PCM].feature.dtype)
-        self._text = ds.select_columns([TEXT])
 
     def __len__(self) -> int:
         return len(self.ds)
-
-    @property
-    def texts(self) -> List[str]:
-        return texts(self.ds)
 
     def __getitem__(self, i: int) -> Optional[dict]:
         i = int(i)
@@ -285,6 +309,6 @@ class SpeechDataset(torch.utils.data.Dataset):
                 log.warning("skipping row %d: %s", i, err)
                 return None
         item = {"input_values": audio, "index": i}
-        if self.encode is not None:
-            item["labels"] = self.encode(self._text[i][TEXT])
+        if self.targets is not None:
+            item["labels"] = self.targets[i]
         return item

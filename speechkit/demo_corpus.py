@@ -1,9 +1,12 @@
-"""The offline demo corpus (dataset.source=demo): short sentences spoken by espeak-ng, written as an audiofolder.
+"""The offline demo corpora (dataset.source=demo), spoken by espeak-ng and written as an audiofolder.
 
-Sentences are drawn from a small seeded grammar, so the held-out test sentences are new combinations of words
-the model has heard, never sentences it trained on. Several voices, speeds and pitches make it more than
-memorising one waveform per word. Generation is deterministic for a config and cached: the second run reads
-the folder back in a second.
+- Sentences (speech recognition, column `transcription`): drawn from a small seeded grammar, so the held-out test
+  sentences are new combinations of words the model has heard, never sentences it trained on.
+- Spoken commands (audio classification, column `label`), when `dataset.demo.words` is set: each clip is one command
+  word; the test split is spoken by voices (`dataset.demo.test_voices`) the training split never heard.
+
+Several voices, speeds and pitches make it more than memorising one waveform per word. Generation is deterministic
+for a config and cached: the second run reads the folder back in a second.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tqdm.auto import tqdm
 from speechkit.config import ConfigError, DatasetConfig
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 2  # bump when the grammar or the synthesis changes, to invalidate old caches
+GENERATOR_VERSION = 3  # bump when the grammar or the synthesis changes, to invalidate old caches
 
 # A small grammar per language. Sentences are 3-9 words (1-3.5 s of speech): noun phrase + transitive verb + noun
 # phrase, noun phrase + intransitive verb (+ place or adverb), or a short pronoun-led sentence. Every word recurs
@@ -88,8 +91,10 @@ def _sentence(rng: random.Random, g: dict) -> str:
 
 
 def plan(cfg: DatasetConfig) -> List[Tuple[str, str, str, int, int]]:
-    """(split, sentence, voice, speed, pitch) for every utterance, from the seed alone."""
+    """(split, sentence or word, voice, speed, pitch) for every utterance, from the seed alone."""
     d = cfg.demo
+    if d.words:
+        return _command_plan(cfg)
     if d.language not in GRAMMARS:
         raise ConfigError(f"dataset.demo.language: '{d.language}' has no grammar (choose from {sorted(GRAMMARS)})")
     rng = random.Random(d.seed)
@@ -112,6 +117,23 @@ def plan(cfg: DatasetConfig) -> List[Tuple[str, str, str, int, int]]:
     return rows
 
 
+def _command_plan(cfg: DatasetConfig) -> List[Tuple[str, str, str, int, int]]:
+    """Every word equally often in each split; test clips spoken only by the held-out voices."""
+    d = cfg.demo
+    test_voices = list(d.test_voices)
+    train_voices = [v for v in d.voices if v not in test_voices]
+    if not test_voices or not train_voices:
+        raise ConfigError("dataset.demo.test_voices: a command corpus needs held-out voices for its test split and "
+                          "other voices (dataset.demo.voices) for training")
+    rng = random.Random(d.seed)
+    rows = []
+    for split, count, voices in (("test", d.num_test, test_voices), ("train", d.num_train, train_voices)):
+        for i in range(count):
+            word = d.words[i % len(d.words)]
+            rows.append((split, word, rng.choice(voices), rng.choice(list(d.speeds)), rng.choice(list(d.pitches))))
+    return rows
+
+
 def corpus_dir(cfg: DatasetConfig) -> str:
     key = json.dumps({"v": GENERATOR_VERSION, **{k: (list(v) if isinstance(v, (list, tuple)) else v)
                                                   for k, v in _demo_fields(cfg).items()}}, sort_keys=True)
@@ -121,13 +143,22 @@ def corpus_dir(cfg: DatasetConfig) -> str:
 
 def _demo_fields(cfg: DatasetConfig) -> dict:
     d = cfg.demo
-    return {"language": d.language, "voices": list(d.voices), "speeds": list(d.speeds), "pitches": list(d.pitches),
-            "num_train": d.num_train, "num_test": d.num_test, "seed": d.seed}
+    fields = {"language": d.language, "voices": list(d.voices), "speeds": list(d.speeds),
+              "pitches": list(d.pitches), "num_train": d.num_train, "num_test": d.num_test, "seed": d.seed}
+    if d.words:
+        fields.update(words=list(d.words), test_voices=list(d.test_voices))
+    return fields
+
+
+def target_column(cfg: DatasetConfig) -> str:
+    """The metadata.csv column with each clip's target: `transcription` (sentences) or `label` (commands)."""
+    return "label" if cfg.demo.words else "transcription"
 
 
 def ensure_corpus(cfg: DatasetConfig) -> str:
     """Path of the generated corpus, generating it first if it is not cached yet."""
     target = corpus_dir(cfg)
+    column = target_column(cfg)
     if os.path.isfile(os.path.join(target, "COMPLETE")):
         return target
     if shutil.which("espeak-ng") is None:
@@ -156,7 +187,7 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
         for split in ("train", "test"):
             with open(os.path.join(tmp, split, "metadata.csv"), "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["file_name", "transcription"])
+                w.writerow(["file_name", column])
                 w.writerows((name, text) for s, name, text in results if s == split)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
             json.dump(_demo_fields(cfg), f)

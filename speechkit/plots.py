@@ -1,5 +1,6 @@
-"""Pictures a person would rather look at than a log: the training curves (`curves.png` in a training run dir) and
-the duration histogram of a data set (`durations.png` from inspect_data.py). PNG files only, no display needed."""
+"""Pictures a person would rather look at than a log: the training curves (`curves.png` in a training run dir), the
+confusion matrix of a classifier (`confusion.png`) and the duration histogram of a data set (`durations.png` from
+inspect_data.py). PNG files only, no display needed."""
 
 from __future__ import annotations
 
@@ -19,9 +20,15 @@ def _pyplot():
     return plt
 
 
-def training_curves(metrics_path: str, out_path: str) -> str:
-    """Training loss, learning rate and eval WER/CER against the optimizer step, read from metrics.jsonl; written
-    to `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
+# Scores drawn in the bottom panel of the curves, with their names: the task's metrics, whichever it logs.
+SCORES = {"eval_wer": "WER", "eval_cer": "CER", "eval_accuracy": "accuracy", "eval_macro_f1": "macro-F1",
+          "eval_map": "mAP"}
+
+
+def training_curves(metrics_path: str, out_path: str, best_step: int | None = None) -> str:
+    """Training loss, learning rate and the eval scores (WER/CER, or accuracy/F1) against the optimizer step, read
+    from metrics.jsonl, the best evaluation (`best_step`) in the title; written to `out_path` (PNG) through a
+    temporary file, so a reader never sees half a picture."""
     plt = _pyplot()
     with open(metrics_path) as f:
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
@@ -40,23 +47,49 @@ def training_curves(metrics_path: str, out_path: str) -> str:
     loss_ax.legend()
     lr_ax.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
     lr_ax.set_ylabel("learning rate")
-    for key, label in (("eval_wer", "WER"), ("eval_cer", "CER")):
-        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=label)
-    err_ax.set_ylabel("eval error rate")
+    scores = [k for k in SCORES if evals and k in evals[-1]]
+    for key in scores:
+        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=SCORES[key])
+    err_ax.set_ylabel("eval score")
     err_ax.set_ylim(bottom=0)
     err_ax.set_xlabel("optimizer step")
     err_ax.legend()
     for ax in (loss_ax, lr_ax, err_ax):
         ax.grid(alpha=0.3)
-    if evals:
-        best = min(evals, key=lambda r: (r["eval_wer"], r["eval_cer"]))
-        fig.suptitle(f"best eval: WER {best['eval_wer']:.4f}, CER {best['eval_cer']:.4f} at step {best['step']}")
+    best = [r for r in evals if r["step"] == best_step]
+    if best:
+        fig.suptitle("best eval: " + ", ".join(f"{SCORES[k]} {best[-1][k]:.4f}" for k in scores)
+                     + f" at step {best_step}")
     fig.tight_layout()
     tmp = out_path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
+
+
+def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> str:
+    """Rows: the true class, columns: the predicted one; each cell's count written in it."""
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 40:
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                        color="white" if n > counts.max() / 2 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(f"accuracy {np.trace(counts) / max(counts.sum(), 1):.4f} on {counts.sum()} clips")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def duration_histogram(durations: Dict[str, np.ndarray], path: str) -> str:

@@ -30,7 +30,7 @@ class RunDir:
         return self._at("metrics.jsonl")
 
     @property
-    def curves(self) -> str:  # loss, learning rate and eval WER/CER against the step, redrawn at each evaluation
+    def curves(self) -> str:  # loss, learning rate and eval scores against the step, redrawn at each evaluation
         return self._at("curves.png")
 
     @property
@@ -38,8 +38,20 @@ class RunDir:
         return self._at("drop_report.jsonl")
 
     @property
-    def predictions(self) -> str:  # evaluate.py: every utterance's reference and hypothesis
+    def predictions(self) -> str:  # every clip's reference and prediction (evaluate.py, and a run's final eval)
         return self._at("predictions.csv")
+
+    @property
+    def per_class(self) -> str:  # classification: precision, recall, F1 and support of every class
+        return self._at("per_class.csv")
+
+    @property
+    def confusion(self) -> str:  # classification: the confusion matrix, true class by row (CSV)
+        return self._at("confusion.csv")
+
+    @property
+    def confusion_plot(self) -> str:  # classification: the same, drawn
+        return self._at("confusion.png")
 
     @property
     def durations(self) -> str:  # inspect_data.py: a histogram of clip durations per split

@@ -1,72 +1,99 @@
-"""Greedy CTC decoding and WER/CER (jiwer), shared by the trainer's evaluations and evaluate.py."""
+"""The evaluation pass every task shares: each clip of a loader scored once across all processes, its prediction
+gathered by row; the task turns the predictions into metrics (speechkit/tasks/)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+import csv
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Tuple
 
-import jiwer
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import Wav2Vec2CTCTokenizer
-
-from speechkit.batching import CTCCollator
-
-
-def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> Dict[str, float]:
-    return {"wer": jiwer.wer(list(references), list(hypotheses)), "cer": jiwer.cer(list(references), list(hypotheses))}
 
 
 @dataclass
 class EvalResult:
-    loss: float
-    wer: float
-    cer: float
-    rows: List[int]  # dataset row of each prediction, in the order scored
-    references: List[str]
-    hypotheses: List[str]
-    gathered: int = 0  # predictions received from all processes, before duplicates were dropped
+    """One evaluation: `metrics` as logged (eval_loss first, then the task's), `rank` (smaller is better: how the
+    best checkpoint is chosen), `objective` (what sweeps minimise), `summary` (one line for people), and per clip its
+    dataset row and the predictions file's columns."""
 
-    @property
-    def metrics(self) -> Dict[str, float]:
-        return {"eval_loss": self.loss, "eval_wer": self.wer, "eval_cer": self.cer,
-                "eval_utterances": len(self.rows), "eval_gathered": self.gathered}
+    metrics: Dict[str, float]
+    rank: Tuple[float, ...]
+    objective: float
+    summary: str
+    rows: List[int]
+    predictions: List[dict] = field(default_factory=list)
+    tables: Dict[str, List[dict]] = field(default_factory=dict)  # extra per-class tables (classification)
+
+
+# forward(model, batch) -> the model's output, its loss included (the task's forward)
+Forward = Callable[[torch.nn.Module, dict], object]
+# predict(model_output, batch, unwrapped_model) -> one tensor per clip, stacked on dim 0, padded on dim 1
+Predict = Callable[[object, dict, torch.nn.Module], torch.Tensor]
 
 
 @torch.no_grad()
-def run_eval(model, loader, collator: CTCCollator, tokenizer: Wav2Vec2CTCTokenizer, texts: Sequence[str],
-             accelerator: Accelerator) -> EvalResult:
-    """Score every utterance of `loader` once, across all processes; only argmax ids leave the device."""
+def gather_predictions(model, loader, accelerator: Accelerator, forward: Forward, predict: Predict,
+                       pad_value: float = 0) -> Tuple[Dict[int, torch.Tensor], float, int]:
+    """Run `model` over `loader`; returns {dataset row: prediction (on the CPU)}, the mean loss, and how many
+    predictions were gathered before duplicates (rows repeated to even out processes) were dropped. Only what
+    `predict` keeps leaves the device."""
     was_training = model.training
     model.eval()
-    blank = tokenizer.pad_token_id
     unwrapped = accelerator.unwrap_model(model)
-    ids: Dict[int, List[int]] = {}
+    by_row: Dict[int, torch.Tensor] = {}
     loss_sum, loss_count, gathered_count = 0.0, 0, 0
     for batch in tqdm(loader, desc="Evaluating", leave=False, dynamic_ncols=True,
                       disable=not accelerator.is_main_process):
         if batch is None:
             continue
-        out = model(**collator.model_inputs(batch))
-        pred = out.logits.argmax(dim=-1)
-        # Frames that only cover padding are set to blank so they decode to nothing.
-        frames = unwrapped._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
-        pred = pred.masked_fill(torch.arange(pred.shape[1], device=pred.device)[None, :] >= frames[:, None], blank)
-        pred = accelerator.pad_across_processes(pred, dim=1, pad_index=blank)
+        out = forward(model, batch)
+        pred = predict(out, batch, unwrapped)
+        if pred.dim() > 1:
+            pred = accelerator.pad_across_processes(pred, dim=1, pad_index=pad_value)
         losses = out.loss.detach().float().reshape(1).repeat(len(pred)) if out.loss is not None else None
         gathered = accelerator.gather_for_metrics((pred, batch["index"]) + ((losses,) if losses is not None else ()))
         gathered_count += len(gathered[1])
         for row, p in zip(gathered[1].tolist(), gathered[0].cpu()):
-            ids[row] = p.tolist()  # keyed by row: a row duplicated to even out processes counts once
+            by_row[row] = p  # keyed by row: a row duplicated to even out processes counts once
         if losses is not None:
             loss_sum += float(gathered[2].sum())
             loss_count += len(gathered[2])
-    rows = sorted(ids)
-    hypotheses = tokenizer.batch_decode([ids[r] for r in rows])
-    references = [texts[r] for r in rows]
-    rates = error_rates(references, hypotheses)
     if was_training:
         model.train()
-    return EvalResult(loss=loss_sum / max(loss_count, 1), wer=rates["wer"], cer=rates["cer"], rows=rows,
-                      references=references, hypotheses=hypotheses, gathered=gathered_count)
+    return by_row, loss_sum / max(loss_count, 1), gathered_count
+
+
+def write_results(result: EvalResult, rows, run_dir: str) -> List[str]:
+    """The evaluation's files in `run_dir`: predictions.csv (every clip's file, reference and prediction) and, for a
+    classifier, per_class.csv, confusion.csv and confusion.png. `rows`: the scored split. Returns the paths."""
+    from speechkit.audio import audio_ref
+    from speechkit.data import AUDIO
+    from speechkit.plots import confusion_matrix
+    from speechkit.rundir import RunDir
+
+    run = RunDir(run_dir)
+    files = rows.select_columns([AUDIO])
+    with open(run.predictions, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", *(result.predictions[0] if result.predictions else [])])
+        for r, p in zip(result.rows, result.predictions):
+            w.writerow([audio_ref(files[r][AUDIO]), *p.values()])
+    written = [run.predictions]
+    per_class = result.tables.get("per_class")
+    if per_class:
+        with open(run.per_class, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(per_class[0]))
+            w.writeheader()
+            w.writerows(per_class)
+        written.append(run.per_class)
+    matrix = result.tables.get("confusion")
+    if matrix:
+        labels = [r["label"] for r in per_class]
+        with open(run.confusion, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["true \\ predicted", *labels])
+            w.writerows([label, *counts] for label, counts in zip(labels, matrix))
+        written += [run.confusion, confusion_matrix(labels, matrix, run.confusion_plot)]
+    return written

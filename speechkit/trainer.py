@@ -1,4 +1,5 @@
-"""The training loop (conf/trainer), on accelerate: one function, read top to bottom."""
+"""The training loop (conf/trainer), on accelerate: one function, read top to bottom. It knows nothing of the task:
+batches, the loss, the scores and what ships beside the weights come from the task (speechkit/tasks/)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from speechkit import checkpoint
-from speechkit.batching import ClipCountBatchSampler, CTCCollator, train_batch_sampler
+from speechkit.batching import ClipCountBatchSampler, train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.hardware import loader_settings, optimizer_settings
-from speechkit.model import uses_attention_mask
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
-from speechkit.scoring import EvalResult, run_eval
+from speechkit.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class TrainerState:
     global_step: int = 0
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches, so resume can skip exactly these
-    best_wer: Optional[float] = None
-    best_cer: Optional[float] = None
+    best_rank: Optional[List[float]] = None  # the task's ranking key of the best evaluation (smaller is better)
+    best_summary: Optional[str] = None
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
@@ -104,12 +104,12 @@ class Throughput:
                 "data_wait": waited / accelerator.num_processes / seconds}
 
 
-def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor,
-          train_set: SpeechDataset, eval_set: SpeechDataset, run_dir: str) -> EvalResult:
-    """Fine-tune `model`, write checkpoints/, best/ and model/ under `run_dir`; returns the shipped model's eval."""
+def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel, train_set: SpeechDataset,
+          eval_set: SpeechDataset, run_dir: str) -> EvalResult:
+    """Fine-tune `model` for `task` (speechkit/tasks/), write checkpoints/, best/ and model/ under `run_dir`; returns
+    the shipped model's eval."""
     set_seed(cfg.seed)
-    collator = CTCCollator(processor.feature_extractor, uses_attention_mask(model))
-    sampling_rate = processor.feature_extractor.sampling_rate
+    sampling_rate = train_set.sampling_rate
     train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
                                         cfg.seed, cfg.group_by_length)
     eval_sampler = ClipCountBatchSampler(eval_set.lengths, cfg.eval_batch_size, shuffle=False)
@@ -117,9 +117,9 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
     # stream exactly as an uninterrupted run has it.
     loading = loader_settings(accelerator, cfg.num_workers)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator,
+    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=task.collator(True),
                                                generator=torch.Generator().manual_seed(cfg.seed), **loading)
-    eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=eval_sampler, collate_fn=collator,
+    eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=eval_sampler, collate_fn=task.collator(False),
                                               generator=torch.Generator().manual_seed(cfg.seed), **loading)
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
@@ -155,29 +155,31 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", ckpt_root)
 
     metrics = MetricsFile(run.metrics, accelerator)
-    texts = eval_set.texts
     per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
     log.info("Training %d steps: %d examples, %s per batch and device x %d process(es) x %d accumulation, "
              "%d steps/epoch; data loading: %s", total_steps, len(train_set), per_device, accelerator.num_processes,
              cfg.gradient_accumulation_steps, steps_per_epoch, loading)
 
     def evaluate_and_track(epoch_float: float) -> None:
-        result = run_eval(model, eval_loader, collator, processor.tokenizer, texts, accelerator)
+        result = task.evaluate(model, eval_loader, eval_set, accelerator)
         values = {"epoch": round(epoch_float, 4), **result.metrics}
-        log.info("eval step=%d epoch=%.2f eval_loss=%.4f eval_wer=%.4f eval_cer=%.4f (%d utterances)",
-                 state.global_step, epoch_float, result.loss, result.wer, result.cer, len(result.rows))
+        # e.g. "eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)": parsed
+        # by SageMaker's metric definitions (speechkit/sagemaker/launch.py)
+        scores = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+        log.info("eval step=%d epoch=%.2f %s (%d %s)", state.global_step, epoch_float, scores, len(result.rows),
+                 task.unit)
         metrics.write("eval", state.global_step, values)
-        if accelerator.is_main_process:
-            training_curves(run.metrics, run.curves)
-        # Lowest WER wins; CER breaks ties (early on, every evaluation has WER 1.0). Gathered values: the same in
+        # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...). Gathered values: the same in
         # every process, so all of them take this branch together.
-        if state.best_wer is None or (result.wer, result.cer) < (state.best_wer, state.best_cer):
-            state.best_wer, state.best_cer, state.best_step = result.wer, result.cer, state.global_step
+        if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
+            state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
             weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
             if accelerator.is_main_process:
                 checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(
                     path, state_dict=weights), run.best)
             accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            training_curves(run.metrics, run.curves, state.best_step)
 
     model.train()
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
@@ -202,7 +204,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
                     continue
                 clock.count(batch)
                 with accelerator.accumulate(model):
-                    loss = model(**collator.model_inputs(batch)).loss
+                    loss = task.forward(model, batch).loss
                     finite = torch.isfinite(loss.detach())
                     nonfinite |= ~finite
                     # A non-finite loss is backpropagated too (its gradients are thrown away with the whole step
@@ -266,17 +268,17 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, model: Wav2Vec2ForCTC, p
     if state.skipped_nonfinite:
         log.warning("%d step(s) skipped for a non-finite loss", state.skipped_nonfinite)
 
-    return _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts, state, run_dir)
+    return _ship_model(cfg, accelerator, task, model, eval_loader, eval_set, state, run_dir)
 
 
-def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts, state, run_dir) -> EvalResult:
-    """Write model/ (the best or last weights + processor) and score exactly what was shipped."""
+def _ship_model(cfg, accelerator, task, model, eval_loader, eval_set, state, run_dir) -> EvalResult:
+    """Write model/ (the best or last weights + the task's processor) and score exactly what was shipped."""
     unwrapped = accelerator.unwrap_model(model)
     run = RunDir(run_dir)
     best_dir = run.best
     if cfg.final_model == FinalModel.best and os.path.isdir(best_dir):
-        log.info("Shipping the best weights (step %s, eval WER %.4f)", state.best_step, state.best_wer)
-        best = Wav2Vec2ForCTC.from_pretrained(best_dir)
+        log.info("Shipping the best weights (step %s, eval %s)", state.best_step, state.best_summary)
+        best = type(unwrapped).from_pretrained(best_dir)
         unwrapped.load_state_dict(best.state_dict())
         del best
     model_dir = run.model
@@ -284,12 +286,11 @@ def _ship_model(cfg, accelerator, model, processor, eval_loader, collator, texts
     if accelerator.is_main_process:
         def write(path):
             unwrapped.save_pretrained(path, state_dict=weights)
-            processor.save_pretrained(path)
+            task.save(path)
         checkpoint.replace_dir(write, model_dir)
     accelerator.wait_for_everyone()
-    result = run_eval(model, eval_loader, collator, processor.tokenizer, texts, accelerator)
-    log.info("Final model %s: eval WER %.4f, CER %.4f on %d utterances", model_dir, result.wer, result.cer,
-             len(result.rows))
+    result = task.evaluate(model, eval_loader, eval_set, accelerator)
+    log.info("Final model %s: eval %s on %d %s", model_dir, result.summary, len(result.rows), task.unit)
     return result
 
 

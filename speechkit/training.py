@@ -1,4 +1,4 @@
-"""`python train.py`: config -> data -> vocab -> model -> trainer -> artifacts, in that order."""
+"""`python train.py`: config -> data -> targets (vocab or labels) -> model -> trainer -> artifacts, in that order."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, trainer, vocab as vocabulary
+from speechkit import data, trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_name
-from speechkit.model import build_model, uses_attention_mask
+from speechkit.model import min_input_samples
 from speechkit.rundir import RunDir
+from speechkit.scoring import write_results
+from speechkit.tasks import make_task
 
 log = logging.getLogger(__name__)
 
 
 def run(raw_cfg: DictConfig) -> float | str:
-    """Train as configured; returns the shipped model's eval WER (what sweeps minimise), or with hw=sagemaker the
-    name of the SageMaker training job that trains it remotely."""
+    """Train as configured; returns what sweeps minimise (the shipped model's eval WER, or 1 - accuracy for a
+    classifier), or with hw=sagemaker the name of the SageMaker training job that trains it remotely."""
     check_required(raw_cfg)
     if raw_cfg.hw.backend == Backend.sagemaker:
         from speechkit.sagemaker.launch import launch
@@ -37,41 +39,38 @@ def run(raw_cfg: DictConfig) -> float | str:
     if accelerator.is_main_process:
         OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
+    task = make_task(cfg)
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl.
     ds = cfg.dataset
     report = data.DropReport()
     with accelerator.main_process_first():  # the first process fills the datasets cache for the others
-        splits = data.load_splits(ds, {ds.train_split: True, ds.eval_split: False}, cfg.model.sampling_rate, report)
+        splits = data.load_splits(ds, {ds.train_split: True, ds.eval_split: False}, cfg.model.sampling_rate, report,
+                                  task.target, min_input_samples(cfg.model))
     train_rows, eval_rows = splits[ds.train_split], splits[ds.eval_split]
 
-    # 2. Vocab: built from the training text (or reused), saved beside the run.
-    vocab = vocabulary.make_vocab(cfg.vocab, data.texts(train_rows), data.texts(eval_rows))
-    train_rows = vocabulary.drop_unspellable(train_rows, vocab, ds.train_split, report)
-    vocabulary.warn_unspellable(data.texts(eval_rows), vocab, ds.eval_split, cfg.vocab.unk_token)
-    vocab_path = RunDir(run_dir).vocab
+    # 2. Targets: the vocab (speech recognition) or the label set (classification), from the training split.
+    train_rows, eval_rows = task.fit_targets(train_rows, eval_rows, (ds.train_split, ds.eval_split), report,
+                                             run_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
-        vocabulary.write_vocab(vocab, vocab_path)
         report.write(RunDir(run_dir).drop_report)
     accelerator.wait_for_everyone()
-    log.info("Data '%s': %d train / %d eval utterances, %d symbols; dropped: %s", ds.name, len(train_rows),
-             len(eval_rows), len(vocab), report.summary())
+    log.info("Data '%s': %d train / %d eval %s, %s; dropped: %s", ds.name, len(train_rows), len(eval_rows),
+             task.unit, task.describe_targets(), report.summary())
 
-    # 3. Model, and the processor (tokenizer + feature extractor) that ships with it.
+    # 3. Model with the task's head, and the processor that ships with it.
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
-    model = build_model(cfg.model, len(vocab), vocab[cfg.vocab.pad_token])
-    processor = vocabulary.make_processor(vocab_path, cfg.vocab, cfg.model.sampling_rate, uses_attention_mask(model))
-    encode = lambda text: processor.tokenizer(text).input_ids  # noqa: E731
-    train_set = data.SpeechDataset(train_rows, cfg.model.sampling_rate, encode)
-    eval_set = data.SpeechDataset(eval_rows, cfg.model.sampling_rate, encode)
+    model = task.build_model(cfg.model, run_dir)
+    train_set, eval_set = task.dataset(train_rows, training=True), task.dataset(eval_rows, training=False)
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
-    result = trainer.train(cfg.trainer, accelerator, model, processor, train_set, eval_set, run_dir)
+    result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)
     if accelerator.is_main_process:
-        print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} utterances): "
-              f"WER {result.wer:.4f}  CER {result.cer:.4f}\nModel: {RunDir(run_dir).model}", flush=True)
+        write_results(result, eval_rows, run_dir)
+        print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} {task.unit}): {result.summary}\n"
+              f"Model: {RunDir(run_dir).model}", flush=True)
     accelerator.end_training()
-    return result.wer
+    return result.objective
 
 
 def _agree_on_run_dir(own: str, accelerator: Accelerator) -> str:

@@ -80,12 +80,9 @@ def write_vocab(vocab: Dict[str, int], path: str) -> None:
         json.dump(vocab, f, ensure_ascii=False, indent=1)
 
 
-def make_processor(vocab_path: str, cfg: VocabConfig, sampling_rate: int, attention_mask: bool) -> Wav2Vec2Processor:
-    """Tokenizer + feature extractor, saved with the model so `transformers.pipeline` can load the directory."""
+def make_processor(vocab_path: str, cfg: VocabConfig, feature_extractor: Wav2Vec2FeatureExtractor) -> Wav2Vec2Processor:
+    """Tokenizer + the model's feature extractor (speechkit.model.feature_extractor_for), saved with the model so
+    `transformers.pipeline` can load the directory."""
     tokenizer = Wav2Vec2CTCTokenizer(vocab_path, unk_token=cfg.unk_token, pad_token=cfg.pad_token,
                                      word_delimiter_token=cfg.word_delimiter)
-    # Per-utterance normalisation; models with layer-norm feature encoders (XLSR) want the attention mask,
-    # group-norm ones (wav2vec2-base) were trained on plain zero padding.
-    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=sampling_rate, padding_value=0.0,
-                                                 do_normalize=True, return_attention_mask=attention_mask)
     return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from speechkit.batching import ClipCountBatchSampler, CTCCollator, DurationBatchSampler, train_batch_sampler
+from speechkit.batching import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
+from speechkit.tasks.asr import CTCCollator
 
 
 def fe():

@@ -21,7 +21,7 @@ def pretrained_dir(tmp_path_factory):
 
 def test_local_pretrained_checkpoint_gets_new_head_and_knobs(pretrained_dir):
     cfg = compose("train", ["model=xlsr_53", f"model.name_or_path={pretrained_dir}", "run_dir=/x"]).model
-    model = build_model(cfg, vocab_size=31, pad_token_id=30)
+    model = build_model(cfg, "ctc", vocab_size=31, pad_token_id=30)
     assert model.lm_head.out_features == 31 and model.config.pad_token_id == 30
     assert model.config.layerdrop == 0.1 and model.config.mask_time_prob == 0.05
     assert model.config.attention_dropout == 0.1 and model.config.ctc_loss_reduction == "mean"
@@ -42,17 +42,17 @@ def test_knobs_a_recipe_leaves_null_keep_the_checkpoints_values(tmp_path):
                final_dropout=0.15, mask_time_prob=0.16, layerdrop=0.17)
     Wav2Vec2Model(Wav2Vec2Config(**SMALL_ARCH, **own)).save_pretrained(tmp_path)
     aws = compose("train", ["experiment=aws_superb", f"model.name_or_path={tmp_path}", "run_dir=/x"]).model
-    config = build_model(aws, vocab_size=12, pad_token_id=11).config
+    config = build_model(aws, "ctc", vocab_size=12, pad_token_id=11).config
     assert {k: getattr(config, k) for k in own} == own
     rocm = compose("train", ["experiment=rocm_fleurs_es", f"model.name_or_path={tmp_path}", "run_dir=/x"]).model
-    config = build_model(rocm, vocab_size=12, pad_token_id=11).config
+    config = build_model(rocm, "ctc", vocab_size=12, pad_token_id=11).config
     assert config.activation_dropout == 0.13  # left to the checkpoint
     assert (config.feat_proj_dropout, config.attention_dropout, config.layerdrop) == (0.0, 0.1, 0.1)
 
 
 def test_tiny_from_scratch_trains_its_feature_encoder():
     cfg = compose("train", ["model=tiny", *TINY, "run_dir=/x"]).model
-    model = build_model(cfg, vocab_size=10, pad_token_id=9)
+    model = build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)
     assert all(p.requires_grad for p in model.wav2vec2.feature_extractor.parameters())
     assert model.config.hidden_size == 32 and uses_attention_mask(model)
 
@@ -60,4 +60,4 @@ def test_tiny_from_scratch_trains_its_feature_encoder():
 def test_unknown_architecture_field_is_named():
     cfg = compose("train", ["model=tiny", "+model.architecture.hiden_size=8", "run_dir=/x"]).model
     with pytest.raises(ConfigError, match="hiden_size"):
-        build_model(cfg, vocab_size=10, pad_token_id=9)
+        build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)

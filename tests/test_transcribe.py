@@ -10,7 +10,7 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose, run_cli, speak
-from speechkit.model import build_model, uses_attention_mask
+from speechkit.model import build_model, feature_extractor_for
 from speechkit.vocab import build_vocab, make_processor, write_vocab
 
 SENTENCES = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
@@ -26,9 +26,9 @@ def model_dir(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    model = build_model(cfg.model, len(vocab), vocab[cfg.vocab.pad_token])
+    model = build_model(cfg.model, "ctc", vocab_size=len(vocab), pad_token_id=vocab[cfg.vocab.pad_token])
     model.save_pretrained(root / "model")
-    make_processor(str(root / "vocab.json"), cfg.vocab, 16000, uses_attention_mask(model)).save_pretrained(
+    make_processor(str(root / "vocab.json"), cfg.vocab, feature_extractor_for(model, cfg.model)).save_pretrained(
         root / "model")
     return root / "model"
 

@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+from transformers import Wav2Vec2FeatureExtractor
 
 from speechkit.config import ConfigError, VocabConfig
 from speechkit.vocab import build_vocab, load_vocab, make_processor, write_vocab
@@ -48,7 +49,7 @@ def test_processor_round_trip(tmp_path):
     path = tmp_path / "vocab.json"
     vocab = build_vocab(TEXTS, VocabConfig())
     write_vocab(vocab, str(path))
-    processor = make_processor(str(path), VocabConfig(), 16000, attention_mask=True)
+    processor = make_processor(str(path), VocabConfig(), Wav2Vec2FeatureExtractor(return_attention_mask=True))
     ids = processor.tokenizer("the cat").input_ids
     assert ids == [vocab[c] for c in "the|cat"]
     assert processor.tokenizer.pad_token_id == vocab["[PAD]"]

@@ -1,0 +1,54 @@
+"""Tasks (conf/task): what a row's target is, which head the model gets, how batches are collated, how the loss and
+the predictions are computed and scored, which result is best, and what ships beside the weights in model/.
+
+The trainer and the entry scripts only talk to a task through these members (both tasks have them all):
+
+  name, target, unit          the task's name, the data column it learns from (text/label), what a clip is called
+  fit_targets(train, eval, splits, report, run_dir, is_main) -> (train, eval)
+                              training: the vocab or label set, from the training split
+  describe_targets()          "31 symbols", "12 classes"
+  build_model(model_cfg, run_dir)
+                              training: the model with its head, and the processor that ships with it
+  from_model_dir(dir)         a saved model and its task (evaluate.py)
+  check_eval_rows(rows, split, report)
+                              evaluation rows the model cannot score are reported
+  dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
+  evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
+  save(path)                  the processor / feature extractor beside the weights
+  examples(result, n)         a few lines for the console
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from speechkit.config import ConfigError, TaskName
+
+
+def make_task(cfg):
+    """The task a training config asks for (cfg.task.name)."""
+    if cfg.task.name == TaskName.asr:
+        from speechkit.tasks.asr import SpeechRecognition
+
+        return SpeechRecognition(cfg.vocab)
+    from speechkit.tasks.classification import AudioClassification
+
+    return AudioClassification(cfg.task)
+
+
+def load_model_dir(model_dir: str):
+    """(task, model) of a saved model folder, the task read from its config: a CTC head is speech recognition, a
+    classification head audio classification."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        architectures = json.load(f).get("architectures") or []
+    if any(a.endswith("ForCTC") for a in architectures):
+        from speechkit.tasks.asr import SpeechRecognition
+
+        return SpeechRecognition.from_model_dir(model_dir)
+    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
+        from speechkit.tasks.classification import AudioClassification
+
+        return AudioClassification.from_model_dir(model_dir)
+    raise ConfigError(f"model_dir: {model_dir} holds a {architectures or 'model of no known architecture'}; speechkit "
+                      "scores CTC (speech recognition) and audio-classification models")
