@@ -107,6 +107,11 @@ class TaskName(str, Enum):
     audio_classification = "audio_classification"  # one class (or several) per clip (speechkit/tasks/classification.py)
 
 
+class LabelSet(str, Enum):
+    data = "data"  # every label of the training split, sorted; a fresh classification head
+    checkpoint = "checkpoint"  # the pretrained checkpoint's id2label, head kept (AST on AudioSet); other labels dropped
+
+
 @dataclass
 class TaskConfig:
     name: TaskName = TaskName.asr
@@ -115,6 +120,8 @@ class TaskConfig:
     # audio_classification: training clips longer than this are cut to a random window of it (null: the model's own
     # input window, e.g. AST's max_length frames; no cut for wav2vec2)
     max_length_s: Optional[float] = None
+    # audio_classification: where the label set comes from
+    label_set: LabelSet = LabelSet.data
 
 
 # ----------------------------------------------------------------------------------------- conf/vocab
@@ -281,6 +288,9 @@ class TrainConfig:
 class EvaluateConfig:
     model_dir: str = MISSING
     split: str = "test"
+    # classifiers: score several labels per clip (mAP); null: as the model's config says (problem_type), or, where it
+    # says nothing (the AST AudioSet checkpoint), as the data has it (a label column of lists)
+    multi_label: Optional[bool] = None
     batch_size: int = 8
     num_examples: int = 5  # rows of the reference/hypothesis table printed at the end
     dataset: DatasetConfig = MISSING

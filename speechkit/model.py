@@ -51,14 +51,21 @@ def _knobs(cfg: ModelConfig, config: PretrainedConfig) -> dict:
     return knobs
 
 
+def model_config(cfg: ModelConfig, head: str) -> PretrainedConfig:
+    """The model's config (no weights), refused when its family has no such `head` ("ctc" or "classification"):
+    checked before any data is read."""
+    config = _base_config(cfg)
+    if head == "ctc" and config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES:
+        raise ConfigError(f"model={cfg.name} ({config.model_type}) has no CTC head, so it cannot do task=asr; "
+                          "use it with task=audio_classification")
+    return config
+
+
 def build_model(cfg: ModelConfig, head: str, **head_config) -> PreTrainedModel:
     """The model with a fresh `head`: "ctc" (head_config: vocab_size, pad_token_id) or "classification" (num_labels,
     id2label, label2id, problem_type)."""
-    config = _base_config(cfg)
+    config = model_config(cfg, head)
     if head == "ctc":
-        if config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES:
-            raise ConfigError(f"model={cfg.name} ({config.model_type}) has no CTC head, so it cannot do task=asr; "
-                              "use it with task=audio_classification")
         head_config.update(ctc_loss_reduction=cfg.ctc_loss_reduction, ctc_zero_infinity=cfg.ctc_zero_infinity)
     settings = {**_knobs(cfg, config), **head_config}
     if cfg.name_or_path:
@@ -89,13 +96,9 @@ def uses_attention_mask(model: PreTrainedModel) -> bool:
     return getattr(model.config, "feat_extract_norm", None) == "layer"
 
 
-def min_input_samples(cfg: ModelConfig) -> int:
-    """The shortest clip the model can take: the receptive field of wav2vec2's convolutions (400 samples for the
-    released ones), one 25 ms frame of AST's filter bank. Reads the checkpoint's config only, not its weights."""
-    return receptive_field(_base_config(cfg), cfg.sampling_rate)
-
-
 def receptive_field(config: PretrainedConfig, sampling_rate: int) -> int:
+    """The shortest clip the model can take: the receptive field of wav2vec2's convolutions (400 samples for the
+    released ones), one 25 ms frame of AST's filter bank."""
     if hasattr(config, "conv_kernel"):
         field, hop = config.conv_kernel[0], config.conv_stride[0]
         for kernel, stride in zip(config.conv_kernel[1:], config.conv_stride[1:]):

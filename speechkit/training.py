@@ -14,7 +14,7 @@ from speechkit import data, trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_name
-from speechkit.model import min_input_samples
+from speechkit.model import model_config, receptive_field
 from speechkit.rundir import RunDir
 from speechkit.scoring import write_results
 from speechkit.tasks import make_task
@@ -40,13 +40,14 @@ def run(raw_cfg: DictConfig) -> float | str:
         OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
     task = make_task(cfg)
+    config = model_config(cfg.model, task.head)  # the checkpoint's config only: a model unfit for the task stops here
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl.
     ds = cfg.dataset
     report = data.DropReport()
     with accelerator.main_process_first():  # the first process fills the datasets cache for the others
         splits = data.load_splits(ds, {ds.train_split: True, ds.eval_split: False}, cfg.model.sampling_rate, report,
-                                  task.target, min_input_samples(cfg.model))
+                                  task.target, receptive_field(config, cfg.model.sampling_rate))
     train_rows, eval_rows = splits[ds.train_split], splits[ds.eval_split]
 
     # 2. Targets: the vocab (speech recognition) or the label set (classification), from the training split.

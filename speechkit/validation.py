@@ -8,12 +8,14 @@ has no trainer) are skipped.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any, Callable, Dict, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit.config import ConfigError, Source
+from speechkit.config import ConfigError, Source, TaskName
 
 _ABSENT = object()
 Check = Tuple[Callable[[Any], bool], str]
@@ -58,6 +60,8 @@ RANGES: Dict[str, Check] = {
     "dataset.demo.voices": (lambda v: len(v) > 0, "a non-empty list of espeak-ng voices"),
     # conf/hw
     "hw.num_threads": _or_null(POSITIVE_INT),
+    # conf/task
+    "task.max_length_s": _or_null(POSITIVE),
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -78,13 +82,37 @@ def _refuse(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
 
+def is_hub_id(name: str) -> bool:
+    """`owner/name` that is not a local path (its first part is no folder here): a Hugging Face Hub model id."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not os.path.exists(name.split("/")[0])
+
+
 def saved_model_dir(path: str) -> str:
-    """`model_dir=` of evaluate.py, serve.py and transcribe.py: a folder a run's model/ was saved to, checked before any loading."""
+    """`model_dir=` of evaluate.py, serve.py and transcribe.py: a folder a run's model/ was saved to (or a Hub model
+    id, e.g. the AST AudioSet checkpoint), checked before any loading."""
     model_dir = os.path.expanduser(path)
+    if is_hub_id(path):
+        return path
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"model_dir: {model_dir} is not a saved model (no config.json); "
-                          "point it at a run's model/ folder")
+                          "point it at a run's model/ folder (or give a Hub model id, owner/name)")
     return model_dir
+
+
+NO_CTC_HEAD = ("audio-spectrogram-transformer",)  # model families that can only classify
+
+
+def _model_type(cfg: DictConfig) -> Any:
+    """The model family, where it can be known without imports: the architecture's model_type, or the config.json of
+    a local checkpoint folder (a Hub checkpoint is checked when its config is read, still before any data)."""
+    name = _get(cfg, "model.name_or_path")
+    if isinstance(name, str) and os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
+        with open(os.path.join(os.path.expanduser(name), "config.json")) as f:
+            return json.load(f).get("model_type")
+    if name in (None, _ABSENT):
+        arch = _get(cfg, "model.architecture")
+        return arch.get("model_type", "wav2vec2") if isinstance(arch, DictConfig) else None
+    return None
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -108,6 +136,10 @@ def check_values(cfg: DictConfig) -> None:
         chunk, stride = _get(cfg, prefix + "chunk_length_s"), _get(cfg, prefix + "stride_length_s")
         if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
             _refuse(prefix + "stride_length_s", stride, f"less than half of {prefix}chunk_length_s ({chunk})")
+
+    if _get(cfg, "task.name") == TaskName.asr and _model_type(cfg) in NO_CTC_HEAD:
+        _refuse("model", _get(cfg, "model.name"), f"a model with a CTC head for task=asr ({_model_type(cfg)} has "
+                                                  "none: use it with task=audio_classification)")
 
     # Paths that must exist before anything is loaded.
     resume = _get(cfg, "trainer.resume")

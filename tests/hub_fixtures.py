@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from datasets import Audio, ClassLabel, Dataset, Features, Value
+from datasets import Audio, ClassLabel, Dataset, Features, List, Value
 
 
 def _speech(text: str, voice: str, rate: int = 16000) -> np.ndarray:
@@ -112,4 +112,51 @@ def make_fleurs(root: Path) -> Path:
         folder = root / "es_419" / split
         folder.mkdir(parents=True)
         Dataset.from_dict(rows, features=features).to_parquet(str(folder / "0000.parquet"))
+    return root
+
+
+# ----------------------------------------------------------------------------------- AudioSet (agkphysics)
+AUDIOSET_ROWS = {  # (what is spoken, human_labels); "Gush" is a class the test checkpoint does not know
+    "train": [("hello there", ["Speech"]), ("one two three", ["Speech", "Music"]), ("la la la la", ["Music"]),
+              ("good morning", ["Speech"]), ("do re mi", ["Music", "Speech"]), ("see you", ["Speech"])],
+    "test": [("how are you", ["Speech"]), ("la di da", ["Music"]), ("splash", ["Gush"]),
+             ("thank you", ["Speech", "Gush"])],
+}
+AUDIOSET_IDS = {"Speech": "/m/09x0r", "Music": "/m/04rlf", "Gush": "/t/dd00088"}
+
+
+def make_audioset(root: Path) -> Path:
+    """agkphysics/AudioSet as served in parquet: config `balanced` (train = data/bal_train, test = data/eval),
+    columns video_id/audio/labels/human_labels, FLAC bytes at 48 kHz (as most of AudioSet is)."""
+    features = Features({"video_id": Value("string"), "audio": Audio(), "labels": List(Value("string")),
+                         "human_labels": List(Value("string"))})
+    for split, folder in (("train", "bal_train"), ("test", "eval")):
+        rows = {k: [] for k in features}
+        for i, (text, names) in enumerate(AUDIOSET_ROWS[split]):
+            vid = f"{split[:2]}{i:09d}"
+            rows["video_id"].append(vid)
+            rows["audio"].append({"bytes": _encode(_speech(text, "en-us", 48000), "FLAC", 48000),
+                                  "path": f"audio/{folder}/{vid}.flac"})
+            rows["labels"].append([AUDIOSET_IDS[n] for n in names])
+            rows["human_labels"].append(names)
+        (root / "data" / folder).mkdir(parents=True)
+        Dataset.from_dict(rows, features=features).to_parquet(str(root / "data" / folder / "0000.parquet"))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: balanced\n  default: true\n  data_files:\n  - split: train\n"
+        "    path: data/bal_train/*.parquet\n  - split: test\n    path: data/eval/*.parquet\n---\n")
+    return root
+
+
+def make_ast_checkpoint(root: Path, labels=("Speech", "Music", "Dog")) -> Path:
+    """A small randomly initialised ASTForAudioClassification with AudioSet class names, saved with its feature
+    extractor as the Hub's MIT/ast-finetuned-audioset-10-10-0.4593 is laid out (config, weights, preprocessor)."""
+    import torch
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    torch.manual_seed(0)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       num_mel_bins=32, max_length=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={k: i for i, k in enumerate(labels)})
+    ASTForAudioClassification(config).save_pretrained(root)
+    ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(root)
     return root

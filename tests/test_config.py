@@ -137,11 +137,12 @@ BAD_VALUES = [
     ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
-    ("deploy.py", "endpoint.instance_count=0"),
+    ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
+    ("train.py", "model=ast_tiny"),  # an AST has no CTC head: it cannot do task=asr (the default)
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
     ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),
     ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),

@@ -29,7 +29,8 @@ CHANNEL = "dataset"  # the input channel holding a local data set: SM_CHANNEL_DA
 
 # CloudWatch metrics, parsed from the trainer's own log lines (speechkit/trainer.py):
 #   train step=20/400 epoch=0.25 loss=3.1234 lr=2.000e-04 grad_norm=1.234 audio_s_per_s=81.25 padding=0.021 ...
-#   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000
+#   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)
+#   eval step=20 epoch=0.25 eval_loss=0.4321 eval_accuracy=0.9500 eval_macro_f1=0.9400 (240 clips)
 _NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 METRIC_DEFINITIONS = [
     ("train_loss", rf"train step=\d+/\d+ epoch=\S+ loss={_NUM}"),
@@ -39,7 +40,22 @@ METRIC_DEFINITIONS = [
     ("eval_loss", rf"eval step=\d+ epoch=\S+ eval_loss={_NUM}"),
     ("eval_wer", rf"eval step=\d+ .*\beval_wer={_NUM}"),
     ("eval_cer", rf"eval step=\d+ .*\beval_cer={_NUM}"),
+    ("eval_accuracy", rf"eval step=\d+ .*\beval_accuracy={_NUM}"),  # task=audio_classification
+    ("eval_macro_f1", rf"eval step=\d+ .*\beval_macro_f1={_NUM}"),
+    ("eval_map", rf"eval step=\d+ .*\beval_map={_NUM}"),  # task=audio_classification task.multi_label=true
 ]
+TASK_SCORES = {"asr": ("eval_wer", "eval_cer"), "audio_classification": ("eval_accuracy", "eval_macro_f1"),
+               "audio_classification/multi_label": ("eval_accuracy", "eval_map", "eval_macro_f1")}
+
+
+def metric_definitions(cfg: DictConfig) -> List[Tuple[str, str]]:
+    """The definitions for this run's task: the training figures, eval_loss and the task's scores."""
+    name = OmegaConf.select(cfg, "task.name", default="asr")
+    task = getattr(name, "value", name)  # an enum member once checked against the schema
+    if task == "audio_classification" and OmegaConf.select(cfg, "task.multi_label", default=False):
+        task += "/multi_label"
+    scores = TASK_SCORES[task]
+    return [(n, r) for n, r in METRIC_DEFINITIONS if not n.startswith("eval_") or n == "eval_loss" or n in scores]
 
 # Fields of conf/hw that describe the remote job, not the device the container trains on.
 SAGEMAKER_FIELDS = ("backend", "region", "role", "bucket", "prefix", "instance_type", "instance_count",
@@ -233,7 +249,7 @@ def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
             checkpoint_config=checkpoint,
             hyperparameters={"overrides": json.dumps(overrides)},
             environment={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
-        ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in METRIC_DEFINITIONS])
+        ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in metric_definitions(raw_cfg)])
         trainer.train(input_data_config=inputs or None, wait=bool(hw.wait), logs=bool(hw.wait))
     job = trainer._latest_training_job.training_job_name
     record = {"job_name": job, "region": region, "image": image, "instance_type": hw.instance_type,

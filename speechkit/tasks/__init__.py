@@ -3,7 +3,8 @@ the predictions are computed and scored, which result is best, and what ships be
 
 The trainer and the entry scripts only talk to a task through these members (both tasks have them all):
 
-  name, target, unit          the task's name, the data column it learns from (text/label), what a clip is called
+  name, head, target, unit    the task's name, the model head it needs (ctc/classification), the data column it
+                              learns from (text/label), what a clip is called
   fit_targets(train, eval, splits, report, run_dir, is_main) -> (train, eval)
                               training: the vocab or label set, from the training split
   describe_targets()          "31 symbols", "12 classes"
@@ -20,9 +21,6 @@ The trainer and the entry scripts only talk to a task through these members (bot
 
 from __future__ import annotations
 
-import json
-import os
-
 from speechkit.config import ConfigError, TaskName
 
 
@@ -34,14 +32,15 @@ def make_task(cfg):
         return SpeechRecognition(cfg.vocab)
     from speechkit.tasks.classification import AudioClassification
 
-    return AudioClassification(cfg.task)
+    return AudioClassification(cfg.task, cfg.model)
 
 
-def load_model_dir(model_dir: str):
-    """(task, model) of a saved model folder, the task read from its config: a CTC head is speech recognition, a
-    classification head audio classification."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        architectures = json.load(f).get("architectures") or []
+def load_model_dir(model_dir: str, multi_label=None):
+    """(task, model) of a saved model (a folder, or a Hub id), the task read from its config: a CTC head is speech
+    recognition, a classification head audio classification (`multi_label`: see EvaluateConfig)."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(model_dir).architectures or []
     if any(a.endswith("ForCTC") for a in architectures):
         from speechkit.tasks.asr import SpeechRecognition
 
@@ -49,6 +48,6 @@ def load_model_dir(model_dir: str):
     if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
         from speechkit.tasks.classification import AudioClassification
 
-        return AudioClassification.from_model_dir(model_dir)
+        return AudioClassification.from_model_dir(model_dir, multi_label)
     raise ConfigError(f"model_dir: {model_dir} holds a {architectures or 'model of no known architecture'}; speechkit "
                       "scores CTC (speech recognition) and audio-classification models")

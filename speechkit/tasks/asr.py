@@ -69,6 +69,7 @@ def error_rates(references: List[str], hypotheses: List[str]) -> dict:
 
 class SpeechRecognition:
     name = "asr"
+    head = "ctc"  # the model head it needs (speechkit/model.py)
     target = data.TEXT  # the data column it learns from: the normalized transcript
     unit = "utterances"
 

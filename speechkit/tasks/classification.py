@@ -10,12 +10,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, List as ListOf, Sequence as SequenceOf
 from sklearn import metrics as skm
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
 
 from speechkit import data
-from speechkit.config import ConfigError, ModelConfig, TaskConfig
+from speechkit.config import ConfigError, LabelSet, ModelConfig, TaskConfig
 from speechkit.data import DropReport, SpeechDataset
 from speechkit.model import build_model, feature_extractor_for, input_window_samples, uses_attention_mask
 from speechkit.scoring import EvalResult, gather_predictions
@@ -90,11 +90,13 @@ class ClassificationCollator:
 
 class AudioClassification:
     name = "audio_classification"
+    head = "classification"  # the model head it needs (speechkit/model.py)
     target = data.LABEL
     unit = "clips"
 
-    def __init__(self, cfg: Optional[TaskConfig] = None):
+    def __init__(self, cfg: Optional[TaskConfig] = None, model_cfg: Optional[ModelConfig] = None):
         self.cfg = cfg or TaskConfig()
+        self.model_cfg = model_cfg
         self.multi_label = self.cfg.multi_label
         self.labels: List[str] = []
         self.feature_extractor = None
@@ -102,14 +104,22 @@ class AudioClassification:
     # ------------------------------------------------------------------------ training: targets and model
     def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
                     run_dir: str, is_main: bool) -> Tuple[Dataset, Dataset]:
-        """The label set: every label of the training split, sorted. A label only the evaluation split has cannot be
-        learnt, so it is refused here rather than scored as a certain error."""
+        """The label set: every label of the training split, sorted (task.label_set=data), or the pretrained
+        checkpoint's own (task.label_set=checkpoint: its head is kept; clips with other labels are dropped and
+        reported). With labels from the data, a label only the evaluation split has cannot be learnt, so it is
+        refused here rather than scored as a certain error."""
         train = [parse_labels(v, self.multi_label) for v in data.labels(train_rows)]
         if not self.multi_label:
             several = next((i for i, labels in enumerate(train) if len(labels) != 1), None)
             if several is not None:
                 raise ConfigError(f"dataset.label_column: split '{splits[0]}' row {several} has labels {train[several]}"
                                   "; set task.multi_label=true for clips with several labels")
+        if self.cfg.label_set == LabelSet.checkpoint:
+            if not self.model_cfg.name_or_path:
+                raise ConfigError("task.label_set=checkpoint needs a pretrained model (model.name_or_path)")
+            id2label = AutoConfig.from_pretrained(self.model_cfg.name_or_path, revision=self.model_cfg.revision).id2label
+            self.labels = [id2label[i] for i in sorted(id2label)]
+            return self.check_eval_rows(train_rows, splits[0], report), self.check_eval_rows(eval_rows, splits[1], report)
         self.labels = sorted({label for labels in train for label in labels})
         if len(self.labels) < 2:
             raise ConfigError(f"dataset.label_column: split '{splits[0]}' has {len(self.labels)} distinct label(s) "
@@ -138,21 +148,33 @@ class AudioClassification:
 
     # ---------------------------------------------------------------------------------- a saved model
     @classmethod
-    def from_model_dir(cls, model_dir: str) -> Tuple["AudioClassification", PreTrainedModel]:
+    def from_model_dir(cls, model_dir: str, multi_label: Optional[bool] = None
+                       ) -> Tuple["AudioClassification", PreTrainedModel]:
+        """A saved classifier; `multi_label` null: as its config says, or as the data has it if it says nothing."""
         model = AutoModelForAudioClassification.from_pretrained(model_dir)
-        task = cls(TaskConfig(name="audio_classification", multi_label=model.config.problem_type == MULTI))
+        if multi_label is None and model.config.problem_type in (MULTI, SINGLE):
+            multi_label = model.config.problem_type == MULTI
+        task = cls(TaskConfig(name="audio_classification", multi_label=bool(multi_label)))
+        task.multi_label = multi_label  # None until the data decides (check_eval_rows)
         task.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task.feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
         task.crop, task.pass_attention_mask = None, uses_attention_mask(model)
         return task, model
 
     def check_eval_rows(self, rows: Dataset, split: str, report: DropReport) -> Dataset:
-        """Clips whose label the model does not know are counted, reported (drop_report.jsonl) and left out."""
+        """Clips with a label the model does not know are counted, reported (drop_report.jsonl) and left out; with
+        several labels, only clips none of whose labels the model knows (AudioSet has classes a checkpoint may
+        lack: the known ones are scored)."""
         known = set(self.labels)
         keep, files = [], None
+        if self.multi_label is None:  # a model that does not say: lists of labels mean multi-label data
+            self.multi_label = isinstance(rows.features[data.LABEL], (ListOf, SequenceOf))
+            log.info("Scoring as %s-label: the label column holds %s", "multi" if self.multi_label else "single",
+                     "lists" if self.multi_label else "single values")
         for i, v in enumerate(data.labels(rows)):
-            unknown = [label for label in parse_labels(v, self.multi_label) if label not in known]
-            if unknown:
+            labels = parse_labels(v, self.multi_label)
+            unknown = [label for label in labels if label not in known]
+            if unknown and (not self.multi_label or len(unknown) == len(labels)):
                 files = files or rows.select_columns([data.AUDIO])
                 report.add(split, i, str(files[i][data.AUDIO].get("path")), "unknown_label", ";".join(unknown))
             else:
@@ -161,8 +183,8 @@ class AudioClassification:
             log.warning("split '%s': %d clip(s) have labels the model does not know; left out (drop_report.jsonl)",
                         split, len(rows) - len(keep))
         if not keep:
-            raise ConfigError(f"split '{split}': no clip has a label the model knows ({self.labels[:10]} ...); "
-                              "check dataset.label_column")
+            raise ConfigError(f"dataset.label_column: no clip of split '{split}' has a label the model knows "
+                              f"({self.labels[:10]} ...)")
         return rows if len(keep) == len(rows) else rows.select(keep)
 
     def save(self, path: str) -> None:
@@ -175,7 +197,8 @@ class AudioClassification:
 
     def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
         ids = {label: i for i, label in enumerate(self.labels)}
-        targets = [[ids[label] for label in parse_labels(v, self.multi_label)] for v in data.labels(rows)]
+        targets = [[ids[label] for label in parse_labels(v, self.multi_label) if label in ids]
+                   for v in data.labels(rows)]
         return SpeechDataset(rows, self.sampling_rate, targets, max_samples=self.crop if training else None)
 
     def collator(self, training: bool) -> ClassificationCollator:

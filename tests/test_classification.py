@@ -1,0 +1,209 @@
+"""Audio classification end to end on real audio (espeak-ng): train a few steps, ship model/, reload it with the
+stock pipeline, evaluate; the AudioSet recipe's Hub path on a local copy; refusals that name the key or file."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from conftest import TINY, compose, run_cli, speak, write_metadata
+from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
+from speechkit import training
+
+WORDS = ["dataset.demo.words=[up,down,stop]", "dataset.demo.num_train=24", "dataset.demo.num_test=6"]
+FAST = ["trainer.batch_size=8", "trainer.eval_batch_size=4", "trainer.warmup_steps=1", "trainer.logging_steps=1",
+        "trainer.progress_bar=false"]
+AST_TINY = ["model.architecture.hidden_size=32", "model.architecture.num_hidden_layers=1",
+            "model.architecture.num_attention_heads=2", "model.architecture.intermediate_size=64",
+            "model.architecture.num_mel_bins=32", "model.architecture.max_length=64"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def commands_run(tmp_path_factory):
+    """`python train.py experiment=demo_commands ...` for a few steps, as a user would type it."""
+    run_dir = tmp_path_factory.mktemp("commands_run")
+    done = run_cli("train.py", "experiment=demo_commands", *WORDS, *TINY, *FAST, "trainer.max_steps=3",
+                   f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_commands_run_ships_a_classifier_with_its_labels_and_reports(commands_run):
+    run_dir, done = commands_run
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["architectures"] == ["Wav2Vec2ForSequenceClassification"]
+    assert config["id2label"] == {"0": "down", "1": "stop", "2": "up"} and config["label2id"]["up"] == 2
+    assert config["problem_type"] == "single_label_classification"
+    assert (run_dir / "model" / "preprocessor_config.json").exists()
+    evals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert evals and all(0 <= m["eval_accuracy"] <= 1 and "eval_macro_f1" in m and m["eval_clips"] == 6
+                         for m in evals)
+    assert "Final eval on 'test' (6 clips): accuracy" in done.stdout
+    per_class = read_csv(run_dir / "per_class.csv")
+    assert [r["label"] for r in per_class] == ["down", "stop", "up"] and sum(int(r["support"]) for r in per_class) == 6
+    confusion = list(csv.reader(open(run_dir / "confusion.csv")))
+    assert confusion[0][1:] == ["down", "stop", "up"] and sum(int(c) for row in confusion[1:] for c in row[1:]) == 6
+    import matplotlib.image
+
+    assert matplotlib.image.imread(run_dir / "confusion.png").shape[0] > 100
+    predictions = read_csv(run_dir / "predictions.csv")
+    assert len(predictions) == 6 and set(predictions[0]) == {"id", "reference", "prediction", "score", "correct"}
+
+
+def test_evaluate_scores_the_classifier_and_the_stock_pipeline_agrees(commands_run, tmp_path):
+    run_dir, _ = commands_run
+    done = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_commands", *WORDS, "split=test",
+                   f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "demo_commands/test: accuracy" in done.stdout and "scored 6 clips, dropped 0" in done.stdout
+    assert "precision" in done.stdout  # the per-class table
+    predictions = read_csv(tmp_path / "predictions.csv")
+    assert (tmp_path / "confusion.png").exists() and (tmp_path / "per_class.csv").exists()
+
+    from transformers import pipeline
+
+    classify = pipeline("audio-classification", model=str(run_dir / "model"))
+    for row in predictions:
+        top = classify(row["id"], top_k=1)[0]
+        assert top["label"] == row["prediction"] and abs(top["score"] - float(row["score"])) < 1e-3, row
+
+
+@pytest.fixture(scope="module")
+def multi_label_folder(tmp_path_factory):
+    """An audiofolder whose label cell holds several labels (";") and one clip too short for any model."""
+    root = tmp_path_factory.mktemp("multi")
+    rows = {"train": [], "test": []}
+    for split, count in (("train", 10), ("test", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            word, pitch = ["up", "down"][i % 2], ["low", "high"][(i // 2) % 2]
+            speak(word, root / split / f"{i}.wav", voice="en-us+f2" if pitch == "high" else "en-us")
+            rows[split].append((f"{i}.wav", f"{word};{pitch}"))
+    sf.write(root / "train" / "blip.wav", np.full(100, 0.3, np.float32), 16000)  # 6 ms: shorter than any model's input
+    rows["train"].append(("blip.wav", "up;low"))
+    for split, items in rows.items():
+        write_metadata(root / split, items, text_column="tags")
+    return root
+
+
+def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["task=audio_classification", "task.multi_label=true", "dataset=audiofolder",
+                            f"dataset.path={multi_label_folder}", "dataset.label_column=tags", "model=ast_tiny",
+                            *AST_TINY, *FAST, "trainer.max_steps=2", "hw=cpu", f"run_dir={run_dir}"])
+    objective = training.run(cfg)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in metrics if m["kind"] == "eval"][-1]
+    assert 0 <= final["eval_map"] <= 1 and objective == pytest.approx(1 - final["eval_map"])
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 4
+    drops = [json.loads(x) for x in (run_dir / "drop_report.jsonl").read_text().splitlines()]
+    assert [(d["file"].endswith("blip.wav"), d["reason"]) for d in drops] == [(True, "too_short")]
+    assert "receptive field" in drops[0]["detail"]
+
+    from transformers import pipeline
+
+    classify = pipeline("audio-classification", model=str(run_dir / "model"))
+    scores = classify(str(multi_label_folder / "test" / "0.wav"), top_k=4)
+    assert len(scores) == 4 and sum(s["score"] for s in scores) != pytest.approx(1.0)  # sigmoid: independent labels
+    ours = next(r for r in read_csv(run_dir / "predictions.csv") if r["id"].endswith("test/0.wav"))
+    assert scores[0]["label"] == ours["prediction"]
+
+
+def test_audioset_recipe_composes_as_published():
+    cfg = compose("train", ["experiment=rocm_audioset_ast", "run_dir=/x"])
+    assert cfg.model.name_or_path == "MIT/ast-finetuned-audioset-10-10-0.4593"
+    assert (cfg.dataset.path, cfg.dataset.config_name, cfg.dataset.label_column) == (
+        "agkphysics/AudioSet", "balanced", "human_labels")
+    assert cfg.task.name == "audio_classification" and cfg.task.multi_label and cfg.task.label_set == "checkpoint"
+    assert cfg.model.sampling_rate == 16000 and not cfg.model.freeze_feature_encoder
+
+
+@pytest.fixture(scope="module")
+def audioset_copy(tmp_path_factory):
+    return make_audioset(tmp_path_factory.mktemp("audioset")), make_ast_checkpoint(tmp_path_factory.mktemp("ast"))
+
+
+def test_audioset_checkpoint_evaluates_on_the_hub_layout(audioset_copy, tmp_path):
+    """`evaluate.py` on an AST checkpoint in the Hub's layout and AudioSet in the Hub's parquet layout: labels the
+    checkpoint lacks are reported, clips with no known label left out, mAP printed."""
+    data, checkpoint = audioset_copy
+    done = run_cli("evaluate.py", f"model_dir={checkpoint}", "dataset=audioset", f"dataset.path={data}", "split=test",
+                   f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "audioset/test: mAP" in done.stdout and "scored 3 clips, dropped 1 (unknown_label=1)" in done.stdout
+    drops = [json.loads(x) for x in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
+    assert [d["detail"] for d in drops] == ["Gush"]
+
+
+def test_audioset_recipe_fine_tunes_keeping_the_checkpoints_labels(audioset_copy, tmp_path):
+    data, checkpoint = audioset_copy
+    cfg = compose("train", ["experiment=rocm_audioset_ast", f"model.name_or_path={checkpoint}", f"dataset.path={data}",
+                            "hw=cpu", "hw.mixed_precision=no", *FAST, "trainer.max_steps=2", f"run_dir={tmp_path}"])
+    training.run(cfg)
+    shipped = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert shipped["id2label"] == {"0": "Speech", "1": "Music", "2": "Dog"}  # the checkpoint's, not the data's
+    assert json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())["num_mel_bins"] == 32
+    assert len(AUDIOSET_ROWS["test"]) - 1 == [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text()
+                                              .splitlines() if '"eval"' in x][-1]["eval_clips"]
+
+
+def _labelled_folder(root, train, test):
+    for split, items in (("train", train), ("test", test)):
+        for i, label in enumerate(items):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            speak(label, root / split / f"{i}.wav")
+        write_metadata(root / split, [(f"{i}.wav", label) for i, label in enumerate(items)], text_column="label")
+    return root
+
+
+def test_a_label_only_the_eval_split_has_is_refused_naming_it(tmp_path):
+    folder = _labelled_folder(tmp_path / "data", ["up", "down", "up", "down"], ["up", "left"])
+    done = run_cli("train.py", "task=audio_classification", "dataset=audiofolder", f"dataset.path={folder}",
+                   *TINY, *FAST, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "dataset.label_column" in lines[-1] and "'left'" in lines[-1]
+
+
+def test_a_missing_label_column_is_refused_naming_the_key_and_file(tmp_path):
+    folder = _labelled_folder(tmp_path / "data", ["up", "down"], ["up"])
+    done = run_cli("train.py", "task=audio_classification", "dataset=audiofolder", f"dataset.path={folder}",
+                   "dataset.label_column=category", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "dataset.label_column" in last and "metadata.csv" in last and "'category'" in last
+
+
+def test_demo_commands_composes_with_held_out_voices():
+    cfg = OmegaConf.to_object(compose("train", ["experiment=demo_commands", "run_dir=/x"]))
+    assert cfg.task.name == "audio_classification" and cfg.model.name == "tiny" and cfg.dataset.name == "demo_commands"
+    assert set(cfg.dataset.demo.test_voices) <= set(cfg.dataset.demo.voices)
+    assert len(cfg.dataset.demo.words) == 12 and all(isinstance(w, str) for w in cfg.dataset.demo.words)
+
+
+def test_sagemaker_metric_regexes_match_a_classifiers_log_lines(commands_run):
+    """The eval log line is a contract: SageMaker's metric definitions for this task read the values metrics.jsonl
+    has, from the very lines this run printed."""
+    import re
+
+    from speechkit.sagemaker.launch import metric_definitions
+
+    run_dir, done = commands_run
+    definitions = dict(metric_definitions(compose("train", ["experiment=demo_commands", "run_dir=/x"])))
+    assert {"eval_accuracy", "eval_macro_f1", "eval_loss"} <= set(definitions) and "eval_wer" not in definitions
+    evals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    lines = (done.stdout + done.stderr).splitlines()
+    for name in ("eval_loss", "eval_accuracy", "eval_macro_f1"):
+        values = [float(m.group(1)) for line in lines if (m := re.search(definitions[name], line))]
+        assert values == pytest.approx([e[name] for e in evals], abs=1e-4), name
+    multi = dict(metric_definitions(compose("train", ["experiment=rocm_audioset_ast", "run_dir=/x"])))
+    assert "eval_map" in multi
