@@ -1,4 +1,4 @@
-"""Deploy a trained model to a SageMaker endpoint: `python deploy.py model_dir=<run>/model hw.role=... hw.bucket=...`."""
+"""Deploy a trained model to a SageMaker endpoint: `python deploy.py model_dir=<run>/model sagemaker.role=... sagemaker.bucket=...`."""
 
 import hydra
 from omegaconf import DictConfig

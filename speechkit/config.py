@@ -189,27 +189,33 @@ class HardwareConfig:
     num_threads: Optional[int] = None  # CPU intra-op threads; null keeps torch's default
     # ROCm: where MIOpen keeps its tuned-kernel database, so the kernel search is paid once, not every run.
     miopen_cache_dir: Optional[str] = None
-    # ---- hw=sagemaker only (conf/hw/sagemaker.yaml fills these in; null for the local backends) ----
+
+
+@dataclass
+class SageMakerConfig:
+    """hw=sagemaker: the remote training job (and deploy.py's endpoint account). Read only when hw.backend is
+    sagemaker; `hw=sagemaker` stays the one switch users type."""
+
     region: Optional[str] = None  # null: the AWS config / AWS_DEFAULT_REGION
-    role: Optional[str] = None  # IAM role ARN the job (and endpoint) runs as
-    bucket: Optional[str] = None  # S3 bucket for code, data, outputs and model tarballs
-    prefix: Optional[str] = None  # key prefix inside the bucket
-    instance_type: Optional[str] = None
-    instance_count: Optional[int] = None
-    gpus_per_instance: Optional[int] = None  # null: looked up for instance_type
-    volume_size_gb: Optional[int] = None
-    wait: Optional[bool] = None  # wait for the job and stream its logs, else return the job name at once
+    role: Optional[str] = None  # required: IAM role ARN the job (and endpoint) runs as
+    bucket: Optional[str] = None  # required: S3 bucket for the code, the data channel, outputs and checkpoints
+    prefix: Optional[str] = "speechkit"  # key prefix inside the bucket
+    instance_type: str = "ml.p3.2xlarge"  # one V100, as the AWS recipe
+    instance_count: int = 1
+    gpus_per_instance: Optional[int] = None  # null: looked up for instance_type (decides the distribution)
+    volume_size_gb: int = 100
+    wait: bool = False  # true: wait for the job and stream its logs, else return the job name at once
     image_uri: Optional[str] = None  # explicit training image; null: the Hugging Face PyTorch image below
-    transformers_version: Optional[str] = None
-    pytorch_version: Optional[str] = None
-    py_version: Optional[str] = None
-    max_run_s: Optional[int] = None
-    spot: Optional[bool] = None  # managed spot training; checkpoints go to S3 and the job resumes from them
-    max_wait_s: Optional[int] = None  # spot only: run time plus time waiting for capacity
-    distribution: Optional[Distribution] = None
-    base_job_name: Optional[str] = None
-    container_hw: Optional[Backend] = None  # the hw option the job trains with inside the container
-    container_mixed_precision: Optional[Precision] = None
+    transformers_version: str = "5.3.0"
+    pytorch_version: str = "2.9.0"
+    py_version: str = "py312"
+    max_run_s: int = 86400  # one day
+    spot: bool = False  # managed spot training; checkpoints are kept in S3 and the job resumes from them
+    max_wait_s: Optional[int] = None  # spot only: run time plus time waiting for capacity; null: 2 x max_run_s
+    distribution: Distribution = Distribution.auto
+    base_job_name: str = "speechkit"
+    container_hw: Backend = Backend.cuda  # the hw option the job trains with inside the container
+    container_mixed_precision: Precision = Precision.auto  # auto: fp16 on CUDA; bf16 on A100/H100 instances
 
 
 # --------------------------------------------------------------------------------------- conf/trainer
@@ -280,6 +286,7 @@ class TrainConfig:
     hw: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
 
@@ -358,7 +365,8 @@ class EndpointConfig:
 @dataclass
 class DeployConfig:
     model_dir: str = MISSING
-    hw: HardwareConfig = MISSING  # hw=sagemaker: region, role, bucket, prefix
+    hw: HardwareConfig = MISSING  # hw=sagemaker
+    sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # region, role, bucket, prefix
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

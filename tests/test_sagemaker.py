@@ -39,8 +39,8 @@ INFER_IMAGE = ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch
 OVERRIDES = ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=3", "trainer.batch_size=4",
              "trainer.eval_batch_size=4", "trainer.warmup_steps=1", "trainer.logging_steps=1", "trainer.eval_steps=2",
              "trainer.progress_bar=false", "trainer.learning_rate=1e-6",  # near random init: non-empty noise text
-             "hw=sagemaker", f"hw.role={ROLE}", f"hw.bucket={BUCKET}", f"hw.region={REGION}",
-             "hw.container_hw=cpu"]  # the container here has no GPU
+             "hw=sagemaker", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}", f"sagemaker.region={REGION}",
+             "sagemaker.container_hw=cpu"]  # the container here has no GPU
 
 
 def free_port() -> int:
@@ -144,7 +144,7 @@ def test_no_token_from_the_environment_reaches_the_job(aws, tmp_path):
     its environment, or anything uploaded for it."""
     secrets = {"HF_TOKEN": "hf_FAKE_token_0f9e8d7c6b5a", "WANDB_API_KEY": "FAKE_wandb_key_1a2b3c4d5e6f7a8b9c0d"}
     done = subprocess.run([sys.executable, str(REPO / "train.py"), *OVERRIDES, f"hydra.run.dir={tmp_path / 'r'}",
-                           "hw.base_job_name=secrets-check"], cwd=REPO, capture_output=True, text=True,
+                           "sagemaker.base_job_name=secrets-check"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, **secrets, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     name = re.search(r"SageMaker training job: (\S+)", done.stdout).group(1)
@@ -213,20 +213,20 @@ def test_launch_sends_metric_definitions_for_every_logged_value(launched):
 
 
 def test_launch_errors_name_the_key(aws):
-    done = run_cli("train.py", "experiment=demo", "hw=sagemaker", f"hw.bucket={BUCKET}")
-    assert done.returncode == 2 and "hw.role" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("train.py", "experiment=demo", "hw=sagemaker", f"sagemaker.bucket={BUCKET}")
+    assert done.returncode == 2 and "sagemaker.role" in done.stderr and "Traceback" not in done.stderr
     from conftest import compose
     from speechkit.config import ConfigError
     from speechkit.sagemaker.launch import launch
 
-    with pytest.raises(ConfigError, match=r"hw\.bucket"):
-        launch(compose("train", ["experiment=demo", "hw=sagemaker", f"hw.role={ROLE}", "run_dir=/tmp/x"]), [])
+    with pytest.raises(ConfigError, match=r"sagemaker\.bucket"):
+        launch(compose("train", ["experiment=demo", "hw=sagemaker", f"sagemaker.role={ROLE}", "run_dir=/tmp/x"]), [])
     with pytest.raises(ConfigError, match=r"dataset\.path: /no/such/folder is not a local directory"):
         launch(compose("train", ["dataset=audiofolder", "dataset.path=/no/such/folder", "hw=sagemaker",
-                                 f"hw.role={ROLE}", f"hw.bucket={BUCKET}", "run_dir=/tmp/x"]), [])
-    with pytest.raises(ConfigError, match=r"hw\.distribution=none"):
-        launch(compose("train", ["experiment=demo", "hw=sagemaker", f"hw.role={ROLE}", f"hw.bucket={BUCKET}",
-                                 "hw.distribution=none", "hw.instance_count=2", "run_dir=/tmp/x"]), [])
+                                 f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}", "run_dir=/tmp/x"]), [])
+    with pytest.raises(ConfigError, match=r"sagemaker\.distribution=none"):
+        launch(compose("train", ["experiment=demo", "hw=sagemaker", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}",
+                                 "sagemaker.distribution=none", "sagemaker.instance_count=2", "run_dir=/tmp/x"]), [])
 
 
 def test_distribution_and_spot_follow_the_config(aws, tmp_path):
@@ -234,10 +234,10 @@ def test_distribution_and_spot_follow_the_config(aws, tmp_path):
     from conftest import compose
     from speechkit.sagemaker.launch import launch
 
-    cfg = compose("train", ["experiment=demo", *SMALL_DEMO, "hw=sagemaker", f"hw.role={ROLE}", f"hw.bucket={BUCKET}",
-                            "hw.instance_type=ml.p3.16xlarge", "hw.instance_count=2", "hw.spot=true",
-                            "hw.max_run_s=3600", f"run_dir={tmp_path}"])
-    job = client("sagemaker").describe_training_job(TrainingJobName=launch(cfg, ["hw.spot=true"]))
+    cfg = compose("train", ["experiment=demo", *SMALL_DEMO, "hw=sagemaker", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}",
+                            "sagemaker.instance_type=ml.p3.16xlarge", "sagemaker.instance_count=2", "sagemaker.spot=true",
+                            "sagemaker.max_run_s=3600", f"run_dir={tmp_path}"])
+    job = client("sagemaker").describe_training_job(TrainingJobName=launch(cfg, ["sagemaker.spot=true"]))
     assert job["ResourceConfig"] == {"InstanceType": "ml.p3.16xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
     assert job["EnableManagedSpotTraining"] is True
     assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
@@ -305,8 +305,8 @@ def test_metric_regexes_match_the_trainers_log_lines(launched, container_run):
 
 
 def test_deploy_packs_uploads_and_creates_the_endpoint(container_run, tmp_path):
-    done = run_cli("deploy.py", f"model_dir={container_run['model']}", f"hw.role={ROLE}", f"hw.bucket={BUCKET}",
-                   f"hw.region={REGION}", "endpoint.name=speechkit-test", f"hydra.run.dir={tmp_path}", timeout=300)
+    done = run_cli("deploy.py", f"model_dir={container_run['model']}", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}",
+                   f"sagemaker.region={REGION}", "endpoint.name=speechkit-test", f"hydra.run.dir={tmp_path}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "speechkit-test" in done.stdout and "invoke-endpoint" in done.stdout and "delete-endpoint" in done.stdout
     sm = client("sagemaker")

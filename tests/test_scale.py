@@ -230,7 +230,8 @@ def test_two_processes_eval_every_utterance_once_and_write_artifacts_once(ddp_ru
     single = evaluation.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
                                                  "split=test", "hw=cpu", f"run_dir={tmp_path}"]))
     assert single.rows == list(range(NUM_TEST))
-    assert (f"{single.wer:.4f}", f"{single.cer:.4f}") == (final.group(2), final.group(3))
+    scores = single.metrics
+    assert (f"{scores['eval_wer']:.4f}", f"{scores['eval_cer']:.4f}") == (final.group(2), final.group(3))
 
 
 def slurm_tasks(*args: str, tasks: int = 2) -> list:

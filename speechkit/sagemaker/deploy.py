@@ -1,8 +1,8 @@
-"""`python deploy.py model_dir=<run>/model hw.role=... hw.bucket=...`: a SageMaker real-time endpoint for a model.
+"""`python deploy.py model_dir=<run>/model sagemaker.role=... sagemaker.bucket=...`: a SageMaker real-time endpoint for a model.
 
 Packs model.tar.gz as SageMaker's Hugging Face/PyTorch inference containers expect it (the model and processor
 files at the top, code/inference.py and code/requirements.txt beside them), uploads it to
-s3://<hw.bucket>/<hw.prefix>/models/<name>/, and creates the model, the endpoint config and the endpoint (all named
+s3://<sagemaker.bucket>/<sagemaker.prefix>/models/<name>/, and creates the model, the endpoint config and the endpoint (all named
 <name>) with the SageMaker Python SDK 3 resources.
 """
 
@@ -66,8 +66,8 @@ def run(raw_cfg: DictConfig) -> str:
     model_dir = os.path.expanduser(cfg.model_dir)
     if not os.path.isdir(model_dir):
         raise ConfigError(f"model_dir: {model_dir} is not a directory; point it at a run's model/ folder")
-    hw = cfg.hw
-    session = launch.sagemaker_session(hw)  # names hw.role / hw.bucket / hw.region when they are missing
+    sm = cfg.sagemaker
+    session = launch.sagemaker_session(sm)  # names sagemaker.role / .bucket / .region when they are missing
     region = session.boto_region_name
     name = cfg.endpoint.name or f"speechkit-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
@@ -76,14 +76,14 @@ def run(raw_cfg: DictConfig) -> str:
 
     os.makedirs(cfg.run_dir, exist_ok=True)
     tarball = pack(model_dir, os.path.join(cfg.run_dir, "model.tar.gz"))
-    key_prefix = "/".join(p for p in (hw.prefix, "models", name) if p)
-    model_data = session.upload_data(path=tarball, bucket=hw.bucket, key_prefix=key_prefix)
+    key_prefix = "/".join(p for p in (sm.prefix, "models", name) if p)
+    model_data = session.upload_data(path=tarball, bucket=sm.bucket, key_prefix=key_prefix)
     log.info("Uploaded %s to %s", tarball, model_data)
 
     from sagemaker.core.helper.session_helper import container_def, production_variant
 
     env = {**settings_env(cfg.inference), "SAGEMAKER_PROGRAM": "inference.py", "HF_HUB_OFFLINE": "1"}
-    session.create_model(name, role=hw.role, container_defs=container_def(image, model_data, env=env))
+    session.create_model(name, role=sm.role, container_defs=container_def(image, model_data, env=env))
     session.create_endpoint_config(name, [production_variant(
         model_name=name, instance_type=cfg.endpoint.instance_type,
         initial_instance_count=cfg.endpoint.instance_count)])

@@ -2,7 +2,7 @@
 
 Run by SageMaker's driver as `python speechkit/sagemaker/entry.py --overrides '<JSON list>'` from the shipped code
 (under torchrun when the job has several GPUs). It composes the very config `python train.py <overrides>` composed
-on the user's machine, with three changes: `hw` is swapped for `hw.container_hw` (the container's GPU), the data set
+on the user's machine, with three changes: `hw` is swapped for `sagemaker.container_hw` (the container's GPU), the data set
 is read from the `dataset` channel (SM_CHANNEL_DATASET) when one was uploaded, and the run dir is the job's
 checkpoint dir (restored from S3 after a spot interruption, then resumed with trainer.resume=auto). The shipped
 model goes to SM_MODEL_DIR (-> model.tar.gz); the run's small records (config, metrics, drop report, log) go to
@@ -31,11 +31,11 @@ def _key(override: str) -> str:
 def container_overrides(overrides: List[str], container_hw: str, container_precision: str, source: str,
                         channel_dir: str | None, run_dir: str) -> List[str]:
     """The user's overrides with the remote hardware replaced by the container's, plus the data channel."""
-    from speechkit.sagemaker.launch import SAGEMAKER_FIELDS, container_data_overrides
+    from speechkit.sagemaker.launch import container_data_overrides
 
     data_keys = {"dataset.path", "dataset.demo.cache_dir"} if channel_dir else set()
     kept = [o for o in overrides
-            if _key(o) != "hw" and not (_key(o).startswith("hw.") and _key(o)[3:] in SAGEMAKER_FIELDS)
+            if _key(o) != "hw" and not _key(o).startswith("sagemaker.")  # the job's own settings
             and _key(o) not in data_keys and _key(o) != "run_dir"]
     out = [f"hw={container_hw}", *kept]
     if container_precision != "auto":
@@ -77,8 +77,8 @@ def main(argv: List[str] | None = None) -> int:
         from omegaconf import OmegaConf
 
         remote = OmegaConf.to_container(compose(overrides), enum_to_str=True)  # as submitted: which hw to use here
-        final = container_overrides(overrides, remote["hw"]["container_hw"] or "cuda",
-                                    remote["hw"]["container_mixed_precision"] or "auto", remote["dataset"]["source"],
+        final = container_overrides(overrides, remote["sagemaker"]["container_hw"] or "cuda",
+                                    remote["sagemaker"]["container_mixed_precision"] or "auto", remote["dataset"]["source"],
                                     channel_dir, run_dir)
         os.makedirs(run_dir, exist_ok=True)
         handlers = [logging.StreamHandler(sys.stdout)]

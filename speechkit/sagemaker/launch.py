@@ -3,7 +3,7 @@
 What travels: the project's source (speechkit/, conf/, train.py) with a requirements.txt of speechkit's own pins
 as the job's code; a local data set (audiofolder, a local Hub-format folder, or the synthesized demo corpus) as
 the `dataset` input channel; the user's Hydra overrides, as typed, as one hyperparameter (`overrides`, a JSON
-list). In the container, entry.py composes the same config with `hw` swapped for `hw.container_hw`.
+list). In the container, entry.py composes the same config with `hw` swapped for `sagemaker.container_hw`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit.config import ConfigError, Distribution, HardwareConfig, Source, TrainConfig, check_required
+from speechkit.config import ConfigError, Distribution, SageMakerConfig, Source, TrainConfig, check_required
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ def metric_definitions(cfg: DictConfig) -> List[Tuple[str, str]]:
     scores = TASK_SCORES[task]
     return [(n, r) for n, r in METRIC_DEFINITIONS if not n.startswith("eval_") or n == "eval_loss" or n in scores]
 
-# Fields of conf/hw that describe the remote job, not the device the container trains on.
-SAGEMAKER_FIELDS = ("backend", "region", "role", "bucket", "prefix", "instance_type", "instance_count",
-                    "gpus_per_instance", "volume_size_gb", "wait", "image_uri", "transformers_version",
-                    "pytorch_version", "py_version", "max_run_s", "spot", "max_wait_s", "distribution",
-                    "base_job_name", "container_hw", "container_mixed_precision")
-
 
 def task_overrides() -> List[str]:
     """The overrides typed on the command line (Hydra's own `hydra.*` ones are not among them)."""
@@ -74,19 +68,19 @@ def task_overrides() -> List[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def require(hw: HardwareConfig, *names: str) -> None:
+def require(sm: SageMakerConfig, *names: str) -> None:
     for name in names:
-        if getattr(hw, name) in (None, ""):
-            raise ConfigError(f"hw.{name} is not set: hw=sagemaker needs it (e.g. `hw.{name}=...`; see "
-                              "conf/hw/sagemaker.yaml and README, 'SageMaker')")
+        if getattr(sm, name) in (None, ""):
+            raise ConfigError(f"sagemaker.{name} is not set: hw=sagemaker needs it (e.g. `sagemaker.{name}=...`; "
+                              "see SageMakerConfig in speechkit/config.py and README, 'SageMaker')")
 
 
-def boto_session(hw: HardwareConfig):
+def boto_session(sm: SageMakerConfig):
     import boto3
 
-    session = boto3.Session(region_name=hw.region) if hw.region else boto3.Session()
+    session = boto3.Session(region_name=sm.region) if sm.region else boto3.Session()
     if not session.region_name:
-        raise ConfigError("hw.region is not set and no default AWS region is configured: pass `hw.region=us-east-1` "
+        raise ConfigError("sagemaker.region is not set and no default AWS region is configured: pass `sagemaker.region=us-east-1` "
                           "(or set AWS_DEFAULT_REGION)")
     if session.get_credentials() is None:
         raise ConfigError("no AWS credentials found: run `aws configure` / `aws sso login`, or set "
@@ -94,20 +88,20 @@ def boto_session(hw: HardwareConfig):
     return session
 
 
-def sagemaker_session(hw: HardwareConfig):
-    """A SageMaker session on hw.region with hw.bucket as its bucket (nothing is looked up through STS)."""
+def sagemaker_session(sm: SageMakerConfig):
+    """A SageMaker session on sagemaker.region with sagemaker.bucket as its bucket (nothing is looked up through STS)."""
     os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
     from sagemaker.core.helper.session_helper import Session
 
-    require(hw, "role", "bucket")
-    return Session(boto_session=boto_session(hw), default_bucket=hw.bucket,
-                   default_bucket_prefix=hw.prefix or None)
+    require(sm, "role", "bucket")
+    return Session(boto_session=boto_session(sm), default_bucket=sm.bucket,
+                   default_bucket_prefix=sm.prefix or None)
 
 
 def huggingface_image(scope: str, region: str, instance_type: str, transformers_version: str, pytorch_version: str,
                       py_version: str, explicit: Optional[str], key: str) -> str:
     """A Hugging Face PyTorch image (scope "training" or "inference") for the versions in config, or the explicit
-    URI; `key` is the config group named in the error (hw / endpoint)."""
+    URI; `key` is the config block named in the error (sagemaker / endpoint)."""
     if explicit:
         return explicit
     from sagemaker.core import image_uris
@@ -122,29 +116,29 @@ def huggingface_image(scope: str, region: str, instance_type: str, transformers_
                           f"({err}); pick versions the SDK lists or give {key}.image_uri") from None
 
 
-def training_image(hw: HardwareConfig, region: str) -> str:
-    return huggingface_image("training", region, hw.instance_type, hw.transformers_version, hw.pytorch_version,
-                             hw.py_version, hw.image_uri, "hw")
+def training_image(sm: SageMakerConfig, region: str) -> str:
+    return huggingface_image("training", region, sm.instance_type, sm.transformers_version, sm.pytorch_version,
+                             sm.py_version, sm.image_uri, "sagemaker")
 
 
-def gpus_per_instance(hw: HardwareConfig, region: str) -> int:
-    if hw.gpus_per_instance is not None:
-        return hw.gpus_per_instance
+def gpus_per_instance(sm: SageMakerConfig, region: str) -> int:
+    if sm.gpus_per_instance is not None:
+        return sm.gpus_per_instance
     from sagemaker.core import instance_types_gpu_info
 
-    info = instance_types_gpu_info.retrieve(region).get(hw.instance_type)
+    info = instance_types_gpu_info.retrieve(region).get(sm.instance_type)
     return int(info["Count"]) if info else 0
 
 
-def use_torchrun(hw: HardwareConfig, region: str) -> bool:
-    if hw.distribution == Distribution.torchrun:
+def use_torchrun(sm: SageMakerConfig, region: str) -> bool:
+    if sm.distribution == Distribution.torchrun:
         return True
-    if hw.distribution == Distribution.none:
-        if hw.instance_count > 1:
-            raise ConfigError("hw.distribution=none with hw.instance_count > 1: the other instances would idle; "
-                              "use hw.distribution=torchrun (or auto)")
+    if sm.distribution == Distribution.none:
+        if sm.instance_count > 1:
+            raise ConfigError("sagemaker.distribution=none with sagemaker.instance_count > 1: the other instances "
+                              "would idle; use sagemaker.distribution=torchrun (or auto)")
         return False
-    return hw.instance_count * gpus_per_instance(hw, region) > 1
+    return sm.instance_count * gpus_per_instance(sm, region) > 1
 
 
 def requirements() -> List[str]:
@@ -181,7 +175,7 @@ def local_dataset(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
     if ds.source == Source.audiofolder:
         if not path or not os.path.isdir(path):
             raise ConfigError(f"dataset.path: {ds.path} is not a local directory (hw=sagemaker uploads it to "
-                              f"s3://{cfg.hw.bucket}/... as the '{CHANNEL}' channel)")
+                              f"s3://{cfg.sagemaker.bucket}/... as the '{CHANNEL}' channel)")
         return path, ""
     if path and os.path.isdir(path):  # a Hub-format data set on disk
         return path, ""
@@ -196,11 +190,11 @@ def container_data_overrides(source: Source, channel_dir: str) -> List[str]:
 
 
 def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
-    """Submit the job; returns its name (after it ends when hw.wait)."""
+    """Submit the job; returns its name (after it ends when sagemaker.wait)."""
     check_required(raw_cfg)
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
-    hw = cfg.hw
-    require(hw, "role", "bucket", "instance_type", "instance_count", "max_run_s")
+    sm = cfg.sagemaker
+    require(sm, "role", "bucket", "instance_type", "instance_count", "max_run_s")
     overrides = task_overrides() if overrides is None else list(overrides)
 
     from sagemaker.core.training.configs import (CheckpointConfig, Compute, InputData, MetricDefinition,
@@ -208,60 +202,60 @@ def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
     from sagemaker.train.distributed import Torchrun
     from sagemaker.train.model_trainer import ModelTrainer
 
-    session = sagemaker_session(hw)
+    session = sagemaker_session(sm)
     region = session.boto_region_name
-    image = training_image(hw, region)
-    distributed = Torchrun() if use_torchrun(hw, region) else None
+    image = training_image(sm, region)
+    distributed = Torchrun() if use_torchrun(sm, region) else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = local_dataset(cfg)
-    prefix = "/".join(p for p in (hw.prefix, hw.base_job_name) if p)
+    prefix = "/".join(p for p in (sm.prefix, sm.base_job_name) if p)
 
     inputs = []
     if data is not None:
         folder, sub = data
         channel_key = f"{prefix}/datasets/{cfg.dataset.name}-{stamp}"
-        log.info("Uploading the data set %s to s3://%s/%s", folder, hw.bucket, channel_key)
-        session.upload_data(path=folder, bucket=hw.bucket, key_prefix="/".join(p for p in (channel_key, sub) if p))
-        inputs.append(InputData(channel_name=CHANNEL, data_source=f"s3://{hw.bucket}/{channel_key}"))
+        log.info("Uploading the data set %s to s3://%s/%s", folder, sm.bucket, channel_key)
+        session.upload_data(path=folder, bucket=sm.bucket, key_prefix="/".join(p for p in (channel_key, sub) if p))
+        inputs.append(InputData(channel_name=CHANNEL, data_source=f"s3://{sm.bucket}/{channel_key}"))
 
-    stopping = StoppingCondition(max_runtime_in_seconds=hw.max_run_s)
+    stopping = StoppingCondition(max_runtime_in_seconds=sm.max_run_s)
     checkpoint = None
-    if hw.spot:
-        max_wait = hw.max_wait_s or 2 * hw.max_run_s
-        if max_wait < hw.max_run_s:
-            raise ConfigError(f"hw.max_wait_s={max_wait} must be at least hw.max_run_s={hw.max_run_s}")
-        stopping = StoppingCondition(max_runtime_in_seconds=hw.max_run_s, max_wait_time_in_seconds=max_wait)
-        checkpoint = CheckpointConfig(s3_uri=f"s3://{hw.bucket}/{prefix}/checkpoints/{stamp}",
+    if sm.spot:
+        max_wait = sm.max_wait_s or 2 * sm.max_run_s
+        if max_wait < sm.max_run_s:
+            raise ConfigError(f"sagemaker.max_wait_s={max_wait} must be at least sagemaker.max_run_s={sm.max_run_s}")
+        stopping = StoppingCondition(max_runtime_in_seconds=sm.max_run_s, max_wait_time_in_seconds=max_wait)
+        checkpoint = CheckpointConfig(s3_uri=f"s3://{sm.bucket}/{prefix}/checkpoints/{stamp}",
                                       local_path="/opt/ml/checkpoints")
 
     with tempfile.TemporaryDirectory(prefix="speechkit-code-") as code:
         trainer = ModelTrainer(
             sagemaker_session=session,
-            role=hw.role,
-            base_job_name=hw.base_job_name,
+            role=sm.role,
+            base_job_name=sm.base_job_name,
             training_image=image,
             source_code=SourceCode(source_dir=stage_code(code), requirements="requirements.txt",
                                    entry_script=ENTRY_SCRIPT),
             distributed=distributed,
-            compute=Compute(instance_type=hw.instance_type, instance_count=hw.instance_count,
-                            volume_size_in_gb=hw.volume_size_gb or 30, enable_managed_spot_training=bool(hw.spot)),
+            compute=Compute(instance_type=sm.instance_type, instance_count=sm.instance_count,
+                            volume_size_in_gb=sm.volume_size_gb or 30, enable_managed_spot_training=bool(sm.spot)),
             stopping_condition=stopping,
             checkpoint_config=checkpoint,
             hyperparameters={"overrides": json.dumps(overrides)},
             environment={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
         ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in metric_definitions(raw_cfg)])
-        trainer.train(input_data_config=inputs or None, wait=bool(hw.wait), logs=bool(hw.wait))
+        trainer.train(input_data_config=inputs or None, wait=bool(sm.wait), logs=bool(sm.wait))
     job = trainer._latest_training_job.training_job_name
-    record = {"job_name": job, "region": region, "image": image, "instance_type": hw.instance_type,
-              "instance_count": hw.instance_count, "distribution": "torchrun" if distributed else "none",
+    record = {"job_name": job, "region": region, "image": image, "instance_type": sm.instance_type,
+              "instance_count": sm.instance_count, "distribution": "torchrun" if distributed else "none",
               "overrides": overrides, "dataset_channel": inputs[0].data_source if inputs else None,
               "output_path": f"{trainer.output_data_config.s3_output_path.rstrip('/')}/{job}/output/model.tar.gz"}
     os.makedirs(cfg.run_dir, exist_ok=True)
     with open(os.path.join(cfg.run_dir, "sagemaker_job.json"), "w") as f:
         json.dump(record, f, indent=2)
     print(f"SageMaker training job: {job}\n"
-          f"  image {image}\n  {hw.instance_count} x {hw.instance_type}, "
-          f"distribution {record['distribution']}, spot {bool(hw.spot)}\n"
+          f"  image {image}\n  {sm.instance_count} x {sm.instance_type}, "
+          f"distribution {record['distribution']}, spot {bool(sm.spot)}\n"
           f"  model (when done): {record['output_path']}\n"
           f"  follow it: aws sagemaker describe-training-job --region {region} --training-job-name {job}\n"
           f"  logs: CloudWatch group /aws/sagemaker/TrainingJobs, stream {job}/algo-1-...", flush=True)
