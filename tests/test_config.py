@@ -188,3 +188,43 @@ def test_a_one_split_folder_says_how_to_carve_a_test_split(tmp_path):
     write_metadata(tmp_path, [("0.wav", "one clip")])
     done = run_cli("train.py", "dataset=audiofolder", f"dataset.path={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}")
     assert done.returncode == 2 and "dataset.carve.from_split=train" in done.stderr, done.stderr[-2000:]
+
+
+def _leaves(node, prefix=()):
+    for key in node:
+        if key in ("defaults", "hydra"):
+            continue
+        child = node._get_node(key)
+        if OmegaConf.is_dict(child) and len(child):
+            yield from _leaves(child, prefix + (key,))
+        else:
+            yield prefix + (key,), child._value() if not OmegaConf.is_config(child) else OmegaConf.to_container(child)
+
+
+def test_each_default_is_stated_once():
+    """A group option's YAML states only what differs from its schema's default (speechkit/config.py), so a default
+    cannot drift between two places. Experiments are exempt: a recipe spells out its own values key by key."""
+    from enum import Enum
+
+    from speechkit import config as C
+
+    schemas = {"dataset": C.DatasetConfig, "vocab": C.VocabConfig, "model": C.ModelConfig, "hw": C.HardwareConfig,
+               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig, "task": C.TaskConfig}
+    files = [(p, schemas[p.parent.name]) for group in schemas for p in sorted((CONF / group).glob("*.yaml"))]
+    files += [(CONF / f"{name}.yaml", schema) for name, schema in (
+        ("train", C.TrainConfig), ("evaluate", C.EvaluateConfig), ("serve", C.ServeConfig),
+        ("deploy", C.DeployConfig), ("transcribe", C.TranscribeConfig), ("inspect", C.InspectConfig))]
+    plain = lambda v: v.value if isinstance(v, Enum) else v  # noqa: E731
+    twice = []
+    for path, schema in files:
+        defaults = OmegaConf.structured(schema)
+        for key, value in _leaves(OmegaConf.load(path)):
+            default = OmegaConf.select(defaults, ".".join(key), default=KeyError, throw_on_missing=False)
+            if default is KeyError or OmegaConf.is_missing(defaults, ".".join(key)):
+                continue
+            default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
+            if isinstance(default, list):
+                default = [plain(v) for v in default]
+            if plain(default) == plain(value) and type(plain(default)) is type(plain(value)):
+                twice.append(f"{path.relative_to(CONF)}: {'.'.join(key)}")
+    assert not twice, twice
