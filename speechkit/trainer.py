@@ -1,5 +1,7 @@
-"""The training loop (conf/trainer), on accelerate: one function, read top to bottom. It knows nothing of the task:
-batches, the loss, the scores and what ships beside the weights come from the task (speechkit/tasks/)."""
+"""The training loop (conf/trainer), on accelerate, read top to bottom: train() runs setup() (loaders, optimizer,
+schedule, resume), loop() (the steps, logging windows, evaluations, checkpoints) and ship() (model/ and its final
+eval). It knows nothing of the task: batches, the loss, the scores and what ships beside the weights come from the
+task (speechkit/tasks/)."""
 
 from __future__ import annotations
 
@@ -107,7 +109,33 @@ class Throughput:
 def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel, train_set: SpeechDataset,
           eval_set: SpeechDataset, run_dir: str) -> EvalResult:
     """Fine-tune `model` for `task` (speechkit/tasks/), write checkpoints/, best/ and model/ under `run_dir`; returns
-    the shipped model's eval."""
+    the shipped model's eval. Three pieces, in the order they run: setup, the loop, shipping."""
+    run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir)
+    loop(cfg, accelerator, task, run)
+    return ship(cfg, accelerator, task, run)
+
+
+@dataclass
+class Run:
+    """What setup() prepares and the loop and shipping share."""
+
+    model: PreTrainedModel  # prepared by accelerate (wrapped under DDP)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: torch.utils.data.DataLoader
+    train_sampler: torch.utils.data.Sampler
+    eval_loader: torch.utils.data.DataLoader
+    eval_set: SpeechDataset
+    state: TrainerState
+    dirs: RunDir
+    metrics: MetricsFile
+    sampling_rate: int
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel, train_set: SpeechDataset,
+          eval_set: SpeechDataset, run_dir: str) -> Run:
+    """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming."""
     set_seed(cfg.seed)
     sampling_rate = train_set.sampling_rate
     train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
@@ -139,10 +167,9 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
-    run = RunDir(run_dir)
-    ckpt_root = run.checkpoints
+    dirs = RunDir(run_dir)
     state = TrainerState(total_steps=total_steps)
-    resume_from = checkpoint.resolve_resume(cfg.resume, ckpt_root)
+    resume_from = checkpoint.resolve_resume(cfg.resume, dirs.checkpoints)
     if resume_from:
         accelerator.load_state(resume_from)
         state = TrainerState(**checkpoint.load_state(resume_from))
@@ -152,35 +179,23 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, state.global_step, state.epoch,
                  state.batches_done_in_epoch)
     elif cfg.resume == "auto":
-        log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", ckpt_root)
+        log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", dirs.checkpoints)
 
-    metrics = MetricsFile(run.metrics, accelerator)
     per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
     log.info("Training %d steps: %d examples, %s per batch and device x %d process(es) x %d accumulation, "
              "%d steps/epoch; data loading: %s", total_steps, len(train_set), per_device, accelerator.num_processes,
              cfg.gradient_accumulation_steps, steps_per_epoch, loading)
+    return Run(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+               train_sampler=train_sampler, eval_loader=eval_loader, eval_set=eval_set, state=state, dirs=dirs,
+               metrics=MetricsFile(dirs.metrics, accelerator), sampling_rate=sampling_rate)
 
-    def evaluate_and_track(epoch_float: float) -> None:
-        result = task.evaluate(model, eval_loader, eval_set, accelerator)
-        values = {"epoch": round(epoch_float, 4), **result.metrics}
-        # e.g. "eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)": parsed
-        # by SageMaker's metric definitions (speechkit/sagemaker/launch.py)
-        scores = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
-        log.info("eval step=%d epoch=%.2f %s (%d %s)", state.global_step, epoch_float, scores, len(result.rows),
-                 task.unit)
-        metrics.write("eval", state.global_step, values)
-        # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...). Gathered values: the same in
-        # every process, so all of them take this branch together.
-        if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
-            state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
-            weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
-            if accelerator.is_main_process:
-                checkpoint.replace_dir(lambda path: accelerator.unwrap_model(model).save_pretrained(
-                    path, state_dict=weights), run.best)
-            accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            training_curves(run.metrics, run.curves, state.best_step)
 
+# ------------------------------------------------------------------------------------------------------- loop
+def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
+    """Optimizer steps until `state.total_steps`, with logging windows, evaluations and checkpoints on schedule."""
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    train_loader, state = run.train_loader, run.state
+    total_steps = state.total_steps
     model.train()
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
                     disable=not (cfg.progress_bar and accelerator.is_main_process))
@@ -194,7 +209,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         while state.global_step < total_steps:
             # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
             train_loader.set_epoch(state.epoch)
-            train_sampler.set_epoch(state.epoch)
+            run.train_sampler.set_epoch(state.epoch)
             batches = train_loader
             if state.batches_done_in_epoch:
                 batches = accelerator.skip_first_batches(train_loader, state.batches_done_in_epoch)
@@ -235,7 +250,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
                     if accelerator.num_processes > 1:  # every process's batches, not only the main one's
                         losses = accelerator.reduce(losses, "sum")
                     loss_sum, loss_count = losses.tolist()
-                    speed = clock.values(accelerator, sampling_rate)
+                    speed = clock.values(accelerator, run.sampling_rate)
                     values = {"epoch": round(epoch_float, 4), "loss": loss_sum / max(loss_count, 1),
                               "learning_rate": scheduler.get_last_lr()[0],
                               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
@@ -244,7 +259,7 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
                              "padding=%.3f data_wait=%.3f", state.global_step, total_steps, epoch_float,
                              values["loss"], values["learning_rate"], values["grad_norm"], values["audio_s_per_s"],
                              values["padding"], values["data_wait"])
-                    metrics.write("train", state.global_step, values)
+                    run.metrics.write("train", state.global_step, values)
                     progress.set_postfix(loss=f"{values['loss']:.3f}")
                     window_loss.zero_()
                     window_batches.zero_()
@@ -254,11 +269,12 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
                 end_of_epoch = state.batches_done_in_epoch >= len(train_loader)
                 if (cfg.eval_steps and state.global_step % cfg.eval_steps == 0) or (
                         end_of_epoch and cfg.eval_at_epoch_end) or state.global_step == total_steps:
-                    evaluate_and_track(epoch_float)
+                    evaluate_and_track(accelerator, task, run, epoch_float)
                 if end_of_epoch:
                     state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
                 if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
-                    checkpoint.save(accelerator, ckpt_root, state.global_step, asdict(state), cfg.save_total_limit)
+                    checkpoint.save(accelerator, run.dirs.checkpoints, state.global_step, asdict(state),
+                                    cfg.save_total_limit)
                 clock.excluded += time.perf_counter() - paused
                 if state.global_step >= total_steps:
                     break
@@ -268,29 +284,49 @@ def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     if state.skipped_nonfinite:
         log.warning("%d step(s) skipped for a non-finite loss", state.skipped_nonfinite)
 
-    return _ship_model(cfg, accelerator, task, model, eval_loader, eval_set, state, run_dir)
+
+def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: float) -> None:
+    """Score the eval split, log it, keep the weights in checkpoints/best/ when they are the best so far, and redraw
+    curves.png."""
+    state = run.state
+    result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+    # e.g. "eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)": parsed by
+    # SageMaker's metric definitions (speechkit/sagemaker/launch.py)
+    scores = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+    log.info("eval step=%d epoch=%.2f %s (%d %s)", state.global_step, epoch_float, scores, len(result.rows),
+             task.unit)
+    run.metrics.write("eval", state.global_step, {"epoch": round(epoch_float, 4), **result.metrics})
+    # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...). Gathered values: the same in
+    # every process, so all of them take this branch together.
+    if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
+        state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
+        weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
+        if accelerator.is_main_process:
+            checkpoint.replace_dir(lambda path: accelerator.unwrap_model(run.model).save_pretrained(
+                path, state_dict=weights), run.dirs.best)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        training_curves(run.dirs.metrics, run.dirs.curves, state.best_step)
 
 
-def _ship_model(cfg, accelerator, task, model, eval_loader, eval_set, state, run_dir) -> EvalResult:
+# ------------------------------------------------------------------------------------------------------- ship
+def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalResult:
     """Write model/ (the best or last weights + the task's processor) and score exactly what was shipped."""
-    unwrapped = accelerator.unwrap_model(model)
-    run = RunDir(run_dir)
-    best_dir = run.best
-    if cfg.final_model == FinalModel.best and os.path.isdir(best_dir):
-        log.info("Shipping the best weights (step %s, eval %s)", state.best_step, state.best_summary)
-        best = type(unwrapped).from_pretrained(best_dir)
+    unwrapped = accelerator.unwrap_model(run.model)
+    if cfg.final_model == FinalModel.best and os.path.isdir(run.dirs.best):
+        log.info("Shipping the best weights (step %s, eval %s)", run.state.best_step, run.state.best_summary)
+        best = type(unwrapped).from_pretrained(run.dirs.best)
         unwrapped.load_state_dict(best.state_dict())
         del best
-    model_dir = run.model
-    weights = accelerator.get_state_dict(model)  # in every process: gathers FSDP/ZeRO-3 shards
+    weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
     if accelerator.is_main_process:
         def write(path):
             unwrapped.save_pretrained(path, state_dict=weights)
             task.save(path)
-        checkpoint.replace_dir(write, model_dir)
+        checkpoint.replace_dir(write, run.dirs.model)
     accelerator.wait_for_everyone()
-    result = task.evaluate(model, eval_loader, eval_set, accelerator)
-    log.info("Final model %s: eval %s on %d %s", model_dir, result.summary, len(result.rows), task.unit)
+    result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+    log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
     return result
 
 
