@@ -4,7 +4,7 @@ them belong to the tasks, speechkit/tasks/.)"""
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,7 +114,30 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
 
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
                         sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
-    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch."""
+    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch; each
+    index tagged with its epoch (EpochTagged)."""
     if batch_duration_s:
-        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
-    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
+        return EpochTagged(DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed))
+    return EpochTagged(ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length))
+
+
+class EpochTagged(torch.utils.data.Sampler[List[Tuple[int, int]]]):
+    """The batches of a training batch sampler with each index paired with its epoch, `(epoch, index)`. A dataset
+    that draws random numbers per clip (a random crop) seeds them from (seed, epoch, index): the same draws in every
+    run, in every worker process and after a resume, whatever the loader had prefetched when a checkpoint was
+    written (a draw from the global RNG in the collator would not be: accelerate's loader collates one batch ahead).
+    Everything else (len, set_epoch, batch_size for accelerate) is the wrapped sampler's."""
+
+    def __init__(self, batches: torch.utils.data.Sampler):
+        self.batches = batches
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["batches"], name)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        epoch = self.batches.epoch
+        for batch in self.batches:
+            yield [(epoch, int(i)) for i in batch]

@@ -277,16 +277,21 @@ def labels(ds: Dataset) -> list:
 # ------------------------------------------------------------------------------ torch-facing dataset
 class SpeechDataset(torch.utils.data.Dataset):
     """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its target
-    (`labels`: what the task made of the row, e.g. character ids or a class id) and its row index."""
+    (`labels`: what the task made of the row, e.g. character ids or a class id) and its row index.
+
+    With `crop`, a clip longer than that many samples is cut to a random window of it, drawn from (seed, epoch,
+    row): a training loader asks for `(epoch, row)` (batching.EpochTagged), so the draw is new every epoch and the
+    same in every run and after a resume."""
 
     def __init__(self, ds: Dataset, sampling_rate: int, targets: Optional[Sequence] = None,
-                 max_samples: Optional[int] = None):
+                 crop: Optional[int] = None, seed: int = 0):
         self.ds = ds
         self.sampling_rate = sampling_rate
         self.targets = targets
+        self.crop, self.seed = crop, seed
         self.lengths = np.asarray(list(ds["num_samples"]), dtype=np.int64)
-        if max_samples:  # clips are cut to this when batched: batch by what the model will see
-            self.lengths = np.minimum(self.lengths, max_samples)
+        if crop:  # batch by what the model will see
+            self.lengths = np.minimum(self.lengths, crop)
         self.cached = PCM in ds.column_names
         # One column each: reading a whole row would turn its samples into a Python list.
         self._audio = ds.select_columns([AUDIO])
@@ -296,7 +301,8 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> Optional[dict]:
+    def __getitem__(self, key) -> Optional[dict]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         i = int(i)
         if self.cached:
             audio = self._audio[i][PCM]
@@ -308,6 +314,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
                 log.warning("skipping row %d: %s", i, err)
                 return None
+        if self.crop and audio.size > self.crop:
+            start = int(np.random.default_rng((self.seed, epoch, i)).integers(0, audio.size - self.crop + 1))
+            audio = audio[start:start + self.crop]
         item = {"input_values": audio, "index": i}
         if self.targets is not None:
             item["labels"] = self.targets[i]

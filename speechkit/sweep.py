@@ -1,6 +1,6 @@
 """Sweep summary: a Hydra callback (registered in conf/hydra/default.yaml) that ends every multirun with one line
-per job: the overrides that vary between jobs, the job's final eval WER (what train.py's main returns) and its run
-dir. It works with any launcher and sweeper (basic, joblib, submitit, optuna) because it only uses Hydra's own
+per job: the overrides that vary between jobs, the job's objective (what train.py's main returns and optuna
+minimises: the shipped model's eval WER, or 1 - accuracy (1 - mAP) for a classifier) and its run dir. It works with any launcher and sweeper (basic, joblib, submitit, optuna) because it only uses Hydra's own
 hooks:
 
 - on_job_end runs inside the job's process (a joblib worker, a SLURM node...) and writes `job_result.json` into
@@ -37,10 +37,10 @@ class SweepSummary(Callback):
             return
         run_dir = config.hydra.runtime.output_dir
         result: Dict[str, Any] = {"job": int(config.hydra.job.num), "overrides": list(job_return.overrides or []),
-                                  "run_dir": run_dir, "status": job_return.status.name.lower(), "wer": None}
+                                  "run_dir": run_dir, "status": job_return.status.name.lower(), "objective": None}
         if job_return.status == JobStatus.COMPLETED:
             value = job_return._return_value  # the property re-raises a failed job's error; this one did not fail
-            result["wer"] = float(value) if isinstance(value, (int, float)) else None
+            result["objective"] = float(value) if isinstance(value, (int, float)) else None
         else:
             result["error"] = repr(job_return._return_value)
         with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
@@ -74,10 +74,10 @@ def varying_overrides(results: List[Dict[str, Any]]) -> List[List[str]]:
 
 
 def format_summary(results: List[Dict[str, Any]]) -> List[str]:
-    """Tab-separated: job, overrides, final eval WER, run dir; a header first."""
-    lines = ["job\toverrides\teval_wer\trun_dir"]
+    """Tab-separated: job, overrides, objective (eval WER, or 1 - accuracy), run dir; a header first."""
+    lines = ["job\toverrides\tobjective\trun_dir"]
     for r, overrides in zip(results, varying_overrides(results)):
-        wer = r["wer"]
-        shown = f"{wer:.4f}" if wer is not None and math.isfinite(wer) else r["status"]
+        value = r["objective"]
+        shown = f"{value:.4f}" if value is not None and math.isfinite(value) else r["status"]
         lines.append(f"{r['job']}\t{' '.join(overrides)}\t{shown}\t{r['run_dir']}")
     return lines

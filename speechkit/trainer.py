@@ -137,6 +137,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
           eval_set: SpeechDataset, run_dir: str) -> Run:
     """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming."""
     set_seed(cfg.seed)
+    train_set.seed = cfg.seed  # per-clip random draws (a task's random crops) follow trainer.seed too
     sampling_rate = train_set.sampling_rate
     train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
                                         cfg.seed, cfg.group_by_length)

@@ -163,7 +163,12 @@ def test_resuming_mid_epoch_replays_the_rest_of_the_epoch():
 
 def test_batch_size_or_duration_from_the_trainer_config():
     lengths = _lengths(100)
-    assert isinstance(train_batch_sampler(lengths, 8, None, 16000, 0), ClipCountBatchSampler)
+    assert isinstance(train_batch_sampler(lengths, 8, None, 16000, 0).batches, ClipCountBatchSampler)
     by_duration = train_batch_sampler(lengths, 8, 45.0, 16000, 0)
-    assert isinstance(by_duration, DurationBatchSampler)
-    assert all(len(b) * lengths[b].max() <= 45 * 16000 for b in by_duration)
+    assert isinstance(by_duration.batches, DurationBatchSampler) and by_duration.batch_size is None  # for accelerate
+    by_duration.set_epoch(3)
+    batches = list(by_duration)
+    assert all(epoch == 3 for b in batches for epoch, _ in b)  # every index tagged with its epoch
+    rows = [[i for _, i in b] for b in batches]
+    assert rows == list(by_duration.batches) and len(batches) == len(by_duration)
+    assert all(len(b) * lengths[b].max() <= 45 * 16000 for b in rows)

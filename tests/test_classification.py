@@ -2,6 +2,7 @@
 stock pipeline, evaluate; the AudioSet recipe's Hub path on a local copy; refusals that name the key or file."""
 
 import csv
+import re
 import json
 
 import numpy as np
@@ -193,8 +194,6 @@ def test_demo_commands_composes_with_held_out_voices():
 def test_sagemaker_metric_regexes_match_a_classifiers_log_lines(commands_run):
     """The eval log line is a contract: SageMaker's metric definitions for this task read the values metrics.jsonl
     has, from the very lines this run printed."""
-    import re
-
     from speechkit.sagemaker.launch import metric_definitions
 
     run_dir, done = commands_run
@@ -207,3 +206,47 @@ def test_sagemaker_metric_regexes_match_a_classifiers_log_lines(commands_run):
         assert values == pytest.approx([e[name] for e in evals], abs=1e-4), name
     multi = dict(metric_definitions(compose("train", ["experiment=rocm_audioset_ast", "run_dir=/x"])))
     assert "eval_map" in multi
+
+
+def test_two_processes_train_a_classifier_and_score_every_clip_once(tmp_path):
+    """DDP (`accelerate launch`, two CPU processes) for the classification task: every test clip scored once, the
+    artifacts written once, and the shipped model's final accuracy equal to a one-process evaluate.py of it."""
+    from test_scale import accelerate_launch
+
+    run_dir = tmp_path / "run"
+    done = accelerate_launch("experiment=demo_commands", *WORDS, *TINY, *FAST, "trainer.batch_size=4",
+                             "trainer.max_steps=3", "trainer.eval_steps=3", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-5000:]
+    evals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert evals and all(m["eval_clips"] == 6 and m["eval_gathered"] >= 6 for m in evals)
+    assert done.stdout.count("Final eval on 'test'") == 1 and len(read_csv(run_dir / "predictions.csv")) == 6
+    final = float(re.search(r"Final eval on 'test' \(6 clips\): accuracy ([0-9.]+)", done.stdout).group(1))
+    single = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_commands", *WORDS, "hw=cpu",
+                     f"hydra.run.dir={tmp_path / 'eval'}")
+    assert f"accuracy {final:.4f}" in single.stdout, single.stdout[-2000:]
+
+
+def test_a_resumed_classifier_run_ends_with_the_same_weights(tmp_path):
+    """Exact resume for the classification task, random crops included: AST-tiny's window (0.64 s) is shorter than
+    the spoken words, so every training clip is cut at a random offset drawn from the checkpointed RNG."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    def cfg(run_dir, *extra):
+        return compose("train", ["experiment=demo_commands", *WORDS, "model=ast_tiny", *AST_TINY, *FAST,
+                                 "trainer.max_steps=4", "trainer.save_steps=2", "trainer.eval_steps=2",
+                                 "trainer.save_total_limit=null", f"run_dir={run_dir}", *extra])
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    training.run(cfg(full))
+    shutil.copytree(full, stopped)
+    for later in ("step-4", "best"):
+        shutil.rmtree(stopped / "checkpoints" / later)
+    shutil.rmtree(stopped / "model")
+    training.run(cfg(stopped, "trainer.resume=auto"))
+    a, b = (load_file(d / "checkpoints" / "step-4" / "model.safetensors") for d in (full, stopped))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(full / "checkpoints" / "step-2" / "model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)

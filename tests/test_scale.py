@@ -44,7 +44,7 @@ def check_sweep(sweep: Path, done: subprocess.CompletedProcess, expected_overrid
     results = [json.loads(line) for line in (sweep / "summary.jsonl").read_text().splitlines()]
     assert [r["job"] for r in results] == list(range(len(expected_overrides)))
     tsv = (sweep / "summary.tsv").read_text().splitlines()
-    assert tsv[0] == "job\toverrides\teval_wer\trun_dir" and len(tsv) == 1 + len(expected_overrides)
+    assert tsv[0] == "job\toverrides\tobjective\trun_dir" and len(tsv) == 1 + len(expected_overrides)
     for r, line, overrides in zip(results, tsv[1:], expected_overrides):
         run_dir = sweep / str(r["job"])
         for name in ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/vocab.json",
@@ -103,13 +103,13 @@ def test_optuna_search_minimises_the_eval_wer(tmp_path):
         assert set(p) == set(searched)
         assert 1e-5 <= p["trainer.learning_rate"] <= 1e-3 and 0 <= p["model.mask_time_prob"] <= 0.1
         assert 0 <= p["model.layerdrop"] <= 0.2
-        assert f"{trial['wer']:.4f}" == logged_final_wer(Path(trial["run_dir"]))  # the objective: the shipped WER
+        assert f"{trial['objective']:.4f}" == logged_final_wer(Path(trial["run_dir"]))  # the objective: the shipped WER
         used = yaml.safe_load((Path(trial["run_dir"]) / "config.yaml").read_text())  # the trial ran with them
         assert (used["trainer"]["learning_rate"], used["model"]["mask_time_prob"], used["model"]["layerdrop"]) == \
             (p["trainer.learning_rate"], p["model.mask_time_prob"], p["model.layerdrop"])
     assert params(trials[0]) != params(trials[1])
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    wers = [t["wer"] for t in trials]
+    wers = [t["objective"] for t in trials]
     assert wers[0] != wers[1]
     assert results["best_value"] == min(wers)
     best = trials[wers.index(min(wers))]

@@ -34,14 +34,12 @@ def parse_labels(raw, multi_label: bool) -> List[str]:
 
 
 class ClassificationCollator:
-    """Cuts training clips to a random window of `crop` samples, turns the clips into the model's input (AST's filter
-    bank, padded or cut to its window; or wav2vec2's normalised waveform, padded, with its mask) and stacks the
-    targets (class ids, or multi-hot rows for multi-label)."""
+    """Turns the clips (training ones already cut to a random window by the dataset) into the model's input (AST's
+    filter bank, padded or cut to its window; or wav2vec2's normalised waveform, padded, with its mask) and stacks
+    the targets (class ids, or multi-hot rows for multi-label)."""
 
-    def __init__(self, feature_extractor, crop: Optional[int], pass_attention_mask: bool, num_labels: int,
-                 multi_label: bool):
+    def __init__(self, feature_extractor, pass_attention_mask: bool, num_labels: int, multi_label: bool):
         self.feature_extractor = feature_extractor
-        self.crop = crop
         self.window = input_window_samples(feature_extractor)  # AST: what its filter bank keeps
         self.pass_attention_mask = pass_attention_mask
         self.num_labels, self.multi_label = num_labels, multi_label
@@ -50,13 +48,7 @@ class ClassificationCollator:
         items = [x for x in items if x is not None]
         if not items:
             return None
-        clips = []
-        for x in items:
-            audio = x["input_values"]
-            if self.crop and len(audio) > self.crop:  # the global torch RNG: seeded, checkpointed, resumed
-                start = int(torch.randint(0, len(audio) - self.crop + 1, ()))
-                audio = audio[start:start + self.crop]
-            clips.append(audio)
+        clips = [x["input_values"] for x in items]
         fe = self.feature_extractor
         if self.window:
             features = fe(clips, sampling_rate=fe.sampling_rate, return_tensors="pt")
@@ -199,11 +191,11 @@ class AudioClassification:
         ids = {label: i for i, label in enumerate(self.labels)}
         targets = [[ids[label] for label in parse_labels(v, self.multi_label) if label in ids]
                    for v in data.labels(rows)]
-        return SpeechDataset(rows, self.sampling_rate, targets, max_samples=self.crop if training else None)
+        return SpeechDataset(rows, self.sampling_rate, targets, crop=self.crop if training else None)
 
     def collator(self, training: bool) -> ClassificationCollator:
-        return ClassificationCollator(self.feature_extractor, self.crop if training else None,
-                                      self.pass_attention_mask, len(self.labels), self.multi_label)
+        return ClassificationCollator(self.feature_extractor, self.pass_attention_mask, len(self.labels),
+                                      self.multi_label)
 
     def forward(self, model, batch: dict):
         """The model's output, with the loss computed here: cross-entropy, or binary cross-entropy per label for
