@@ -14,11 +14,13 @@ def hw(*overrides):
     return compose("train", [*overrides, "run_dir=/x"]).hw
 
 
-def test_every_hw_option_states_a_precision():
-    from conftest import CONF
+def test_every_hw_option_composes_to_its_documented_precision():
+    from conftest import CONF, compose
 
-    for path in (CONF / "hw").glob("*.yaml"):
-        assert "mixed_precision:" in path.read_text(), path.name
+    expected = {"auto": "auto", "cpu": "no", "cuda": "fp16", "rocm": "bf16", "sagemaker": "auto"}
+    assert {p.stem for p in (CONF / "hw").glob("*.yaml")} == set(expected)
+    for option, precision in expected.items():
+        assert compose("train", [f"hw={option}", "run_dir=/x"]).hw.mixed_precision == precision, option
 
 
 def test_auto_picks_what_this_machine_has_and_says_so(caplog):
