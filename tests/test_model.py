@@ -1,6 +1,7 @@
 """Model building: a pretrained checkpoint (here a local one) gets a fresh CTC head and the recipe's knobs."""
 
 import pytest
+import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from conftest import TINY, compose
@@ -60,4 +61,27 @@ def test_tiny_from_scratch_trains_its_feature_encoder():
 def test_unknown_architecture_field_is_named():
     cfg = compose("train", ["model=tiny", "+model.architecture.hiden_size=8", "run_dir=/x"]).model
     with pytest.raises(ConfigError, match="hiden_size"):
+        build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)
+
+
+def test_wav2vec2_models_take_a_classification_head(pretrained_dir):
+    """`model=wav2vec2_base task=audio_classification`: the pretrained encoder, a fresh sequence-classification head
+    with the labels in its config, the feature encoder frozen as the model config says."""
+    from transformers import Wav2Vec2ForSequenceClassification
+
+    cfg = compose("train", ["model=wav2vec2_base", "task=audio_classification",
+                            f"model.name_or_path={pretrained_dir}", "run_dir=/x"]).model
+    model = build_model(cfg, "classification", num_labels=3, id2label={0: "a", 1: "b", 2: "c"},
+                        label2id={"a": 0, "b": 1, "c": 2}, problem_type="single_label_classification")
+    assert isinstance(model, Wav2Vec2ForSequenceClassification) and model.classifier.out_features == 3
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert not any(p.requires_grad for p in model.wav2vec2.feature_extractor.parameters())
+    encoder = Wav2Vec2Model.from_pretrained(pretrained_dir)
+    assert torch.equal(model.wav2vec2.encoder.layers[0].attention.q_proj.weight,
+                       encoder.encoder.layers[0].attention.q_proj.weight)
+
+
+def test_a_model_without_a_ctc_head_is_refused_for_speech_recognition():
+    cfg = compose("train", ["model=ast_tiny", "task=audio_classification", "run_dir=/x"]).model
+    with pytest.raises(ConfigError, match="no CTC head"):
         build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)

@@ -470,7 +470,7 @@ def served(container_run):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/ping", server, seconds=120)
-        yield {"base": base, "port": port, "server": server}
+        yield {"base": base, "port": port, "server": server, "model": container_run["model"]}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -509,6 +509,13 @@ def test_serve_answers_ping_and_invocations_over_http(served, clip):
     conn.close()
     status, err = post(b"{\"sampling_rate\": 16000}", "application/json")
     assert status == 400 and "speech_array" in err["error"]
+    status, err = post(json.dumps({"speech_array": [0.1] * 100, "sampling_rate": 16000}).encode(), "application/json")
+    from transformers import AutoConfig
+
+    from speechkit.model import receptive_field
+
+    shortest = receptive_field(AutoConfig.from_pretrained(served["model"]), 16000)  # 345 for the tiny test model
+    assert status == 400 and f"shorter than the model's receptive field ({shortest} samples" in err["error"]
 
 
 def test_random_bytes_under_every_content_type_never_get_a_500(served):

@@ -70,8 +70,12 @@ def model_fn(model_dir: str, context: Any = None) -> dict:
     model = Wav2Vec2ForCTC.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).to(device).eval()
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
                    feature_extractor=processor.feature_extractor, device=torch.device(device))
+    # The shortest clip the model can take (its convolutions' receptive field), found with the model's own length
+    # arithmetic: a shorter one is refused with a 400 rather than failing inside the model.
+    frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
     return {"pipeline": asr, "model": model, "processor": processor,
-            "sampling_rate": int(processor.feature_extractor.sampling_rate)}
+            "sampling_rate": int(processor.feature_extractor.sampling_rate),
+            "min_samples": int(torch.nonzero(frames >= 1)[0, 0]) + 1}
 
 
 # --------------------------------------------------------------------------------------------- input_fn
@@ -155,6 +159,11 @@ def predict_fn(data: dict, model: dict, context: Any = None) -> dict:
     rate = model["sampling_rate"]
     array = resample(data["array"], data["sampling_rate"], rate)
     duration = array.size / rate
+    shortest = model.get("min_samples", 0)
+    if array.size < shortest:
+        raise InferenceError(f"audio of {array.size} samples ({1000 * duration:.1f} ms at {rate} Hz) is shorter than "
+                             f"the model's receptive field ({shortest} samples, {1000 * shortest / rate:.0f} ms): "
+                             "send a longer clip")
     chunk = _env_float("SPEECHKIT_CHUNK_LENGTH_S", 20.0)
     kwargs = {}
     if chunk and duration > chunk:  # long audio: overlapping chunks, CTC logits stitched by the pipeline
