@@ -95,6 +95,7 @@ class DatasetConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig)
     num_proc: Optional[int] = None  # processes for the one-off decode-and-check pass
+    language: Optional[str] = None  # ISO 639-1 code for the model card (the demo corpora: demo.language)
     # Keep every clip as decoded by the checking pass (mono, int16, at the model's rate) in the datasets cache,
     # memory-mapped: later epochs and later runs never decode again. false: decode each clip when it is batched
     # (a corpus too large for the disk).
@@ -276,6 +277,19 @@ class PathsConfig:
     root: str = "outputs"
 
 
+# ------------------------------------------------------------------------------------------------ hub
+@dataclass
+class HubConfig:
+    """The shipped model/ (with its README.md model card) uploaded to the Hugging Face Hub at the end of training.
+    The token is huggingface_hub's own (HF_TOKEN, or `hf auth login`), never part of the config."""
+
+    push: bool = False
+    repo_id: Optional[str] = None  # e.g. my-org/wav2vec2-base-demo; created if it does not exist
+    private: bool = True  # a new repo is private unless said otherwise
+    revision: Optional[str] = None  # branch to commit to; null: main
+    commit_message: str = "Upload model trained with speechkit"
+
+
 # ------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
@@ -287,6 +301,7 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
+    hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
 
@@ -398,13 +413,17 @@ def register_configs() -> None:
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")
 
 
+def is_secret_key(key: str) -> bool:
+    """A config key whose value must never be written out (tokens, passwords, API keys)."""
+    return any(w in str(key).lower() for w in _SECRET_WORDS)
+
+
 def public_config(cfg: DictConfig) -> dict:
     """The resolved config as plain data with any secret-looking value redacted: what is saved and logged."""
 
     def scrub(node):
         if isinstance(node, dict):
-            return {k: "<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, "")
-                    else scrub(v) for k, v in node.items()}
+            return {k: "<redacted>" if is_secret_key(k) and v not in (None, "") else scrub(v) for k, v in node.items()}
         if isinstance(node, list):
             return [scrub(v) for v in node]
         return node

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, trainer
+from speechkit import data, hub, trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_name
@@ -68,6 +68,9 @@ def run(raw_cfg: DictConfig) -> float | str:
     result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)
     if accelerator.is_main_process:
         write_results(result, eval_rows, run_dir)
+        hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision)
+        if cfg.hub.push:
+            hub.push(RunDir(run_dir).model, cfg.hub)
         print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} {task.unit}): {result.summary}\n"
               f"Model: {RunDir(run_dir).model}", flush=True)
     accelerator.end_training()

@@ -141,6 +141,9 @@ def check_values(cfg: DictConfig) -> None:
         _refuse("model", _get(cfg, "model.name"), f"a model with a CTC head for task=asr ({_model_type(cfg)} has "
                                                   "none: use it with task=audio_classification)")
 
+    if _get(cfg, "hub.push") is True and not _get(cfg, "hub.repo_id"):
+        _refuse("hub.repo_id", _get(cfg, "hub.repo_id"), "a Hub repo id (owner/name) when hub.push=true")
+
     # Paths that must exist before anything is loaded.
     resume = _get(cfg, "trainer.resume")
     if resume not in (_ABSENT, None, "auto") and \

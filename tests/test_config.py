@@ -143,6 +143,7 @@ BAD_VALUES = [
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
     ("train.py", "model=ast_tiny"),  # an AST has no CTC head: it cannot do task=asr (the default)
+    ("train.py", "hub.push=true"),  # and no hub.repo_id
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
     ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),
     ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),

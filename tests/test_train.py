@@ -31,7 +31,7 @@ def demo_run(tmp_path_factory):
 def test_run_dir_holds_every_artifact(demo_run):
     run_dir, done = demo_run
     for name in ("config.yaml", "vocab.json", "metrics.jsonl", "drop_report.jsonl", "curves.png", "model/config.json",
-                 "model/model.safetensors", "model/vocab.json", "model/processor_config.json",
+                 "model/model.safetensors", "model/vocab.json", "model/processor_config.json", "model/README.md",
                  "checkpoints/step-3/trainer_state.json", "checkpoints/best/model.safetensors"):
         assert (run_dir / name).exists(), name
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -149,3 +149,41 @@ def test_non_finite_losses_are_skipped_and_counted(tmp_path):
     training.run(cfg)
     train_logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_nonfinite"] for m in train_logs if m["kind"] == "train"] == [1, 2]
+
+
+def test_the_model_card_describes_the_shipped_model(demo_run):
+    """model/README.md: huggingface_hub reads it back; its model-index holds the shipped model's final scores, and it
+    says how the model was trained (the command typed) and how to use it."""
+    from huggingface_hub import ModelCard
+
+    run_dir, _ = demo_run
+    card = ModelCard.load(run_dir / "model" / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "automatic-speech-recognition" and data["language"] == "en"
+    assert data["library_name"] == "transformers" and "speechkit" in data["tags"]
+    final = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]
+    scores = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert scores == {"wer": round(final["eval_wer"], 4), "cer": round(final["eval_cer"], 4)}
+    assert data["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    assert "python train.py experiment=demo" in card.text and "trainer.max_steps=3" in card.text
+    assert "| learning_rate | 1e-06 |" in card.text and 'pipeline("automatic-speech-recognition"' in card.text
+
+
+def test_hub_push_uploads_model_with_its_card(tmp_path, monkeypatch):
+    """hub.push=true: the repo is created and model/ uploaded, card included, with huggingface_hub's own calls (their
+    arguments recorded here: no test reaches the Hub). Without hub.repo_id the run is refused before any work."""
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or
+                        type("Commit", (), {"commit_url": f"https://hub/{kw['repo_id']}/commit/1"})())
+    run_dir = tmp_path / "run"
+    training.run(compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=1",
+                                   "hub.push=true", "hub.repo_id=me/tiny-demo", f"run_dir={run_dir}"]))
+    assert calls[0] == ("create_repo", "me/tiny-demo", {"private": True, "exist_ok": True})
+    upload = calls[1][1]
+    assert upload["repo_id"] == "me/tiny-demo" and Path(upload["folder_path"]) == run_dir / "model"
+    assert {"README.md", "model.safetensors", "config.json"} <= {p.name for p in (run_dir / "model").iterdir()}
+    done = run_cli("train.py", "experiment=demo", "hub.push=true")
+    assert done.returncode == 2 and "hub.repo_id" in done.stderr and "Traceback" not in done.stderr
