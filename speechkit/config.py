@@ -260,15 +260,19 @@ class TrainerConfig:
 class LoggerBackend(str, Enum):
     none = "none"  # console, train.log and metrics.jsonl only
     wandb = "wandb"  # plus Weights & Biases (WANDB_MODE=offline writes the run to disk only)
+    tensorboard = "tensorboard"  # plus TensorBoard event files in the run dir (tensorboard/)
+    mlflow = "mlflow"  # plus an MLflow run (a local store in the run dir unless a tracking server is named)
 
 
 @dataclass
 class LoggerConfig:
     backend: LoggerBackend = LoggerBackend.none
-    project: str = "speechkit"
-    entity: Optional[str] = None  # team or user; null: the API key's default
+    project: str = "speechkit"  # wandb project, MLflow experiment
+    entity: Optional[str] = None  # wandb: team or user; null: the API key's default
     name: Optional[str] = None  # run name; null: the run dir's name
     tags: List[str] = field(default_factory=list)
+    # mlflow: where runs go; null: MLFLOW_TRACKING_URI if set, else a local store in the run dir (mlflow.db)
+    tracking_uri: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------------------- conf/paths

@@ -121,10 +121,11 @@ def _join_slurm_job() -> None:
 
 
 def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, log_with=None,
-                     find_unused_parameters: bool = False) -> Accelerator:
+                     find_unused_parameters: bool = False, logging_dir: Optional[str] = None) -> Accelerator:
     """The Accelerator for this hardware. Under `accelerate launch` (several processes) it is DDP; then
     `find_unused_parameters` must be set when a step may leave parameters without a gradient (layerdrop skips whole
-    layers at random), or DDP stops with "Expected to have finished reduction in the prior iteration"."""
+    layers at random), or DDP stops with "Expected to have finished reduction in the prior iteration".
+    `logging_dir`: where a tracker that writes files (TensorBoard) writes them."""
     chosen = resolve(hw)
     _join_slurm_job()
     if chosen.backend == Backend.rocm:
@@ -144,6 +145,7 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
         mixed_precision=chosen.precision.value,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with,
+        project_dir=logging_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         # Batches in pinned memory (loader_settings) are copied to the GPU asynchronously, overlapping compute.
         dataloader_config=DataLoaderConfiguration(non_blocking=chosen.backend != Backend.cpu),

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from speechkit import data, hub, trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
-from speechkit.logger import start as start_tracking, tracker_name
+from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
 from speechkit.model import model_config, receptive_field
 from speechkit.rundir import RunDir
 from speechkit.scoring import write_results
@@ -32,7 +32,8 @@ def run(raw_cfg: DictConfig) -> float | str:
         return launch(raw_cfg)
     cfg: TrainConfig = OmegaConf.to_object(raw_cfg)
     accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger),
-                                   find_unused_parameters=cfg.model.layerdrop != 0)  # null: the checkpoint's, maybe > 0
+                                   find_unused_parameters=cfg.model.layerdrop != 0,  # null: the checkpoint's, maybe > 0
+                                   logging_dir=tracker_dir(cfg.logger, cfg.run_dir))
     run_dir = _agree_on_run_dir(cfg.run_dir, accelerator)
     os.makedirs(run_dir, exist_ok=True)
     public = public_config(raw_cfg)

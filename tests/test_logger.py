@@ -93,3 +93,43 @@ def test_secret_looking_keys_are_redacted():
     cfg = OmegaConf.create({"a": {"hf_token": "hf_x", "api_key": "k", "ok": 1, "token_count": None}})
     assert public_config(cfg) == {"a": {"hf_token": "<redacted>", "api_key": "<redacted>", "ok": 1,
                                         "token_count": None}}
+
+
+def _tracked_run(tmp_path, backend):
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, f"logger={backend}", "logger.name=tiny-run",
+                            "trainer.max_steps=2", "trainer.eval_steps=1", "trainer.logging_steps=1",
+                            "trainer.batch_size=4", "trainer.progress_bar=false", f"run_dir={run_dir}"])
+    training.run(cfg)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, cfg, metrics
+
+
+def test_tensorboard_run_holds_hparams_and_every_logged_value(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, cfg, metrics = _tracked_run(tmp_path, "tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard" / "tiny-run"))
+    events.Reload()
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("eval_wer")] == \
+        [(m["step"], round(m["eval_wer"], 5)) for m in evals]
+    trains = [m for m in metrics if m["kind"] == "train"]
+    assert [e.step for e in events.Scalars("train_loss")] == [m["step"] for m in trains]
+    hparams = list((run_dir / "tensorboard" / "tiny-run").rglob("events.out.tfevents.*"))
+    assert hparams and any(b"trainer.learning_rate" in p.read_bytes() for p in hparams)  # the flattened config
+
+
+def test_mlflow_run_in_the_local_store_holds_params_and_metrics(tmp_path):
+    import mlflow
+
+    run_dir, cfg, metrics = _tracked_run(tmp_path, "mlflow")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("speechkit")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "tiny-run" and run.info.status == "FINISHED"
+    assert float(run.data.params["trainer.learning_rate"]) == cfg.trainer.learning_rate
+    assert run.data.params["task.name"] == "asr"
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    history = client.get_metric_history(run.info.run_id, "eval_wer")
+    assert [(h.step, round(h.value, 5)) for h in history] == [(m["step"], round(m["eval_wer"], 5)) for m in evals]
