@@ -87,7 +87,8 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
                 raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); set {what}")
         folder = os.path.dirname(os.path.abspath(csv_path))
         ds = ds.map(lambda f: {AUDIO: os.path.join(folder, f)}, input_columns=file_column)
-        ds = ds.select_columns([AUDIO, text_column]).rename_columns({text_column: target} if text_column != target else {})
+        ds = ds.select_columns([AUDIO, text_column])
+        ds = ds.rename_columns({text_column: target} if text_column != target else {})
         splits[split] = ds.cast_column(AUDIO, Audio(decode=False))
     return DatasetDict(splits)
 

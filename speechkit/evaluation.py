@@ -43,7 +43,7 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     result = task.evaluate(model, loader, dataset, accelerator)
 
     if accelerator.is_main_process:
-        written = write_results(result, rows, cfg.run_dir)
+        written = write_results(task, result, rows, cfg.run_dir, f"{cfg.dataset.name}/{cfg.split}: {model_dir}")
         report.write(RunDir(cfg.run_dir).drop_report)
         print(task.examples(result, cfg.num_examples))
         dropped = report.counts()

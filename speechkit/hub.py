@@ -59,9 +59,10 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
     origin = (f"fine-tuned from `{cfg.model.name_or_path}`" if cfg.model.name_or_path
               else f"trained from scratch (`model={cfg.model.name}`, random init)")
     kind = {"asr": "A speech recognition (CTC)", "audio_classification": "An audio classification"}[task]
-    usage = ('asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\nprint(asr("clip.wav")["text"])'
-             if task == "asr" else
-             'classify = pipeline("audio-classification", model="<this folder or repo>")\nprint(classify("clip.wav"))')
+    usage = {"asr": 'asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\n'
+                    'print(asr("clip.wav")["text"])',
+             "audio_classification": 'classify = pipeline("audio-classification", model="<this folder or repo>")\n'
+                                     'print(classify("clip.wav"))'}[task]
     content = f"""---
 {data.to_yaml()}
 ---

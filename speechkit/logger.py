@@ -60,7 +60,7 @@ def start(cfg: LoggerConfig, accelerator: Accelerator, public_config: dict, run_
             "wandb": {"entity": cfg.entity, "name": name, "tags": list(cfg.tags), "dir": run_dir}})
         where = f"mode {os.environ.get('WANDB_MODE', 'online')}"
     elif cfg.backend == LoggerBackend.tensorboard:
-        # event files under <run dir>/tensorboard/<run name>/ (tracker_dir): `tensorboard --logdir <run dir>/tensorboard`
+        # event files under <run dir>/tensorboard/<run name>/: `tensorboard --logdir <run dir>/tensorboard`
         accelerator.project_configuration.logging_dir = tracker_dir(cfg, run_dir)  # the run dir all processes agreed on
         accelerator.init_trackers(name, config=flatten(public_config))
         where = os.path.join(run_dir, "tensorboard", name)

@@ -11,7 +11,7 @@ from typing import Dict, List
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -29,7 +29,7 @@ def training_curves(metrics_path: str, out_path: str, best_step: int | None = No
     """Training loss, learning rate and the eval scores (WER/CER, or accuracy/F1) against the optimizer step, read
     from metrics.jsonl, the best evaluation (`best_step`) in the title; written to `out_path` (PNG) through a
     temporary file, so a reader never sees half a picture."""
-    plt = _pyplot()
+    plt = pyplot()
     with open(metrics_path) as f:
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
@@ -68,9 +68,8 @@ def training_curves(metrics_path: str, out_path: str, best_step: int | None = No
     return out_path
 
 
-def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> str:
-    """Rows: the true class, columns: the predicted one; each cell's count written in it."""
-    plt = _pyplot()
+def confusion_figure(labels: List[str], matrix: List[List[int]]):
+    plt = pyplot()
     counts = np.asarray(matrix)
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -87,14 +86,20 @@ def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> s
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(f"accuracy {np.trace(counts) / max(counts.sum(), 1):.4f} on {counts.sum()} clips")
     fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> str:
+    """Rows: the true class, columns: the predicted one; each cell's count written in it."""
+    fig = confusion_figure(labels, matrix)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
 def duration_histogram(durations: Dict[str, np.ndarray], path: str) -> str:
     """Clip durations (seconds) per split, one outline each, on shared bins."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     longest = max((d.max() for d in durations.values() if d.size), default=1.0)
     bins = np.linspace(0, longest, 41)

@@ -42,6 +42,10 @@ class RunDir:
         return self._at("predictions.csv")
 
     @property
+    def report(self) -> str:  # the evaluation as one self-contained web page (evaluate.py, and a run's final eval)
+        return self._at("report.html")
+
+    @property
     def per_class(self) -> str:  # classification: precision, recall, F1 and support of every class
         return self._at("per_class.csv")
 

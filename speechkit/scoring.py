@@ -7,6 +7,7 @@ import csv
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -65,9 +66,10 @@ def gather_predictions(model, loader, accelerator: Accelerator, forward: Forward
     return by_row, loss_sum / max(loss_count, 1), gathered_count
 
 
-def write_results(result: EvalResult, rows, run_dir: str) -> List[str]:
-    """The evaluation's files in `run_dir`: predictions.csv (every clip's file, reference and prediction) and, for a
-    classifier, per_class.csv, confusion.csv and confusion.png. `rows`: the scored split. Returns the paths."""
+def write_results(task, result: EvalResult, rows, run_dir: str, title: str) -> List[str]:
+    """The evaluation's files in `run_dir`: predictions.csv (every clip's file, reference and prediction),
+    report.html (the task's report, speechkit/report.py) and, for a classifier, per_class.csv, confusion.csv and
+    confusion.png. `rows`: the scored split. Returns the paths."""
     from speechkit.audio import audio_ref
     from speechkit.data import AUDIO
     from speechkit.plots import confusion_matrix
@@ -81,6 +83,14 @@ def write_results(result: EvalResult, rows, run_dir: str) -> List[str]:
         for r, p in zip(result.rows, result.predictions):
             w.writerow([audio_ref(files[r][AUDIO]), *p.values()])
     written = [run.predictions]
+    from speechkit.report import page
+
+    ids = [audio_ref(files[r][AUDIO]) for r in result.rows]
+    durations = np.asarray(rows.select(result.rows)["num_samples"], dtype=np.float64) / task.sampling_rate \
+        if result.rows else np.zeros(0)
+    with open(run.report, "w", encoding="utf-8") as f:
+        f.write(page(title, task.report_sections(result, ids, durations)))
+    written.append(run.report)
     per_class = result.tables.get("per_class")
     if per_class:
         with open(run.per_class, "w", newline="") as f:

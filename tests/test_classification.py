@@ -68,6 +68,10 @@ def test_evaluate_scores_the_classifier_and_the_stock_pipeline_agrees(commands_r
     assert "precision" in done.stdout  # the per-class table
     predictions = read_csv(tmp_path / "predictions.csv")
     assert (tmp_path / "confusion.png").exists() and (tmp_path / "per_class.csv").exists()
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Per class</h2>" in page and "<h2>Confusion matrix</h2>" in page and "data:image/png;base64," in page
+    wrong = sum(not int(r["correct"]) for r in predictions)
+    assert f"Clips the top label got wrong ({wrong})" in page
 
     from transformers import pipeline
 

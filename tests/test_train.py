@@ -45,6 +45,26 @@ def test_run_dir_holds_every_artifact(demo_run):
     assert picture.shape[:2] == (900, 800) and picture[..., :3].std() > 0.05
 
 
+def check_report(path, predictions):
+    """report.html: one self-contained page (nothing fetched) with the scores, WER by duration, the frequent errors,
+    and each utterance aligned, its marked errors adding up to jiwer's counts."""
+    import re
+
+    import jiwer
+
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert not re.search(r"""(src|href)=['"](?!data:)""", page)  # every picture inline
+    for heading in ("WER by clip duration", "Most frequent errors", "Every utterance, aligned"):
+        assert f"<h2>{heading}</h2>" in page
+    words = jiwer.process_words([p["reference"] for p in predictions], [p["hypothesis"] for p in predictions])
+    assert f"WER {words.wer:.4f}" in page
+    rows = page.split("<table class='utt'>")[1]
+    assert rows.count("<tr>") == len(predictions)
+    assert rows.count("class='ins'") == sum(c.type == "insert" for a in words.alignments for c in a)
+    assert rows.count("class='sub'") == words.substitutions
+
+
 def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
     run_dir, _ = demo_run
     done = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO, "split=test",
@@ -55,6 +75,7 @@ def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
     with open(tmp_path / "predictions.csv") as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 6 and set(predictions[0]) == {"id", "reference", "hypothesis", "wer"}
+    check_report(tmp_path / "report.html", predictions)
 
     # The shipped folder is a plain Hugging Face model: the stock ASR pipeline transcribes a WAV path, and gives
     # exactly what speechkit's own evaluation decoded for that file.

@@ -17,6 +17,8 @@ The trainer and the entry scripts only talk to a task through these members (bot
   evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
   save(path)                  the processor / feature extractor beside the weights
   examples(result, n)         a few lines for the console
+  report_sections(result, ids, durations)
+                              report.html's sections (speechkit/report.py)
 """
 
 from __future__ import annotations

@@ -158,6 +158,15 @@ class SpeechRecognition:
             predictions=[{"reference": ref, "hypothesis": hyp, "wer": f"{jiwer.wer(ref, hyp):.4f}"}
                          for ref, hyp in zip(references, hypotheses)])
 
+    decoder = "greedy CTC (the most likely symbol per frame)"
+
+    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
+        """report.html: scores, WER by duration, frequent errors, every utterance aligned (speechkit/report.py)."""
+        from speechkit.report import asr_sections
+
+        return asr_sections([p["reference"] for p in result.predictions], [p["hypothesis"] for p in result.predictions],
+                            durations, ids, self.decoder)
+
     def examples(self, result: EvalResult, n: int, width: int = 48) -> str:
         """A few references beside their hypotheses, for the console."""
         def cut(s: str) -> str:

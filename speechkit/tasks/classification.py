@@ -109,9 +109,11 @@ class AudioClassification:
         if self.cfg.label_set == LabelSet.checkpoint:
             if not self.model_cfg.name_or_path:
                 raise ConfigError("task.label_set=checkpoint needs a pretrained model (model.name_or_path)")
-            id2label = AutoConfig.from_pretrained(self.model_cfg.name_or_path, revision=self.model_cfg.revision).id2label
+            id2label = AutoConfig.from_pretrained(self.model_cfg.name_or_path,
+                                                  revision=self.model_cfg.revision).id2label
             self.labels = [id2label[i] for i in sorted(id2label)]
-            return self.check_eval_rows(train_rows, splits[0], report), self.check_eval_rows(eval_rows, splits[1], report)
+            return (self.check_eval_rows(train_rows, splits[0], report),
+                    self.check_eval_rows(eval_rows, splits[1], report))
         self.labels = sorted({label for labels in train for label in labels})
         if len(self.labels) < 2:
             raise ConfigError(f"dataset.label_column: split '{splits[0]}' has {len(self.labels)} distinct label(s) "
@@ -119,9 +121,10 @@ class AudioClassification:
         known = set(self.labels)
         unseen = sorted({label for v in data.labels(eval_rows) for label in parse_labels(v, self.multi_label)} - known)
         if unseen:
-            raise ConfigError(f"dataset.label_column: split '{splits[1]}' has label(s) the training split '{splits[0]}' "
-                              f"never has: {unseen[:10]}{' ...' if len(unseen) > 10 else ''}; the model could never "
-                              "predict them (move such clips into training, or out of the evaluation split)")
+            raise ConfigError(f"dataset.label_column: split '{splits[1]}' has label(s) the training split "
+                              f"'{splits[0]}' never has: {unseen[:10]}{' ...' if len(unseen) > 10 else ''}; the model "
+                              "could never predict them (move such clips into training, or out of the evaluation "
+                              "split)")
         return train_rows, eval_rows
 
     def describe_targets(self) -> str:
@@ -222,7 +225,8 @@ class AudioClassification:
         metrics = {"eval_loss": loss, "eval_accuracy": float(hit.mean())}
         if self.multi_label:
             scored = truth.sum(0) > 0  # average precision is undefined for a class with no positive clip
-            metrics["eval_map"] = float(skm.average_precision_score(truth[:, scored], probs[:, scored], average="macro"))
+            metrics["eval_map"] = float(skm.average_precision_score(truth[:, scored], probs[:, scored],
+                                                                    average="macro"))
             metrics["eval_macro_f1"] = float(skm.f1_score(truth, probs >= 0.5, average="macro", zero_division=0))
             predicted = probs >= 0.5
         else:
@@ -246,6 +250,13 @@ class AudioClassification:
                         "correct": int(hit[k])} for k, r in enumerate(rows)]
         return EvalResult(metrics=metrics, rank=(-key, -metrics["eval_macro_f1"], loss), objective=1.0 - key,
                           summary=summary, rows=rows, predictions=predictions, tables=tables)
+
+    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
+        """report.html: scores, the per-class table, the confusion matrix, the clips it got wrong."""
+        from speechkit.report import classification_sections
+
+        return classification_sections(result.metrics, result.tables["per_class"], result.tables.get("confusion"),
+                                       self.labels, result.predictions, ids)
 
     def examples(self, result: EvalResult, n: int) -> str:
         """The per-class table, for the console."""
