@@ -68,7 +68,7 @@ def aligned(words: jiwer.WordOutput, k: int) -> str:
         elif chunk.type == "insert":
             out.append(f"<span class='ins'>{esc(' '.join(h))}</span>")
         else:
-            out += [f"<span class='del'>{esc(a)}</span><span class='sub'>{esc(b)}</span>" for a, b in zip(r, h)]
+            out += [f"<span class='del'>{esc(a)}</span> <span class='sub'>{esc(b)}</span>" for a, b in zip(r, h)]
     return " ".join(out)
 
 
