@@ -135,6 +135,32 @@ class VocabConfig:
     pad_token: str = "[PAD]"  # doubles as the CTC blank
 
 
+# --------------------------------------------------------------------------------------- conf/decoder
+class DecoderType(str, Enum):
+    greedy = "greedy"  # the most likely symbol per frame
+    kenlm = "kenlm"  # beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
+
+
+@dataclass
+class DecoderConfig:
+    """task=asr: how the shipped model's output becomes text (speechkit/decoding.py)."""
+
+    type: DecoderType = DecoderType.greedy
+    order: int = 3  # n-gram order of the LM
+    discount: float = 0.75  # Kneser-Ney absolute discount
+    # The LM's text (normalized as the transcripts): a file of one sentence per line, or a Hub text data set; both
+    # null: the training transcripts.
+    text_file: Optional[str] = None
+    text_dataset: Optional[str] = None
+    text_split: str = "train"
+    text_column: str = "text"
+    alpha: float = 0.5  # LM weight
+    beta: float = 1.0  # word insertion bonus
+    tune: bool = False  # search alpha and beta on the evaluation split; the best pair ships
+    tune_trials: int = 24  # pairs tried: the configured one, then seeded random ones (alpha 0-2, beta -1-3)
+    tune_seed: int = 0
+
+
 # ----------------------------------------------------------------------------------------- conf/model
 @dataclass
 class ModelConfig:
@@ -300,6 +326,7 @@ class TrainConfig:
     task: TaskConfig = MISSING
     dataset: DatasetConfig = MISSING
     vocab: VocabConfig = MISSING
+    decoder: DecoderConfig = MISSING
     model: ModelConfig = MISSING
     hw: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING

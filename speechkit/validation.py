@@ -62,6 +62,9 @@ RANGES: Dict[str, Check] = {
     "hw.num_threads": _or_null(POSITIVE_INT),
     # conf/task
     "task.max_length_s": _or_null(POSITIVE),
+    # conf/decoder
+    "decoder.order": (lambda v: v >= 2, "an integer >= 2 (KenLM reads bigram models and up)"),
+    "decoder.discount": OPEN_UNIT, "decoder.tune_trials": POSITIVE_INT,
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -154,6 +157,9 @@ def check_values(cfg: DictConfig) -> None:
         path = _get(cfg, "dataset.path")
         if path and not os.path.isdir(os.path.expanduser(path)):
             _refuse("dataset.path", path, "an existing folder (audio files and metadata.csv) for dataset=audiofolder")
+    text = _get(cfg, "decoder.text_file")
+    if text not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(text)):
+        _refuse("decoder.text_file", text, "null (the training transcripts) or an existing text file")
     vocab = _get(cfg, "vocab.path")
     if vocab not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(vocab)):
         _refuse("vocab.path", vocab, "null (build the vocab) or an existing vocab.json")

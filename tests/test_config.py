@@ -138,12 +138,15 @@ BAD_VALUES = [
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
+    ("train.py", "decoder=kenlm decoder.order=1"), ("train.py", "decoder=kenlm decoder.discount=1.5"),
+    ("train.py", "decoder=kenlm decoder.tune_trials=0"),
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
     ("train.py", "model=ast_tiny"),  # an AST has no CTC head: it cannot do task=asr (the default)
     ("train.py", "hub.push=true"),  # and no hub.repo_id
+    ("train.py", "decoder=kenlm decoder.text_file=/no/such/corpus.txt"),
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
     ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),
     ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),
@@ -210,7 +213,8 @@ def test_each_default_is_stated_once():
     from speechkit import config as C
 
     schemas = {"dataset": C.DatasetConfig, "vocab": C.VocabConfig, "model": C.ModelConfig, "hw": C.HardwareConfig,
-               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig, "task": C.TaskConfig}
+               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig, "task": C.TaskConfig,
+               "decoder": C.DecoderConfig}
     files = [(p, schemas[p.parent.name]) for group in schemas for p in sorted((CONF / group).glob("*.yaml"))]
     files += [(CONF / f"{name}.yaml", schema) for name, schema in (
         ("train", C.TrainConfig), ("evaluate", C.EvaluateConfig), ("serve", C.ServeConfig),

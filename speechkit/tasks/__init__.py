@@ -15,6 +15,8 @@ The trainer and the entry scripts only talk to a task through these members (bot
                               evaluation rows the model cannot score are reported
   dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
   evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
+  after_training(model, eval_set, accelerator, run_dir, result) -> EvalResult
+                              the task's last step on the shipped model (speech recognition: the n-gram LM)
   save(path)                  the processor / feature extractor beside the weights
   examples(result, n)         a few lines for the console
   report_sections(result, ids, durations)
@@ -31,7 +33,10 @@ def make_task(cfg):
     if cfg.task.name == TaskName.asr:
         from speechkit.tasks.asr import SpeechRecognition
 
-        return SpeechRecognition(cfg.vocab)
+        from speechkit.text import TextNormalizer
+
+        normalizer = TextNormalizer(cfg.dataset.text)
+        return SpeechRecognition(cfg.vocab, decoder_cfg=cfg.decoder, normalize=lambda t: normalizer(t).text)
     from speechkit.tasks.classification import AudioClassification
 
     return AudioClassification(cfg.task, cfg.model)

@@ -4,6 +4,7 @@ CTC head, predictions are decoded greedily and scored by WER (lower is better; C
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Optional, Tuple
 
 import jiwer
@@ -11,8 +12,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2Processor
 
-from speechkit import data, vocab as vocabulary
-from speechkit.config import ModelConfig, VocabConfig
+from speechkit import data, decoding, vocab as vocabulary
+from speechkit.batching import ClipCountBatchSampler
+from speechkit.config import DecoderConfig, DecoderType, ModelConfig, VocabConfig
 from speechkit.data import DropReport, SpeechDataset
 from speechkit.model import build_model, feature_extractor_for, uses_attention_mask
 from speechkit.rundir import RunDir
@@ -73,10 +75,16 @@ class SpeechRecognition:
     target = data.TEXT  # the data column it learns from: the normalized transcript
     unit = "utterances"
 
-    def __init__(self, vocab_cfg: Optional[VocabConfig] = None, processor: Optional[Wav2Vec2Processor] = None):
+    def __init__(self, vocab_cfg: Optional[VocabConfig] = None, processor: Optional[Wav2Vec2Processor] = None,
+                 decoder_cfg: Optional[DecoderConfig] = None, normalize=None):
         self.vocab_cfg = vocab_cfg
+        self.normalize = normalize  # the transcripts' text normalization, for the LM's own text
         self.processor = processor
+        self.decoder_cfg = decoder_cfg
         self.vocab: dict = {}
+        self.lm = None  # a pyctcdecode decoder with the n-gram LM (decoder=kenlm, or shipped in a model dir)
+        self.lm_order = None
+        self.lm_text: List[str] = []
 
     # ------------------------------------------------------------------------ training: targets and model
     def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
@@ -89,6 +97,8 @@ class SpeechRecognition:
         vocabulary.warn_unspellable(data.texts(eval_rows), self.vocab, splits[1], cfg.unk_token)
         if is_main:
             vocabulary.write_vocab(self.vocab, RunDir(run_dir).vocab)
+        if self.decoder_cfg is not None and self.decoder_cfg.type == DecoderType.kenlm:
+            self.lm_text = decoding.lm_sentences(self.decoder_cfg, data.texts(train_rows), self.normalize)
         return train_rows, eval_rows
 
     def describe_targets(self) -> str:
@@ -108,6 +118,9 @@ class SpeechRecognition:
         model = AutoModelForCTC.from_pretrained(model_dir)
         task.vocab = task.processor.tokenizer.get_vocab()
         task._collate = CTCCollator(task.processor.feature_extractor, uses_attention_mask(model))
+        task.lm = decoding.load(model_dir)
+        if task.lm is not None:
+            task.lm_order = decoding.order_of(model_dir)
         return task, model
 
     def check_eval_rows(self, rows: Dataset, split: str, report: DropReport) -> Dataset:
@@ -134,38 +147,103 @@ class SpeechRecognition:
         return model(**self._collate.model_inputs(batch))
 
     def evaluate(self, model, loader, dataset: SpeechDataset, accelerator) -> EvalResult:
-        """Greedy CTC decoding; only argmax ids leave the device."""
+        """Greedy CTC decoding (only argmax ids leave the device) or, with an n-gram LM decoder, beam search over
+        the gathered logits, scored beside the greedy text of the same logits."""
         tokenizer = self.processor.tokenizer
         blank = tokenizer.pad_token_id
+        unwrapped = accelerator.unwrap_model(model)
 
-        def predict(out, batch, unwrapped):
+        def frames_of(batch, on):
+            return unwrapped._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).to(on)
+
+        def argmax(out, batch, _):
             pred = out.logits.argmax(dim=-1)
             # Frames that only cover padding are set to blank so they decode to nothing.
-            frames = unwrapped._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
+            frames = frames_of(batch, pred.device)
             return pred.masked_fill(torch.arange(pred.shape[1], device=pred.device)[None, :] >= frames[:, None], blank)
 
-        by_row, loss, gathered = gather_predictions(model, loader, accelerator, self.forward, predict, blank)
+        def logits(out, batch, _):  # with the frame count in the last row's first cell: padding is cut on the host
+            x = out.logits.float()
+            counts = torch.zeros(x.shape[0], 1, x.shape[2], device=x.device)
+            counts[:, 0, 0] = frames_of(batch, x.device).float()
+            return torch.cat([counts, x], dim=1)
+
+        by_row, loss, gathered = gather_predictions(model, loader, accelerator, self.forward,
+                                                    logits if self.lm is not None else argmax, blank)
         rows = sorted(by_row)
-        hypotheses = tokenizer.batch_decode([by_row[r].tolist() for r in rows])
         texts = data.texts(dataset.ds)
         references = [texts[r] for r in rows]
-        rates = error_rates(references, hypotheses)
-        return EvalResult(
-            metrics={"eval_loss": loss, "eval_wer": rates["wer"], "eval_cer": rates["cer"],
-                     "eval_utterances": len(rows), "eval_gathered": gathered},
-            rank=(rates["wer"], rates["cer"]), objective=rates["wer"],
-            summary=f"WER {rates['wer']:.4f}  CER {rates['cer']:.4f}", rows=rows,
-            predictions=[{"reference": ref, "hypothesis": hyp, "wer": f"{jiwer.wer(ref, hyp):.4f}"}
-                         for ref, hyp in zip(references, hypotheses)])
+        if self.lm is None:
+            hypotheses = tokenizer.batch_decode([by_row[r].tolist() for r in rows])
+            return self._result(loss, gathered, rows, references, hypotheses)
+        utterances = [by_row[r][1: 1 + int(by_row[r][0, 0])].numpy() for r in rows]
+        self.logits = dict(zip(rows, utterances))  # kept for decoder.tune
+        greedy = tokenizer.batch_decode([x.argmax(-1).tolist() for x in utterances])
+        return self._result(loss, gathered, rows, references, decoding.decode(self.lm, utterances), greedy)
 
-    decoder = "greedy CTC (the most likely symbol per frame)"
+    def _result(self, loss, gathered, rows, references, hypotheses, greedy=None) -> EvalResult:
+        rates = error_rates(references, hypotheses)
+        metrics = {"eval_loss": loss, "eval_wer": rates["wer"], "eval_cer": rates["cer"]}
+        summary = f"WER {rates['wer']:.4f}  CER {rates['cer']:.4f}"
+        predictions = [{"reference": ref, "hypothesis": hyp, "wer": f"{jiwer.wer(ref, hyp):.4f}"}
+                       for ref, hyp in zip(references, hypotheses)]
+        if greedy is not None:
+            plain = error_rates(references, greedy)
+            metrics.update(eval_wer_greedy=plain["wer"], eval_cer_greedy=plain["cer"])
+            summary += f" with the {self.lm_order}-gram LM (greedy: WER {plain['wer']:.4f}  CER {plain['cer']:.4f})"
+            for p, g in zip(predictions, greedy):
+                p["greedy"] = g
+        metrics.update(eval_utterances=len(rows), eval_gathered=gathered)
+        return EvalResult(metrics=metrics, rank=(rates["wer"], rates["cer"]), objective=rates["wer"],
+                          summary=summary, rows=rows, predictions=predictions)
+
+    # ------------------------------------------------------------------------------- the LM decoder
+    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str,
+                       result: EvalResult) -> EvalResult:
+        """decoder=kenlm: the n-gram LM built from the LM text, the shipped model's eval split decoded with it (alpha
+        and beta tuned there with decoder.tune), the decoder shipped in model/; returns that evaluation."""
+        cfg = self.decoder_cfg
+        if cfg is None or cfg.type == DecoderType.greedy:
+            return result
+        arpa = os.path.join(run_dir, f"lm-{cfg.order}gram.arpa")
+        if accelerator.is_main_process:
+            sizes = decoding.write_arpa(self.lm_text, cfg.order, arpa, cfg.discount)
+            log.info("Language model: %s, %s n-grams from %d sentences", arpa,
+                     "/".join(str(sizes[n]) for n in sorted(sizes)), len(self.lm_text))
+        accelerator.wait_for_everyone()
+        labels = decoding.alphabet(self.processor.tokenizer, model.config.vocab_size)
+        self.lm = decoding.build_decoder(labels, arpa, (w for t in self.lm_text for w in t.split()), cfg.alpha,
+                                         cfg.beta)
+        self.lm_order = cfg.order
+        loader = accelerator.prepare(torch.utils.data.DataLoader(
+            eval_set, collate_fn=self._collate, batch_sampler=ClipCountBatchSampler(eval_set.lengths, 8, shuffle=False)))
+        lm_result = self.evaluate(model, loader, eval_set, accelerator)
+        if cfg.tune:
+            references = [p["reference"] for p in lm_result.predictions]
+            alpha, beta, wer = decoding.tune(self.lm, [self.logits[r] for r in lm_result.rows], references, cfg)
+            log.info("decoder.tune: best alpha=%.3f beta=%.3f, WER %.4f (configured: %.4f)", alpha, beta, wer,
+                     lm_result.metrics["eval_wer"])
+            lm_result = self.evaluate(model, loader, eval_set, accelerator)
+        if accelerator.is_main_process:
+            decoding.ship(self.lm, RunDir(run_dir).model)
+        accelerator.wait_for_everyone()
+        log.info("Final model with its LM: eval %s", lm_result.summary)
+        return lm_result
+
+    @property
+    def decoder_name(self) -> str:
+        if self.lm is None:
+            return "greedy CTC (the most likely symbol per frame)"
+        lm = decoding.settings(self.lm)
+        return (f"beam search with a {self.lm_order}-gram language model (alpha {lm['alpha']:g}, beta "
+                f"{lm['beta']:g}); the greedy text of the same output is in predictions.csv")
 
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
         """report.html: scores, WER by duration, frequent errors, every utterance aligned (speechkit/report.py)."""
         from speechkit.report import asr_sections
 
         return asr_sections([p["reference"] for p in result.predictions], [p["hypothesis"] for p in result.predictions],
-                            durations, ids, self.decoder)
+                            durations, ids, self.decoder_name)
 
     def examples(self, result: EvalResult, n: int, width: int = 48) -> str:
         """A few references beside their hypotheses, for the console."""

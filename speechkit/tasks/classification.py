@@ -251,6 +251,10 @@ class AudioClassification:
         return EvalResult(metrics=metrics, rank=(-key, -metrics["eval_macro_f1"], loss), objective=1.0 - key,
                           summary=summary, rows=rows, predictions=predictions, tables=tables)
 
+    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str,
+                       result: EvalResult) -> EvalResult:
+        return result  # nothing to add to a classifier once it is shipped
+
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
         """report.html: scores, the per-class table, the confusion matrix, the clips it got wrong."""
         from speechkit.report import classification_sections
