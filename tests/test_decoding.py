@@ -102,3 +102,26 @@ def test_evaluate_prints_lm_and_greedy_side_by_side(lm_run, tmp_path):
     assert again == ours
     assert "beam search with a 3-gram language model" in (tmp_path / "report.html").read_text()
     assert math.isfinite(float(line.split()[2]))
+
+
+def test_lm_text_from_a_file_or_a_hub_text_data_set_is_normalized(tmp_path):
+    from datasets import Dataset
+
+    from speechkit.config import DecoderConfig, TextConfig
+    from speechkit.text import TextNormalizer
+
+    normalizer = TextNormalizer(TextConfig())
+    normalize = lambda t: normalizer(t).text  # noqa: E731
+    (tmp_path / "corpus.txt").write_text("The Cat, sees a dog!\n\nA DOG runs.\n")
+    assert decoding.lm_sentences(DecoderConfig(text_file=str(tmp_path / "corpus.txt")), [], normalize) == [
+        "the cat sees a dog", "a dog runs"]
+    hub = tmp_path / "hub_text"
+    (hub / "data").mkdir(parents=True)
+    Dataset.from_dict({"sentence": ["My Dog sleeps.", "Here!"]}).to_parquet(str(hub / "data" / "train-0.parquet"))
+    cfg = DecoderConfig(text_dataset=str(hub), text_column="sentence")
+    assert decoding.lm_sentences(cfg, ["ignored"], normalize) == ["my dog sleeps", "here"]
+    from speechkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="decoder.text_column"):
+        decoding.lm_sentences(DecoderConfig(text_dataset=str(hub)), [], normalize)
+    assert decoding.lm_sentences(DecoderConfig(), ["a b", "", "c"], normalize) == ["a b", "c"]
