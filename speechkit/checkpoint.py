@@ -16,6 +16,8 @@ from typing import List, Optional
 
 from accelerate import Accelerator
 
+from speechkit.config import RunError
+
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -53,10 +55,19 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(root, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
-    accelerator.wait_for_everyone()  # all of them written before the folder is renamed into place
+    try:
+        accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
+        accelerator.wait_for_everyone()  # all of them written before the folder is renamed into place
+        if accelerator.is_main_process:
+            _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
+    except Exception as err:  # a full disk, a quota (safetensors reports it as its own error, not an OSError): the
+        shutil.rmtree(tmp, ignore_errors=True)  # half-written folder goes, the previous checkpoint stays
+        previous = complete_checkpoints(root)
+        why = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
+        raise RunError(f"checkpoint step-{step} could not be written to {root} ({why}); the newest "
+                       f"complete checkpoint, {os.path.basename(previous[-1]) if previous else 'none'}, is intact: "
+                       "free some space, then continue with trainer.resume=auto") from err
     if accelerator.is_main_process:
-        _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
         if os.path.isdir(final):  # the same step saved again after a resume
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from speechkit.config import ConfigError, check_required
+from speechkit.config import ConfigError, RunError, check_required
 
 
 def run_or_exit(module: str, cfg: DictConfig) -> Any:
@@ -27,3 +27,6 @@ def run_or_exit(module: str, cfg: DictConfig) -> Any:
     except ConfigError as err:  # say what to change; exit status 2, as for a bad command line
         print(f"speechkit: config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunError as err:  # say what happened and what to do; exit status 1
+        print(f"speechkit: error: {err}", file=sys.stderr)
+        sys.exit(1)

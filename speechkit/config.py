@@ -466,6 +466,10 @@ class ConfigError(ValueError):
     """A config value that passed type checking but cannot work; the message names the key."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside the config (a full disk); the message says what to do."""
+
+
 def check_required(cfg: DictConfig) -> None:
     """Fail early, naming every required value that was left as ??? ."""
     missing = sorted(OmegaConf.missing_keys(cfg))

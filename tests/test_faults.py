@@ -1,0 +1,56 @@
+"""Faults: training killed at random moments (some inside checkpoint writes) continues exactly; a checkpoint that
+cannot be written (the disk full) leaves the previous one usable and stops the run with a clear message."""
+
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+from conftest import REPO, SMALL_DEMO, TINY
+
+
+def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):
+    num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)
+    done = subprocess.run([sys.executable, "benchmarks/faults.py", "--kills", "2", "--steps", "6", "--num-train",
+                           num_train, "--num-test", num_test, "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "faults.json").read_text())
+    assert result["kills"] == 2 and result["runs"] == 3 and result["exact_continuation"] is True
+    assert result["kills_inside_checkpoint_write"] >= 1  # the second kill waits for a write under way
+    assert "| final weights bit-identical to the uninterrupted run | yes |" in done.stdout
+
+
+def _train(run_dir, *extra, file_limit=None):
+    def limit():  # every file this process writes stops growing at `file_limit` bytes, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails (EFBIG) instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    return subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=demo", "hw=cpu", *SMALL_DEMO, *TINY,
+                           "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.max_steps=6",
+                           "trainer.save_steps=2", "trainer.save_total_limit=null", "trainer.eval_at_epoch_end=false",
+                           "trainer.progress_bar=false", f"hydra.run.dir={run_dir}", *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit if file_limit else None)
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_says_what_to_do(tmp_path):
+    run_dir = tmp_path / "run"
+    assert _train(run_dir).returncode == 0
+    for later in ("step-4", "step-6", "best"):  # the run as it was after step 2
+        shutil.rmtree(run_dir / "checkpoints" / later)
+    shutil.rmtree(run_dir / "model")
+    weights = (run_dir / "checkpoints" / "step-2" / "model.safetensors").stat().st_size
+
+    full = _train(run_dir, "trainer.resume=auto", file_limit=weights // 2)
+    last = full.stderr.strip().splitlines()[-1]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert last.startswith("speechkit: error: checkpoint step-4 could not be written") and "step-2, is intact" in last
+    assert "trainer.resume=auto" in last
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2"]  # no half-written folder left
+
+    again = _train(run_dir, "trainer.resume=auto")  # space freed: it goes on from step 2 and finishes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "step-6" / "trainer_state.json").exists()
+    assert "Resumed from" in (run_dir / "train.log").read_text()
