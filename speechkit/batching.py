@@ -112,6 +112,14 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
             yield batches[b]
 
 
+def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) -> torch.utils.data.DataLoader:
+    """Every clip once, in batches of `batch_size` clips of similar length, longest first (evaluation); `loading`:
+    hardware.loader_settings."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=ClipCountBatchSampler(dataset.lengths, batch_size,
+                                                                                    shuffle=False),
+                                       collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed), **loading)
+
+
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
                         sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch; each

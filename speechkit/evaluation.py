@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
-from speechkit.batching import ClipCountBatchSampler
+from speechkit.batching import eval_loader
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
 from speechkit.model import receptive_field
@@ -36,9 +35,7 @@ def run(raw_cfg: DictConfig) -> EvalResult:
                                 receptive_field(model.config, task.sampling_rate))[cfg.split]
     rows = task.check_eval_rows(rows, cfg.split, report)
     dataset = task.dataset(rows, training=False)
-    sampler = ClipCountBatchSampler(dataset.lengths, cfg.batch_size, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, collate_fn=task.collator(False), batch_sampler=sampler,
-                                         **loader_settings(accelerator))
+    loader = eval_loader(dataset, task.collator(False), cfg.batch_size, **loader_settings(accelerator))
     model, loader = accelerator.prepare(model, loader)
     result = task.evaluate(model, loader, dataset, accelerator)
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from speechkit import checkpoint
-from speechkit.batching import ClipCountBatchSampler, train_batch_sampler
+from speechkit import batching, checkpoint
+from speechkit.batching import train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.hardware import loader_settings, optimizer_settings
@@ -141,15 +141,13 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     sampling_rate = train_set.sampling_rate
     train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
                                         cfg.seed, cfg.group_by_length)
-    eval_sampler = ClipCountBatchSampler(eval_set.lengths, cfg.eval_batch_size, shuffle=False)
     # Workers and pinned memory as suits the device. Loaders draw worker seeds from their own generators, not the
     # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
     # stream exactly as an uninterrupted run has it.
     loading = loader_settings(accelerator, cfg.num_workers)
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=task.collator(True),
                                                generator=torch.Generator().manual_seed(cfg.seed), **loading)
-    eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=eval_sampler, collate_fn=task.collator(False),
-                                              generator=torch.Generator().manual_seed(cfg.seed), **loading)
+    eval_loader = batching.eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]

@@ -67,7 +67,8 @@ def run(raw_cfg: DictConfig) -> float | str:
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
     result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)
-    result = task.after_training(model, eval_set, accelerator, run_dir, result)  # e.g. the n-gram LM decoder
+    result = task.after_training(model, eval_set, accelerator, run_dir, result,  # e.g. the n-gram LM decoder
+                                 cfg.trainer.eval_batch_size)
     if accelerator.is_main_process:
         write_results(task, result, eval_rows, run_dir, f"{ds.name}/{ds.eval_split}: {RunDir(run_dir).model}")
         hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision)

@@ -15,7 +15,7 @@ The trainer and the entry scripts only talk to a task through these members (bot
                               evaluation rows the model cannot score are reported
   dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
   evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
-  after_training(model, eval_set, accelerator, run_dir, result) -> EvalResult
+  after_training(model, eval_set, accelerator, run_dir, result, batch_size) -> EvalResult
                               the task's last step on the shipped model (speech recognition: the n-gram LM)
   save(path)                  the processor / feature extractor beside the weights
   examples(result, n)         a few lines for the console

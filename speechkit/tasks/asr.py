@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2Processor
 
 from speechkit import data, decoding, vocab as vocabulary
-from speechkit.batching import ClipCountBatchSampler
+from speechkit.batching import eval_loader
 from speechkit.config import DecoderConfig, DecoderType, ModelConfig, VocabConfig
 from speechkit.data import DropReport, SpeechDataset
 from speechkit.model import build_model, feature_extractor_for, uses_attention_mask
@@ -198,8 +198,8 @@ class SpeechRecognition:
                           summary=summary, rows=rows, predictions=predictions)
 
     # ------------------------------------------------------------------------------- the LM decoder
-    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str,
-                       result: EvalResult) -> EvalResult:
+    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str, result: EvalResult,
+                       batch_size: int) -> EvalResult:
         """decoder=kenlm: the n-gram LM built from the LM text, the shipped model's eval split decoded with it (alpha
         and beta tuned there with decoder.tune), the decoder shipped in model/; returns that evaluation."""
         cfg = self.decoder_cfg
@@ -215,8 +215,7 @@ class SpeechRecognition:
         self.lm = decoding.build_decoder(labels, arpa, (w for t in self.lm_text for w in t.split()), cfg.alpha,
                                          cfg.beta)
         self.lm_order = cfg.order
-        loader = accelerator.prepare(torch.utils.data.DataLoader(
-            eval_set, collate_fn=self._collate, batch_sampler=ClipCountBatchSampler(eval_set.lengths, 8, shuffle=False)))
+        loader = accelerator.prepare(eval_loader(eval_set, self._collate, batch_size))
         lm_result = self.evaluate(model, loader, eval_set, accelerator)
         if cfg.tune:
             references = [p["reference"] for p in lm_result.predictions]

@@ -251,8 +251,8 @@ class AudioClassification:
         return EvalResult(metrics=metrics, rank=(-key, -metrics["eval_macro_f1"], loss), objective=1.0 - key,
                           summary=summary, rows=rows, predictions=predictions, tables=tables)
 
-    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str,
-                       result: EvalResult) -> EvalResult:
+    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str, result: EvalResult,
+                       batch_size: int) -> EvalResult:
         return result  # nothing to add to a classifier once it is shipped
 
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
