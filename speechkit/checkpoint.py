@@ -14,6 +14,7 @@ import re
 import shutil
 from typing import List, Optional
 
+import torch
 from accelerate import Accelerator
 
 from speechkit.config import RunError
@@ -55,18 +56,27 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(root, exist_ok=True)
     accelerator.wait_for_everyone()
+    failure = None
     try:
         accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
-        accelerator.wait_for_everyone()  # all of them written before the folder is renamed into place
         if accelerator.is_main_process:
             _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
-    except Exception as err:  # a full disk, a quota (safetensors reports it as its own error, not an OSError): the
-        shutil.rmtree(tmp, ignore_errors=True)  # half-written folder goes, the previous checkpoint stays
+    except Exception as err:  # a full disk, a quota (safetensors reports it as its own error, not an OSError)
+        failure = err
+    # All processes learn whether any of them failed (this is also the barrier before the rename): one failing
+    # alone must not leave the others waiting.
+    failed = torch.tensor([failure is not None], dtype=torch.float32, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")
+    if failed.item():
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes, the previous checkpoint stays
         previous = complete_checkpoints(root)
-        why = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
+        why = (getattr(failure, "strerror", None) or str(failure).strip().splitlines()[0][:200]) if failure \
+            else "it failed in another process"
         raise RunError(f"checkpoint step-{step} could not be written to {root} ({why}); the newest "
                        f"complete checkpoint, {os.path.basename(previous[-1]) if previous else 'none'}, is intact: "
-                       "free some space, then continue with trainer.resume=auto") from err
+                       "free some space, then continue with trainer.resume=auto") from failure
     if accelerator.is_main_process:
         if os.path.isdir(final):  # the same step saved again after a resume
             shutil.rmtree(final)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO, SMALL_DEMO, TINY
 
@@ -54,3 +55,30 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_says_wha
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run_dir / "checkpoints" / "step-6" / "trainer_state.json").exists()
     assert "Resumed from" in (run_dir / "train.log").read_text()
+
+
+def test_under_two_processes_a_failed_checkpoint_write_stops_both_without_a_hang(tmp_path):
+    """DDP: the main process cannot write the weights, the other writes its own files fine; they agree on the
+    failure instead of waiting for each other, and both stop with the message."""
+    from test_scale import free_port
+
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "trainer.max_steps=2", "trainer.save_steps=null").returncode == 0  # the corpus cached
+    weights = (run_dir / "model" / "model.safetensors").stat().st_size
+    shutil.rmtree(run_dir)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (weights // 2, weights // 2))
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                           str(free_port()), str(REPO / "train.py"), "experiment=demo", "hw=cpu", *SMALL_DEMO, *TINY,
+                           "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.max_steps=2",
+                           "trainer.save_steps=1", "trainer.eval_at_epoch_end=false", "trainer.progress_bar=false",
+                           f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    assert done.returncode != 0
+    assert done.stderr.count("speechkit: error: checkpoint step-1 could not be written") == 2, done.stderr[-3000:]
+    assert not any((run_dir / "checkpoints").glob(".tmp-step-*"))
