@@ -361,9 +361,10 @@ class ResponseShape(str, Enum):
 class InspectConfig:
     """`python inspect_data.py dataset=...`: a data set looked at before training."""
 
+    task: TaskConfig = MISSING  # asr: the transcripts' characters; audio_classification: the labels
     dataset: DatasetConfig = MISSING
     sampling_rate: int = 16000  # the rate the model will train at: durations and the decoded cache follow it
-    top_chars: int = 60  # rows of the character inventory printed (all of them go to characters.csv)
+    top_chars: int = 60  # rows of the character (or label) inventory printed (all of them go to the CSV)
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_dir: str = "${hydra:runtime.output_dir}"
 

@@ -1,9 +1,9 @@
 """`python inspect_data.py`: a data set as training would see it, before training.
 
 Every split of the source goes through the same checking pass as training (so its decoded audio lands in the cache
-a later run reads): clips and hours per split, durations, the character inventory of the normalized text, and what
-the checking pass drops, printed, written (summary.json, characters.csv, drop_report.jsonl) and drawn
-(durations.png).
+a later run reads): clips and hours per split, durations, the character inventory of the normalized text (or, with
+task=audio_classification, the clips per label), and what the checking pass drops, printed, written (summary.json,
+characters.csv or labels.csv, drop_report.jsonl) and drawn (durations.png).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
-from speechkit.config import InspectConfig, check_required
+from speechkit.config import InspectConfig, TaskName, check_required
 from speechkit.plots import duration_histogram
 from speechkit.rundir import RunDir
 
@@ -32,12 +32,19 @@ def run(raw_cfg: DictConfig) -> dict:
     ds, rate, run = cfg.dataset, cfg.sampling_rate, RunDir(cfg.run_dir)
     os.makedirs(run.root, exist_ok=True)
     report = data.DropReport()
-    sources = data.load_source(ds)
+    labelled = cfg.task.name == TaskName.audio_classification
+    sources = data.load_source(ds, data.LABEL if labelled else data.TEXT)
     splits = {name: data.check_split(rows, name, ds, rate, name == ds.train_split, report)
               for name, rows in sources.items()}
 
     durations = {name: np.asarray(rows["num_samples"], dtype=np.float64) / rate for name, rows in splits.items()}
-    chars = {name: Counter("".join(data.texts(rows))) for name, rows in splits.items()}
+    if labelled:  # the inventory is the labels: clips per label
+        from speechkit.tasks.classification import parse_labels
+
+        chars = {name: Counter(label for v in data.labels(rows) for label in parse_labels(v, cfg.task.multi_label))
+                 for name, rows in splits.items()}
+    else:
+        chars = {name: Counter("".join(data.texts(rows))) for name, rows in splits.items()}
     summary = {"dataset": ds.name, "sampling_rate": rate, "splits": {}}
     for name in splits:
         d = durations[name]
@@ -45,32 +52,35 @@ def run(raw_cfg: DictConfig) -> dict:
             "clips": int(d.size), "hours": float(d.sum() / 3600), "dropped": len(sources[name]) - int(d.size),
             "drop_reasons": dict(report.counts(name)),
             "duration_s": {"min": float(d.min()), "mean": float(d.mean()), "max": float(d.max())} if d.size else None,
-            "characters": len(chars[name]),
+            ("labels" if labelled else "characters"): len(chars[name]),
         }
     train_chars = chars.get(ds.train_split, Counter())
     unseen = {name: sorted(set(c) - set(train_chars)) for name, c in chars.items() if name != ds.train_split}
-    summary["characters_not_in_training_text"] = {k: v for k, v in unseen.items() if v}
+    summary["labels_not_in_training" if labelled else "characters_not_in_training_text"] = \
+        {k: v for k, v in unseen.items() if v}
 
     with open(run.summary, "w") as f:
         json.dump(summary, f, indent=1, ensure_ascii=False)
-    _write_inventory(chars, run.characters)
+    _write_inventory(chars, run.labels if labelled else run.characters, labelled)
     report.write(run.drop_report)
     duration_histogram(durations, run.durations)
-    print(_describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
+    describe = _describe_labels if labelled else _describe
+    print(describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
     return summary
 
 
-def _write_inventory(chars: Dict[str, Counter], path: str) -> None:
+def _write_inventory(chars: Dict[str, Counter], path: str, labelled: bool = False) -> None:
     names = list(chars)
     everything = sum(chars.values(), Counter())
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["character", "codepoint", *names])
+        w.writerow(["label", *names] if labelled else ["character", "codepoint", *names])
         for ch, _ in everything.most_common():
-            w.writerow([ch, f"U+{ord(ch):04X}", *(chars[n][ch] for n in names)])
+            w.writerow([ch, *(chars[n][ch] for n in names)] if labelled
+                       else [ch, f"U+{ord(ch):04X}", *(chars[n][ch] for n in names)])
 
 
-def _describe(summary: dict, chars: Dict[str, Counter], train_split: str, top: int, run: RunDir) -> str:
+def _splits_table(summary: dict) -> list:
     lines = [f"Data set '{summary['dataset']}' at {summary['sampling_rate']} Hz", "",
              f"{'split':<14}{'clips':>8}{'hours':>9}{'min s':>8}{'mean s':>8}{'max s':>8}{'dropped':>9}  reasons"]
     for name, s in summary["splits"].items():
@@ -78,6 +88,23 @@ def _describe(summary: dict, chars: Dict[str, Counter], train_split: str, top: i
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(s["drop_reasons"].items())) or "-"
         lines.append(f"{name:<14}{s['clips']:>8}{s['hours']:>9.3f}{d['min']:>8.2f}{d['mean']:>8.2f}{d['max']:>8.2f}"
                      f"{s['dropped']:>9}  {reasons}")
+    return lines
+
+
+def _describe_labels(summary: dict, labels: Dict[str, Counter], train_split: str, top: int, run: RunDir) -> str:
+    lines = _splits_table(summary)
+    inventory = labels.get(train_split) or sum(labels.values(), Counter())
+    lines += ["", f"Labels of '{train_split}' ({len(inventory)}; clips each, most frequent first):"]
+    shown = [f"{label}:{n}" for label, n in inventory.most_common(top)]
+    lines += ["  " + " ".join(shown[i:i + 8]) for i in range(0, len(shown), 8)]
+    for name, missing in summary["labels_not_in_training"].items():
+        lines.append(f"  in '{name}' but never in '{train_split}' (a model cannot learn them): {', '.join(missing)}")
+    lines += ["", f"Written: {run.summary}, {run.labels}, {run.drop_report}, {run.durations}"]
+    return "\n".join(lines)
+
+
+def _describe(summary: dict, chars: Dict[str, Counter], train_split: str, top: int, run: RunDir) -> str:
+    lines = _splits_table(summary)
     inventory = chars.get(train_split) or sum(chars.values(), Counter())
     lines += ["", f"Characters of the normalized '{train_split}' text ({len(inventory)}; most frequent first):"]
     shown = [f"{ch!r}:{n}" if ch != " " else f"' ':{n}" for ch, n in inventory.most_common(top)]

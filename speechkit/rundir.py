@@ -66,6 +66,10 @@ class RunDir:
         return self._at("characters.csv")
 
     @property
+    def labels(self) -> str:  # inspect_data.py, task=audio_classification: clips per label and split
+        return self._at("labels.csv")
+
+    @property
     def summary(self) -> str:  # inspect_data.py: clips, hours and drops per split
         return self._at("summary.json")
 

@@ -289,3 +289,24 @@ def test_inspect_data_names_characters_a_model_cannot_learn(tmp_path):
     done = run_cli("inspect_data.py", "dataset=audiofolder", f"dataset.path={root}", f"hydra.run.dir={tmp_path / 'i'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "in 'test' but never in 'train' (a model cannot learn them): f i q u x" in done.stdout
+
+
+def test_inspect_data_counts_labels_for_a_classification_data_set(tmp_path):
+    from conftest import run_cli
+
+    root = tmp_path / "data"
+    for split, labels in (("train", ["up", "down", "up"]), ("test", ["up", "left"])):
+        (root / split).mkdir(parents=True)
+        for i, label in enumerate(labels):
+            speak(label, root / split / f"{i}.wav")
+        write_metadata(root / split, [(f"{i}.wav", label) for i, label in enumerate(labels)], text_column="label")
+    done = run_cli("inspect_data.py", "task=audio_classification", "dataset=audiofolder", f"dataset.path={root}",
+                   f"hydra.run.dir={tmp_path / 'i'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Labels of 'train' (2; clips each, most frequent first):" in done.stdout and "up:2 down:1" in done.stdout
+    assert "in 'test' but never in 'train' (a model cannot learn them): left" in done.stdout
+    with open(tmp_path / "i" / "labels.csv") as f:
+        rows = {r["label"]: r for r in csv.DictReader(f)}
+    assert (rows["up"]["train"], rows["up"]["test"], rows["left"]["train"]) == ("2", "1", "0")
+    summary = json.loads((tmp_path / "i" / "summary.json").read_text())
+    assert summary["labels_not_in_training"] == {"test": ["left"]} and summary["splits"]["train"]["labels"] == 2
