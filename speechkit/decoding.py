@@ -133,7 +133,8 @@ def decode(decoder, logits: Sequence[np.ndarray]) -> List[str]:
     return [decoder.decode_beams(x)[0][0] for x in logits]
 
 
-def tune(decoder, logits: Sequence[np.ndarray], references: List[str], cfg: DecoderConfig) -> Tuple[float, float, float]:
+def tune(decoder, logits: Sequence[np.ndarray], references: List[str],
+         cfg: DecoderConfig) -> Tuple[float, float, float]:
     """(alpha, beta, WER): a seeded random search of decoder.tune_trials pairs around the configured ones (which are
     tried first), scored on the evaluation split; the decoder is left set to the best pair."""
     import jiwer

@@ -15,6 +15,7 @@ from sklearn import metrics as skm
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
 
 from speechkit import data
+from speechkit.audio import audio_ref
 from speechkit.config import ConfigError, LabelSet, ModelConfig, TaskConfig
 from speechkit.data import DropReport, SpeechDataset
 from speechkit.model import build_model, feature_extractor_for, input_window_samples, uses_attention_mask
@@ -171,7 +172,7 @@ class AudioClassification:
             unknown = [label for label in labels if label not in known]
             if unknown and (not self.multi_label or len(unknown) == len(labels)):
                 files = files or rows.select_columns([data.AUDIO])
-                report.add(split, i, str(files[i][data.AUDIO].get("path")), "unknown_label", ";".join(unknown))
+                report.add(split, i, audio_ref(files[i][data.AUDIO]), "unknown_label", ";".join(unknown))
             else:
                 keep.append(i)
         if len(keep) < len(rows):
