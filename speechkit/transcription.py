@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from speechkit import decoding
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.model import uses_attention_mask
@@ -87,17 +88,20 @@ class Transcriber:
         self.rate = self.processor.feature_extractor.sampling_rate
         self.frame_s = self.model.config.inputs_to_logits_ratio / self.rate
         self.mask = uses_attention_mask(self.model)
+        self.lm = decoding.load(model_dir)  # the n-gram LM decoder shipped in model/ (decoder=kenlm), or None
 
     @torch.no_grad()
     def _frame_ids(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[np.ndarray]:
-        """Argmax ids of the new part of each window: (new start, new end, window start, samples)."""
+        """Per window (new start, new end, window start, samples), its new part's frames: argmax ids, or the logits
+        themselves when an LM decodes them (frames x symbols: 0.6 MB per 5 minutes of a 32-symbol model)."""
         features = self.processor.feature_extractor([w[3] for w in batch], sampling_rate=self.rate, padding=True,
                                                     return_attention_mask=True, return_tensors="pt")
         inputs = {"input_values": features["input_values"].to(self.accelerator.device)}
         if self.mask:
             inputs["attention_mask"] = features["attention_mask"].to(self.accelerator.device)
         with self.accelerator.autocast():
-            ids = self.model(**inputs).logits.argmax(dim=-1).cpu().numpy()
+            logits = self.model(**inputs).logits
+            ids = (logits.float() if self.lm is not None else logits.argmax(dim=-1)).cpu().numpy()
         out = []
         for (start, end, left, _), row in zip(batch, ids):
             first, last = round((start - left) / self.frame_s), round((end - left) / self.frame_s)
@@ -130,12 +134,16 @@ class Transcriber:
         bar.close()
         if not ids:
             raise ValueError(f"{path}: no audio samples")
-        frames = np.concatenate(ids).tolist()
-        decoded = self.processor.tokenizer.decode(frames, output_word_offsets=True)
-        words = [Word(w["word"], round(w["start_offset"] * self.frame_s, 3), round(w["end_offset"] * self.frame_s, 3))
-                 for w in decoded.word_offsets]
+        if self.lm is not None:  # beam search with the LM over the whole recording's frames
+            text, _, offsets, *_ = self.lm.decode_beams(np.concatenate(ids))[0]
+            spans = [(word, start, end) for word, (start, end) in offsets]
+        else:
+            decoded = self.processor.tokenizer.decode(np.concatenate(ids).tolist(), output_word_offsets=True)
+            text, spans = decoded.text, [(w["word"], w["start_offset"], w["end_offset"]) for w in decoded.word_offsets]
+        words = [Word(word, round(start * self.frame_s, 3), round(end * self.frame_s, 3)) for word, start, end in spans]
         seconds = time.perf_counter() - began
-        return {"file": path, "text": decoded.text, "duration_s": round(duration, 3),
+        return {"file": path, "text": text, "duration_s": round(duration, 3),
+                "decoder": "n-gram LM" if self.lm is not None else "greedy",
                 "real_time_factor": round(seconds / max(duration, 1e-9), 4),
                 "words": [w.__dict__ for w in words]}
 

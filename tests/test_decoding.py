@@ -125,3 +125,18 @@ def test_lm_text_from_a_file_or_a_hub_text_data_set_is_normalized(tmp_path):
     with pytest.raises(ConfigError, match="decoder.text_column"):
         decoding.lm_sentences(DecoderConfig(text_dataset=str(hub)), [], normalize)
     assert decoding.lm_sentences(DecoderConfig(), ["a b", "", "c"], normalize) == ["a b", "c"]
+
+
+def test_transcribe_decodes_with_the_shipped_lm(lm_run, tmp_path):
+    """transcribe.py on a model that ships an LM: beam search with it, the same text speechkit's evaluation gave for
+    that clip, word timestamps from the decoder's frames."""
+    run_dir, _ = lm_run
+    prediction = next(csv.DictReader(open(run_dir / "predictions.csv")))
+    done = run_cli("transcribe.py", f"model_dir={run_dir / 'model'}", f"audio={prediction['id']}",
+                   f"output_dir={tmp_path}", "progress_bar=false", f"hydra.run.dir={tmp_path / 'h'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stem = prediction["id"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    result = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert result["decoder"] == "n-gram LM" and result["text"] == prediction["hypothesis"]
+    assert " ".join(w["word"] for w in result["words"]) == result["text"]
+    assert all(0 <= w["start"] <= w["end"] <= result["duration_s"] + 0.05 for w in result["words"])
