@@ -86,3 +86,31 @@ def write_tone(path: Path, seconds: float, rate: int, channels: int = 1, amplitu
     wave = (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     sf.write(path, np.stack([wave] * channels, axis=1) if channels > 1 else wave, rate)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (for a local server, or torch.distributed's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    """Until `url` answers 200, or `proc` exits, or `seconds` pass."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise TimeoutError(url)

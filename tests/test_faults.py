@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, SMALL_DEMO, TINY
+from conftest import REPO, SMALL_DEMO, TINY, free_port
 
 
 def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):
@@ -60,8 +60,6 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_says_wha
 def test_under_two_processes_a_failed_checkpoint_write_stops_both_without_a_hang(tmp_path):
     """DDP: the main process cannot write the weights, the other writes its own files fine; they agree on the
     failure instead of waiting for each other, and both stop with the message."""
-    from test_scale import free_port
-
     run_dir = tmp_path / "run"
     assert _train(run_dir, "trainer.max_steps=2", "trainer.save_steps=null").returncode == 0  # the corpus cached
     weights = (run_dir / "model" / "model.safetensors").stat().st_size

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SMALL_DEMO, TINY, compose, run_cli, speak
+from conftest import REPO, SMALL_DEMO, TINY, compose, free_port, run_cli, speak, wait_http
 
 ROLE = "arn:aws:iam::123456789012:role/SpeechkitSageMakerRole"
 BUCKET = "speechkit-test-bucket"
@@ -41,26 +40,6 @@ OVERRIDES = ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=3", "trai
              "trainer.progress_bar=false", "trainer.learning_rate=1e-6",  # near random init: non-empty noise text
              "hw=sagemaker", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}", f"sagemaker.region={REGION}",
              "sagemaker.container_hw=cpu"]  # the container here has no GPU
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")

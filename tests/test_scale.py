@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from datetime import datetime
@@ -17,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, run_cli
+from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, free_port, run_cli
 from speechkit import evaluation
 
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
@@ -168,12 +167,6 @@ DDP = ["experiment=demo", "hw=cpu", *SMALL_DEMO, *TINY, *FAST,
        "trainer.max_steps=6", "trainer.eval_steps=3", "trainer.save_steps=3", "trainer.save_total_limit=null",
        "model.gradient_checkpointing=true", "model.layerdrop=0.5",  # the combination DDP is known to trip on
        "model.mask_time_prob=0.2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def accelerate_launch(*args: str) -> subprocess.CompletedProcess:

@@ -1,10 +1,12 @@
 """The inference handler: SageMaker's Hugging Face/PyTorch toolkit contract, shipped as `code/inference.py`.
 
-    model_fn(model_dir)                 -> the model, its processor and a CTC speech-recognition pipeline
+    model_fn(model_dir)                 -> the model, its processor and a CTC speech-recognition pipeline (or,
+                                           for an audio classifier, the audio-classification pipeline)
     input_fn(body, content_type)        -> a mono clip, from JSON {"speech_array": [...], "sampling_rate": N}
                                            or from raw audio bytes (audio/wav, audio/flac, audio/x-audio, ...)
     predict_fn(clip, model)             -> {"text": ..., "duration_s": ...}; resampled to the model's rate, long
-                                           audio transcribed in overlapping chunks
+                                           audio transcribed in overlapping chunks; a classifier answers
+                                           {"labels": [{"label", "score"}, ...top 5], "duration_s": ...}
     output_fn(prediction, accept)       -> JSON: that object, or with SPEECHKIT_RESPONSE=transcript the bare
                                            transcript as a JSON string (what the AWS recipe's endpoint answers)
 
@@ -12,7 +14,7 @@ It is self-contained (numpy, torch, torchcodec, transformers; nothing from speec
 endpoint's container, in `python serve.py` on this machine, and in the tests. Requests that cannot be served raise
 `InferenceError` with an HTTP status and a message saying what is wrong. Nothing here unpickles input or trusts
 remote code: bodies are parsed as JSON or decoded as audio by FFmpeg, and the model loads from safetensors with
-the concrete Wav2Vec2 classes.
+the concrete Wav2Vec2 classes (a classifier: the Auto classes, safetensors only).
 
 Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
 SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none: never chunk), SPEECHKIT_STRIDE_LENGTH_S (4;
@@ -63,9 +65,12 @@ def _media_type(value: Optional[str]) -> str:
 # --------------------------------------------------------------------------------------------- model_fn
 def model_fn(model_dir: str, context: Any = None) -> dict:
     import torch
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
+    from transformers import AutoConfig, Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
 
     device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    architectures = AutoConfig.from_pretrained(model_dir, local_files_only=True).architectures or []
+    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
+        return _classifier(model_dir, device)
     processor = Wav2Vec2Processor.from_pretrained(model_dir, local_files_only=True)
     model = Wav2Vec2ForCTC.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).to(device).eval()
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
@@ -76,6 +81,25 @@ def model_fn(model_dir: str, context: Any = None) -> dict:
     return {"pipeline": asr, "model": model, "processor": processor,
             "sampling_rate": int(processor.feature_extractor.sampling_rate),
             "min_samples": int(torch.nonzero(frames >= 1)[0, 0]) + 1}
+
+
+def _classifier(model_dir: str, device: str) -> dict:
+    """An audio classifier (a speechkit classification run's model/): the stock audio-classification pipeline."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
+
+    feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForAudioClassification.from_pretrained(model_dir, local_files_only=True,
+                                                            use_safetensors=True).to(device).eval()
+    classify = pipeline("audio-classification", model=model, feature_extractor=feature_extractor,
+                        device=torch.device(device))
+    rate = int(feature_extractor.sampling_rate)
+    shortest = int(0.025 * rate)  # one 25 ms filter-bank frame (AST); wav2vec2: its convolutions' receptive field
+    if hasattr(model, "_get_feat_extract_output_lengths"):
+        frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
+        shortest = int(torch.nonzero(frames >= 1)[0, 0]) + 1
+    return {"pipeline": classify, "model": model, "task": "audio-classification", "sampling_rate": rate,
+            "min_samples": shortest}
 
 
 # --------------------------------------------------------------------------------------------- input_fn
@@ -171,6 +195,10 @@ def predict_fn(data: dict, model: dict, context: Any = None) -> dict:
         if stride is not None and stride * 2 >= chunk:
             stride = chunk / 6
         kwargs = {"chunk_length_s": chunk, "stride_length_s": stride}
+    if model.get("task") == "audio-classification":  # the top labels with their scores, best first
+        scores = model["pipeline"]({"raw": array, "sampling_rate": rate}, top_k=5)
+        return {"labels": [{"label": x["label"], "score": round(float(x["score"]), 6)} for x in scores],
+                "duration_s": round(duration, 3)}
     result = model["pipeline"]({"raw": array, "sampling_rate": rate}, **kwargs)
     return {"text": result["text"], "duration_s": round(duration, 3), "chunked": bool(kwargs)}
 
@@ -180,8 +208,9 @@ def output_fn(prediction: dict, accept: Optional[str] = None, context: Any = Non
     media = _media_type(accept) or "application/json"
     if media not in ACCEPT_TYPES:
         raise InferenceError(f"unsupported accept type '{accept}': responses are application/json", 406)
-    if os.environ.get("SPEECHKIT_RESPONSE", "details") == "transcript":
-        return json.dumps(prediction["text"], ensure_ascii=False)
+    if os.environ.get("SPEECHKIT_RESPONSE", "details") == "transcript":  # a classifier's: its top label
+        bare = prediction["text"] if "text" in prediction else prediction["labels"][0]["label"]
+        return json.dumps(bare, ensure_ascii=False)
     return json.dumps(prediction, ensure_ascii=False, allow_nan=False)
 
 
