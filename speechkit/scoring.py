@@ -75,17 +75,16 @@ def write_results(task, result: EvalResult, rows, run_dir: str, title: str) -> L
     from speechkit.plots import confusion_matrix
     from speechkit.rundir import RunDir
 
+    from speechkit.report import page
+
     run = RunDir(run_dir)
     files = rows.select_columns([AUDIO])
+    ids = [audio_ref(files[r][AUDIO]) for r in result.rows]
     with open(run.predictions, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", *(result.predictions[0] if result.predictions else [])])
-        for r, p in zip(result.rows, result.predictions):
-            w.writerow([audio_ref(files[r][AUDIO]), *p.values()])
+        w.writerows([clip, *p.values()] for clip, p in zip(ids, result.predictions))
     written = [run.predictions]
-    from speechkit.report import page
-
-    ids = [audio_ref(files[r][AUDIO]) for r in result.rows]
     durations = np.asarray(rows.select(result.rows)["num_samples"], dtype=np.float64) / task.sampling_rate \
         if result.rows else np.zeros(0)
     with open(run.report, "w", encoding="utf-8") as f:

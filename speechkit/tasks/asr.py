@@ -162,7 +162,7 @@ class SpeechRecognition:
             frames = frames_of(batch, pred.device)
             return pred.masked_fill(torch.arange(pred.shape[1], device=pred.device)[None, :] >= frames[:, None], blank)
 
-        def logits(out, batch, _):  # with the frame count in the last row's first cell: padding is cut on the host
+        def logits(out, batch, _):  # a first row holding the frame count: padding is cut on the host
             x = out.logits.float()
             counts = torch.zeros(x.shape[0], 1, x.shape[2], device=x.device)
             counts[:, 0, 0] = frames_of(batch, x.device).float()
@@ -217,12 +217,15 @@ class SpeechRecognition:
         self.lm_order = cfg.order
         loader = accelerator.prepare(eval_loader(eval_set, self._collate, batch_size))
         lm_result = self.evaluate(model, loader, eval_set, accelerator)
-        if cfg.tune:
+        if cfg.tune:  # on the logits already gathered: the model does not run again
             references = [p["reference"] for p in lm_result.predictions]
-            alpha, beta, wer = decoding.tune(self.lm, [self.logits[r] for r in lm_result.rows], references, cfg)
+            utterances = [self.logits[r] for r in lm_result.rows]
+            alpha, beta, wer = decoding.tune(self.lm, utterances, references, cfg)
             log.info("decoder.tune: best alpha=%.3f beta=%.3f, WER %.4f (configured: %.4f)", alpha, beta, wer,
                      lm_result.metrics["eval_wer"])
-            lm_result = self.evaluate(model, loader, eval_set, accelerator)
+            lm_result = self._result(lm_result.metrics["eval_loss"], lm_result.metrics["eval_gathered"],
+                                     lm_result.rows, references, decoding.decode(self.lm, utterances),
+                                     [p["greedy"] for p in lm_result.predictions])
         if accelerator.is_main_process:
             decoding.ship(self.lm, RunDir(run_dir).model)
         accelerator.wait_for_everyone()

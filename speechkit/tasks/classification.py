@@ -93,6 +93,7 @@ class AudioClassification:
         self.multi_label = self.cfg.multi_label
         self.labels: List[str] = []
         self.feature_extractor = None
+        self._collate: Optional[ClassificationCollator] = None
 
     # ------------------------------------------------------------------------ training: targets and model
     def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
@@ -198,8 +199,12 @@ class AudioClassification:
         return SpeechDataset(rows, self.sampling_rate, targets, crop=self.crop if training else None)
 
     def collator(self, training: bool) -> ClassificationCollator:
-        return ClassificationCollator(self.feature_extractor, self.pass_attention_mask, len(self.labels),
-                                      self.multi_label)
+        """One collator for training and evaluation (training clips come already cropped from the dataset), made
+        once the label set and multi-label are known."""
+        if self._collate is None:
+            self._collate = ClassificationCollator(self.feature_extractor, self.pass_attention_mask, len(self.labels),
+                                                   self.multi_label)
+        return self._collate
 
     def forward(self, model, batch: dict):
         """The model's output, with the loss computed here: cross-entropy, or binary cross-entropy per label for
