@@ -14,7 +14,7 @@ class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
     """`batch_size` clips per batch, of similar length so padding stays small, the order of batches shuffled every
     epoch (what the Hugging Face Trainer's group_by_length does, and what the published recipes used).
 
-    The order depends only on (seed, epoch), so a resumed run can replay an epoch and skip what it had seen.
+    The order depends only on (seed, epoch) (`seed` may be several numbers: a stream's (seed, window)), so a resumed run can replay an epoch and skip what it had seen.
     Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
     full batches are then shuffled and a short remainder batch, if any, comes last.
     With shuffle=False (evaluation), batches simply follow the length order.
@@ -43,7 +43,7 @@ class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
             order = np.argsort(-self.lengths, kind="stable") if self.group_by_length else np.arange(n)
             yield from (order[i:i + bs].tolist() for i in range(0, n, bs))
             return
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch])
         order = rng.permutation(n)
         if self.group_by_length:
             mega = bs * self.MEGA_BATCH
@@ -103,7 +103,7 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
         return self.num_batches
 
     def __iter__(self) -> Iterator[List[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch])
         batches = []
         for indices, per_batch in self.buckets:
             shuffled = rng.permutation(indices)

@@ -100,6 +100,12 @@ class DatasetConfig:
     # memory-mapped: later epochs and later runs never decode again. false: decode each clip when it is batched
     # (a corpus too large for the disk).
     cache_audio: bool = True
+    # Train from a stream (speechkit/streaming.py): a Hub data set streamed, or a local folder's files read as
+    # batches are made; rows checked as they come, nothing decoded ahead or cached. For corpora larger than the disk
+    # or the RAM. Needs trainer.max_steps (a stream has no length); the evaluation split is still read whole.
+    streaming: bool = False
+    # streaming: rows read ahead, shuffled and batched together (memory holds this many clips, never the corpus)
+    shuffle_buffer: int = 1000
 
 
 # ------------------------------------------------------------------------------------------ conf/task

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from datasets import (Audio, ClassLabel, Dataset, DatasetDict, Features, List as ListOf, Value, concatenate_datasets,
-                      load_dataset)
+from datasets import (Audio, ClassLabel, Dataset, DatasetDict, Features, IterableDataset, List as ListOf, Value,
+                      concatenate_datasets, load_dataset)
 from datasets.fingerprint import Hasher
 
 from speechkit.audio import AudioError, audio_ref, decode
@@ -41,7 +41,8 @@ AUDIO_CACHE_VERSION = 1  # bump when decoding changes, to invalidate cached audi
 # ------------------------------------------------------------------------------------------ sources
 def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
     """Every split of the configured source, columns renamed to `audio` and `target` (`text`, the transcript, or
-    `label`, the class), audio left encoded."""
+    `label`, the class), audio left encoded. A Hub source with dataset.streaming gives streams (IterableDatasetDict);
+    a local folder's metadata is small and is read whole either way."""
     key = "text_column" if target == TEXT else "label_column"
     column = getattr(cfg, key)
     if cfg.source == Source.demo:
@@ -55,9 +56,11 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
     else:
         if not cfg.path:
             raise ConfigError("dataset.path must name a Hub data set (or a local one) for dataset.source=hub")
-        splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir)
-        splits = DatasetDict({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
-                              for name, ds in splits.items()})
+        # dataset.streaming: every split a stream (IterableDataset): nothing is downloaded ahead
+        splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir,
+                              streaming=cfg.streaming)
+        splits = type(splits)({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
+                               for name, ds in splits.items()})
     return carve(splits, cfg)
 
 
@@ -94,6 +97,8 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
 
 
 def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
+    if isinstance(ds, IterableDataset) and ds.features is None:  # a stream whose columns are only known once read
+        ds = ds._resolve_features()
     for name, wanted in (("audio_column", audio_column), (key, column)):
         if wanted not in ds.column_names:
             raise ConfigError(f"dataset.{name}: {where} has no column '{wanted}' (columns: {ds.column_names})")
@@ -193,22 +198,24 @@ def decode_split(ds: Dataset, split: str, sampling_rate: int, keep: Optional[str
                   desc=f"Decoding audio ({split})")
 
 
-def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
-                report: DropReport, min_samples: int = 0) -> Dataset:
-    """Decode every clip once (or read it back from the cache), normalize its text (or check that it has a label),
-    and keep only the usable rows (the rest go to `report`). `min_samples`: the shortest clip the model can take
-    (its receptive field)."""
-    target = TEXT if TEXT in ds.column_names else LABEL
-    keep = ("int16" if training else "float32") if cfg.cache_audio else None
-    decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
-    normalize = TextNormalizer(cfg.text)
-    f = cfg.filters
-    min_len = int(f.min_duration_s * sampling_rate) if training else 0
-    max_len = int(f.max_duration_s * sampling_rate) if training and f.max_duration_s else None
+class RowCheck:
+    """Whether one decoded row is usable, and why not: its text normalized (or its label present), its audio readable,
+    not silent, long enough for the model (`min_samples`, its receptive field) and, for training, within the duration
+    filters. Called with (target value, samples, peak, audio error, its detail); returns the row's new columns (`text`
+    normalized, `drop_reason`, `drop_detail`). The checking pass and a stream (speechkit/streaming.py) share it."""
 
-    def check(raw, n, peak, audio_error, audio_detail):
-        if target == TEXT:
-            norm = normalize(raw)
+    def __init__(self, cfg: DatasetConfig, sampling_rate: int, training: bool, min_samples: int = 0,
+                 target: str = TEXT):
+        self.target, self.min_samples, self.sampling_rate = target, min_samples, sampling_rate
+        self.normalize = TextNormalizer(cfg.text)
+        self.filters = f = cfg.filters
+        self.min_len = int(f.min_duration_s * sampling_rate) if training else 0
+        self.max_len = int(f.max_duration_s * sampling_rate) if training and f.max_duration_s else None
+
+    def __call__(self, raw, n, peak, audio_error, audio_detail) -> dict:
+        f, rate = self.filters, self.sampling_rate
+        if self.target == TEXT:
+            norm = self.normalize(raw)
             out = {TEXT: norm.text, "drop_reason": norm.reason or "", "drop_detail": repr(raw) if norm.reason else ""}
         else:
             empty = raw is None or (raw.strip() == "" if isinstance(raw, str) else len(raw) == 0)
@@ -219,14 +226,25 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
             out.update(drop_reason=audio_error, drop_detail=audio_detail)
         elif peak <= f.silence_peak:
             out.update(drop_reason="silent", drop_detail=f"peak {peak:.2e} <= {f.silence_peak:g}")
-        elif n < min_samples:
+        elif n < self.min_samples:
             out.update(drop_reason="too_short", drop_detail=f"{n} samples: shorter than the model's receptive field "
-                                                            f"({min_samples} samples)")
-        elif n < min_len:
-            out.update(drop_reason="too_short", drop_detail=f"{n / sampling_rate:.2f}s < {f.min_duration_s}s")
-        elif max_len is not None and n > max_len:
-            out.update(drop_reason="too_long", drop_detail=f"{n / sampling_rate:.2f}s > {f.max_duration_s}s")
+                                                            f"({self.min_samples} samples)")
+        elif n < self.min_len:
+            out.update(drop_reason="too_short", drop_detail=f"{n / rate:.2f}s < {f.min_duration_s}s")
+        elif self.max_len is not None and n > self.max_len:
+            out.update(drop_reason="too_long", drop_detail=f"{n / rate:.2f}s > {f.max_duration_s}s")
         return out
+
+
+def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
+                report: DropReport, min_samples: int = 0) -> Dataset:
+    """Decode every clip once (or read it back from the cache), normalize its text (or check that it has a label),
+    and keep only the usable rows (the rest go to `report`). `min_samples`: the shortest clip the model can take
+    (its receptive field)."""
+    target = TEXT if TEXT in ds.column_names else LABEL
+    keep = ("int16" if training else "float32") if cfg.cache_audio else None
+    decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
+    check = RowCheck(cfg, sampling_rate, training, min_samples, target)
 
     # The text pass runs without the samples column (a map rewrites every column it is given); the samples are
     # joined back column-wise, which copies nothing.
@@ -252,17 +270,34 @@ def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int,
     splits = load_source(cfg, target)
     out = {}
     for name, training in wanted.items():
-        if name not in splits:
-            hint = "check dataset.train_split / dataset.eval_split / split"
-            if len(splits) == 1:  # e.g. an audiofolder with one metadata.csv: everything is in one split
-                hint = (f"the source has one split only: carve '{name}' out of it with "
-                        f"dataset.carve.from_split={next(iter(splits))} (dataset.carve.test_ratio, default 0.2), "
-                        f"or {hint}")
-            raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); {hint}")
-        out[name] = check_split(splits[name], name, cfg, sampling_rate, training, report, min_samples)
+        out[name] = check_split(whole(split_of(splits, name, cfg)), name, cfg, sampling_rate, training, report,
+                                min_samples)
         if len(out[name]) == 0:
             raise ConfigError(f"dataset '{cfg.name}' split '{name}': every example was dropped ({report.summary()})")
     return out
+
+
+def split_of(splits, name: str, cfg: DatasetConfig):
+    """splits[name], or an error naming the keys that choose splits (and the carve, for a source of one split)."""
+    if name not in splits:
+        hint = "check dataset.train_split / dataset.eval_split / split"
+        if len(splits) == 1:  # e.g. an audiofolder with one metadata.csv: everything is in one split
+            hint = (f"the source has one split only: carve '{name}' out of it with "
+                    f"dataset.carve.from_split={next(iter(splits))} (dataset.carve.test_ratio, default 0.2), "
+                    f"or {hint}")
+        raise ConfigError(f"split '{name}' not found in dataset '{cfg.name}' (splits: {sorted(splits)}); {hint}")
+    return splits[name]
+
+
+def whole(rows):
+    """A split to check whole (evaluation, inspection): a stream (dataset.streaming) read once into an Arrow file."""
+    if isinstance(rows, IterableDataset):
+        return Dataset.from_generator(_rows_of, gen_kwargs={"stream": rows}, features=rows.features)
+    return rows
+
+
+def _rows_of(stream):
+    yield from stream
 
 
 def texts(ds: Dataset) -> List[str]:

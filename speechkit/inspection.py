@@ -33,7 +33,8 @@ def run(raw_cfg: DictConfig) -> dict:
     os.makedirs(run.root, exist_ok=True)
     report = data.DropReport()
     labelled = cfg.task.name == TaskName.audio_classification
-    sources = data.load_source(ds, data.LABEL if labelled else data.TEXT)
+    sources = {name: data.whole(rows) for name, rows in data.load_source(ds, data.LABEL if labelled else data.TEXT)
+               .items()}  # every row of every split, streamed or not
     splits = {name: data.check_split(rows, name, ds, rate, name == ds.train_split, report)
               for name, rows in sources.items()}
 

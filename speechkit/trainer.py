@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from speechkit import batching, checkpoint
+from speechkit import batching, checkpoint, streaming
 from speechkit.batching import train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
@@ -28,6 +28,7 @@ from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
 from speechkit.scoring import EvalResult
+from speechkit.streaming import StreamedBatches, StreamTracker
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class TrainerState:
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
+    # dataset.streaming: where each process's stream stands, and the rows it dropped (speechkit/streaming.py)
+    stream_positions: Optional[List[List[int]]] = None
+    stream_drops: Optional[List[dict]] = None
 
 
 class MetricsFile:
@@ -106,8 +110,8 @@ class Throughput:
                 "data_wait": waited / accelerator.num_processes / seconds}
 
 
-def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel, train_set: SpeechDataset,
-          eval_set: SpeechDataset, run_dir: str) -> EvalResult:
+def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
+          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str) -> EvalResult:
     """Fine-tune `model` for `task` (speechkit/tasks/), write checkpoints/, best/ and model/ under `run_dir`; returns
     the shipped model's eval. Three pieces, in the order they run: setup, the loop, shipping."""
     run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir)
@@ -123,30 +127,38 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: torch.utils.data.DataLoader
-    train_sampler: torch.utils.data.Sampler
+    train_sampler: Optional[torch.utils.data.Sampler]  # None for a stream
     eval_loader: torch.utils.data.DataLoader
     eval_set: SpeechDataset
     state: TrainerState
     dirs: RunDir
     metrics: MetricsFile
     sampling_rate: int
+    stream: Optional[StreamTracker] = None  # dataset.streaming: the training batches' positions and drops
 
 
 # ------------------------------------------------------------------------------------------------------ setup
-def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel, train_set: SpeechDataset,
-          eval_set: SpeechDataset, run_dir: str) -> Run:
-    """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming."""
+def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
+          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str) -> Run:
+    """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming. A stream
+    (dataset.streaming) brings its own batches and is not prepared: each process already reads its own share."""
     set_seed(cfg.seed)
     train_set.seed = cfg.seed  # per-clip random draws (a task's random crops) follow trainer.seed too
     sampling_rate = train_set.sampling_rate
-    train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
-                                        cfg.seed, cfg.group_by_length)
     # Workers and pinned memory as suits the device. Loaders draw worker seeds from their own generators, not the
     # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
     # stream exactly as an uninterrupted run has it.
     loading = loader_settings(accelerator, cfg.num_workers)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=task.collator(True),
-                                               generator=torch.Generator().manual_seed(cfg.seed), **loading)
+    stream, train_sampler = None, None
+    if isinstance(train_set, StreamedBatches):
+        train_loader = streaming.loader(train_set, task.collator(True), loading, cfg.seed)
+        stream = StreamTracker(train_set, accelerator, non_blocking=loading["pin_memory"])
+    else:
+        train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
+                                            cfg.seed, cfg.group_by_length)
+        train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler,
+                                                   collate_fn=task.collator(True),
+                                                   generator=torch.Generator().manual_seed(cfg.seed), **loading)
     eval_loader = batching.eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
@@ -158,10 +170,13 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         **optimizer_settings(accelerator))
     if cfg.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so checkpoints, stay those of the plain model
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * steps_per_epoch)
+    if stream:
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+        steps_per_epoch, total_steps = None, cfg.max_steps  # a stream has no length (validation asks for max_steps)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+        total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * steps_per_epoch)
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it once per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)
@@ -175,18 +190,22 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         if state.total_steps != total_steps:
             raise ValueError(f"trainer.resume: {resume_from} was made for {state.total_steps} steps, this run "
                              f"has {total_steps}; keep trainer.num_epochs/max_steps/batch_size as they were")
-        log.info("Resumed from %s at step %d (epoch %d, batch %d)", resume_from, state.global_step, state.epoch,
-                 state.batches_done_in_epoch)
+        if stream:
+            stream.resume(state.stream_positions)
+        where = ("stream at epoch %d, window %d, batch %d" % stream.position if stream
+                 else f"epoch {state.epoch}, batch {state.batches_done_in_epoch}")
+        log.info("Resumed from %s at step %d (%s)", resume_from, state.global_step, where)
     elif cfg.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", dirs.checkpoints)
 
     per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
-    log.info("Training %d steps: %d examples, %s per batch and device x %d process(es) x %d accumulation, "
-             "%d steps/epoch; data loading: %s", total_steps, len(train_set), per_device, accelerator.num_processes,
-             cfg.gradient_accumulation_steps, steps_per_epoch, loading)
+    log.info("Training %d steps: %s examples, %s per batch and device x %d process(es) x %d accumulation, "
+             "%s steps/epoch; data loading: %s", total_steps, "streamed" if stream else len(train_set), per_device,
+             accelerator.num_processes, cfg.gradient_accumulation_steps, steps_per_epoch or "streamed",
+             f"a stream, {train_set.window} rows a window" if stream else loading)
     return Run(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
                train_sampler=train_sampler, eval_loader=eval_loader, eval_set=eval_set, state=state, dirs=dirs,
-               metrics=MetricsFile(dirs.metrics, accelerator), sampling_rate=sampling_rate)
+               metrics=MetricsFile(dirs.metrics, accelerator), sampling_rate=sampling_rate, stream=stream)
 
 
 # ------------------------------------------------------------------------------------------------------- loop
@@ -206,14 +225,15 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
     clock = Throughput()
     with logging_redirect_tqdm():
         while state.global_step < total_steps:
-            # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
-            train_loader.set_epoch(state.epoch)
-            run.train_sampler.set_epoch(state.epoch)
-            batches = train_loader
-            if state.batches_done_in_epoch:
-                batches = accelerator.skip_first_batches(train_loader, state.batches_done_in_epoch)
+            batches = _rest_of_epoch(run, accelerator)
+            stream_epoch_ended = False  # a stream's epoch ends where the stream says, in any micro-batch of a step
             for batch in clock.timed(batches):
-                state.batches_done_in_epoch += 1
+                if run.stream:
+                    batch, ended = run.stream.receive(batch)
+                    stream_epoch_ended |= ended
+                    state.epoch = run.stream.epoch
+                else:
+                    state.batches_done_in_epoch += 1
                 if batch is None:
                     continue
                 clock.count(batch)
@@ -242,7 +262,9 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
                 scheduler.step()
                 state.global_step += 1
                 progress.update(1)
-                epoch_float = state.epoch + state.batches_done_in_epoch / len(train_loader)
+                # A stream does not know its length: its epochs are counted whole.
+                epoch_float = state.epoch if run.stream else \
+                    state.epoch + state.batches_done_in_epoch / len(train_loader)
 
                 if state.global_step % cfg.logging_steps == 0 or state.global_step in (1, total_steps):
                     losses = torch.stack([window_loss, window_batches])
@@ -265,19 +287,26 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
                     clock.reset()
 
                 paused = time.perf_counter()
-                end_of_epoch = state.batches_done_in_epoch >= len(train_loader)
+                if run.stream:  # every process evaluates together, whichever stream ran out
+                    end_of_epoch = stream_epoch_ended if accelerator.num_processes == 1 else \
+                        _anywhere(torch.tensor(stream_epoch_ended, device=accelerator.device), accelerator)
+                    stream_epoch_ended = False
+                else:
+                    end_of_epoch = state.batches_done_in_epoch >= len(train_loader)
                 if (cfg.eval_steps and state.global_step % cfg.eval_steps == 0) or (
                         end_of_epoch and cfg.eval_at_epoch_end) or state.global_step == total_steps:
                     evaluate_and_track(accelerator, task, run, epoch_float)
-                if end_of_epoch:
+                if end_of_epoch and not run.stream:
                     state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
                 if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
+                    if run.stream:
+                        run.stream.settle(state)  # every process's position and drops, into the checkpoint
                     checkpoint.save(accelerator, run.dirs.checkpoints, state.global_step, asdict(state),
                                     cfg.save_total_limit)
                 clock.excluded += time.perf_counter() - paused
                 if state.global_step >= total_steps:
                     break
-            if state.batches_done_in_epoch >= len(train_loader):  # ended on a batch that made no step
+            if not run.stream and state.batches_done_in_epoch >= len(train_loader):  # ended on a batch making no step
                 state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
     progress.close()
     if state.skipped_nonfinite:
@@ -327,6 +356,19 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
     result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
     return result
+
+
+def _rest_of_epoch(run: Run, accelerator: Accelerator):
+    """The batches left in the current epoch (state.epoch, after state.batches_done_in_epoch); a stream's batches,
+    all of them (it runs epoch after epoch, from where it stood, and its batches say where that is)."""
+    if run.stream:
+        return run.train_loader
+    # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
+    run.train_loader.set_epoch(run.state.epoch)
+    run.train_sampler.set_epoch(run.state.epoch)
+    if run.state.batches_done_in_epoch:
+        return accelerator.skip_first_batches(run.train_loader, run.state.batches_done_in_epoch)
+    return run.train_loader
 
 
 def _anywhere(flag: torch.Tensor, accelerator: Accelerator) -> bool:

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, hub, trainer
+from speechkit import data, hub, streaming, trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
@@ -43,27 +43,38 @@ def run(raw_cfg: DictConfig) -> float | str:
     task = make_task(cfg)
     config = model_config(cfg.model, task.head)  # the checkpoint's config only: a model unfit for the task stops here
 
-    # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl.
+    # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With
+    # dataset.streaming the training split is checked as it streams (speechkit/streaming.py): only its targets are
+    # read here.
     ds = cfg.dataset
     report = data.DropReport()
+    min_samples = receptive_field(config, cfg.model.sampling_rate)
     with accelerator.main_process_first():  # the first process fills the datasets cache for the others
-        splits = data.load_splits(ds, {ds.train_split: True, ds.eval_split: False}, cfg.model.sampling_rate, report,
-                                  task.target, receptive_field(config, cfg.model.sampling_rate))
-    train_rows, eval_rows = splits[ds.train_split], splits[ds.eval_split]
+        wanted = {ds.eval_split: False} if ds.streaming else {ds.train_split: True, ds.eval_split: False}
+        splits = data.load_splits(ds, wanted, cfg.model.sampling_rate, report, task.target, min_samples)
+        train_rows = streaming.target_rows(ds, task.target, ds.train_split) if ds.streaming else \
+            splits[ds.train_split]
+    eval_rows = splits[ds.eval_split]
 
     # 2. Targets: the vocab (speech recognition) or the label set (classification), from the training split.
     train_rows, eval_rows = task.fit_targets(train_rows, eval_rows, (ds.train_split, ds.eval_split), report,
                                              run_dir, accelerator.is_main_process)
+    if ds.streaming:  # the training split's drops are the stream's to report, as it reads the rows
+        report.rows = [r for r in report.rows if r["split"] != ds.train_split]
     if accelerator.is_main_process:
         report.write(RunDir(run_dir).drop_report)
     accelerator.wait_for_everyone()
-    log.info("Data '%s': %d train / %d eval %s, %s; dropped: %s", ds.name, len(train_rows), len(eval_rows),
-             task.unit, task.describe_targets(), report.summary())
+    log.info("Data '%s': %s train / %d eval %s, %s; dropped: %s", ds.name,
+             "streamed" if ds.streaming else len(train_rows), len(eval_rows), task.unit, task.describe_targets(),
+             report.summary())
 
     # 3. Model with the task's head, and the processor that ships with it.
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
     model = task.build_model(cfg.model, run_dir)
-    train_set, eval_set = task.dataset(train_rows, training=True), task.dataset(eval_rows, training=False)
+    eval_set = task.dataset(eval_rows, training=False)
+    train_set = streaming.training_batches(ds, cfg.trainer, task, min_samples, accelerator, report,
+                                           RunDir(run_dir).drop_report) if ds.streaming else \
+        task.dataset(train_rows, training=True)
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
     result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)

@@ -52,7 +52,7 @@ RANGES: Dict[str, Check] = {
     "dataset.filters.min_duration_s": NON_NEGATIVE, "dataset.filters.max_duration_s": _or_null(POSITIVE),
     "dataset.filters.silence_peak": BETA, "dataset.carve.test_ratio": OPEN_UNIT,
     "dataset.num_proc": _or_null(POSITIVE_INT), "dataset.demo.num_train": POSITIVE_INT,
-    "dataset.demo.num_test": POSITIVE_INT,
+    "dataset.demo.num_test": POSITIVE_INT, "dataset.shuffle_buffer": POSITIVE_INT,
     "dataset.demo.speeds": (lambda v: len(v) > 0 and all(80 <= s <= 450 for s in v),
                             "a non-empty list of words per minute in [80, 450] (espeak-ng's range)"),
     "dataset.demo.pitches": (lambda v: len(v) > 0 and all(0 <= p <= 99 for p in v),
@@ -143,6 +143,15 @@ def check_values(cfg: DictConfig) -> None:
     if _get(cfg, "task.name") == TaskName.asr and _model_type(cfg) in NO_CTC_HEAD:
         _refuse("model", _get(cfg, "model.name"), f"a model with a CTC head for task=asr ({_model_type(cfg)} has "
                                                   "none: use it with task=audio_classification)")
+
+    if _get(cfg, "dataset.streaming") is True:
+        if _get(cfg, "trainer.max_steps") is None:
+            _refuse("trainer.max_steps", None, "a number of steps > 0 with dataset.streaming=true (a stream has no "
+                                               "length to count epochs in)")
+        if _get(cfg, "dataset.source") == Source.hub and _get(cfg, "dataset.carve.from_split") is not None:
+            _refuse("dataset.carve.from_split", _get(cfg, "dataset.carve.from_split"),
+                    "null with dataset.streaming=true and a Hub source (carving needs the whole split; stream a data "
+                    "set with its own splits)")
 
     if _get(cfg, "hub.push") is True and not _get(cfg, "hub.repo_id"):
         _refuse("hub.repo_id", _get(cfg, "hub.repo_id"), "a Hub repo id (owner/name) when hub.push=true")

@@ -161,6 +161,22 @@ def test_audioset_recipe_fine_tunes_keeping_the_checkpoints_labels(audioset_copy
                                               .splitlines() if '"eval"' in x][-1]["eval_clips"]
 
 
+def test_audioset_recipe_streams_its_training_split(audioset_copy, tmp_path):
+    """dataset.streaming with a classifier: labels checked against the checkpoint's as rows stream, clips cut to AST's
+    window as they come."""
+    data, checkpoint = audioset_copy
+    cfg = compose("train", ["experiment=rocm_audioset_ast", f"model.name_or_path={checkpoint}", f"dataset.path={data}",
+                            "hw=cpu", "hw.mixed_precision=no", *FAST, "trainer.max_steps=3", "dataset.streaming=true",
+                            "dataset.shuffle_buffer=4", f"run_dir={tmp_path}"])
+    training.run(cfg)
+    shipped = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert shipped["id2label"] == {"0": "Speech", "1": "Music", "2": "Dog"}
+    state = json.loads(next((tmp_path / "checkpoints").glob("step-3/trainer_state.json")).read_text())
+    assert state["stream_positions"][0][0] >= 1 and state["stream_drops"] == []  # every training clip usable
+    report = [json.loads(x) for x in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in report] == ["unknown_label"]  # the evaluation clip of a class the checkpoint lacks
+
+
 def _labelled_folder(root, train, test):
     for split, items in (("train", train), ("test", test)):
         for i, label in enumerate(items):

@@ -133,6 +133,7 @@ BAD_VALUES = [
     ("train.py", "dataset.demo.num_train=0"), ("train.py", "dataset.demo.num_test=-3"),
     ("train.py", "dataset.demo.speeds=[20]"), ("train.py", "dataset.demo.pitches=[120]"),
     ("train.py", "dataset.demo.voices=[]"), ("train.py", "hw.num_threads=0"),
+    ("train.py", "dataset.shuffle_buffer=0"),
     ("evaluate.py", "batch_size=0"), ("evaluate.py", "num_examples=-1"), ("inspect_data.py", "sampling_rate=0"),
     ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
@@ -146,6 +147,8 @@ BAD_VALUES = [
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
     ("train.py", "model=ast_tiny"),  # an AST has no CTC head: it cannot do task=asr (the default)
     ("train.py", "hub.push=true"),  # and no hub.repo_id
+    ("train.py", "dataset.streaming=true"),  # and no trainer.max_steps: a stream has no length
+    ("train.py", "dataset=superb trainer.max_steps=5 dataset.streaming=true"),  # carving a streamed Hub split
     ("train.py", "decoder=kenlm decoder.text_file=/no/such/corpus.txt"),
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
     ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),

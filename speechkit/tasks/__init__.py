@@ -14,6 +14,9 @@ The trainer and the entry scripts only talk to a task through these members (bot
   check_eval_rows(rows, split, report)
                               evaluation rows the model cannot score are reported
   dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
+  target_of(value) -> (target, reason, detail), crop
+                              a streamed training row's target, or why it is dropped; the length training clips are
+                              cut to (dataset.streaming, speechkit/streaming.py)
   evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
   after_training(model, eval_set, accelerator, run_dir, result, batch_size) -> EvalResult
                               the task's last step on the shipped model (speech recognition: the n-gram LM)

@@ -74,6 +74,7 @@ class SpeechRecognition:
     head = "ctc"  # the model head it needs (speechkit/model.py)
     target = data.TEXT  # the data column it learns from: the normalized transcript
     unit = "utterances"
+    crop = None  # training clips are whole utterances
 
     def __init__(self, vocab_cfg: Optional[VocabConfig] = None, processor: Optional[Wav2Vec2Processor] = None,
                  decoder_cfg: Optional[DecoderConfig] = None, normalize=None):
@@ -138,6 +139,14 @@ class SpeechRecognition:
     def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
         tokenizer = self.processor.tokenizer
         return SpeechDataset(rows, self.sampling_rate, [tokenizer(t).input_ids for t in data.texts(rows)])
+
+    def target_of(self, text: str) -> Tuple[Optional[List[int]], str, str]:
+        """A streamed training row's character ids, or why it has none (dataset.streaming, speechkit/streaming.py):
+        as in fit_targets, a transcript the vocab cannot spell is dropped, not taught as [UNK]."""
+        unknown = vocabulary.unknown_chars(text, self.vocab)
+        if unknown:
+            return None, "chars_outside_vocab", "".join(unknown)
+        return self.processor.tokenizer(text).input_ids, "", ""
 
     def collator(self, training: bool) -> CTCCollator:
         return self._collate

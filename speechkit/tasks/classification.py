@@ -94,6 +94,7 @@ class AudioClassification:
         self.labels: List[str] = []
         self.feature_extractor = None
         self._collate: Optional[ClassificationCollator] = None
+        self.crop: Optional[int] = None  # training clips longer than this many samples are cut (set in build_model)
 
     # ------------------------------------------------------------------------ training: targets and model
     def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
@@ -191,6 +192,18 @@ class AudioClassification:
     @property
     def sampling_rate(self) -> int:
         return self.feature_extractor.sampling_rate
+
+    def target_of(self, value) -> Tuple[Optional[List[int]], str, str]:
+        """A streamed training row's class ids, or why it has none (dataset.streaming, speechkit/streaming.py): a
+        label the label set lacks is dropped as check_eval_rows drops it."""
+        labels = parse_labels(value, self.multi_label)
+        if not self.multi_label and len(labels) != 1:
+            return None, "several_labels", ";".join(labels)
+        ids = {label: i for i, label in enumerate(self.labels)}
+        unknown = [label for label in labels if label not in ids]
+        if unknown and (not self.multi_label or len(unknown) == len(labels)):
+            return None, "unknown_label", ";".join(unknown)
+        return [ids[label] for label in labels if label in ids], "", ""
 
     def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
         ids = {label: i for i, label in enumerate(self.labels)}

@@ -1,0 +1,181 @@
+"""dataset.streaming=true on real audio: a local folder's files and a Hub data set (a local parquet copy in the Hub's
+layout) streamed, rows checked as they come and their drops reported, every usable row once per epoch, batches by
+duration, exact resume, and two processes each reading their own share."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from accelerate import Accelerator
+from datasets import IterableDataset
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from conftest import SMALL_DEMO, TINY, compose, speak, write_metadata
+from hub_fixtures import FLEURS_ROWS, make_fleurs
+from speechkit import data, streaming, training
+from speechkit.tasks import make_task
+from test_scale import accelerate_launch
+
+FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
+        "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
+SENTENCES = ["the cat sat", "a dog ran home", "we like green tea", "the sun is up", "it is cold today",
+             "go left now", "she reads a book", "open the door", "birds can fly"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """An audiofolder with nine spoken clips, a silent one and a row whose file is gone."""
+    root = tmp_path_factory.mktemp("stream_folder")
+    rows = []
+    for i, text in enumerate(SENTENCES):
+        speak(text, root / f"{i}.wav")
+        rows.append((f"{i}.wav", text))
+    sf.write(root / "silent.wav", np.zeros(16000, np.float32), 16000)
+    write_metadata(root, rows + [("silent.wav", "nothing at all"), ("gone.wav", "never recorded")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def fleurs(tmp_path_factory):
+    return make_fleurs(tmp_path_factory.mktemp("fleurs"))
+
+
+def _fitted(tmp_path, folder, *overrides):
+    """The config and the real speech-recognition task, its vocab fitted on the stream's transcripts."""
+    cfg = OmegaConf.to_object(compose("train", [
+        "dataset=audiofolder", f"dataset.path={folder}", "dataset.carve.from_split=train", "model=tiny", *TINY,
+        "dataset.streaming=true", "trainer.max_steps=4", "dataset.shuffle_buffer=4", "trainer.batch_duration_s=4",
+        f"run_dir={tmp_path}", *overrides]))
+    task = make_task(cfg)
+    rows = streaming.target_rows(cfg.dataset, task.target, "train")
+    task.fit_targets(rows, rows, ("train", "train"), data.DropReport(), str(tmp_path), True)
+    task.build_model(cfg.model, str(tmp_path))
+    return cfg, task
+
+
+def _take(batches, count):
+    it = iter(batches)
+    return [next(it) for _ in range(count)]
+
+
+def test_a_stream_gives_every_usable_row_once_per_epoch_and_reports_drops_once(tmp_path, folder):
+    cfg, task = _fitted(tmp_path, folder)
+    carved = data.load_source(cfg.dataset, data.TEXT)["train"]  # the carve of a local folder works as without streaming
+    batches = streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),
+                                         data.DropReport(), None)
+    assert isinstance(batches.stream, IterableDataset)
+    got = _take(batches, 12)
+    by_epoch = {}
+    for b in got:
+        epoch = b["position"][0] - (1 if b["end_of_epoch"] else 0)
+        by_epoch.setdefault(epoch, []).append(b)
+        assert len(b["items"]) * max(len(x["input_values"]) for x in b["items"]) <= 4 * 16000  # the duration budget
+    usable = sorted(tuple(task.target_of(t)[0]) for t in carved["text"] if t not in ("nothing at all", "never recorded"))
+    for epoch in (0, 1):
+        seen = sorted(tuple(x["labels"]) for b in by_epoch[epoch] for x in b["items"])
+        assert seen == usable, epoch  # every usable row, each once
+        assert by_epoch[epoch][-1]["end_of_epoch"] and by_epoch[epoch][-1]["position"] == (epoch + 1, 0, 0)
+    drops = [d for b in got for d in b["dropped"]]
+    expected = {name for name, text in (("silent.wav", "nothing at all"), ("gone.wav", "never recorded"))
+                if text in carved["text"]}
+    assert {d["file"].split("/")[-1] for d in drops} == expected  # reported in the first epoch only
+    assert {d["reason"] for d in drops} <= {"silent", "missing_file"} and len(drops) == len(expected)
+    # Epochs differ (shards and batches reshuffled), yet each is fixed by (seed, epoch).
+    assert [x["index"] for x in by_epoch[0][0]["items"]] != [] and \
+        [tuple(x["labels"]) for b in by_epoch[0] for x in b["items"]] != \
+        [tuple(x["labels"]) for b in by_epoch[1] for x in b["items"]]
+
+
+def test_a_stream_started_from_a_position_goes_on_exactly_as_the_whole_stream(tmp_path, folder):
+    cfg, task = _fitted(tmp_path, folder)
+    make = lambda: streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),  # noqa: E731
+                                              data.DropReport(), None)
+    whole = _take(make(), 10)
+    for k in (2, 5):  # mid-window and mid-epoch positions alike
+        resumed = make()
+        resumed.start = whole[k]["position"]
+        for a, b in zip(_take(resumed, 10 - k - 1), whole[k + 1:]):
+            assert a["position"] == b["position"]
+            assert [x["index"] for x in a["items"]] == [x["index"] for x in b["items"]]
+            assert all(np.array_equal(x["input_values"], y["input_values"]) for x, y in zip(a["items"], b["items"]))
+
+
+def test_each_process_streams_its_own_share(folder):
+    cfg = OmegaConf.to_object(compose("train", ["dataset=audiofolder", f"dataset.path={folder}",
+                                                "dataset.streaming=true", "trainer.max_steps=1", "run_dir=/x"])).dataset
+    shares = [[r["audio"]["path"] for r in streaming.open_stream(cfg, data.TEXT, "train", 0, rank, 2)]
+              for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(str(folder / f) for f in
+                                                   [f"{i}.wav" for i in range(9)] + ["silent.wav", "gone.wav"])
+
+
+def _hub(fleurs):
+    """The ROCm recipe's data set (its local copy) streamed, with a tiny model."""
+    return ["dataset=fleurs_es", f"dataset.path={fleurs}", "dataset.revision=null", "model=tiny", *TINY, *FAST,
+            "dataset.streaming=true", "dataset.shuffle_buffer=3"]
+
+
+def test_a_streamed_hub_data_set_trains_and_reports_the_rows_it_dropped(fleurs, tmp_path):
+    training.run(compose("train", [*_hub(fleurs), "trainer.max_steps=4", "trainer.save_steps=2", f"run_dir={tmp_path}"]))
+    report = [json.loads(line) for line in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
+    streamed = [r for r in report if r["split"] == "train"]
+    silent = {f"train_{i}.wav" for i, (raw, _) in enumerate(FLEURS_ROWS["train"]) if raw is None}
+    assert sorted(r["file"] for r in streamed) == sorted(silent) and {r["reason"] for r in streamed} == {"silent"}
+    state = json.loads((tmp_path / "checkpoints" / "step-4" / "trainer_state.json").read_text())
+    assert len(state["stream_positions"]) == 1 and state["stream_positions"][0][0] >= 1  # past its first epoch
+    assert len(state["stream_drops"]) == 2
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert "n" in vocab and "ñ" not in vocab  # built from the streamed transcripts, normalized (unidecode)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_a_streamed_run_resumes_exactly(tmp_path, folder):
+    def cfg(run_dir, *extra):
+        return compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "dataset.streaming=true",
+                                 "dataset.shuffle_buffer=5", "trainer.batch_duration_s=6", "trainer.max_steps=9",
+                                 "trainer.save_steps=4", "trainer.save_total_limit=null", "model.mask_time_prob=0.2",
+                                 "model.hidden_dropout=0.1", f"run_dir={run_dir}", *extra])
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    training.run(cfg(full))
+    shutil.copytree(full, stopped)
+    for later in ("checkpoints/step-8", "checkpoints/step-9", "checkpoints/best", "model"):
+        shutil.rmtree(stopped / later)
+    position = json.loads((stopped / "checkpoints" / "step-4" / "trainer_state.json").read_text())["stream_positions"]
+    assert position != [[0, 0, 0]]
+    training.run(cfg(stopped, "trainer.resume=auto"))
+    a = load_file(full / "checkpoints" / "step-9" / "model.safetensors")
+    b = load_file(stopped / "checkpoints" / "step-9" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((full / "checkpoints" / "step-9" / "trainer_state.json").read_text()) == \
+        json.loads((stopped / "checkpoints" / "step-9" / "trainer_state.json").read_text())
+
+
+def test_two_processes_stream_disjoint_shares_and_report_each_drop_once(fleurs, tmp_path):
+    run_dir = tmp_path / "run"
+    done = accelerate_launch(*_hub(fleurs), "hw=cpu", "trainer.max_steps=3", "trainer.save_steps=3",
+                             f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-5000:]
+    state = json.loads((run_dir / "checkpoints" / "step-3" / "trainer_state.json").read_text())
+    assert len(state["stream_positions"]) == 2  # one position per process
+    assert all(p[0] >= 1 for p in state["stream_positions"])  # each went through its whole share
+    report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
+    silent = {f"train_{i}.wav" for i, (raw, _) in enumerate(FLEURS_ROWS["train"]) if raw is None}
+    assert sorted(r["file"] for r in report if r["split"] == "train") == sorted(silent)  # each once, by its reader
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+
+def test_inspecting_a_streamed_hub_data_set_reads_every_split_whole(fleurs, tmp_path):
+    from speechkit import inspection
+
+    def summary(streamed, where):
+        return inspection.run(compose("inspect", ["dataset=fleurs_es", f"dataset.path={fleurs}", "dataset.revision=null",
+                                                  f"dataset.streaming={streamed}", f"run_dir={tmp_path / where}"]))
+
+    assert summary("true", "s") == summary("false", "w")
