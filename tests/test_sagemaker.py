@@ -550,3 +550,15 @@ def test_load_benchmark_runs_and_reports(container_run, clip, tmp_path):
     assert summary["requests"] == 9 and summary["statuses"] == {"200": 9} and summary["errors"] == 0
     assert summary["server_alive"] and 0 < summary["latency_s"]["p50"] <= summary["latency_s"]["max"]
     assert summary["server_rss_mb"]["after"] > 0 and "requests/s" in (tmp_path / "serve-load.md").read_text()
+
+
+def test_a_job_installs_the_extras_its_config_needs():
+    from omegaconf import OmegaConf
+
+    from speechkit.sagemaker.launch import job_extras, requirements
+
+    cfg = OmegaConf.to_object(compose("train", ["task=diarization", "decoder=kenlm", "run_dir=/x"]))
+    assert job_extras(cfg) == ["lm", "diarization"]
+    assert job_extras(OmegaConf.to_object(compose("train", ["run_dir=/x"]))) == []
+    pins = requirements(job_extras(cfg))
+    assert "pyannote.metrics==3.2.1" in pins and "pyctcdecode==0.5.0" in pins and "torch==2.13.0" in pins

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -141,15 +141,25 @@ def use_torchrun(sm: SageMakerConfig, region: str) -> bool:
     return sm.instance_count * gpus_per_instance(sm, region) > 1
 
 
-def requirements() -> List[str]:
-    """speechkit's own pinned dependencies (pyproject.toml), installed into the training container."""
+def requirements(extras: Sequence[str] = ()) -> List[str]:
+    """speechkit's own pinned dependencies (pyproject.toml), and those of the named extras, installed into the
+    training container."""
     import tomllib
 
     with open(REPO / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["project"]["dependencies"])
+        project = tomllib.load(f)["project"]
+    return list(project["dependencies"]) + [r for e in extras for r in project["optional-dependencies"][e]]
 
 
-def stage_code(into: str) -> str:
+def job_extras(cfg: TrainConfig) -> List[str]:
+    """The extras a training config needs beyond the core: the n-gram LM (decoder=kenlm), pyannote (diarization)."""
+    from speechkit.config import DecoderType, TaskName
+
+    return ([*(["lm"] if cfg.decoder.type == DecoderType.kenlm else []),
+             *(["diarization"] if cfg.task.name == TaskName.diarization else [])])
+
+
+def stage_code(into: str, extras: Sequence[str] = ()) -> str:
     """The job's code: speechkit/, conf/, train.py, pyproject.toml and requirements.txt."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
     shutil.copytree(REPO / "speechkit", os.path.join(into, "speechkit"), ignore=ignore)
@@ -158,7 +168,7 @@ def stage_code(into: str) -> str:
         shutil.copy2(REPO / name, into)
     with open(os.path.join(into, "requirements.txt"), "w") as f:
         f.write("# speechkit's pinned dependencies (pyproject.toml), installed by the SageMaker training driver\n")
-        f.write("\n".join(requirements()) + "\n")
+        f.write("\n".join(requirements(extras)) + "\n")
     return into
 
 
@@ -234,7 +244,7 @@ def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
             role=sm.role,
             base_job_name=sm.base_job_name,
             training_image=image,
-            source_code=SourceCode(source_dir=stage_code(code), requirements="requirements.txt",
+            source_code=SourceCode(source_dir=stage_code(code, job_extras(cfg)), requirements="requirements.txt",
                                    entry_script=ENTRY_SCRIPT),
             distributed=distributed,
             compute=Compute(instance_type=sm.instance_type, instance_count=sm.instance_count,
