@@ -14,7 +14,8 @@ class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
     """`batch_size` clips per batch, of similar length so padding stays small, the order of batches shuffled every
     epoch (what the Hugging Face Trainer's group_by_length does, and what the published recipes used).
 
-    The order depends only on (seed, epoch) (`seed` may be several numbers: a stream's (seed, window)), so a resumed run can replay an epoch and skip what it had seen.
+    The order depends only on (seed, epoch) (`seed` may be several numbers: a stream's (seed, window)), so a resumed
+    run can replay an epoch and skip what it had seen.
     Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
     full batches are then shuffled and a short remainder batch, if any, comes last.
     With shuffle=False (evaluation), batches simply follow the length order.

@@ -71,6 +71,9 @@ class DemoCorpusConfig:
     # A spoken-command corpus instead of sentences: each clip says one of these words, its label (column `label`).
     words: List[str] = field(default_factory=list)
     test_voices: List[str] = field(default_factory=list)  # commands: voices heard in the test split only
+    # Conversations instead (speaker diarization, column `rttm`): each recording has one of these numbers of speakers
+    speakers: List[int] = field(default_factory=list)
+    turns: int = 6  # conversations: sentences per recording
     cache_dir: str = "${oc.env:SPEECHKIT_CACHE,'~/.cache/speechkit'}/demo"
 
 
@@ -90,6 +93,11 @@ class DatasetConfig:
     # data such as AudioSet; a string holding several is split at ";")
     label_column: str = "label"
     file_column: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file
+    # task=diarization, audiofolder: the metadata.csv column naming each recording's RTTM file (who spoke when)
+    rttm_column: str = "rttm"
+    # task=diarization, Hub data sets: the columns holding each recording's turns as lists of start seconds, end
+    # seconds and speakers (talkbank/callhome's layout)
+    segment_columns: List[str] = field(default_factory=lambda: ["timestamps_start", "timestamps_end", "speakers"])
     carve: CarveConfig = field(default_factory=CarveConfig)
     text: TextConfig = field(default_factory=TextConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
@@ -112,6 +120,7 @@ class DatasetConfig:
 class TaskName(str, Enum):
     asr = "asr"  # speech recognition: CTC over characters, scored by WER/CER (speechkit/tasks/asr.py)
     audio_classification = "audio_classification"  # one class (or several) per clip (speechkit/tasks/classification.py)
+    diarization = "diarization"  # who spoke when: speaker activity per frame, DER (speechkit/tasks/diarization.py)
 
 
 class LabelSet(str, Enum):
@@ -129,6 +138,18 @@ class TaskConfig:
     max_length_s: Optional[float] = None
     # audio_classification: where the label set comes from
     label_set: LabelSet = LabelSet.data
+    # diarization: speakers the model tells apart in one window (its output channels; permutation-invariant loss)
+    max_speakers: int = 3
+    # diarization: seconds of audio per training chunk and per inference window (windows overlap by half)
+    chunk_s: float = 5.0
+    # diarization: a speaker is active in a frame when the model's probability is above this
+    threshold: float = 0.5
+    # diarization: turns shorter than this are removed, and pauses of a speaker shorter than this are filled
+    min_turn_s: float = 0.1
+    # diarization scoring (DER): seconds around each reference boundary not scored (0.25 is the usual collar), and
+    # whether regions where references overlap are left unscored
+    collar_s: float = 0.25
+    skip_overlap: bool = False
 
 
 # ----------------------------------------------------------------------------------------- conf/vocab
@@ -352,6 +373,10 @@ class EvaluateConfig:
     multi_label: Optional[bool] = None
     batch_size: int = 8
     num_examples: int = 5  # rows of the reference/hypothesis table printed at the end
+    # diarization models: the DER's collar (seconds) and whether overlapped speech is left unscored; null: as the
+    # model was trained with (its task.collar_s / task.skip_overlap)
+    collar_s: Optional[float] = None
+    skip_overlap: Optional[bool] = None
     dataset: DatasetConfig = MISSING
     hw: HardwareConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -385,6 +410,20 @@ class TranscribeConfig:
     chunk_length_s: float = 20.0  # seconds of audio the model hears at once
     stride_length_s: float = 4.0  # of which context on each side, whose frames are dropped
     batch_size: int = 4  # windows per forward pass
+    progress_bar: bool = True
+    hw: HardwareConfig = MISSING
+
+
+@dataclass
+class DiarizeConfig:
+    """`python diarize.py model_dir=... audio=...`: who spoke when in recordings of any length (RTTM), and with an ASR
+    model who said what."""
+
+    model_dir: str = MISSING  # a diarization model (train.py task=diarization)
+    audio: str = MISSING  # a file, a folder (searched recursively) or a glob
+    output_dir: Optional[str] = None  # null: beside each input
+    asr_model_dir: Optional[str] = None  # a speech recognition model: each speaker's words, in text, JSON and SRT
+    batch_size: int = 8  # windows per forward pass
     progress_bar: bool = True
     hw: HardwareConfig = MISSING
 
@@ -444,6 +483,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="inspect_schema", node=InspectConfig)
     cs.store(name="transcribe_schema", node=TranscribeConfig)
+    cs.store(name="diarize_schema", node=DiarizeConfig)
     cs.store(name="deploy_schema", node=DeployConfig)
     cs.store(name="serve_schema", node=ServeConfig)
 

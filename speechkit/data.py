@@ -32,7 +32,10 @@ from speechkit.text import TextNormalizer
 
 log = logging.getLogger(__name__)
 
-AUDIO, TEXT, LABEL = "audio", "text", "label"  # column names after mapping, whatever the source calls them
+# Column names after mapping, whatever the source calls them: the audio, and the target: a transcript, a class, or a
+# recording's reference turns (an RTTM file's path, or the turns as JSON [[start, end, speaker], ...])
+AUDIO, TEXT, LABEL, SEGMENTS = "audio", "text", "label", "segments"
+TARGET_KEYS = {TEXT: "text_column", LABEL: "label_column", SEGMENTS: "rttm_column"}
 PCM = "pcm"  # the decoded clip at the model's rate (int16 or float32), when dataset.cache_audio is on
 PCM_SCALE = 32767.0  # int16 full scale
 AUDIO_CACHE_VERSION = 1  # bump when decoding changes, to invalidate cached audio
@@ -43,7 +46,7 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
     """Every split of the configured source, columns renamed to `audio` and `target` (`text`, the transcript, or
     `label`, the class), audio left encoded. A Hub source with dataset.streaming gives streams (IterableDatasetDict);
     a local folder's metadata is small and is read whole either way."""
-    key = "text_column" if target == TEXT else "label_column"
+    key = TARGET_KEYS[target]
     column = getattr(cfg, key)
     if cfg.source == Source.demo:
         from speechkit.demo_corpus import ensure_corpus, target_column
@@ -59,7 +62,8 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
         # dataset.streaming: every split a stream (IterableDataset): nothing is downloaded ahead
         splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir,
                               streaming=cfg.streaming)
-        splits = type(splits)({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
+        select = _select_segments if target == SEGMENTS else _select_columns
+        splits = type(splits)({name: select(ds, cfg.audio_column, column, target, key, cfg.path, cfg)
                                for name, ds in splits.items()})
     return carve(splits, cfg)
 
@@ -90,13 +94,16 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
                 raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); set {what}")
         folder = os.path.dirname(os.path.abspath(csv_path))
         ds = ds.map(lambda f: {AUDIO: os.path.join(folder, f)}, input_columns=file_column)
+        if target == SEGMENTS:  # an RTTM file named relative to its metadata.csv, like the audio
+            ds = ds.map(lambda f: {text_column: os.path.join(folder, f) if f else ""}, input_columns=text_column)
         ds = ds.select_columns([AUDIO, text_column])
         ds = ds.rename_columns({text_column: target} if text_column != target else {})
         splits[split] = ds.cast_column(AUDIO, Audio(decode=False))
     return DatasetDict(splits)
 
 
-def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
+def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str,
+                    cfg: Optional[DatasetConfig] = None) -> Dataset:
     if isinstance(ds, IterableDataset) and ds.features is None:  # a stream whose columns are only known once read
         ds = ds._resolve_features()
     for name, wanted in (("audio_column", audio_column), (key, column)):
@@ -110,6 +117,32 @@ def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, ke
         ds = ds.map(lambda v: {column: names.int2str(v)}, input_columns=column,
                     features=Features({**ds.features, column: ListOf(Value("string")) if inner else Value("string")}))
     return ds.rename_columns({k: v for k, v in ((audio_column, AUDIO), (column, target)) if k != v})
+
+
+def _select_segments(ds, audio_column: str, column: str, target: str, key: str, where: str,
+                     cfg: DatasetConfig):
+    """A Hub data set's reference turns (dataset.segment_columns: lists of starts, ends and speakers per recording)
+    as one SEGMENTS column of JSON turns."""
+    if isinstance(ds, IterableDataset) and ds.features is None:
+        ds = ds._resolve_features()
+    wanted = [audio_column, *cfg.segment_columns]
+    for name in wanted:
+        if name not in ds.column_names:
+            what = "audio_column" if name == audio_column else "segment_columns"
+            raise ConfigError(f"dataset.{what}: {where} has no column '{name}' (columns: {ds.column_names})")
+    if len(cfg.segment_columns) != 3:
+        raise ConfigError(f"dataset.segment_columns must name 3 columns (starts, ends, speakers), got "
+                          f"{list(cfg.segment_columns)}")
+    starts, ends, speakers = cfg.segment_columns
+
+    def turns(a, b, who):
+        return {SEGMENTS: json.dumps([[float(x), float(y), str(s)] for x, y, s in zip(a, b, who)])}
+
+    ds = ds.select_columns(wanted).cast_column(audio_column, Audio(decode=False))
+    features = Features({audio_column: ds.features[audio_column], SEGMENTS: Value("string")})
+    ds = ds.map(turns, input_columns=[starts, ends, speakers], remove_columns=[starts, ends, speakers],
+                features=features)
+    return ds.rename_columns({audio_column: AUDIO} if audio_column != AUDIO else {})
 
 
 def carve(splits: DatasetDict, cfg: DatasetConfig) -> DatasetDict:
@@ -219,7 +252,8 @@ class RowCheck:
             out = {TEXT: norm.text, "drop_reason": norm.reason or "", "drop_detail": repr(raw) if norm.reason else ""}
         else:
             empty = raw is None or (raw.strip() == "" if isinstance(raw, str) else len(raw) == 0)
-            out = {"drop_reason": "no_label" if empty else "", "drop_detail": repr(raw) if empty else ""}
+            missing = "no_reference" if self.target == SEGMENTS else "no_label"
+            out = {"drop_reason": missing if empty else "", "drop_detail": repr(raw) if empty else ""}
         if out["drop_reason"]:
             pass
         elif audio_error:
@@ -241,7 +275,7 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
     """Decode every clip once (or read it back from the cache), normalize its text (or check that it has a label),
     and keep only the usable rows (the rest go to `report`). `min_samples`: the shortest clip the model can take
     (its receptive field)."""
-    target = TEXT if TEXT in ds.column_names else LABEL
+    target = next(t for t in (TEXT, LABEL, SEGMENTS) if t in ds.column_names)
     keep = ("int16" if training else "float32") if cfg.cache_audio else None
     decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
     check = RowCheck(cfg, sampling_rate, training, min_samples, target)
@@ -313,7 +347,8 @@ def labels(ds: Dataset) -> list:
 # ------------------------------------------------------------------------------ torch-facing dataset
 class SpeechDataset(torch.utils.data.Dataset):
     """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its target
-    (`labels`: what the task made of the row, e.g. character ids or a class id) and its row index.
+    (`labels`: what the task made of the row, e.g. character ids, a class id or a recording's turns), its row index
+    and `offset`, the sample a random crop starts at (0 for a whole clip).
 
     With `crop`, a clip longer than that many samples is cut to a random window of it, drawn from (seed, epoch,
     row): a training loader asks for `(epoch, row)` (batching.EpochTagged), so the draw is new every epoch and the
@@ -350,10 +385,11 @@ class SpeechDataset(torch.utils.data.Dataset):
             except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
                 log.warning("skipping row %d: %s", i, err)
                 return None
+        start = 0
         if self.crop and audio.size > self.crop:
             start = int(np.random.default_rng((self.seed, epoch, i)).integers(0, audio.size - self.crop + 1))
             audio = audio[start:start + self.crop]
-        item = {"input_values": audio, "index": i}
+        item = {"input_values": audio, "index": i, "offset": start}  # offset: where a crop starts (samples)
         if self.targets is not None:
             item["labels"] = self.targets[i]
         return item

@@ -4,6 +4,10 @@
   sentences are new combinations of words the model has heard, never sentences it trained on.
 - Spoken commands (audio classification, column `label`), when `dataset.demo.words` is set: each clip is one command
   word; the test split is spoken by voices (`dataset.demo.test_voices`) the training split never heard.
+- Conversations (speaker diarization, column `rttm`), when `dataset.demo.speakers` is set: each recording is
+  `dataset.demo.turns` turns of sentences between 2 or 3 (as listed) voices, with pauses and some overlapping
+  speech, written with its RTTM (who spoke when, from where each turn's speech starts and ends); the test split's
+  voice combinations and sentences are never heard in training.
 
 Several voices, speeds and pitches make it more than memorising one waveform per word. Generation is deterministic
 for a config and cached: the second run reads the folder back in a second.
@@ -147,12 +151,15 @@ def _demo_fields(cfg: DatasetConfig) -> dict:
               "pitches": list(d.pitches), "num_train": d.num_train, "num_test": d.num_test, "seed": d.seed}
     if d.words:
         fields.update(words=list(d.words), test_voices=list(d.test_voices))
+    if d.speakers:
+        fields.update(speakers=list(d.speakers), turns=d.turns)
     return fields
 
 
 def target_column(cfg: DatasetConfig) -> str:
-    """The metadata.csv column with each clip's target: `transcription` (sentences) or `label` (commands)."""
-    return "label" if cfg.demo.words else "transcription"
+    """The metadata.csv column with each clip's target: `transcription` (sentences), `label` (commands) or `rttm`
+    (conversations: the RTTM file beside the recording)."""
+    return "rttm" if cfg.demo.speakers else "label" if cfg.demo.words else "transcription"
 
 
 def ensure_corpus(cfg: DatasetConfig) -> str:
@@ -164,6 +171,8 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
     if shutil.which("espeak-ng") is None:
         raise ConfigError("dataset.source=demo needs espeak-ng to synthesize speech: "
                           "install it (Debian/Ubuntu: apt-get install espeak-ng), see README.md")
+    if cfg.demo.speakers:
+        return _ensure_conversations(cfg, target)
     rows = plan(cfg)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))  # renamed into place when complete
@@ -192,6 +201,136 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
             json.dump(_demo_fields(cfg), f)
         if os.path.isdir(target):  # an incomplete earlier attempt
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------------- conversations
+SAMPLING_RATE = 16000
+PAUSE_S = (0.15, 0.9)  # silence between turns
+OVERLAP_SHARE, OVERLAP_S = 0.25, (0.2, 0.7)  # a quarter of the turns start this long before the previous one ends
+
+
+def conversation_plan(cfg: DatasetConfig) -> List[dict]:
+    """Per recording: its split, its voices (each with its own pitch) and its turns (speaker index, sentence, speed,
+    pause or overlap before it), from the seed alone. Test recordings use voice combinations and sentences that
+    training never has."""
+    from itertools import combinations
+
+    d = cfg.demo
+    rng = random.Random(d.seed)
+    g = GRAMMARS[d.language]
+    combos = {k: list(combinations(d.voices, k)) for k in sorted(set(d.speakers))}
+    held = {}
+    for k, all_k in combos.items():
+        rng.shuffle(all_k)
+        cut = max(1, len(all_k) // 5)
+        if len(all_k) < 2:
+            raise ConfigError(f"dataset.demo.voices: {len(d.voices)} voice(s) make too few {k}-speaker combinations "
+                              "to hold some out for the test split")
+        held[k] = (all_k[cut:], all_k[:cut])  # (train, test)
+    sentences = {"train": set(), "test": set()}
+
+    def sentence(split: str) -> str:
+        other = "train" if split == "test" else "test"
+        while True:
+            text = _sentence(rng, g)
+            if text not in sentences[other]:
+                sentences[split].add(text)
+                return text
+
+    recordings = []
+    for split, count in (("test", d.num_test), ("train", d.num_train)):
+        for _ in range(count):
+            k = rng.choice(list(d.speakers))
+            voices = list(rng.choice(held[k][split == "test"]))
+            pitches = rng.sample(list(d.pitches), k) if len(d.pitches) >= k else [rng.choice(d.pitches)
+                                                                                   for _ in range(k)]
+            order = list(range(k))
+            rng.shuffle(order)
+            who = order[:]  # everyone speaks at least once, then anyone but the last speaker
+            while len(who) < d.turns:
+                who.append(rng.choice([s for s in range(k) if s != who[-1]]))
+            turns = [{"speaker": s, "text": sentence(split), "speed": rng.choice(list(d.speeds)),
+                      "gap": -rng.uniform(*OVERLAP_S) if i and rng.random() < OVERLAP_SHARE else rng.uniform(*PAUSE_S)}
+                     for i, s in enumerate(who[:d.turns])]
+            recordings.append({"split": split, "voices": voices, "pitches": pitches, "turns": turns})
+    return recordings
+
+
+def _speech(text: str, voice: str, speed: int, pitch: int, folder: str):
+    """One sentence spoken by espeak-ng at 16 kHz, its leading and trailing silence cut."""
+    import numpy as np
+
+    from speechkit.audio import decode
+
+    fd, path = tempfile.mkstemp(suffix=".wav", dir=folder)
+    os.close(fd)
+    try:
+        done = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, text],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"espeak-ng failed for voice '{voice}': {done.stderr.strip()}")
+        audio = decode(path, SAMPLING_RATE)
+    finally:
+        os.remove(path)
+    voiced = np.flatnonzero(np.abs(audio) > 0.02)
+    return audio[voiced[0]:voiced[-1] + 1] if voiced.size else audio
+
+
+def _conversation(job):
+    """Mix one planned recording; write <name>.wav and <name>.rttm into its split's folder."""
+    import numpy as np
+    import soundfile
+
+    from speechkit.tasks.diarization import write_rttm
+
+    i, rec, root = job
+    name = f"conv{i:05d}"
+    folder = os.path.join(root, rec["split"])
+    clips = [_speech(t["text"], rec["voices"][t["speaker"]], t["speed"], rec["pitches"][t["speaker"]], folder)
+             for t in rec["turns"]]
+    cursor, placed, ends = 0.3, [], {}
+    for turn, clip in zip(rec["turns"], clips):
+        start = max(0.0, cursor + turn["gap"], ends.get(turn["speaker"], 0.0) + 0.1)  # one speaker: no self-overlap
+        placed.append((start, clip, turn["speaker"]))
+        cursor = max(cursor, start + clip.size / SAMPLING_RATE)
+        ends[turn["speaker"]] = start + clip.size / SAMPLING_RATE
+    mix = np.zeros(int((cursor + 0.4) * SAMPLING_RATE), np.float32)
+    turns = []
+    for start, clip, speaker in placed:
+        at = int(round(start * SAMPLING_RATE))
+        mix[at:at + clip.size] += clip
+        turns.append((at / SAMPLING_RATE, (at + clip.size) / SAMPLING_RATE, f"spk{speaker}"))
+    mix /= max(1.0, float(np.abs(mix).max()) / 0.9)
+    soundfile.write(os.path.join(folder, name + ".wav"), mix, SAMPLING_RATE, subtype="PCM_16")
+    write_rttm(turns, name, os.path.join(folder, name + ".rttm"))
+    return rec["split"], name
+
+
+def _ensure_conversations(cfg: DatasetConfig, target: str) -> str:
+    recordings = conversation_plan(cfg)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+    for split in ("train", "test"):
+        os.makedirs(os.path.join(tmp, split))
+    log.info("Synthesizing the %s demo conversations (%d recordings) into %s", cfg.name, len(recordings), target)
+    try:
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            done = list(tqdm(pool.map(_conversation, [(i, r, tmp) for i, r in enumerate(recordings)]),
+                             total=len(recordings), desc="Synthesizing demo conversations"))
+        for split in ("train", "test"):
+            with open(os.path.join(tmp, split, "metadata.csv"), "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["file_name", "rttm"])
+                w.writerows((f"{name}.wav", f"{name}.rttm") for s, name in done if s == split)
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            json.dump(_demo_fields(cfg), f)
+        if os.path.isdir(target):
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:

@@ -27,7 +27,7 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     model_dir = saved_model_dir(cfg.model_dir)
     os.makedirs(cfg.run_dir, exist_ok=True)
     accelerator = make_accelerator(cfg.hw)
-    task, model = load_model_dir(model_dir, cfg.multi_label)
+    task, model = load_model_dir(model_dir, cfg.multi_label, cfg.collar_s, cfg.skip_overlap)
 
     report = data.DropReport()
     with accelerator.main_process_first():

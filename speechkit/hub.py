@@ -16,10 +16,13 @@ from speechkit.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 
-PIPELINES = {"asr": "automatic-speech-recognition", "audio_classification": "audio-classification"}
+# The Hub's task tag per task (diarization: the tag pyannote's segmentation models carry; transformers has no pipeline)
+PIPELINES = {"asr": "automatic-speech-recognition", "audio_classification": "audio-classification",
+             "diarization": "voice-activity-detection"}
+UNITS = {"asr": "utterances", "audio_classification": "clips", "diarization": "recordings"}
 # model-index entries: metrics.jsonl key -> (metric type, name shown on the Hub)
 HUB_METRICS = {"eval_wer": ("wer", "WER"), "eval_cer": ("cer", "CER"), "eval_accuracy": ("accuracy", "Accuracy"),
-               "eval_macro_f1": ("f1", "Macro F1"), "eval_map": ("map", "mAP")}
+               "eval_macro_f1": ("f1", "Macro F1"), "eval_map": ("map", "mAP"), "eval_der": ("der", "DER")}
 HYPERPARAMETERS = ("num_epochs", "max_steps", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
                    "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "seed")
 
@@ -58,11 +61,17 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
                        if key in result.metrics)
     origin = (f"fine-tuned from `{cfg.model.name_or_path}`" if cfg.model.name_or_path
               else f"trained from scratch (`model={cfg.model.name}`, random init)")
-    kind = {"asr": "A speech recognition (CTC)", "audio_classification": "An audio classification"}[task]
-    usage = {"asr": 'asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\n'
+    kind = {"asr": "A speech recognition (CTC)", "audio_classification": "An audio classification",
+            "diarization": "A speaker diarization (per-frame speaker activity)"}[task]
+    usage = {"asr": 'from transformers import pipeline\n'
+                    'asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\n'
                     'print(asr("clip.wav")["text"])',
-             "audio_classification": 'classify = pipeline("audio-classification", model="<this folder or repo>")\n'
-                                     'print(classify("clip.wav"))'}[task]
+             "audio_classification": 'from transformers import pipeline\n'
+                                     'classify = pipeline("audio-classification", model="<this folder or repo>")\n'
+                                     'print(classify("clip.wav"))',
+             "diarization": 'from transformers import AutoModelForAudioFrameClassification\n'
+                            'model = AutoModelForAudioFrameClassification.from_pretrained("<this folder or repo>")\n'
+                            '# who spoke when, as RTTM: python diarize.py model_dir=<this folder> audio=a.wav'}[task]
     content = f"""---
 {data.to_yaml()}
 ---
@@ -70,7 +79,7 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
 # {model_name}
 
 {kind} model {origin} with speechkit on `{ds.name}`; scored on its `{ds.eval_split}` split
-({len(result.rows)} {"utterances" if task == "asr" else "clips"}).
+({len(result.rows)} {UNITS[task]}).
 
 ## Results on `{ds.eval_split}`
 
@@ -96,7 +105,6 @@ The full resolved configuration (secrets redacted) is the run's `config.yaml`.
 ## Use
 
 ```python
-from transformers import pipeline
 {usage}
 ```
 """

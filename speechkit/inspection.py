@@ -32,14 +32,18 @@ def run(raw_cfg: DictConfig) -> dict:
     ds, rate, run = cfg.dataset, cfg.sampling_rate, RunDir(cfg.run_dir)
     os.makedirs(run.root, exist_ok=True)
     report = data.DropReport()
-    labelled = cfg.task.name == TaskName.audio_classification
-    sources = {name: data.whole(rows) for name, rows in data.load_source(ds, data.LABEL if labelled else data.TEXT)
-               .items()}  # every row of every split, streamed or not
+    target = {TaskName.audio_classification: data.LABEL, TaskName.diarization: data.SEGMENTS}.get(cfg.task.name,
+                                                                                                 data.TEXT)
+    labelled = target != data.TEXT  # an inventory of labels (classes, or speakers per recording), not characters
+    sources = {name: data.whole(rows) for name, rows in data.load_source(ds, target).items()}  # streamed or not
     splits = {name: data.check_split(rows, name, ds, rate, name == ds.train_split, report)
               for name, rows in sources.items()}
 
     durations = {name: np.asarray(rows["num_samples"], dtype=np.float64) / rate for name, rows in splits.items()}
-    if labelled:  # the inventory is the labels: clips per label
+    if target == data.SEGMENTS:  # recordings by their number of speakers
+        chars = {name: Counter(_speakers(v, a) for v, a in zip(rows[data.SEGMENTS], rows[data.AUDIO]))
+                 for name, rows in splits.items()}
+    elif labelled:  # the inventory is the labels: clips per label
         from speechkit.tasks.classification import parse_labels
 
         chars = {name: Counter(label for v in data.labels(rows) for label in parse_labels(v, cfg.task.multi_label))
@@ -68,6 +72,16 @@ def run(raw_cfg: DictConfig) -> dict:
     describe = _describe_labels if labelled else _describe
     print(describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
     return summary
+
+
+def _speakers(value, audio) -> str:
+    from speechkit.audio import audio_ref
+    from speechkit.tasks.diarization import BadReference, read_turns
+
+    try:
+        return f"{len({who for _, _, who in read_turns(value, audio_ref(audio))})} speakers"
+    except BadReference as bad:
+        return f"unusable reference ({bad.reason})"
 
 
 def _write_inventory(chars: Dict[str, Counter], path: str, labelled: bool = False) -> None:

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 
 from omegaconf import OmegaConf
-from transformers import (AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, ASTFeatureExtractor,
-                          AutoFeatureExtractor, PretrainedConfig, PreTrainedModel, Wav2Vec2FeatureExtractor)
-from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+from transformers import (AutoConfig, AutoModelForAudioClassification, AutoModelForAudioFrameClassification,
+                          AutoModelForCTC, ASTFeatureExtractor, AutoFeatureExtractor, PretrainedConfig, PreTrainedModel,
+                          Wav2Vec2FeatureExtractor)
+from transformers.models.auto.modeling_auto import (MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES,
+                                                    MODEL_FOR_CTC_MAPPING_NAMES)
 
 from speechkit.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
-HEADS = {"ctc": AutoModelForCTC, "classification": AutoModelForAudioClassification}
+HEADS = {"ctc": AutoModelForCTC, "classification": AutoModelForAudioClassification,
+         "frames": AutoModelForAudioFrameClassification}  # frames: one output per speaker and frame (diarization)
 REGULARISATION = ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
                   "mask_time_prob", "layerdrop")
 
@@ -58,6 +61,9 @@ def model_config(cfg: ModelConfig, head: str) -> PretrainedConfig:
     if head == "ctc" and config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES:
         raise ConfigError(f"model={cfg.name} ({config.model_type}) has no CTC head, so it cannot do task=asr; "
                           "use it with task=audio_classification")
+    if head == "frames" and config.model_type not in MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError(f"model={cfg.name} ({config.model_type}) has no frame-level head, so it cannot do "
+                          "task=diarization; use a wav2vec2 model")
     return config
 
 

@@ -1,6 +1,7 @@
 """Pictures a person would rather look at than a log: the training curves (`curves.png` in a training run dir), the
-confusion matrix of a classifier (`confusion.png`) and the duration histogram of a data set (`durations.png` from
-inspect_data.py). PNG files only, no display needed."""
+confusion matrix of a classifier (`confusion.png`), who spoke when (diarization: reference turns above the model's),
+and the duration histogram of a data set (`durations.png` from inspect_data.py). PNG files only, no display
+needed."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def pyplot():
 
 # Scores drawn in the bottom panel of the curves, with their names: the task's metrics, whichever it logs.
 SCORES = {"eval_wer": "WER", "eval_cer": "CER", "eval_accuracy": "accuracy", "eval_macro_f1": "macro-F1",
-          "eval_map": "mAP"}
+          "eval_map": "mAP", "eval_der": "DER"}
 
 
 def training_curves(metrics_path: str, out_path: str, best_step: int | None = None) -> str:
@@ -34,14 +35,15 @@ def training_curves(metrics_path: str, out_path: str, best_step: int | None = No
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
+    eval_losses = [r for r in evals if "eval_loss" in r]  # a diarizer scores whole recordings: no loss to log
 
     fig, (loss_ax, lr_ax, err_ax) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue")
-    if evals:
-        loss_ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss",
-                     color="tab:orange")
+    if eval_losses:
+        loss_ax.plot([r["step"] for r in eval_losses], [r["eval_loss"] for r in eval_losses], "o-",
+                     label="eval loss", color="tab:orange")
     loss_ax.set_ylabel("loss")
-    losses = [r["loss"] for r in train] + [r["eval_loss"] for r in evals]
+    losses = [r["loss"] for r in train] + [r["eval_loss"] for r in eval_losses]
     if losses and all(v > 0 for v in losses):  # CTC losses span decades; a window of only skipped steps logs 0
         loss_ax.set_yscale("log")
     loss_ax.legend()
@@ -95,6 +97,28 @@ def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> s
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
     return path
+
+
+def diarization_timelines(recordings: List[tuple]):
+    """One panel per (name, reference turns, hypothesis turns, seconds): each speaker's turns as bars, the
+    reference's above the model's (turns: (start, end, speaker))."""
+    plt = pyplot()
+    fig, axes = plt.subplots(max(len(recordings), 1), 1, figsize=(10, 1.6 + 1.2 * max(len(recordings), 1)),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (name, reference, hypothesis, seconds) in zip(axes[:, 0], recordings):
+        rows = []
+        for side, turns in (("ref", reference), ("hyp", hypothesis)):
+            for k, who in enumerate(sorted({w for _, _, w in turns})):
+                rows.append((f"{side} {who}", [(a, b - a) for a, b, w in turns if w == who], k))
+        for y, (label, bars, k) in enumerate(reversed(rows)):
+            ax.broken_barh(bars, (y - 0.35, 0.7), color=colours(k % 10))
+        ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=7)
+        ax.set_xlim(0, seconds)
+        ax.set_title(name, fontsize=9)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    return fig
 
 
 def duration_histogram(durations: Dict[str, np.ndarray], path: str) -> str:

@@ -94,8 +94,8 @@ def training_batches(cfg: DatasetConfig, trainer_cfg, task, min_samples: int, ac
 class StreamedBatches(torch.utils.data.IterableDataset):
     """Batches of checked clips from `stream`, endlessly, from `start` (a Position): dicts of `items` (the task's
     collator turns them into a batch), `dropped` (drop-report rows found since the last batch), `position` (where
-    the next batch starts) and `end_of_epoch`. `target_of(value) -> (target, reason, detail)`: the task's target
-    for a checked row's normalized text or label, or why it cannot have one."""
+    the next batch starts) and `end_of_epoch`. `target_of(value, audio) -> (target, reason, detail)`: the task's
+    target for a checked row's normalized text, label or turns (`audio`: its file), or why it cannot have one."""
 
     def __init__(self, stream: IterableDataset, check: data.RowCheck, target_of: Callable, split: str,
                  sampling_rate: int, window: int, batch_size: int, max_samples: Optional[int], seed: int = 0,
@@ -155,16 +155,17 @@ class StreamedBatches(torch.utils.data.IterableDataset):
             out = self.check(row[target], n, float(np.abs(audio).max()) if n else 0.0, *error)
             reason, detail = out["drop_reason"], out["drop_detail"]
             if not reason:
-                labels, reason, detail = self.target_of(out.get(data.TEXT, row[target]))
+                labels, reason, detail = self.target_of(out.get(data.TEXT, row[target]), audio_ref(row[data.AUDIO]))
             if reason:
                 if epoch == 0:
                     dropped.append({"split": self.split, "row": index, "file": audio_ref(row[data.AUDIO]),
                                     "reason": reason, "detail": detail})
                 continue
+            begin = 0
             if self.crop and audio.size > self.crop:  # drawn as SpeechDataset draws it: from (seed, epoch, row)
                 begin = int(np.random.default_rng((self.seed, epoch, index)).integers(0, audio.size - self.crop + 1))
                 audio = audio[begin:begin + self.crop]
-            items.append({"input_values": audio, "index": index, "labels": labels})
+            items.append({"input_values": audio, "index": index, "offset": begin, "labels": labels})
         return items, dropped
 
     def _batches(self, items: List[dict], epoch: int, window: int) -> List[List[int]]:

@@ -61,7 +61,9 @@ RANGES: Dict[str, Check] = {
     # conf/hw
     "hw.num_threads": _or_null(POSITIVE_INT),
     # conf/task
-    "task.max_length_s": _or_null(POSITIVE),
+    "task.max_length_s": _or_null(POSITIVE), "task.chunk_s": POSITIVE, "task.threshold": OPEN_UNIT,
+    "task.max_speakers": (lambda v: 1 <= v <= 6, "an integer in [1, 6] (the loss tries every order of the speakers)"),
+    "task.min_turn_s": NON_NEGATIVE, "task.collar_s": NON_NEGATIVE, "collar_s": _or_null(NON_NEGATIVE),
     # conf/decoder
     "decoder.order": (lambda v: v >= 2, "an integer >= 2 (KenLM reads bigram models and up)"),
     "decoder.discount": OPEN_UNIT, "decoder.tune_trials": POSITIVE_INT,
@@ -176,6 +178,10 @@ def check_values(cfg: DictConfig) -> None:
     if isinstance(name, str) and name.startswith(("/", "./", "../", "~")) and \
             not os.path.isdir(os.path.expanduser(name)):
         _refuse("model.name_or_path", name, "a Hub id or an existing local checkpoint folder")
+    asr = _get(cfg, "asr_model_dir")  # diarize.py: who said what
+    if isinstance(asr, str) and not is_hub_id(asr) and \
+            not os.path.isfile(os.path.join(os.path.expanduser(asr), "config.json")):
+        _refuse("asr_model_dir", asr, "null, or a saved speech recognition model (a run's model/ folder, or a Hub id)")
     model_dir = _get(cfg, "model_dir")
     if isinstance(model_dir, str):
         saved_model_dir(model_dir)

@@ -51,6 +51,20 @@ def offline_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def asr_demo_run(tmp_path_factory):
+    """`python train.py experiment=demo ...` for a few steps, as a user would type it: a tiny speech recognition
+    model, shared by the tests that need one."""
+    run_dir = tmp_path_factory.mktemp("demo_run")
+    done = run_cli("train.py", "experiment=demo", *SMALL_DEMO, *TINY, "trainer.batch_size=4",
+                   "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
+                   "trainer.progress_bar=false", "trainer.max_steps=3",
+                   "trainer.learning_rate=1e-6",  # stays near its random init: transcripts are non-empty noise
+                   f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
 def compose(config_name: str = "train", overrides: List[str] = ()):
     """The real Hydra composition of conf/, as `python train.py <overrides>` would see it."""
     from hydra import compose as hydra_compose, initialize_config_dir

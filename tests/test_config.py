@@ -141,6 +141,10 @@ BAD_VALUES = [
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
     ("train.py", "decoder=kenlm decoder.order=1"), ("train.py", "decoder=kenlm decoder.discount=1.5"),
     ("train.py", "decoder=kenlm decoder.tune_trials=0"),
+    ("train.py", "task=diarization task.chunk_s=0"), ("train.py", "task=diarization task.threshold=1"),
+    ("train.py", "task=diarization task.max_speakers=9"), ("train.py", "task=diarization task.min_turn_s=-1"),
+    ("train.py", "task=diarization task.collar_s=-0.25"), ("evaluate.py", "collar_s=-1"),
+    ("diarize.py", "batch_size=0"), ("diarize.py", "asr_model_dir=/no/such/model"),
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
@@ -155,6 +159,7 @@ BAD_VALUES = [
     ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),
 ]
 REQUIRED = {"evaluate.py": ["model_dir=/no/such/model"], "serve.py": ["model_dir=/no/such/model"],
+            "diarize.py": ["model_dir=/no/such/model", "audio=/no"],
             "deploy.py": ["model_dir=/no/such/model"], "transcribe.py": ["model_dir=/no/such/model", "audio=/no"]}
 
 
@@ -183,7 +188,7 @@ def test_the_table_covers_every_constrained_key():
     composed = [compose(name, over) for name, over in (
         ("train", ["run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]), ("inspect", ["run_dir=/x"]),
         ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]),
-        ("transcribe", ["model_dir=/m", "audio=/a"]))]
+        ("transcribe", ["model_dir=/m", "audio=/a"]), ("diarize", ["model_dir=/m", "audio=/a"]))]
     for key in RANGES:  # no constraint on a key that no config has (a typo would silently check nothing)
         assert any(OmegaConf.select(c, key, default="absent") != "absent" for c in composed), key
 

@@ -74,7 +74,8 @@ def test_a_stream_gives_every_usable_row_once_per_epoch_and_reports_drops_once(t
         epoch = b["position"][0] - (1 if b["end_of_epoch"] else 0)
         by_epoch.setdefault(epoch, []).append(b)
         assert len(b["items"]) * max(len(x["input_values"]) for x in b["items"]) <= 4 * 16000  # the duration budget
-    usable = sorted(tuple(task.target_of(t)[0]) for t in carved["text"] if t not in ("nothing at all", "never recorded"))
+    usable = sorted(tuple(task.target_of(t)[0]) for t in carved["text"]
+                    if t not in ("nothing at all", "never recorded"))
     for epoch in (0, 1):
         seen = sorted(tuple(x["labels"]) for b in by_epoch[epoch] for x in b["items"])
         assert seen == usable, epoch  # every usable row, each once
@@ -121,7 +122,8 @@ def _hub(fleurs):
 
 
 def test_a_streamed_hub_data_set_trains_and_reports_the_rows_it_dropped(fleurs, tmp_path):
-    training.run(compose("train", [*_hub(fleurs), "trainer.max_steps=4", "trainer.save_steps=2", f"run_dir={tmp_path}"]))
+    training.run(compose("train", [*_hub(fleurs), "trainer.max_steps=4", "trainer.save_steps=2",
+                                   f"run_dir={tmp_path}"]))
     report = [json.loads(line) for line in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
     streamed = [r for r in report if r["split"] == "train"]
     silent = {f"train_{i}.wav" for i, (raw, _) in enumerate(FLEURS_ROWS["train"]) if raw is None}
@@ -175,7 +177,8 @@ def test_inspecting_a_streamed_hub_data_set_reads_every_split_whole(fleurs, tmp_
     from speechkit import inspection
 
     def summary(streamed, where):
-        return inspection.run(compose("inspect", ["dataset=fleurs_es", f"dataset.path={fleurs}", "dataset.revision=null",
-                                                  f"dataset.streaming={streamed}", f"run_dir={tmp_path / where}"]))
+        return inspection.run(compose("inspect", ["dataset=fleurs_es", f"dataset.path={fleurs}",
+                                                  "dataset.revision=null", f"dataset.streaming={streamed}",
+                                                  f"run_dir={tmp_path / where}"]))
 
     assert summary("true", "s") == summary("false", "w")

@@ -18,14 +18,8 @@ FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_ste
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """`python train.py experiment=demo ...` for a few steps, as a user would type it."""
-    run_dir = tmp_path_factory.mktemp("demo_run")
-    done = run_cli("train.py", "experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=3",
-                   "trainer.learning_rate=1e-6",  # stays near its random init: transcripts are non-empty noise
-                   f"hydra.run.dir={run_dir}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir, done
+def demo_run(asr_demo_run):
+    return asr_demo_run
 
 
 def test_run_dir_holds_every_artifact(demo_run):

@@ -14,7 +14,7 @@ The trainer and the entry scripts only talk to a task through these members (bot
   check_eval_rows(rows, split, report)
                               evaluation rows the model cannot score are reported
   dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
-  target_of(value) -> (target, reason, detail), crop
+  target_of(value, audio) -> (target, reason, detail), crop
                               a streamed training row's target, or why it is dropped; the length training clips are
                               cut to (dataset.streaming, speechkit/streaming.py)
   evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
@@ -40,14 +40,19 @@ def make_task(cfg):
 
         normalizer = TextNormalizer(cfg.dataset.text)
         return SpeechRecognition(cfg.vocab, decoder_cfg=cfg.decoder, normalize=lambda t: normalizer(t).text)
+    if cfg.task.name == TaskName.diarization:
+        from speechkit.tasks.diarization import Diarization
+
+        return Diarization(cfg.task, cfg.model.sampling_rate)
     from speechkit.tasks.classification import AudioClassification
 
     return AudioClassification(cfg.task, cfg.model)
 
 
-def load_model_dir(model_dir: str, multi_label=None):
+def load_model_dir(model_dir: str, multi_label=None, collar_s=None, skip_overlap=None):
     """(task, model) of a saved model (a folder, or a Hub id), the task read from its config: a CTC head is speech
-    recognition, a classification head audio classification (`multi_label`: see EvaluateConfig)."""
+    recognition, a classification head audio classification, a frame-level head diarization (`multi_label`,
+    `collar_s`, `skip_overlap`: see EvaluateConfig)."""
     from transformers import AutoConfig
 
     architectures = AutoConfig.from_pretrained(model_dir).architectures or []
@@ -59,5 +64,10 @@ def load_model_dir(model_dir: str, multi_label=None):
         from speechkit.tasks.classification import AudioClassification
 
         return AudioClassification.from_model_dir(model_dir, multi_label)
+    if any(a.endswith("ForAudioFrameClassification") for a in architectures):
+        from speechkit.tasks.diarization import Diarization
+
+        return Diarization.from_model_dir(model_dir, collar_s, skip_overlap)
     raise ConfigError(f"model_dir: {model_dir} holds a {architectures or 'model of no known architecture'}; speechkit "
-                      "scores CTC (speech recognition) and audio-classification models")
+                      "scores CTC (speech recognition), audio-classification and frame-classification (diarization) "
+                      "models")

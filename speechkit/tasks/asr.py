@@ -140,7 +140,7 @@ class SpeechRecognition:
         tokenizer = self.processor.tokenizer
         return SpeechDataset(rows, self.sampling_rate, [tokenizer(t).input_ids for t in data.texts(rows)])
 
-    def target_of(self, text: str) -> Tuple[Optional[List[int]], str, str]:
+    def target_of(self, text: str, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
         """A streamed training row's character ids, or why it has none (dataset.streaming, speechkit/streaming.py):
         as in fit_targets, a transcript the vocab cannot spell is dropped, not taught as [UNK]."""
         unknown = vocabulary.unknown_chars(text, self.vocab)

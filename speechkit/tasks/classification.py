@@ -193,7 +193,7 @@ class AudioClassification:
     def sampling_rate(self) -> int:
         return self.feature_extractor.sampling_rate
 
-    def target_of(self, value) -> Tuple[Optional[List[int]], str, str]:
+    def target_of(self, value, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
         """A streamed training row's class ids, or why it has none (dataset.streaming, speechkit/streaming.py): a
         label the label set lacks is dropped as check_eval_rows drops it."""
         labels = parse_labels(value, self.multi_label)

@@ -1,0 +1,479 @@
+"""task=diarization: who spoke when, end to end as SUPERB's speaker-diarization task does it.
+
+The encoder (wav2vec2) gets a frame-level head (`Wav2Vec2ForAudioFrameClassification`) with one output per speaker
+(`task.max_speakers`), each a per-frame probability that this speaker talks. Training takes a random `task.chunk_s`
+chunk of each recording every epoch (SpeechDataset's crop) and scores it with a permutation-invariant loss: binary
+cross-entropy under the order of speakers that fits best, since a chunk's speakers have no natural order.
+
+A whole recording is read in `chunk_s` windows that overlap by half; each window's speakers are matched to the
+running result over the overlap (the order that agrees best), probabilities are averaged, thresholded
+(`task.threshold`), and turns shorter than `task.min_turn_s` removed (gaps as short filled). The turns become a
+pyannote.core Annotation (RTTM out) and are scored by pyannote.metrics' DER (missed speech, false alarm, speaker
+confusion) with `task.collar_s` (pyannote's convention: the collar's whole width, half on each side of a reference
+boundary) and `task.skip_overlap`. The best checkpoint has the lowest DER.
+
+References: an RTTM file per recording (audiofolder: `dataset.rttm_column`) or turns in columns (Hub data sets:
+`dataset.segment_columns`), checked per recording: an RTTM that is missing or names another recording, a turn past
+the recording's end, overlapping turns of one speaker, a training recording with more speakers than the model has
+outputs: each dropped and reported, naming the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, Value
+from transformers import AutoFeatureExtractor, AutoModelForAudioFrameClassification, PreTrainedModel
+
+from speechkit import data
+from speechkit.audio import audio_ref
+from speechkit.config import ConfigError, ModelConfig, TaskConfig
+from speechkit.data import DropReport, SpeechDataset
+from speechkit.model import build_model, feature_extractor_for, uses_attention_mask
+from speechkit.scoring import EvalResult
+
+log = logging.getLogger(__name__)
+
+Turn = Tuple[float, float, str]  # (start s, end s, speaker)
+PAST_END_TOLERANCE_S = 0.5  # a turn ending this little past the recording's end is cut to it, not refused
+SETTINGS = "speechkit_diarization"  # the model config's entry holding the task's inference and scoring settings
+
+
+def require_pyannote() -> None:
+    try:
+        import pyannote.core  # noqa: F401
+        import pyannote.metrics  # noqa: F401
+    except ImportError:
+        raise ConfigError("task=diarization needs pyannote.core and pyannote.metrics: "
+                          "pip install -e '.[diarization]' (./install.sh dev has them)") from None
+
+
+class BadReference(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# ------------------------------------------------------------------------------------------- references
+def read_turns(value: str, audio: str) -> List[Turn]:
+    """A recording's reference turns: JSON turns, or the turns its RTTM file gives the recording (its URI is the
+    audio file's name without extension)."""
+    value = (value or "").strip()
+    if value.startswith("["):
+        return [(float(a), float(b), str(s)) for a, b, s in json.loads(value)]
+    from pyannote.database.util import load_rttm
+
+    if not os.path.isfile(value):
+        raise BadReference("missing_rttm", f"{value} does not exist")
+    uri = os.path.splitext(os.path.basename(audio))[0]
+    try:
+        by_uri = load_rttm(value)
+    except Exception as err:  # pandas' parse errors, wrong column counts
+        raise BadReference("unreadable_rttm", f"{value}: {str(err).splitlines()[0][:200]}") from None
+    if uri not in by_uri:
+        raise BadReference("rttm_mismatch", f"{value} names recording(s) {sorted(by_uri)[:5]}, not '{uri}' (the "
+                                            "audio file's name)")
+    return [(round(float(seg.start), 3), round(float(seg.end), 3), str(label))  # RTTM's start + duration, exact
+            for seg, _, label in by_uri[uri].itertracks(yield_label=True)]
+
+
+def check_turns(turns: List[Turn], seconds: float, max_speakers: Optional[int]) -> List[Turn]:
+    """The turns, sorted, each checked against the recording (`seconds` long); raises BadReference."""
+    out = []
+    for start, end, who in sorted(turns):
+        if start < 0 or end <= start:
+            raise BadReference("bad_turn", f"turn {start:.2f}-{end:.2f} s of {who}")
+        if end > seconds + PAST_END_TOLERANCE_S:
+            raise BadReference("turn_past_end", f"turn {start:.2f}-{end:.2f} s of {who} ends past the recording's "
+                                                f"end ({seconds:.2f} s)")
+        out.append((round(start, 3), round(min(end, seconds), 3), who))
+    last_end = {}
+    for start, end, who in out:
+        if start < last_end.get(who, -1.0) - 1e-6:
+            raise BadReference("overlapping_turns", f"{who} has two turns overlapping at {start:.2f} s")
+        last_end[who] = max(end, last_end.get(who, 0.0))
+    speakers = sorted({who for _, _, who in out})
+    if max_speakers is not None and len(speakers) > max_speakers:
+        raise BadReference("too_many_speakers", f"{len(speakers)} speakers > task.max_speakers={max_speakers}")
+    return out
+
+
+def to_annotation(turns: List[Turn], uri: str):
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation(uri=uri)
+    for i, (start, end, who) in enumerate(turns):
+        annotation[Segment(start, end), i] = who
+    return annotation
+
+
+def write_rttm(turns: List[Turn], uri: str, path: str) -> None:
+    with open(path, "w") as f:
+        to_annotation(turns, uri).write_rttm(f)
+
+
+# ------------------------------------------------------------------------------------------ frames & loss
+def frame_hop(config) -> int:
+    """Samples per output frame (the product of the feature encoder's strides: 320, 20 ms at 16 kHz)."""
+    return int(np.prod(config.conv_stride))
+
+
+def output_frames(config, samples: int) -> int:
+    n = samples
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        n = (n - kernel) // stride + 1
+    return max(int(n), 0)
+
+
+def frame_targets(turns: List[Turn], speakers: List[str], offset_s: float, frames: int, hop_s: float,
+                  max_speakers: int) -> torch.Tensor:
+    """(frames, max_speakers): 1 where the speaker (in `speakers` order) talks at the frame's centre."""
+    target = torch.zeros(frames, max_speakers)
+    centres = offset_s + (np.arange(frames) + 0.5) * hop_s
+    for start, end, who in turns:
+        active = (centres >= start) & (centres < end)
+        if active.any():
+            target[torch.from_numpy(active), speakers.index(who)] = 1.0
+    return target
+
+
+def pit_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over frames and speakers under each recording's best order of the target speakers (the
+    permutation-invariant loss): logits and targets (batch, frames, speakers), mask (batch, frames)."""
+    speakers = logits.shape[-1]
+    orders = torch.tensor(list(itertools.permutations(range(speakers))), device=logits.device)  # (P, S)
+    permuted = targets[:, :, orders]  # (B, T, P, S)
+    bce = F.binary_cross_entropy_with_logits(logits.float().unsqueeze(2).expand_as(permuted), permuted,
+                                             reduction="none").mean(-1)  # (B, T, P)
+    m = mask.float().unsqueeze(-1)
+    per_order = (bce * m).sum(1) / m.sum(1).clamp(min=1)  # (B, P)
+    return per_order.min(dim=1).values.mean()
+
+
+class FrameCollator:
+    """Pads audio (normalised per chunk, with its mask) and builds the frame targets of each chunk from its
+    recording's turns and where the chunk starts."""
+
+    def __init__(self, feature_extractor, config, pass_attention_mask: bool, max_speakers: int):
+        self.feature_extractor, self.config = feature_extractor, config
+        self.pass_attention_mask, self.max_speakers = pass_attention_mask, max_speakers
+        self.rate = feature_extractor.sampling_rate
+        self.hop_s = frame_hop(config) / self.rate
+
+    def __call__(self, items: List[Optional[dict]]) -> Optional[dict]:
+        items = [x for x in items if x is not None]
+        if not items:
+            return None
+        fe = self.feature_extractor
+        features = fe([x["input_values"] for x in items], sampling_rate=self.rate, padding=True,
+                      return_attention_mask=True, return_tensors="pt")
+        width = output_frames(self.config, features["input_values"].shape[1])
+        lengths = [min(output_frames(self.config, len(x["input_values"])), width) for x in items]
+        batch = {"input_values": features["input_values"], "attention_mask": features["attention_mask"],
+                 "index": torch.tensor([x["index"] for x in items]),
+                 "frame_mask": torch.arange(width)[None, :] < torch.tensor(lengths)[:, None],
+                 "audio_samples": sum(len(x["input_values"]) for x in items),
+                 "padded_samples": int(features["input_values"].numel())}
+        if "labels" in items[0]:
+            batch["labels"] = torch.stack([
+                frame_targets(x["labels"], sorted({w for _, _, w in x["labels"]}), x.get("offset", 0) / self.rate,
+                              width, self.hop_s, self.max_speakers) for x in items])
+        return batch
+
+    def model_inputs(self, batch: dict) -> dict:
+        inputs = {"input_values": batch["input_values"]}
+        if self.pass_attention_mask:
+            inputs["attention_mask"] = batch["attention_mask"]
+        return inputs
+
+
+# ---------------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def speaker_activity(model, feature_extractor, read: Callable[[int, int], np.ndarray], total: int, window: int,
+                     batch_size: int = 8, progress=None) -> np.ndarray:
+    """Per-frame probabilities (frames, max_speakers) for a whole recording of `total` samples, read `window`
+    samples at a time (`read(start, count)`) with windows overlapping by half; each window's speakers put in the
+    order that agrees best with what the windows before it found over their overlap. Memory: one batch of windows,
+    and the frame grid."""
+    config, rate = model.config, feature_extractor.sampling_rate
+    hop = frame_hop(config)
+    step = max(hop, (window // 2) // hop * hop)
+    starts = list(range(0, max(total - window, 0) + 1, step))
+    if starts[-1] + window < total:
+        starts.append(starts[-1] + step)
+    frames = output_frames(config, total) + window // hop + 1
+    speakers = config.num_labels
+    summed, counts = np.zeros((frames, speakers)), np.zeros(frames)
+    orders = list(itertools.permutations(range(speakers)))
+    device = next(model.parameters()).device
+    mask = uses_attention_mask(model)
+    for first in range(0, len(starts), batch_size):
+        group = starts[first:first + batch_size]
+        clips = [read(s, min(window, total - s)) for s in group]
+        keep = [i for i, c in enumerate(clips) if output_frames(config, len(c)) > 0]
+        if not keep:
+            continue
+        features = feature_extractor([clips[i] for i in keep], sampling_rate=rate, padding=True,
+                                     return_attention_mask=True, return_tensors="pt")
+        inputs = {"input_values": features["input_values"].to(device)}
+        if mask:
+            inputs["attention_mask"] = features["attention_mask"].to(device)
+        probs = torch.sigmoid(model(**inputs).logits.float()).cpu().numpy()
+        for row, i in enumerate(keep):
+            n = output_frames(config, len(clips[i]))
+            p = probs[row, :n]
+            at = group[i] // hop
+            seen = counts[at:at + n] > 0
+            if seen.any():  # link: the order of this window's speakers that agrees best with the overlap so far
+                known = summed[at:at + n][seen] / counts[at:at + n][seen, None]
+                agreement = [float((known * p[seen][:, o] + (1 - known) * (1 - p[seen][:, o])).sum()) for o in orders]
+                p = p[:, orders[int(np.argmax(agreement))]]
+            summed[at:at + n] += p
+            counts[at:at + n] += 1
+        if progress is not None:
+            progress(min(group[-1] + window, total), total)
+    used = output_frames(config, total)
+    return summed[:used] / np.maximum(counts[:used], 1)[:, None]
+
+
+def turns_from_activity(activity: np.ndarray, hop_s: float, threshold: float, min_turn_s: float) -> List[Turn]:
+    """Thresholded activity as turns, speakers named SPEAKER_00, SPEAKER_01... by first appearance; gaps shorter than
+    `min_turn_s` filled, then turns shorter than it removed."""
+    raw = []
+    for s in range(activity.shape[1]):
+        active = np.concatenate([[False], activity[:, s] > threshold, [False]])
+        edges = np.flatnonzero(np.diff(active.astype(np.int8)))
+        runs = [[a * hop_s, b * hop_s] for a, b in zip(edges[::2], edges[1::2])]
+        merged = []
+        for run in runs:
+            if merged and run[0] - merged[-1][1] < min_turn_s:
+                merged[-1][1] = run[1]
+            else:
+                merged.append(run)
+        raw += [(a, b, s) for a, b in merged if b - a >= min_turn_s]
+    names = {}
+    for _, _, s in sorted(raw):
+        names.setdefault(s, f"SPEAKER_{len(names):02d}")
+    return sorted((round(a, 3), round(b, 3), names[s]) for a, b, s in raw)
+
+
+def der(references, hypotheses, uris, durations, collar: float, skip_overlap: bool) -> Tuple[dict, List[dict]]:
+    """pyannote.metrics' DER, in total (over all scored time) and per recording, with its parts."""
+    from pyannote.core import Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)
+    rows, sums = [], {"total": 0.0, "missed detection": 0.0, "false alarm": 0.0, "confusion": 0.0}
+    for ref, hyp, uri, seconds in zip(references, hypotheses, uris, durations):
+        parts = metric(to_annotation(ref, uri), to_annotation(hyp, uri), detailed=True,
+                       uem=Timeline([Segment(0, seconds)], uri=uri))
+        for k in sums:
+            sums[k] += parts[k]
+        total = max(parts["total"], 1e-9)
+        rows.append({"recording": uri, "der": round(parts["diarization error rate"], 4),
+                     "missed": round(parts["missed detection"] / total, 4),
+                     "false_alarm": round(parts["false alarm"] / total, 4),
+                     "confusion": round(parts["confusion"] / total, 4), "speech_s": round(parts["total"], 2),
+                     "speakers": len({w for _, _, w in ref}), "found": len({w for _, _, w in hyp})})
+    total = max(sums["total"], 1e-9)
+    scores = {"der": (sums["missed detection"] + sums["false alarm"] + sums["confusion"]) / total,
+              "missed": sums["missed detection"] / total, "false_alarm": sums["false alarm"] / total,
+              "confusion": sums["confusion"] / total}
+    return scores, rows
+
+
+# ----------------------------------------------------------------------------------------------- the task
+class Diarization:
+    name = "diarization"
+    head = "frames"  # the model head it needs (speechkit/model.py)
+    target = data.SEGMENTS
+    unit = "recordings"
+
+    def __init__(self, cfg: Optional[TaskConfig] = None, sampling_rate: int = 16000):
+        require_pyannote()
+        self.cfg = cfg or TaskConfig(name="diarization")
+        self.rows_rate = sampling_rate  # the rate the checking pass decoded at (the model's): num_samples' unit
+        self.feature_extractor = None
+        self.config = None
+        self.crop: Optional[int] = None  # training chunks (set in build_model / from_model_dir)
+        self._collate: Optional[FrameCollator] = None
+
+    # ------------------------------------------------------------------------ training: targets and model
+    def _checked(self, rows: Dataset, split: str, report: DropReport, max_speakers: Optional[int],
+                 rate: int) -> Dataset:
+        """Each row's turns read and checked (JSON turns in the segments column); bad references dropped, reported."""
+        files = rows.select_columns([data.AUDIO])[data.AUDIO]
+        seconds = np.asarray(rows["num_samples"], dtype=np.float64) / rate
+        keep, turns, several = [], [], []
+        for i, value in enumerate(rows[data.SEGMENTS]):
+            audio = audio_ref(files[i])
+            try:
+                checked = check_turns(read_turns(value, audio), float(seconds[i]), None)
+            except BadReference as bad:
+                report.add(split, i, audio, bad.reason, bad.detail)
+                continue
+            count = len({w for _, _, w in checked})
+            if count > self.cfg.max_speakers:
+                if max_speakers is not None:  # training: the model cannot learn more speakers than it has outputs
+                    report.add(split, i, audio, "too_many_speakers",
+                               f"{count} speakers > task.max_speakers={self.cfg.max_speakers}")
+                    continue
+                several.append(os.path.basename(audio))
+            keep.append(i)
+            turns.append(json.dumps(checked))
+        if several:
+            log.warning("split '%s': %d recording(s) have more speakers than the model's %d outputs (%s): they are "
+                        "scored, and their extra speakers count as errors", split, len(several), self.cfg.max_speakers,
+                        ", ".join(several[:5]))
+        dropped = len(rows) - len(keep)
+        if dropped:
+            log.warning("split '%s': %d recording(s) with unusable references left out (drop_report.jsonl)", split,
+                        dropped)
+        if not keep:
+            raise ConfigError(f"split '{split}': no recording has a usable reference ({report.summary()})")
+        rows = rows.select(keep)
+        return rows.remove_columns([data.SEGMENTS]).add_column(data.SEGMENTS, turns,
+                                                               feature=Value("string"))
+
+    def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
+                    run_dir: str, is_main: bool) -> Tuple[Dataset, Dataset]:
+        """No vocabulary to fit: the references are read and checked (a training recording with more speakers than
+        task.max_speakers is dropped; an evaluation one is scored)."""
+        rate = self.rows_rate
+        if "num_samples" not in train_rows.column_names:  # a stream's: its recordings are checked as they come
+            return train_rows, self._checked(eval_rows, splits[1], report, None, rate)
+        return (self._checked(train_rows, splits[0], report, self.cfg.max_speakers, rate),
+                self._checked(eval_rows, splits[1], report, None, rate))
+
+    def describe_targets(self) -> str:
+        return f"up to {self.cfg.max_speakers} speakers per window"
+
+    def build_model(self, cfg: ModelConfig, run_dir: str) -> PreTrainedModel:
+        model = build_model(cfg, "frames", num_labels=self.cfg.max_speakers)
+        setattr(model.config, SETTINGS, {k: getattr(self.cfg, k) for k in
+                                         ("chunk_s", "threshold", "min_turn_s", "collar_s", "skip_overlap")})
+        self._setup(model, feature_extractor_for(model, cfg))
+        return model
+
+    def _setup(self, model, feature_extractor) -> None:
+        self.config, self.feature_extractor = model.config, feature_extractor
+        self.rows_rate = feature_extractor.sampling_rate
+        self.crop = int(self.cfg.chunk_s * feature_extractor.sampling_rate)
+        self._collate = FrameCollator(feature_extractor, model.config, uses_attention_mask(model),
+                                      self.cfg.max_speakers)
+
+    # ---------------------------------------------------------------------------------- a saved model
+    @classmethod
+    def from_model_dir(cls, model_dir: str, collar_s: Optional[float] = None,
+                       skip_overlap: Optional[bool] = None) -> Tuple["Diarization", PreTrainedModel]:
+        model = AutoModelForAudioFrameClassification.from_pretrained(model_dir)
+        settings = dict(getattr(model.config, SETTINGS, None) or {})
+        settings.update({k: v for k, v in (("collar_s", collar_s), ("skip_overlap", skip_overlap)) if v is not None})
+        task = cls(TaskConfig(name="diarization", max_speakers=model.config.num_labels, **settings))
+        task._setup(model, AutoFeatureExtractor.from_pretrained(model_dir))
+        return task, model
+
+    def check_eval_rows(self, rows: Dataset, split: str, report: DropReport) -> Dataset:
+        return self._checked(rows, split, report, None, self.sampling_rate)
+
+    def save(self, path: str) -> None:
+        self.feature_extractor.save_pretrained(path)
+
+    # ----------------------------------------------------------------------------- data and scoring
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
+        turns = [[tuple(t) for t in json.loads(v)] for v in rows[data.SEGMENTS]]
+        return SpeechDataset(rows, self.sampling_rate, turns, crop=self.crop if training else None)
+
+    def target_of(self, value, audio: str = "") -> Tuple[Optional[list], str, str]:
+        """A streamed recording's turns (dataset.streaming), or why it has none."""
+        try:
+            turns = check_turns(read_turns(value, audio), float("inf"), self.cfg.max_speakers)
+        except BadReference as bad:
+            return None, bad.reason, bad.detail
+        return turns, "", ""
+
+    def collator(self, training: bool) -> FrameCollator:
+        return self._collate
+
+    def forward(self, model, batch: dict):
+        """Frame logits, and with targets the permutation-invariant loss over the chunk's frames."""
+        out = model(**self._collate.model_inputs(batch))
+        if "labels" in batch:
+            out["loss"] = pit_loss(out.logits, batch["labels"], batch["frame_mask"])
+        return out
+
+    def diarize(self, model, read: Callable[[int, int], np.ndarray], total: int, progress=None) -> List[Turn]:
+        """A whole recording's turns (`read(start, count)` gives its samples)."""
+        activity = speaker_activity(model, self.feature_extractor, read, total, self.crop, progress=progress)
+        return turns_from_activity(activity, frame_hop(self.config) / self.sampling_rate, self.cfg.threshold,
+                                   self.cfg.min_turn_s)
+
+    def evaluate(self, model, loader, dataset: SpeechDataset, accelerator) -> EvalResult:
+        """Every evaluation recording diarized whole (each process its share), scored by DER."""
+        from accelerate.utils import gather_object
+
+        unwrapped = accelerator.unwrap_model(model)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        mine = []
+        for row in range(accelerator.process_index, len(dataset), accelerator.num_processes):
+            audio = dataset[row]["input_values"]
+            mine.append((row, self.diarize(unwrapped, lambda s, n: audio[s:s + n], len(audio))))
+        if was_training:
+            unwrapped.train()
+        found = dict(gather_object(mine) if accelerator.num_processes > 1 else mine)
+        rows = sorted(found)
+        files = dataset.ds.select_columns([data.AUDIO])[data.AUDIO]
+        uris = [os.path.splitext(os.path.basename(audio_ref(files[r])))[0] for r in rows]
+        references = [dataset.targets[r] for r in rows]
+        hypotheses = [found[r] for r in rows]
+        seconds = [float(dataset.lengths[r]) / self.sampling_rate for r in rows]
+        scores, per_recording = der(references, hypotheses, uris, seconds, self.cfg.collar_s, self.cfg.skip_overlap)
+        metrics = {"eval_der": scores["der"], "eval_missed": scores["missed"],
+                   "eval_false_alarm": scores["false_alarm"], "eval_confusion": scores["confusion"],
+                   "eval_recordings": len(rows)}
+        summary = (f"DER {scores['der']:.4f} (missed {scores['missed']:.4f}, false alarm {scores['false_alarm']:.4f}, "
+                   f"confusion {scores['confusion']:.4f}; collar {self.cfg.collar_s:g} s, overlap "
+                   f"{'skipped' if self.cfg.skip_overlap else 'scored'})")
+        predictions = [{**r, "reference": json.dumps(ref), "hypothesis": json.dumps(hyp)}
+                       for r, ref, hyp in zip(per_recording, references, hypotheses)]
+        self.last_turns = dict(zip(uris, zip(references, hypotheses)))
+        return EvalResult(metrics=metrics, rank=(scores["der"],), objective=scores["der"], summary=summary,
+                          rows=rows, predictions=predictions)
+
+    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str, result: EvalResult,
+                       batch_size: int) -> EvalResult:
+        return result
+
+    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
+        """report.html: scores, the per-recording table, and reference against hypothesis for a few recordings."""
+        from speechkit.report import esc, png, table
+        from speechkit.plots import diarization_timelines
+
+        columns = ["der", "missed", "false_alarm", "confusion", "speech_s", "speakers", "found"]
+        rows = [[os.path.basename(i), *(p[c] for c in columns)] for i, p in zip(ids, result.predictions)]
+        worst = sorted(range(len(ids)), key=lambda k: -result.predictions[k]["der"])[:3]
+        pictures = [(os.path.basename(ids[k]), json.loads(result.predictions[k]["reference"]),
+                     json.loads(result.predictions[k]["hypothesis"]), float(durations[k])) for k in worst]
+        return [("", f"<p>{esc(result.summary)}</p>"),
+                ("Per recording", table(["recording", *columns], rows, [False] + [True] * len(columns))),
+                ("Who spoke when: the three worst recordings (reference above, speechkit below)",
+                 png(diarization_timelines(pictures)))]
+
+    def examples(self, result: EvalResult, n: int) -> str:
+        lines = [f"{'recording':<24} {'DER':>7} {'missed':>7} {'FA':>7} {'conf':>7} {'spk':>4} {'found':>5}"]
+        for p in result.predictions[:n]:
+            lines.append(f"{p['recording'][:24]:<24} {p['der']:>7.3f} {p['missed']:>7.3f} {p['false_alarm']:>7.3f} "
+                         f"{p['confusion']:>7.3f} {p['speakers']:>4} {p['found']:>5}")
+        return "\n".join(lines)
