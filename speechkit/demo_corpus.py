@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import List, Tuple
 
 from tqdm.auto import tqdm
@@ -165,19 +166,55 @@ def target_column(cfg: DatasetConfig) -> str:
 def ensure_corpus(cfg: DatasetConfig) -> str:
     """Path of the generated corpus, generating it first if it is not cached yet."""
     target = corpus_dir(cfg)
-    column = target_column(cfg)
     if os.path.isfile(os.path.join(target, "COMPLETE")):
         return target
     if shutil.which("espeak-ng") is None:
         raise ConfigError("dataset.source=demo needs espeak-ng to synthesize speech: "
                           "install it (Debian/Ubuntu: apt-get install espeak-ng), see README.md")
-    if cfg.demo.speakers:
-        return _ensure_conversations(cfg, target)
-    rows = plan(cfg)
+    with _building(cfg, target) as tmp:
+        if cfg.demo.speakers:
+            _write_conversations(cfg, tmp)
+        else:
+            _write_utterances(cfg, tmp)
+    return target
+
+
+@contextmanager
+def _building(cfg: DatasetConfig, target: str):
+    """A hidden folder (with train/ and test/) to generate the corpus in, marked COMPLETE and renamed into place only
+    once everything is written; removed if generation fails."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))  # renamed into place when complete
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+    try:
+        for split in ("train", "test"):
+            os.makedirs(os.path.join(tmp, split))
+        yield tmp
+        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+            json.dump(_demo_fields(cfg), f)
+        # Another process (a parallel sweep's other job) may have finished the same corpus first, and may be reading
+        # it: a complete corpus is never replaced, ours is dropped instead.
+        if not os.path.isfile(os.path.join(target, "COMPLETE")):
+            try:
+                os.replace(tmp, target)
+            except OSError:  # it appeared between the check and the rename
+                if not os.path.isfile(os.path.join(target, "COMPLETE")):
+                    raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_metadata(root: str, header: List[str], rows: List[tuple]) -> None:
+    """<root>/<split>/metadata.csv from (split, cell, cell...) rows."""
     for split in ("train", "test"):
-        os.makedirs(os.path.join(tmp, split))
+        with open(os.path.join(root, split, "metadata.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(row[1:] for row in rows if row[0] == split)
+
+
+def _write_utterances(cfg: DatasetConfig, tmp: str) -> None:
+    rows = plan(cfg)
 
     def synthesize(job):
         i, (split, sentence, voice, speed, pitch) = job
@@ -189,24 +226,10 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
             raise RuntimeError(f"espeak-ng failed for voice '{voice}': {done.stderr.strip()}")
         return split, name, sentence
 
-    log.info("Synthesizing the %s demo corpus (%d clips) into %s", cfg.name, len(rows), target)
-    try:
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            results = list(tqdm(pool.map(synthesize, enumerate(rows)), total=len(rows), desc="Synthesizing demo corpus"))
-        for split in ("train", "test"):
-            with open(os.path.join(tmp, split, "metadata.csv"), "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["file_name", column])
-                w.writerows((name, text) for s, name, text in results if s == split)
-        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            json.dump(_demo_fields(cfg), f)
-        if os.path.isdir(target):  # an incomplete earlier attempt
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("Synthesizing the %s demo corpus (%d clips)", cfg.name, len(rows))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = list(tqdm(pool.map(synthesize, enumerate(rows)), total=len(rows), desc="Synthesizing demo corpus"))
+    _write_metadata(tmp, ["file_name", target_column(cfg)], results)
 
 
 # ------------------------------------------------------------------------------------------- conversations
@@ -312,28 +335,10 @@ def _conversation(job):
     return rec["split"], name
 
 
-def _ensure_conversations(cfg: DatasetConfig, target: str) -> str:
+def _write_conversations(cfg: DatasetConfig, tmp: str) -> None:
     recordings = conversation_plan(cfg)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
-    for split in ("train", "test"):
-        os.makedirs(os.path.join(tmp, split))
-    log.info("Synthesizing the %s demo conversations (%d recordings) into %s", cfg.name, len(recordings), target)
-    try:
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            done = list(tqdm(pool.map(_conversation, [(i, r, tmp) for i, r in enumerate(recordings)]),
-                             total=len(recordings), desc="Synthesizing demo conversations"))
-        for split in ("train", "test"):
-            with open(os.path.join(tmp, split, "metadata.csv"), "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["file_name", "rttm"])
-                w.writerows((f"{name}.wav", f"{name}.rttm") for s, name in done if s == split)
-        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            json.dump(_demo_fields(cfg), f)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("Synthesizing the %s demo conversations (%d recordings)", cfg.name, len(recordings))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        done = list(tqdm(pool.map(_conversation, [(i, r, tmp) for i, r in enumerate(recordings)]),
+                         total=len(recordings), desc="Synthesizing demo conversations"))
+    _write_metadata(tmp, ["file_name", "rttm"], [(split, f"{name}.wav", f"{name}.rttm") for split, name in done])

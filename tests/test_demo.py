@@ -52,3 +52,25 @@ def test_spanish_twin_reads_back_normalized_like_fleurs(tmp_path):
     assert any(c in raw for c in "áéíóúñ")  # the files keep real spelling (seed 0 draws accented words)
     item = data.SpeechDataset(splits["test"], 16000)[0]
     assert item["input_values"].size > 16000 * 0.5  # real speech, over half a second
+
+
+def test_two_processes_building_one_corpus_at_once_both_get_it_whole(tmp_path):
+    """A parallel sweep's jobs may synthesize the same corpus at the same time: the one that finishes second keeps
+    the first's (which the first may already be reading) rather than replacing it under its feet."""
+    import subprocess
+    import sys
+
+    code = ("import os; from conftest import compose; from speechkit.demo_corpus import ensure_corpus; "
+            "cfg = compose('train', ['dataset=demo_en', 'dataset.demo.num_train=12', 'dataset.demo.num_test=4', "
+            f"'run_dir=/x', 'dataset.demo.cache_dir={tmp_path}']).dataset; root = ensure_corpus(cfg); "
+            "print(root, os.stat(root).st_ino)")  # the folder this process was given, as it was then
+    here = os.path.dirname(__file__)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.path.dirname(here)}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    given = {tuple(out.strip().splitlines()[-1].split()) for out, _ in outs}
+    assert len(given) == 1  # the same folder, never replaced after one of them had it
+    root, inode = given.pop()
+    assert os.stat(root).st_ino == int(inode) and os.path.isfile(os.path.join(root, "COMPLETE"))
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

@@ -38,7 +38,7 @@ def log_span(run_dir: Path):
     return parse(stamps[0]), parse(stamps[-1])
 
 
-def check_sweep(sweep: Path, done: subprocess.CompletedProcess, expected_overrides: list) -> list:
+def check_sweep(sweep: Path, done: subprocess.CompletedProcess, expected_overrides: list, steps: int = 2) -> list:
     """Both run dirs complete, and the summary (printed, summary.tsv, summary.jsonl) right, line by line."""
     results = [json.loads(line) for line in (sweep / "summary.jsonl").read_text().splitlines()]
     assert [r["job"] for r in results] == list(range(len(expected_overrides)))
@@ -47,7 +47,7 @@ def check_sweep(sweep: Path, done: subprocess.CompletedProcess, expected_overrid
     for r, line, overrides in zip(results, tsv[1:], expected_overrides):
         run_dir = sweep / str(r["job"])
         for name in ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/vocab.json",
-                     f"checkpoints/step-2/trainer_state.json", "job_result.json"):
+                     f"checkpoints/step-{steps}/trainer_state.json", "job_result.json"):
             assert (run_dir / name).exists(), (run_dir, name)
         assert r["status"] == "completed" and Path(r["run_dir"]) == run_dir
         assert set(overrides) <= set(r["overrides"])  # summary.jsonl keeps every override of the job
@@ -68,11 +68,13 @@ def test_multirun_basic_launcher_runs_each_value_in_its_own_dir_and_summarises(t
 
 def test_multirun_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SWEEP,
+    # Jobs long enough to overlap although the second worker process may start its imports seconds after the first
+    longer = [o for o in SWEEP if not o.startswith("trainer.max_steps=")] + ["trainer.max_steps=40"]
+    done = run_cli("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *longer,
                    "trainer.seed=1,2", f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
-    check_sweep(sweep, done, [["trainer.seed=1"], ["trainer.seed=2"]])
+    check_sweep(sweep, done, [["trainer.seed=1"], ["trainer.seed=2"]], steps=40)
     (start0, end0), (start1, end1) = log_span(sweep / "0"), log_span(sweep / "1")
     assert start0 < end1 and start1 < end0  # the two jobs' runs overlapped in time: two worker processes
 
