@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from speechkit.config import DiarizeConfig, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.tasks.diarization import Diarization, Turn, write_rttm
-from speechkit.transcription import Transcriber, _clock, find_audio
+from speechkit.transcription import Transcriber, _clock, each_file, find_audio, output_stem, write_texts
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,7 @@ def write_speakers(utterances: List[dict], result: dict, stem: str) -> List[str]
         "srt": "".join(f"{i}\n{_clock(u['start'], ',')} --> {_clock(u['end'], ',')}\n{u['speaker']}: {u['text']}\n\n"
                        for i, u in enumerate(utterances, 1)),
     }
-    written = []
-    for ext, text in files.items():
-        path = f"{stem}.speakers.{ext}"
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        written.append(path)
-    return written
+    return write_texts(files, f"{stem}.speakers")
 
 
 def run(raw_cfg: DictConfig) -> dict:
@@ -118,20 +112,14 @@ def run(raw_cfg: DictConfig) -> dict:
     if cfg.asr_model_dir:
         transcriber = Transcriber(saved_model_dir(cfg.asr_model_dir), TranscribeConfig(
             model_dir=cfg.asr_model_dir, audio=cfg.audio, progress_bar=cfg.progress_bar, hw=cfg.hw))
+    def work(path):
+        return (*diarize_file(task, model, path, cfg.progress_bar),
+                transcriber.transcribe(path) if transcriber else None)
+
     done, failed = [], []
-    for path in tqdm(files, desc="Files", unit="file", dynamic_ncols=True,
-                     disable=not cfg.progress_bar or len(files) < 2):
-        try:
-            turns, seconds = diarize_file(task, model, path, cfg.progress_bar)
-            words = transcriber.transcribe(path) if transcriber else None
-        except ValueError as err:  # unreadable or empty: said, skipped, the rest go on
-            log.error("skipped %s", err)
-            failed.append({"file": path, "error": str(err)})
-            continue
-        out_dir = os.path.expanduser(cfg.output_dir) if cfg.output_dir else os.path.dirname(path)
-        os.makedirs(out_dir, exist_ok=True)
-        name = os.path.splitext(os.path.basename(path))[0]
-        stem = os.path.join(out_dir, name)
+    for path, (turns, seconds, words) in each_file(files, work, cfg.progress_bar, failed):
+        stem = output_stem(path, cfg.output_dir)
+        name = os.path.basename(stem)
         write_rttm(turns, name, stem + ".rttm")
         written = [stem + ".rttm"]
         speakers = sorted({w for _, _, w in turns})

@@ -179,6 +179,11 @@ def write_outputs(result: dict, stem: str) -> List[str]:
         "vtt": "WEBVTT\n\n" + "".join(
             f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{' '.join(c['words'])}\n\n" for c in groups),
     }
+    return write_texts(files, stem)
+
+
+def write_texts(files: dict, stem: str) -> List[str]:
+    """Each {extension: text} to <stem>.<extension> (UTF-8); returns the paths."""
     written = []
     for ext, text in files.items():
         path = f"{stem}.{ext}"
@@ -188,6 +193,26 @@ def write_outputs(result: dict, stem: str) -> List[str]:
     return written
 
 
+def each_file(files: List[str], work, progress_bar: bool, failed: List[dict]):
+    """(path, work(path)) for each file; one that `work` refuses with a ValueError (unreadable, empty) is said,
+    skipped and added to `failed`, and the rest go on."""
+    for path in tqdm(files, desc="Files", unit="file", dynamic_ncols=True, disable=not progress_bar or len(files) < 2):
+        try:
+            result = work(path)
+        except ValueError as err:
+            log.error("skipped %s", err)
+            failed.append({"file": path, "error": str(err)})
+            continue
+        yield path, result
+
+
+def output_stem(path: str, output_dir: Optional[str]) -> str:
+    """Where a recording's outputs go: <output_dir or its own folder>/<its name without extension>."""
+    out_dir = os.path.expanduser(output_dir) if output_dir else os.path.dirname(path)
+    os.makedirs(out_dir, exist_ok=True)
+    return os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+
+
 def run(raw_cfg: DictConfig) -> dict:
     """Transcribe every file `audio=` names; returns {"done": [...], "failed": [...]} and exits 1 if any failed."""
     check_required(raw_cfg)
@@ -195,18 +220,8 @@ def run(raw_cfg: DictConfig) -> dict:
     files = find_audio(cfg.audio)
     transcriber = Transcriber(saved_model_dir(cfg.model_dir), cfg)
     done, failed, audio_s, spent = [], [], 0.0, 0.0
-    over_files = tqdm(files, desc="Files", unit="file", dynamic_ncols=True,
-                      disable=not cfg.progress_bar or len(files) < 2)
-    for path in over_files:
-        try:
-            result = transcriber.transcribe(path)
-        except ValueError as err:  # unreadable or empty: said, skipped, the rest go on
-            log.error("skipped %s", err)
-            failed.append({"file": path, "error": str(err)})
-            continue
-        out_dir = os.path.expanduser(cfg.output_dir) if cfg.output_dir else os.path.dirname(path)
-        os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+    for path, result in each_file(files, transcriber.transcribe, cfg.progress_bar, failed):
+        stem = output_stem(path, cfg.output_dir)
         write_outputs(result, stem)
         audio_s += result["duration_s"]
         spent += result["real_time_factor"] * result["duration_s"]

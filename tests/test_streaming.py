@@ -182,3 +182,19 @@ def test_inspecting_a_streamed_hub_data_set_reads_every_split_whole(fleurs, tmp_
                                                   f"run_dir={tmp_path / where}"]))
 
     assert summary("true", "s") == summary("false", "w")
+
+
+def test_a_loader_worker_reads_the_stream_as_the_main_process_does(tmp_path, folder):
+    """On a GPU the stream is read in one loader worker: the same batches, positions and drops as without one."""
+    cfg, task = _fitted(tmp_path, folder)
+
+    def batches(workers):
+        stream = streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),
+                                            data.DropReport(), None)
+        loading = {"num_workers": workers, "pin_memory": False, "prefetch_factor": 2}
+        it = iter(streaming.loader(stream, task.collator(True), loading, seed=0))
+        return [next(it) for _ in range(8)]
+
+    for a, b in zip(batches(0), batches(1)):
+        assert a["position"] == b["position"] and a["dropped"] == b["dropped"]
+        assert torch.equal(a["input_values"], b["input_values"]) and torch.equal(a["labels"], b["labels"])
