@@ -18,7 +18,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,9 +62,12 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
         # dataset.streaming: every split a stream (IterableDataset): nothing is downloaded ahead
         splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir,
                               streaming=cfg.streaming)
-        select = _select_segments if target == SEGMENTS else _select_columns
-        splits = type(splits)({name: select(ds, cfg.audio_column, column, target, key, cfg.path, cfg)
-                               for name, ds in splits.items()})
+        if target == SEGMENTS:
+            splits = type(splits)({name: _select_segments(ds, cfg.audio_column, cfg.segment_columns, cfg.path)
+                                   for name, ds in splits.items()})
+        else:
+            splits = type(splits)({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
+                                   for name, ds in splits.items()})
     return carve(splits, cfg)
 
 
@@ -102,8 +105,7 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
     return DatasetDict(splits)
 
 
-def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str,
-                    cfg: Optional[DatasetConfig] = None) -> Dataset:
+def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
     if isinstance(ds, IterableDataset) and ds.features is None:  # a stream whose columns are only known once read
         ds = ds._resolve_features()
     for name, wanted in (("audio_column", audio_column), (key, column)):
@@ -119,21 +121,20 @@ def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, ke
     return ds.rename_columns({k: v for k, v in ((audio_column, AUDIO), (column, target)) if k != v})
 
 
-def _select_segments(ds, audio_column: str, column: str, target: str, key: str, where: str,
-                     cfg: DatasetConfig):
+def _select_segments(ds, audio_column: str, segment_columns: List[str], where: str):
     """A Hub data set's reference turns (dataset.segment_columns: lists of starts, ends and speakers per recording)
     as one SEGMENTS column of JSON turns."""
     if isinstance(ds, IterableDataset) and ds.features is None:
         ds = ds._resolve_features()
-    wanted = [audio_column, *cfg.segment_columns]
+    wanted = [audio_column, *segment_columns]
     for name in wanted:
         if name not in ds.column_names:
             what = "audio_column" if name == audio_column else "segment_columns"
             raise ConfigError(f"dataset.{what}: {where} has no column '{name}' (columns: {ds.column_names})")
-    if len(cfg.segment_columns) != 3:
+    if len(segment_columns) != 3:
         raise ConfigError(f"dataset.segment_columns must name 3 columns (starts, ends, speakers), got "
-                          f"{list(cfg.segment_columns)}")
-    starts, ends, speakers = cfg.segment_columns
+                          f"{list(segment_columns)}")
+    starts, ends, speakers = segment_columns
 
     def turns(a, b, who):
         return {SEGMENTS: json.dumps([[float(x), float(y), str(s)] for x, y, s in zip(a, b, who)])}
@@ -345,6 +346,15 @@ def labels(ds: Dataset) -> list:
 
 
 # ------------------------------------------------------------------------------ torch-facing dataset
+def random_crop(audio: np.ndarray, crop: Optional[int], seed: int, epoch: int, row: int) -> Tuple[np.ndarray, int]:
+    """A clip longer than `crop` samples cut to a window of it drawn from (seed, epoch, row), and where it starts:
+    new every epoch, the same in every run, worker and resume (SpeechDataset and a stream alike)."""
+    if not crop or audio.size <= crop:
+        return audio, 0
+    start = int(np.random.default_rng((seed, epoch, row)).integers(0, audio.size - crop + 1))
+    return audio[start:start + crop], start
+
+
 class SpeechDataset(torch.utils.data.Dataset):
     """Checked rows; each item is its clip (float32, read from the decoded cache or decoded on access), its target
     (`labels`: what the task made of the row, e.g. character ids, a class id or a recording's turns), its row index
@@ -385,10 +395,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             except AudioError as err:  # checked at start-up, so only if the file changed since: skip, don't crash
                 log.warning("skipping row %d: %s", i, err)
                 return None
-        start = 0
-        if self.crop and audio.size > self.crop:
-            start = int(np.random.default_rng((self.seed, epoch, i)).integers(0, audio.size - self.crop + 1))
-            audio = audio[start:start + self.crop]
+        audio, start = random_crop(audio, self.crop, self.seed, epoch, i)
         item = {"input_values": audio, "index": i, "offset": start}  # offset: where a crop starts (samples)
         if self.targets is not None:
             item["labels"] = self.targets[i]

@@ -179,6 +179,14 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
     return target
 
 
+def espeak(text: str, voice: str, speed: int, pitch: int, path: str) -> None:
+    """`text` spoken by espeak-ng into the WAV file `path` (22.05 kHz mono)."""
+    done = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, text],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed for voice '{voice}': {done.stderr.strip()}")
+
+
 @contextmanager
 def _building(cfg: DatasetConfig, target: str):
     """A hidden folder (with train/ and test/) to generate the corpus in, marked COMPLETE and renamed into place only
@@ -219,11 +227,7 @@ def _write_utterances(cfg: DatasetConfig, tmp: str) -> None:
     def synthesize(job):
         i, (split, sentence, voice, speed, pitch) = job
         name = f"{i:05d}.wav"
-        cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", os.path.join(tmp, split, name),
-               sentence]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"espeak-ng failed for voice '{voice}': {done.stderr.strip()}")
+        espeak(sentence, voice, speed, pitch, os.path.join(tmp, split, name))
         return split, name, sentence
 
     log.info("Synthesizing the %s demo corpus (%d clips)", cfg.name, len(rows))
@@ -294,10 +298,7 @@ def _speech(text: str, voice: str, speed: int, pitch: int, folder: str):
     fd, path = tempfile.mkstemp(suffix=".wav", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, text],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"espeak-ng failed for voice '{voice}': {done.stderr.strip()}")
+        espeak(text, voice, speed, pitch, path)
         audio = decode(path, SAMPLING_RATE)
     finally:
         os.remove(path)

@@ -154,17 +154,15 @@ class StreamedBatches(torch.utils.data.IterableDataset):
             n = 0 if audio is None else int(audio.size)
             out = self.check(row[target], n, float(np.abs(audio).max()) if n else 0.0, *error)
             reason, detail = out["drop_reason"], out["drop_detail"]
+            file = audio_ref(row[data.AUDIO])
             if not reason:
-                labels, reason, detail = self.target_of(out.get(data.TEXT, row[target]), audio_ref(row[data.AUDIO]))
+                labels, reason, detail = self.target_of(out.get(data.TEXT, row[target]), file)
             if reason:
                 if epoch == 0:
-                    dropped.append({"split": self.split, "row": index, "file": audio_ref(row[data.AUDIO]),
+                    dropped.append({"split": self.split, "row": index, "file": file,
                                     "reason": reason, "detail": detail})
                 continue
-            begin = 0
-            if self.crop and audio.size > self.crop:  # drawn as SpeechDataset draws it: from (seed, epoch, row)
-                begin = int(np.random.default_rng((self.seed, epoch, index)).integers(0, audio.size - self.crop + 1))
-                audio = audio[begin:begin + self.crop]
+            audio, begin = data.random_crop(audio, self.crop, self.seed, epoch, index)
             items.append({"input_values": audio, "index": index, "offset": begin, "labels": labels})
         return items, dropped
 
@@ -233,8 +231,8 @@ class StreamTracker:
     def settle(self, state) -> None:
         """Every process's position and new drops into `state` (stream_positions, stream_drops); the drop report
         rewritten with them. Called in every process at the same step."""
-        positions = gather_object([list(self.position)])
-        drops = gather_object(self.pending) if self.accelerator.num_processes > 1 else list(self.pending)
+        positions = gather_object([list(self.position)])  # in one process: the list as given
+        drops = gather_object(self.pending)
         self.pending = []
         state.stream_positions = [list(p) for p in positions]
         state.stream_drops = (state.stream_drops or []) + list(drops)

@@ -120,11 +120,6 @@ def write_rttm(turns: List[Turn], uri: str, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ frames & loss
-def frame_hop(config) -> int:
-    """Samples per output frame (the product of the feature encoder's strides: 320, 20 ms at 16 kHz)."""
-    return int(np.prod(config.conv_stride))
-
-
 def output_frames(config, samples: int) -> int:
     n = samples
     for kernel, stride in zip(config.conv_kernel, config.conv_stride):
@@ -165,7 +160,7 @@ class FrameCollator:
         self.feature_extractor, self.config = feature_extractor, config
         self.pass_attention_mask, self.max_speakers = pass_attention_mask, max_speakers
         self.rate = feature_extractor.sampling_rate
-        self.hop_s = frame_hop(config) / self.rate
+        self.hop_s = config.inputs_to_logits_ratio / self.rate
 
     def __call__(self, items: List[Optional[dict]]) -> Optional[dict]:
         items = [x for x in items if x is not None]
@@ -203,7 +198,7 @@ def speaker_activity(model, feature_extractor, read: Callable[[int, int], np.nda
     order that agrees best with what the windows before it found over their overlap. Memory: one batch of windows,
     and the frame grid."""
     config, rate = model.config, feature_extractor.sampling_rate
-    hop = frame_hop(config)
+    hop = config.inputs_to_logits_ratio  # samples per output frame (the feature encoder's strides: 320, 20 ms)
     step = max(hop, (window // 2) // hop * hop)
     starts = list(range(0, max(total - window, 0) + 1, step))
     if starts[-1] + window < total:
@@ -308,23 +303,20 @@ class Diarization:
     # ------------------------------------------------------------------------ training: targets and model
     def _checked(self, rows: Dataset, split: str, report: DropReport, max_speakers: Optional[int],
                  rate: int) -> Dataset:
-        """Each row's turns read and checked (JSON turns in the segments column); bad references dropped, reported."""
+        """Each row's turns read and checked (JSON turns in the segments column); bad references dropped, reported.
+        `max_speakers`: set for training, where a recording with more speakers is dropped too; evaluation (None) scores
+        such a recording, with a warning."""
         files = rows.select_columns([data.AUDIO])[data.AUDIO]
         seconds = np.asarray(rows["num_samples"], dtype=np.float64) / rate
         keep, turns, several = [], [], []
         for i, value in enumerate(rows[data.SEGMENTS]):
             audio = audio_ref(files[i])
             try:
-                checked = check_turns(read_turns(value, audio), float(seconds[i]), None)
+                checked = check_turns(read_turns(value, audio), float(seconds[i]), max_speakers)
             except BadReference as bad:
                 report.add(split, i, audio, bad.reason, bad.detail)
                 continue
-            count = len({w for _, _, w in checked})
-            if count > self.cfg.max_speakers:
-                if max_speakers is not None:  # training: the model cannot learn more speakers than it has outputs
-                    report.add(split, i, audio, "too_many_speakers",
-                               f"{count} speakers > task.max_speakers={self.cfg.max_speakers}")
-                    continue
+            if len({w for _, _, w in checked}) > self.cfg.max_speakers:
                 several.append(os.path.basename(audio))
             keep.append(i)
             turns.append(json.dumps(checked))
@@ -416,8 +408,8 @@ class Diarization:
     def diarize(self, model, read: Callable[[int, int], np.ndarray], total: int, progress=None) -> List[Turn]:
         """A whole recording's turns (`read(start, count)` gives its samples)."""
         activity = speaker_activity(model, self.feature_extractor, read, total, self.crop, progress=progress)
-        return turns_from_activity(activity, frame_hop(self.config) / self.sampling_rate, self.cfg.threshold,
-                                   self.cfg.min_turn_s)
+        hop_s = self.config.inputs_to_logits_ratio / self.sampling_rate  # seconds per output frame
+        return turns_from_activity(activity, hop_s, self.cfg.threshold, self.cfg.min_turn_s)
 
     def evaluate(self, model, loader, dataset: SpeechDataset, accelerator) -> EvalResult:
         """Every evaluation recording diarized whole (each process its share), scored by DER."""
@@ -432,7 +424,7 @@ class Diarization:
             mine.append((row, self.diarize(unwrapped, lambda s, n: audio[s:s + n], len(audio))))
         if was_training:
             unwrapped.train()
-        found = dict(gather_object(mine) if accelerator.num_processes > 1 else mine)
+        found = dict(gather_object(mine))  # in one process: its own list
         rows = sorted(found)
         files = dataset.ds.select_columns([data.AUDIO])[data.AUDIO]
         uris = [os.path.splitext(os.path.basename(audio_ref(files[r])))[0] for r in rows]
