@@ -79,8 +79,8 @@ def test_cli_refuses_rocm_before_touching_data(tmp_path):
 
 
 def test_data_loading_and_optimizer_follow_the_device():
-    """CPU: batches made in the main process (workers would take the model's cores), no pinned memory, torch's
-    default AdamW; a GPU gets workers, pinned memory, prefetching and the fused AdamW; trainer.num_workers wins."""
+    """CPU: batches made in the main process (workers would take the model's cores), no pinned memory, the fused
+    AdamW; a GPU gets workers, pinned memory, prefetching and the fused AdamW; trainer.num_workers wins."""
     from omegaconf import OmegaConf
 
     from speechkit.hardware import loader_settings, optimizer_settings
@@ -88,7 +88,7 @@ def test_data_loading_and_optimizer_follow_the_device():
     accelerator = make_accelerator(OmegaConf.to_object(hw("hw=cpu")))
     if accelerator.device.type == "cpu":
         assert loader_settings(accelerator) == {"num_workers": 0, "pin_memory": False}
-        assert optimizer_settings(accelerator) == {}
+        assert optimizer_settings(accelerator) == {"fused": True}
         assert loader_settings(accelerator, 2) == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4,
                                                    "persistent_workers": True}
     gpu = make_accelerator(OmegaConf.to_object(hw())) if torch.cuda.is_available() else None
