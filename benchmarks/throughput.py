@@ -5,7 +5,9 @@ audio for whole epochs; each runs in a fresh process with a cold datasets cache,
 The Trainer gets its data the way the example script prepares it (audio decoded, resampled and normalized up front
 with `datasets.map`, `train_sampling_strategy="group_by_length"`, `DataCollatorCTCWithPadding`); speechkit runs its
 own path (`speechkit.training.run`, as `python train.py` does) with batches of a duration budget equal, on average, to
-the Trainer's batch size, so both take about the same number of steps.
+the Trainer's batch size, so both take about the same number of steps. A third system, `speechkit_plain`
+(`--systems speechkit,trainer,speechkit_plain`), is speechkit with `trainer.fast_paths=false`: what those pay,
+measured in the same invocation.
 
 Per system: training throughput (seconds of real audio per second, padding excluded, evaluation excluded), the
 padding fraction, the fraction of training time spent waiting for the next batch, peak RSS, time from launch to the
@@ -36,7 +38,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("speechkit", "trainer")
+SYSTEMS = ("speechkit", "trainer", "speechkit_plain")  # speechkit_plain: speechkit with trainer.fast_paths=false
+DEFAULT_SYSTEMS = ("speechkit", "trainer")
 # Dense bf16 tensor-core peaks (TFLOP/s), for MFU; --peak-tflops for any other device.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "MI300X": 1307.0, "MI250": 362.0}
 
@@ -53,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-test", type=int, default=16, help="demo corpus: held-out clips (speechkit scores them "
                                                             "once after training; not timed)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "rocm"])
-    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="both systems")
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="every system")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None, help="budget: stop both after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=16, help="the Trainer's clips per batch")
@@ -64,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--logging-steps", type=int, default=5)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: speechkit,trainer")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help="comma-separated, from: " + ",".join(SYSTEMS) + " (speechkit_plain: speechkit without its "
+                        "fast paths, to measure what they pay)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s, for MFU")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=42)
@@ -133,16 +138,17 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
 
 def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
-    ratio = len(systems) == 2 and systems == list(SYSTEMS)
-    lines = [header, "", "| | " + " | ".join(systems) + (" | speechkit / Trainer |" if ratio else " |"),
-             "|---" * (len(systems) + 1 + ratio) + "|"]
+    against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
+    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain"}
+    lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
+             "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
         values = [results[s].get(key) for s in systems]
         if all(v is None for v in values):
             continue
         cells = [fmt.format(v) if v is not None else "–" for v in values]
-        if ratio:
-            a, b = values
+        for other in against:
+            a, b = results["speechkit"].get(key), results[other].get(key)
             cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s") else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -166,9 +172,10 @@ def main(argv=None) -> dict:
     given = argv if argv is not None else sys.argv[1:]
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results}
-    if set(systems) == set(SYSTEMS):
-        sk, tr = results["speechkit"], results["trainer"]
-        summary["ratios"] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
+    for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths")):
+        if "speechkit" in results and other in results:  # speechkit / the other system
+            sk, tr = results["speechkit"], results[other]
+            summary[name] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
                                                         "peak_rss_mb", "final_loss") if sk.get(k) and tr.get(k)}
     header = (f"`{summary['command']}` on {device}: model {args.model}, {args.epochs:g} epoch(s) of "
               f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; Trainer "
@@ -272,7 +279,7 @@ def device_name(torch) -> str:
 
 def child(system: str, spec: dict) -> dict:
     work = Path(spec["work"])
-    result = (run_speechkit if system == "speechkit" else run_trainer)(spec, work)
+    result = run_trainer(spec, work) if system == "trainer" else run_speechkit(spec, work, system)
     import torch
 
     result.update(device=device_name(torch), peak_rss_mb=peak_rss_mb(),
@@ -284,8 +291,9 @@ def child(system: str, spec: dict) -> dict:
     return result
 
 
-def run_speechkit(spec: dict, work: Path) -> dict:
-    """`python train.py` in this process: speechkit's own set-up path, its own metrics.jsonl read back."""
+def run_speechkit(spec: dict, work: Path, system: str) -> dict:
+    """`python train.py` in this process: speechkit's own set-up path, its own metrics.jsonl read back
+    (speechkit_plain: with trainer.fast_paths=false)."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
@@ -294,7 +302,8 @@ def run_speechkit(spec: dict, work: Path) -> dict:
 
     from omegaconf import OmegaConf
 
-    raw = compose(speechkit_overrides(spec, str(work / "run")))
+    raw = compose(speechkit_overrides(spec, str(work / "run"))
+                  + (["trainer.fast_paths=false"] if system == "speechkit_plain" else []))
     cfg = OmegaConf.to_object(raw)
     training.run(raw)
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -306,7 +315,7 @@ def run_speechkit(spec: dict, work: Path) -> dict:
         seen += r["audio_s"]
         curve.append((seen, r["loss"]))
     padded = sum(r["audio_s"] / (1 - r["padding"]) for r in train)
-    result = {"system": "speechkit", "clips": _clips(spec), "steps": train[-1]["step"], "audio_s": audio,
+    result = {"system": system, "clips": _clips(spec), "steps": train[-1]["step"], "audio_s": audio,
               "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
               "data_wait": sum(r["data_wait"] * r["train_s"] for r in train) / seconds, "curve": curve,
               "first_step_at": train[0]["time"], "last_step_at": train[-1]["time"]}

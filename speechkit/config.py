@@ -299,6 +299,7 @@ class TrainerConfig:
     group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
     compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)
+    fast_paths: bool = True  # faster computation of the same model, weights untouched (speechkit/fast_paths.py)
     logging_steps: int = 10
     eval_steps: Optional[int] = None  # also evaluates at every epoch end
     eval_at_epoch_end: bool = True

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from speechkit import batching, checkpoint, streaming
+from speechkit import batching, checkpoint, fast_paths, streaming
 from speechkit.batching import train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
@@ -168,6 +168,10 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
          {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
         **optimizer_settings(accelerator))
+    if cfg.fast_paths:
+        applied = fast_paths.apply(model, accelerator.device)
+        if applied:
+            log.info("Fast paths: %s", "; ".join(applied))
     if cfg.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so checkpoints, stay those of the plain model
     if stream:
