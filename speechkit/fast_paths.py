@@ -1,8 +1,8 @@
 """Faster ways to compute the same model, applied in place to a built model before training (`trainer.fast_paths`).
 
 Each keeps the model's function and its parameters (names, shapes, values), so checkpoints and the saved `model/`
-are the stock Hugging Face ones, and each is here because `benchmarks/throughput.py`, run with and without it
-(`--no-fast-paths`), measured it paying (figures in the README's Speed section):
+are the stock Hugging Face ones, and each is here because `benchmarks/throughput.py`, run with and without them
+(`--systems speechkit,trainer,speechkit_plain`), measured it paying (figures in the README's Speed section):
 
 - **Time-major conv feature encoder** (wav2vec2 models whose conv layers have LayerNorms: the tiny one, XLSR-53;
   any device). The stock layers keep audio features as (batch, channels, time) and transpose them around every
@@ -20,16 +20,12 @@ are the stock Hugging Face ones, and each is here because `benchmarks/throughput
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
-
-log = logging.getLogger(__name__)
 
 ATTENTION = "speechkit_sdpa"  # the stock SDPA, with 16-bit-draw attention dropout while training on the CPU
 
@@ -63,7 +59,7 @@ def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     uniforms per 64-bit draw of torch's default generator."""
     n = shape.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # every 64-bit value
-    threshold = round(p * 65536)
+    threshold = min(round(p * 65536), 65535)  # p in (0, 1): something is always kept
     mask = bits.view(torch.int16)[:n].view(shape) >= threshold - 32768
     return mask, 1 - threshold / 65536
 
