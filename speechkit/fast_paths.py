@@ -33,11 +33,10 @@ ATTENTION = "speechkit_sdpa"  # the stock SDPA, with 16-bit-draw attention dropo
 def apply(model: nn.Module, device: torch.device) -> list[str]:
     """Switch `model` (in place) to the fast paths that fit it; returns what was switched, for the log."""
     applied = []
-    layers = [m for m in model.modules() if type(m) in _TIME_MAJOR]
+    layers = [m for m in model.modules() if type(m) in _TIME_MAJOR and _fits_time_major(m.conv)]
     for layer in layers:
-        if _fits_time_major(layer.conv):
-            layer.__class__ = _TIME_MAJOR[type(layer)]
-    if any(isinstance(m, TimeMajorLayerNormConvLayer) for m in model.modules()):
+        layer.__class__ = _TIME_MAJOR[type(layer)]
+    if layers:
         applied.append("time-major conv feature encoder")
     if device.type == "cpu":
         dropouts = [m for m in model.modules() if type(m) is nn.Dropout and m.p > 0]
