@@ -58,6 +58,23 @@ def decode(value: Any, sampling_rate: int) -> np.ndarray:
     return array
 
 
+def open_recording(path: str, sampling_rate: int):
+    """A long recording opened to be read window by window (transcribe.py, diarize.py): torchcodec's AudioDecoder,
+    mono at `sampling_rate`; a ValueError naming the file when FFmpeg cannot read it."""
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        return AudioDecoder(path, sample_rate=sampling_rate, num_channels=1)
+    except Exception as exc:  # FFmpeg's errors come in several types: all mean "not audio we can read"
+        raise ValueError(f"{path}: not readable audio ({_first_line(exc)})") from None
+
+
+def read_range(decoder, start_s: float, stop_s: float) -> np.ndarray:
+    """The samples of an open recording played from `start_s` to `stop_s`, mono float32."""
+    samples = decoder.get_samples_played_in_range(start_s, stop_s).data
+    return samples.mean(dim=0).numpy().astype(np.float32, copy=False)
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 

@@ -121,13 +121,19 @@ def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) 
                                        collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed), **loading)
 
 
+def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
+                  seed, group_by_length: bool = True) -> torch.utils.data.Sampler:
+    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
+    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/streaming.py) alike."""
+    if batch_duration_s:
+        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
+    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
+
+
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
                         sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
-    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch; each
-    index tagged with its epoch (EpochTagged)."""
-    if batch_duration_s:
-        return EpochTagged(DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed))
-    return EpochTagged(ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length))
+    """batch_sampler's batches, each index tagged with its epoch (EpochTagged)."""
+    return EpochTagged(batch_sampler(lengths, batch_size, batch_duration_s, sampling_rate, seed, group_by_length))
 
 
 class EpochTagged(torch.utils.data.Sampler[List[Tuple[int, int]]]):

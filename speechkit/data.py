@@ -105,9 +105,13 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
     return DatasetDict(splits)
 
 
+def _with_columns(ds):
+    """`ds` with its column names known: a stream's are only once its first rows are read."""
+    return ds._resolve_features() if isinstance(ds, IterableDataset) and ds.features is None else ds
+
+
 def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
-    if isinstance(ds, IterableDataset) and ds.features is None:  # a stream whose columns are only known once read
-        ds = ds._resolve_features()
+    ds = _with_columns(ds)
     for name, wanted in (("audio_column", audio_column), (key, column)):
         if wanted not in ds.column_names:
             raise ConfigError(f"dataset.{name}: {where} has no column '{wanted}' (columns: {ds.column_names})")
@@ -124,8 +128,7 @@ def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, ke
 def _select_segments(ds, audio_column: str, segment_columns: List[str], where: str):
     """A Hub data set's reference turns (dataset.segment_columns: lists of starts, ends and speakers per recording)
     as one SEGMENTS column of JSON turns."""
-    if isinstance(ds, IterableDataset) and ds.features is None:
-        ds = ds._resolve_features()
+    ds = _with_columns(ds)
     wanted = [audio_column, *segment_columns]
     for name in wanted:
         if name not in ds.column_names:

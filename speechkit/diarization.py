@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from speechkit.audio import open_recording, read_range
 from speechkit.config import DiarizeConfig, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.tasks.diarization import Diarization, Turn, write_rttm
@@ -38,21 +39,15 @@ def recipe_lines(turns: List[Turn]) -> str:
 
 def diarize_file(task: Diarization, model, path: str, progress_bar: bool = True) -> tuple:
     """(turns, duration in seconds) of one recording, read window by window."""
-    from torchcodec.decoders import AudioDecoder
-
     rate = task.sampling_rate
-    try:
-        decoder = AudioDecoder(path, sample_rate=rate, num_channels=1)
-    except Exception as exc:  # FFmpeg's errors come in several types: all mean "not audio we can read"
-        raise ValueError(f"{path}: not readable audio ({str(exc).strip().splitlines()[0][:200]})") from None
+    decoder = open_recording(path, rate)
     seconds = decoder.metadata.duration_seconds_from_header or decoder.metadata.duration_seconds
     if not seconds:
         raise ValueError(f"{path}: its length is unknown (no duration in the header); convert it to WAV or FLAC")
     total = int(round(seconds * rate))
 
     def read(start: int, count: int) -> np.ndarray:
-        samples = decoder.get_samples_played_in_range(start / rate, (start + count) / rate).data
-        return samples.mean(dim=0).numpy().astype(np.float32, copy=False)
+        return read_range(decoder, start / rate, (start + count) / rate)
 
     bar = tqdm(total=round(seconds), desc=os.path.basename(path), unit="s", leave=False, dynamic_ncols=True,
                disable=not progress_bar)

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 # The Hub's task tag per task (diarization: the tag pyannote's segmentation models carry; transformers has no pipeline)
 PIPELINES = {"asr": "automatic-speech-recognition", "audio_classification": "audio-classification",
              "diarization": "voice-activity-detection"}
-UNITS = {"asr": "utterances", "audio_classification": "clips", "diarization": "recordings"}
 # model-index entries: metrics.jsonl key -> (metric type, name shown on the Hub)
 HUB_METRICS = {"eval_wer": ("wer", "WER"), "eval_cer": ("cer", "CER"), "eval_accuracy": ("accuracy", "Accuracy"),
                "eval_macro_f1": ("f1", "Macro F1"), "eval_map": ("map", "mAP"), "eval_der": ("der", "DER")}
@@ -41,7 +40,7 @@ def command_line(overrides: List[str]) -> str:
     return " ".join(["python train.py", *map(shlex.quote, shown)])
 
 
-def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str) -> ModelCard:
+def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, unit: str) -> ModelCard:
     task = cfg.task.name.value
     ds = cfg.dataset
     language = ds.language or (ds.demo.language if ds.source.value == "demo" else None)
@@ -79,7 +78,7 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
 # {model_name}
 
 {kind} model {origin} with speechkit on `{ds.name}`; scored on its `{ds.eval_split}` split
-({len(result.rows)} {UNITS[task]}).
+({len(result.rows)} {unit}).
 
 ## Results on `{ds.eval_split}`
 
@@ -111,9 +110,10 @@ The full resolved configuration (secrets redacted) is the run's `config.yaml`.
     return ModelCard(content)
 
 
-def write_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str) -> str:
+def write_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, unit: str) -> str:
+    """model/README.md; `unit`: what the task scores (its `unit`: utterances, clips, recordings)."""
     path = os.path.join(RunDir(cfg.run_dir).model, "README.md")
-    model_card(cfg, result, overrides, precision).save(path)
+    model_card(cfg, result, overrides, precision, unit).save(path)
     return path
 
 

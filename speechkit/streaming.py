@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from speechkit import data
 from speechkit.audio import AudioError, audio_ref, decode
-from speechkit.batching import ClipCountBatchSampler, DurationBatchSampler
+from speechkit.batching import batch_sampler
 from speechkit.config import ConfigError, DatasetConfig
 from speechkit.text import TextNormalizer
 
@@ -83,9 +83,9 @@ def training_batches(cfg: DatasetConfig, trainer_cfg, task, min_samples: int, ac
     rate = task.sampling_rate
     stream = open_stream(cfg, task.target, cfg.train_split, trainer_cfg.seed, accelerator.process_index,
                          accelerator.num_processes)
-    max_samples = int(trainer_cfg.batch_duration_s * rate) if trainer_cfg.batch_duration_s else None
     batches = StreamedBatches(stream, data.RowCheck(cfg, rate, True, min_samples, task.target), task.target_of,
-                              cfg.train_split, rate, cfg.shuffle_buffer, trainer_cfg.batch_size, max_samples,
+                              cfg.train_split, rate, cfg.shuffle_buffer, trainer_cfg.batch_size,
+                              trainer_cfg.batch_duration_s,
                               trainer_cfg.seed, task.crop, trainer_cfg.group_by_length)
     batches.report, batches.report_path = report, report_path
     return batches
@@ -98,11 +98,11 @@ class StreamedBatches(torch.utils.data.IterableDataset):
     target for a checked row's normalized text, label or turns (`audio`: its file), or why it cannot have one."""
 
     def __init__(self, stream: IterableDataset, check: data.RowCheck, target_of: Callable, split: str,
-                 sampling_rate: int, window: int, batch_size: int, max_samples: Optional[int], seed: int = 0,
+                 sampling_rate: int, window: int, batch_size: int, batch_duration_s: Optional[float], seed: int = 0,
                  crop: Optional[int] = None, group_by_length: bool = True):
         self.stream, self.check, self.target_of, self.split = stream, check, target_of, split
         self.sampling_rate, self.window = sampling_rate, window
-        self.batch_size, self.max_samples, self.group_by_length = batch_size, max_samples, group_by_length
+        self.batch_size, self.batch_duration_s, self.group_by_length = batch_size, batch_duration_s, group_by_length
         self.seed, self.crop = seed, crop
         self.start: Position = (0, 0, 0)
         self.report: Optional[data.DropReport] = None  # the checking pass's report, which the stream's drops join
@@ -170,9 +170,8 @@ class StreamedBatches(torch.utils.data.IterableDataset):
         lengths = [len(x["input_values"]) for x in items]
         if not lengths:
             return []
-        key = [self.seed, window]
-        sampler = DurationBatchSampler(lengths, self.max_samples, seed=key) if self.max_samples else \
-            ClipCountBatchSampler(lengths, self.batch_size, seed=key, group_by_length=self.group_by_length)
+        sampler = batch_sampler(lengths, self.batch_size, self.batch_duration_s, self.sampling_rate,
+                                [self.seed, window], self.group_by_length)
         sampler.set_epoch(epoch)
         return list(sampler)
 

@@ -82,7 +82,7 @@ def run(raw_cfg: DictConfig) -> float | str:
                                  cfg.trainer.eval_batch_size)
     if accelerator.is_main_process:
         write_results(task, result, eval_rows, run_dir, f"{ds.name}/{ds.eval_split}: {RunDir(run_dir).model}")
-        hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision)
+        hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision, task.unit)
         if cfg.hub.push:
             hub.push(RunDir(run_dir).model, cfg.hub)
         print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} {task.unit}): {result.summary}\n"

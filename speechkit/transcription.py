@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from speechkit import decoding
+from speechkit.audio import open_recording, read_range
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.model import uses_attention_mask
@@ -65,8 +66,7 @@ def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tup
     start = 0.0
     while True:
         left = max(0.0, start - stride_s)
-        samples = decoder.get_samples_played_in_range(left, start + step + stride_s).data
-        samples = samples.mean(dim=0).numpy().astype(np.float32, copy=False)
+        samples = read_range(decoder, left, start + step + stride_s)
         stop = left + samples.size / rate
         if samples.size == 0 or stop <= start:  # nothing new left
             return
@@ -109,13 +109,8 @@ class Transcriber:
         return out
 
     def transcribe(self, path: str) -> dict:
-        from torchcodec.decoders import AudioDecoder
-
         began = time.perf_counter()
-        try:
-            decoder = AudioDecoder(path, sample_rate=self.rate, num_channels=1)
-        except Exception as exc:  # FFmpeg's errors come in several types: all mean "not audio we can read"
-            raise ValueError(f"{path}: not readable audio ({str(exc).strip().splitlines()[0][:200]})") from None
+        decoder = open_recording(path, self.rate)
         header = decoder.metadata.duration_seconds_from_header
         step = self.cfg.chunk_length_s - 2 * self.cfg.stride_length_s
         bar = tqdm(total=math.ceil(header / step) if header else None, desc=os.path.basename(path), unit="window",
