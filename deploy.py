@@ -11,7 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="deploy")
 def main(cfg: DictConfig) -> str:
-    return run_or_exit("speechkit.sagemaker.deploy", cfg)
+    return run_or_exit("speechkit.commands.deploy", cfg)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     # What a sweep's summary shows (evaluate.py -m split=test,validation): the WER, or 1 - accuracy.
-    return run_or_exit("speechkit.evaluation", cfg).objective
+    return run_or_exit("speechkit.commands.evaluate", cfg).objective
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    run_or_exit("speechkit.sagemaker.server", cfg)
+    run_or_exit("speechkit.commands.serve", cfg)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return run_or_exit("speechkit.training", cfg)
+    return run_or_exit("speechkit.commands.train", cfg)
 
 
 if __name__ == "__main__":

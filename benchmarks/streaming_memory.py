@@ -52,7 +52,7 @@ def demo_corpus(args) -> Path:
     from omegaconf import OmegaConf
 
     from speechkit.config import register_configs
-    from speechkit.demo_corpus import ensure_corpus
+    from speechkit.data.demo_corpus import ensure_corpus
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

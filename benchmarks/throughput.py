@@ -4,7 +4,7 @@ Both systems train the same model architecture (random init, same seed) with the
 audio for whole epochs; each runs in a fresh process with a cold datasets cache, so its own data preparation counts.
 The Trainer gets its data the way the example script prepares it (audio decoded, resampled and normalized up front
 with `datasets.map`, `train_sampling_strategy="group_by_length"`, `DataCollatorCTCWithPadding`); speechkit runs its
-own path (`speechkit.training.run`, as `python train.py` does) with batches of a duration budget equal, on average, to
+own path (`speechkit.commands.train.run`, as `python train.py` does) with batches of a duration budget equal, on average, to
 the Trainer's batch size, so both take about the same number of steps. A third system, `speechkit_plain`
 (`--systems speechkit,trainer,speechkit_plain`), is speechkit with `trainer.fast_paths=false`: what those pay,
 measured in the same invocation.
@@ -87,7 +87,7 @@ def prepare_data(args) -> Path:
                 sys.exit(f"--data: {root / split / 'metadata.csv'} not found (an audiofolder with train/ and test/)")
         return root
     sys.path.insert(0, str(REPO))
-    from speechkit.demo_corpus import ensure_corpus
+    from speechkit.data.demo_corpus import ensure_corpus
 
     from omegaconf import OmegaConf
 
@@ -297,28 +297,28 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    from speechkit import training
-    from speechkit.model import build_model
+    from speechkit.commands import train
+    from speechkit.models import build_model
 
     from omegaconf import OmegaConf
 
     raw = compose(speechkit_overrides(spec, str(work / "run"))
                   + (["trainer.fast_paths=false"] if system == "speechkit_plain" else []))
     cfg = OmegaConf.to_object(raw)
-    training.run(raw)
+    train.run(raw)
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    audio = sum(r["audio_s"] for r in train)
-    seconds = sum(r["train_s"] for r in train)
+    logged = [r for r in records if r["kind"] == "train"]
+    audio = sum(r["audio_s"] for r in logged)
+    seconds = sum(r["train_s"] for r in logged)
     curve, seen = [], 0.0
-    for r in train:
+    for r in logged:
         seen += r["audio_s"]
         curve.append((seen, r["loss"]))
-    padded = sum(r["audio_s"] / (1 - r["padding"]) for r in train)
-    result = {"system": system, "clips": _clips(spec), "steps": train[-1]["step"], "audio_s": audio,
+    padded = sum(r["audio_s"] / (1 - r["padding"]) for r in logged)
+    result = {"system": system, "clips": _clips(spec), "steps": logged[-1]["step"], "audio_s": audio,
               "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
-              "data_wait": sum(r["data_wait"] * r["train_s"] for r in train) / seconds, "curve": curve,
-              "first_step_at": train[0]["time"], "last_step_at": train[-1]["time"]}
+              "data_wait": sum(r["data_wait"] * r["train_s"] for r in logged) / seconds, "curve": curve,
+              "first_step_at": logged[0]["time"], "last_step_at": logged[-1]["time"]}
     result.update(device_figures(spec, lambda: build_model(cfg.model, "ctc", vocab_size=32, pad_token_id=0), result["audio_s_per_s"]))
     return result
 

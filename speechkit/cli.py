@@ -17,7 +17,7 @@ from speechkit.config import ConfigError, RunError, check_required
 
 
 def run_or_exit(module: str, cfg: DictConfig) -> Any:
-    """Check `cfg`, then import `module` (e.g. "speechkit.training") and return its run(cfg)."""
+    """Check `cfg`, then import `module` (e.g. "speechkit.commands.train") and return its run(cfg)."""
     from speechkit.validation import check_values
 
     try:

@@ -108,7 +108,7 @@ class DatasetConfig:
     # memory-mapped: later epochs and later runs never decode again. false: decode each clip when it is batched
     # (a corpus too large for the disk).
     cache_audio: bool = True
-    # Train from a stream (speechkit/streaming.py): a Hub data set streamed, or a local folder's files read as
+    # Train from a stream (speechkit/data/streaming.py): a Hub data set streamed, or a local folder's files read as
     # batches are made; rows checked as they come, nothing decoded ahead or cached. For corpora larger than the disk
     # or the RAM. Needs trainer.max_steps (a stream has no length); the evaluation split is still read whole.
     streaming: bool = False
@@ -118,7 +118,7 @@ class DatasetConfig:
 
 # ------------------------------------------------------------------------------------------ conf/task
 class TaskName(str, Enum):
-    asr = "asr"  # speech recognition: CTC over characters, scored by WER/CER (speechkit/tasks/asr.py)
+    asr = "asr"  # speech recognition: CTC over characters, scored by WER/CER (speechkit/tasks/asr/)
     audio_classification = "audio_classification"  # one class (or several) per clip (speechkit/tasks/classification.py)
     diarization = "diarization"  # who spoke when: speaker activity per frame, DER (speechkit/tasks/diarization.py)
 
@@ -170,7 +170,7 @@ class DecoderType(str, Enum):
 
 @dataclass
 class DecoderConfig:
-    """task=asr: how the shipped model's output becomes text (speechkit/decoding.py)."""
+    """task=asr: how the shipped model's output becomes text (speechkit/tasks/asr/decoding.py)."""
 
     type: DecoderType = DecoderType.greedy
     order: int = 3  # n-gram order of the LM
@@ -299,7 +299,7 @@ class TrainerConfig:
     group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
     compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)
-    fast_paths: bool = True  # faster computation of the same model, weights untouched (speechkit/fast_paths.py)
+    fast_paths: bool = True  # faster computation of the same model, weights untouched (speechkit/models/fast_paths.py)
     logging_steps: int = 10
     eval_steps: Optional[int] = None  # also evaluates at every epoch end
     eval_at_epoch_end: bool = True

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult as HubEvalResult, HfApi, ModelCard, Model
 
 from speechkit.config import HubConfig, TrainConfig, is_secret_key
 from speechkit.rundir import RunDir
-from speechkit.scoring import EvalResult
+from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 

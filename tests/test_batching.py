@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from speechkit.batching import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
-from speechkit.tasks.asr import CTCCollator
+from speechkit.training.batches import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
+from speechkit.tasks.asr.task import CTCCollator
 
 
 def fe():

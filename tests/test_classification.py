@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
-from speechkit import training
+from speechkit.commands import train
 
 WORDS = ["dataset.demo.words=[up,down,stop]", "dataset.demo.num_train=24", "dataset.demo.num_test=6"]
 FAST = ["trainer.batch_size=8", "trainer.eval_batch_size=4", "trainer.warmup_steps=1", "trainer.logging_steps=1",
@@ -104,7 +104,7 @@ def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_
     cfg = compose("train", ["task=audio_classification", "task.multi_label=true", "dataset=audiofolder",
                             f"dataset.path={multi_label_folder}", "dataset.label_column=tags", "model=ast_tiny",
                             *AST_TINY, *FAST, "trainer.max_steps=2", "hw=cpu", f"run_dir={run_dir}"])
-    objective = training.run(cfg)
+    objective = train.run(cfg)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [m for m in metrics if m["kind"] == "eval"][-1]
     assert 0 <= final["eval_map"] <= 1 and objective == pytest.approx(1 - final["eval_map"])
@@ -153,7 +153,7 @@ def test_audioset_recipe_fine_tunes_keeping_the_checkpoints_labels(audioset_copy
     data, checkpoint = audioset_copy
     cfg = compose("train", ["experiment=rocm_audioset_ast", f"model.name_or_path={checkpoint}", f"dataset.path={data}",
                             "hw=cpu", "hw.mixed_precision=no", *FAST, "trainer.max_steps=2", f"run_dir={tmp_path}"])
-    training.run(cfg)
+    train.run(cfg)
     shipped = json.loads((tmp_path / "model" / "config.json").read_text())
     assert shipped["id2label"] == {"0": "Speech", "1": "Music", "2": "Dog"}  # the checkpoint's, not the data's
     assert json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())["num_mel_bins"] == 32
@@ -168,7 +168,7 @@ def test_audioset_recipe_streams_its_training_split(audioset_copy, tmp_path):
     cfg = compose("train", ["experiment=rocm_audioset_ast", f"model.name_or_path={checkpoint}", f"dataset.path={data}",
                             "hw=cpu", "hw.mixed_precision=no", *FAST, "trainer.max_steps=3", "dataset.streaming=true",
                             "dataset.shuffle_buffer=4", f"run_dir={tmp_path}"])
-    training.run(cfg)
+    train.run(cfg)
     shipped = json.loads((tmp_path / "model" / "config.json").read_text())
     assert shipped["id2label"] == {"0": "Speech", "1": "Music", "2": "Dog"}
     state = json.loads(next((tmp_path / "checkpoints").glob("step-3/trainer_state.json")).read_text())
@@ -260,12 +260,12 @@ def test_a_resumed_classifier_run_ends_with_the_same_weights(tmp_path):
                                  "trainer.save_total_limit=null", f"run_dir={run_dir}", *extra])
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    training.run(cfg(full))
+    train.run(cfg(full))
     shutil.copytree(full, stopped)
     for later in ("step-4", "best"):
         shutil.rmtree(stopped / "checkpoints" / later)
     shutil.rmtree(stopped / "model")
-    training.run(cfg(stopped, "trainer.resume=auto"))
+    train.run(cfg(stopped, "trainer.resume=auto"))
     a, b = (load_file(d / "checkpoints" / "step-4" / "model.safetensors") for d in (full, stopped))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     start = load_file(full / "checkpoints" / "step-2" / "model.safetensors")

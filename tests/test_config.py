@@ -2,8 +2,7 @@
 
 import pytest
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, compose, run_cli
 from speechkit.config import ConfigError, check_required

@@ -12,7 +12,7 @@ from datasets import Audio, Dataset
 from conftest import compose, speak, write_metadata, write_tone
 from speechkit import data
 from speechkit.config import ConfigError
-from speechkit.vocab import build_vocab, drop_unspellable, write_vocab
+from speechkit.tasks.asr.vocab import build_vocab, drop_unspellable
 
 GOOD = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
 

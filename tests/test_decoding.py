@@ -8,7 +8,8 @@ import math
 import pytest
 
 from conftest import SMALL_DEMO, TINY, compose, run_cli
-from speechkit import decoding, training
+from speechkit.commands import train
+from speechkit.tasks.asr import decoding
 
 SENTENCES = ["the cat sees a dog", "the dog sees a cat", "a cat runs", "my dog runs here", "the old cat sleeps",
              "a dog sleeps here", "the cat sees my dog"]
@@ -44,7 +45,7 @@ def test_alphabet_matches_the_model_outputs_not_the_tokenizer(tmp_path):
     from transformers import Wav2Vec2CTCTokenizer
 
     from speechkit.config import VocabConfig
-    from speechkit.vocab import build_vocab, write_vocab
+    from speechkit.tasks.asr.vocab import build_vocab, write_vocab
 
     vocab = build_vocab(SENTENCES, VocabConfig())
     write_vocab(vocab, str(tmp_path / "vocab.json"))
@@ -61,7 +62,7 @@ def lm_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("lm_run")
     cfg = compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=2", "trainer.progress_bar=false",
                             "decoder=kenlm", "decoder.tune=true", "decoder.tune_trials=3", f"run_dir={run_dir}"])
-    objective = training.run(cfg)
+    objective = train.run(cfg)
     return run_dir, objective
 
 
@@ -108,7 +109,7 @@ def test_lm_text_from_a_file_or_a_hub_text_data_set_is_normalized(tmp_path):
     from datasets import Dataset
 
     from speechkit.config import DecoderConfig, TextConfig
-    from speechkit.text import TextNormalizer
+    from speechkit.data.text import TextNormalizer
 
     normalizer = TextNormalizer(TextConfig())
     normalize = lambda t: normalizer(t).text  # noqa: E731

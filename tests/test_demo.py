@@ -4,7 +4,7 @@ import os
 
 from conftest import compose
 from speechkit import data
-from speechkit.demo_corpus import corpus_dir, ensure_corpus, plan
+from speechkit.data.demo_corpus import corpus_dir, ensure_corpus, plan
 
 
 def demo_cfg(name="demo_en", *extra, tmp=None):
@@ -60,7 +60,7 @@ def test_two_processes_building_one_corpus_at_once_both_get_it_whole(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os; from conftest import compose; from speechkit.demo_corpus import ensure_corpus; "
+    code = ("import os; from conftest import compose; from speechkit.data.demo_corpus import ensure_corpus; "
             "cfg = compose('train', ['dataset=demo_en', 'dataset.demo.num_train=12', 'dataset.demo.num_test=4', "
             f"'run_dir=/x', 'dataset.demo.cache_dir={tmp_path}']).dataset; root = ensure_corpus(cfg); "
             "print(root, os.stat(root).st_ino)")  # the folder this process was given, as it was then

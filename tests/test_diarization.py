@@ -13,10 +13,10 @@ import torch
 from datasets import Audio, Dataset, Features, List as ListOf, Value
 
 from conftest import TINY, compose, run_cli, speak, write_metadata
-from speechkit import evaluation, training
-from speechkit.diarization import attribute
-from speechkit.tasks.diarization import (BadReference, check_turns, der, frame_targets, pit_loss, read_turns,
-                                         turns_from_activity, write_rttm)
+from speechkit.commands import evaluate, train
+from speechkit.commands.diarize import attribute
+from speechkit.data.references import BadReference, check_turns, read_turns, write_rttm
+from speechkit.tasks.diarization import der, frame_targets, pit_loss, turns_from_activity
 
 DEMO = ["experiment=demo_diarization", "dataset.demo.num_train=12", "dataset.demo.num_test=3", *TINY,
         "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.logging_steps=1", "trainer.warmup_steps=1",
@@ -51,7 +51,7 @@ def test_der_equals_pyannote_metrics_on_a_known_case():
     from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    from speechkit.tasks.diarization import to_annotation
+    from speechkit.data.references import to_annotation
 
     reference = [(0.0, 10.0, "A"), (10.0, 20.0, "B")]
     hypothesis = [(0.0, 8.0, "s1"), (8.0, 19.0, "s2"), (19.0, 20.0, "s3"), (20.0, 22.0, "s1")]
@@ -118,7 +118,7 @@ def test_a_tiny_diarizer_trains_scores_by_der_and_ships(demo_run):
 
 def test_evaluate_prints_der_and_writes_the_per_recording_table(demo_run, tmp_path, capsys):
     run_dir, _ = demo_run
-    result = evaluation.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_diarization",
+    result = evaluate.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_diarization",
                                                  "dataset.demo.num_train=12", "dataset.demo.num_test=3", "split=test",
                                                  "collar_s=0.5", "hw=cpu", f"run_dir={tmp_path}"]))
     printed = capsys.readouterr().out
@@ -142,9 +142,9 @@ def test_diarize_py_on_a_file_and_a_folder(demo_run, tmp_path):
     lines = [x for x in done.stdout.splitlines() if x.startswith("start=")]
     assert all(x.split()[2].startswith("speaker_SPEAKER_") for x in lines)  # the recipe's format
     assert len(lines) == len(rttm.read_text().splitlines())
-    from speechkit import diarization
+    from speechkit.commands import diarize
 
-    done = diarization.run(compose("diarize", [f"model_dir={run_dir / 'model'}", f"audio={folder}", "hw=cpu"]))
+    done = diarize.run(compose("diarize", [f"model_dir={run_dir / 'model'}", f"audio={folder}", "hw=cpu"]))
     assert len(done["done"]) == 2 and sorted(p.name for p in folder.glob("*.rttm")) == \
         sorted(f"{w.stem}.rttm" for w in source[:2])
 
@@ -152,7 +152,7 @@ def test_diarize_py_on_a_file_and_a_folder(demo_run, tmp_path):
 def _corpus():
     from omegaconf import OmegaConf
 
-    from speechkit.demo_corpus import corpus_dir
+    from speechkit.data.demo_corpus import corpus_dir
 
     return Path(corpus_dir(OmegaConf.to_object(compose("train", [*DEMO, "run_dir=/x"])).dataset))
 
@@ -201,7 +201,7 @@ def test_bad_references_are_dropped_naming_file_and_reason(tmp_path):
             rows[split].append((f"{name}.wav", f"{name}.rttm"))
         write_metadata(data / split, rows[split], text_column="rttm")
     run_dir = tmp_path / "run"
-    training.run(compose("train", ["task=diarization", "dataset=audiofolder", f"dataset.path={data}",
+    train.run(compose("train", ["task=diarization", "dataset=audiofolder", f"dataset.path={data}",
                                    "dataset.filters.max_duration_s=null", "model=tiny", *TINY, "trainer.max_steps=1",
                                    "trainer.batch_size=2", "trainer.progress_bar=false", f"run_dir={run_dir}"]))
     report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
@@ -243,16 +243,16 @@ def test_callhome_recipe_reads_the_hub_layout_and_trains(tmp_path):
                             "trainer.max_steps=1", "trainer.batch_size=2", "trainer.progress_bar=false",
                             f"run_dir={tmp_path / 'run'}"])
     assert (cfg.dataset.path, cfg.dataset.config_name) == (str(root), "spa")
-    training.run(cfg)
+    train.run(cfg)
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert evals[-1]["eval_recordings"] == 1  # 5 recordings carved 80/20
     assert compose("train", ["dataset=callhome_es", "run_dir=/x"]).dataset.path == "talkbank/callhome"
 
 
 def test_inspect_data_counts_recordings_by_speakers(tmp_path):
-    from speechkit import inspection
+    from speechkit.commands import inspect_data
 
-    summary = inspection.run(compose("inspect", ["task=diarization", "dataset=demo_diarization",
+    summary = inspect_data.run(compose("inspect", ["task=diarization", "dataset=demo_diarization",
                                                  "dataset.demo.num_train=12", "dataset.demo.num_test=3",
                                                  f"run_dir={tmp_path}"]))
     assert summary["splits"]["train"]["clips"] == 12 and summary["splits"]["test"]["clips"] == 3

@@ -10,7 +10,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from speechkit import fast_paths
+from speechkit.models import fast_paths
 
 CPU = torch.device("cpu")
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

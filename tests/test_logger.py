@@ -5,7 +5,7 @@ import struct
 import time
 
 from conftest import SMALL_DEMO, TINY, compose
-from speechkit import training
+from speechkit.commands import train
 
 
 def read_wandb_records(path):
@@ -56,7 +56,7 @@ def test_wandb_offline_run_holds_config_and_eval_wer(tmp_path, monkeypatch):
                             "logger.name=tiny-offline", "trainer.max_steps=2", "trainer.eval_steps=1",
                             "trainer.logging_steps=1", "trainer.batch_size=4", "trainer.progress_bar=false",
                             f"run_dir={run_dir}"])
-    wer = training.run(cfg)
+    wer = train.run(cfg)
 
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
@@ -100,7 +100,7 @@ def _tracked_run(tmp_path, backend):
     cfg = compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, f"logger={backend}", "logger.name=tiny-run",
                             "trainer.max_steps=2", "trainer.eval_steps=1", "trainer.logging_steps=1",
                             "trainer.batch_size=4", "trainer.progress_bar=false", f"run_dir={run_dir}"])
-    training.run(cfg)
+    train.run(cfg)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return run_dir, cfg, metrics
 

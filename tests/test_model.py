@@ -6,7 +6,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from conftest import TINY, compose
 from speechkit.config import ConfigError
-from speechkit.model import build_model, uses_attention_mask
+from speechkit.models import build_model, uses_attention_mask
 
 SMALL_ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)

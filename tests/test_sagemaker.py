@@ -167,7 +167,7 @@ def test_launch_submits_the_job_the_config_describes(launched):
         return {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
     code = keys(channels["code"])
-    for name in ("speechkit/sagemaker/entry.py", "speechkit/trainer.py", "conf/train.yaml", "conf/hw/sagemaker.yaml",
+    for name in ("speechkit/sagemaker/entry.py", "speechkit/training/trainer.py", "conf/train.yaml", "conf/hw/sagemaker.yaml",
                  "train.py", "requirements.txt", "pyproject.toml"):
         assert name in code, name
     assert not any("__pycache__" in k for k in code)
@@ -324,7 +324,7 @@ def handler(container_run):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """Real speech (espeak-ng, 22.05 kHz), and the same audio at 16 kHz as the model hears it."""
-    from speechkit.audio import decode
+    from speechkit.data.audio import decode
 
     path = speak("the quick brown fox jumps over the lazy dog", tmp_path_factory.mktemp("clip") / "fox.wav")
     return path, decode(str(path), 16000)
@@ -343,7 +343,7 @@ def test_handler_json_request(handler, clip):
 def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, clip, monkeypatch):
     from omegaconf import OmegaConf
 
-    from speechkit.sagemaker.server import settings_env
+    from speechkit.commands.serve import settings_env
 
     inference, model = handler
     _, at_16k = clip
@@ -491,7 +491,7 @@ def test_serve_answers_ping_and_invocations_over_http(served, clip):
     status, err = post(json.dumps({"speech_array": [0.1] * 100, "sampling_rate": 16000}).encode(), "application/json")
     from transformers import AutoConfig
 
-    from speechkit.model import receptive_field
+    from speechkit.models import receptive_field
 
     shortest = receptive_field(AutoConfig.from_pretrained(served["model"]), 16000)  # 345 for the tiny test model
     assert status == 400 and f"shorter than the model's receptive field ({shortest} samples" in err["error"]

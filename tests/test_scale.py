@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, free_port, run_cli
-from speechkit import evaluation
+from speechkit.commands import evaluate
 
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
         "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
@@ -222,7 +222,7 @@ def test_two_processes_eval_every_utterance_once_and_write_artifacts_once(ddp_ru
     # The shipped model scored by one process over the whole split gives exactly the two-process final eval.
     final = re.search(r"Final eval on 'test' \((\d+) utterances\): WER ([0-9.]+)  CER ([0-9.]+)", done.stdout)
     assert final and int(final.group(1)) == NUM_TEST
-    single = evaluation.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
+    single = evaluate.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
                                                  "split=test", "hw=cpu", f"run_dir={tmp_path}"]))
     assert single.rows == list(range(NUM_TEST))
     scores = single.metrics

@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 
 from conftest import SMALL_DEMO, TINY, compose, speak, write_metadata
 from hub_fixtures import FLEURS_ROWS, make_fleurs
-from speechkit import data, streaming, training
+from speechkit import data
+from speechkit.commands import train
+from speechkit.data import streaming
 from speechkit.tasks import make_task
 from test_scale import accelerate_launch
 
@@ -122,7 +124,7 @@ def _hub(fleurs):
 
 
 def test_a_streamed_hub_data_set_trains_and_reports_the_rows_it_dropped(fleurs, tmp_path):
-    training.run(compose("train", [*_hub(fleurs), "trainer.max_steps=4", "trainer.save_steps=2",
+    train.run(compose("train", [*_hub(fleurs), "trainer.max_steps=4", "trainer.save_steps=2",
                                    f"run_dir={tmp_path}"]))
     report = [json.loads(line) for line in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
     streamed = [r for r in report if r["split"] == "train"]
@@ -144,13 +146,13 @@ def test_a_streamed_run_resumes_exactly(tmp_path, folder):
                                  "model.hidden_dropout=0.1", f"run_dir={run_dir}", *extra])
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    training.run(cfg(full))
+    train.run(cfg(full))
     shutil.copytree(full, stopped)
     for later in ("checkpoints/step-8", "checkpoints/step-9", "checkpoints/best", "model"):
         shutil.rmtree(stopped / later)
     position = json.loads((stopped / "checkpoints" / "step-4" / "trainer_state.json").read_text())["stream_positions"]
     assert position != [[0, 0, 0]]
-    training.run(cfg(stopped, "trainer.resume=auto"))
+    train.run(cfg(stopped, "trainer.resume=auto"))
     a = load_file(full / "checkpoints" / "step-9" / "model.safetensors")
     b = load_file(stopped / "checkpoints" / "step-9" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -174,10 +176,10 @@ def test_two_processes_stream_disjoint_shares_and_report_each_drop_once(fleurs, 
 
 
 def test_inspecting_a_streamed_hub_data_set_reads_every_split_whole(fleurs, tmp_path):
-    from speechkit import inspection
+    from speechkit.commands import inspect_data
 
     def summary(streamed, where):
-        return inspection.run(compose("inspect", ["dataset=fleurs_es", f"dataset.path={fleurs}",
+        return inspect_data.run(compose("inspect", ["dataset=fleurs_es", f"dataset.path={fleurs}",
                                                   "dataset.revision=null", f"dataset.streaming={streamed}",
                                                   f"run_dir={tmp_path / where}"]))
 

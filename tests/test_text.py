@@ -3,7 +3,7 @@
 import pytest
 
 from speechkit.config import Digits, TextConfig
-from speechkit.text import TextNormalizer
+from speechkit.data.text import TextNormalizer
 
 FLEURS_LIKE = TextConfig(lowercase=True, unidecode=True, digits=Digits.remove)
 

@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SMALL_DEMO, TINY, compose, run_cli, speak, write_metadata
-from speechkit import training
-from speechkit.demo_corpus import corpus_dir
+from speechkit.commands import train
 
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
         "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
@@ -96,7 +95,7 @@ def test_drop_report_and_counts_in_a_real_run(tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "model=tiny", *TINY, *FAST,
                             "trainer.max_steps=2", f"run_dir={run_dir}"])
-    wer = training.run(cfg)
+    wer = train.run(cfg)
     assert 0.0 <= wer
     report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
     assert sorted((Path(r["file"]).name, r["reason"]) for r in report) == [
@@ -114,7 +113,7 @@ def _resume_cfg(run_dir, *extra):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
-    training.run(_resume_cfg(full))
+    train.run(_resume_cfg(full))
     # The same run stopped after step 3: its run dir as it was then (later checkpoints and outputs not yet written),
     # plus a half-written checkpoint from a save that was killed.
     stopped = tmp_path / "stopped"
@@ -128,7 +127,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     state = json.loads((stopped / "checkpoints" / "step-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
 
-    training.run(_resume_cfg(stopped, "trainer.resume=auto"))
+    train.run(_resume_cfg(stopped, "trainer.resume=auto"))
     resumed_state = json.loads((stopped / "checkpoints" / "step-8" / "trainer_state.json").read_text())
     full_state = json.loads((full / "checkpoints" / "step-8" / "trainer_state.json").read_text())
     assert resumed_state == full_state and resumed_state["global_step"] == 8
@@ -143,10 +142,10 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_auto_without_checkpoint_starts_fresh_and_bad_path_is_refused(tmp_path):
     cfg = _resume_cfg(tmp_path / "r", "trainer.resume=auto", "trainer.max_steps=1")
-    training.run(cfg)
+    train.run(cfg)
     assert (tmp_path / "r" / "checkpoints" / "step-1").is_dir()
     with pytest.raises(FileNotFoundError, match="trainer.resume"):
-        training.run(_resume_cfg(tmp_path / "s", f"trainer.resume={tmp_path / 'nowhere'}", "trainer.max_steps=1"))
+        train.run(_resume_cfg(tmp_path / "s", f"trainer.resume={tmp_path / 'nowhere'}", "trainer.max_steps=1"))
 
 
 def test_non_finite_losses_are_skipped_and_counted(tmp_path):
@@ -161,7 +160,7 @@ def test_non_finite_losses_are_skipped_and_counted(tmp_path):
     cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "dataset.carve.from_split=train",
                             "dataset.carve.test_ratio=0.5", "model=tiny", *TINY, *FAST, "trainer.batch_size=2",
                             "model.ctc_zero_infinity=false", "trainer.max_steps=2", f"run_dir={run_dir}"])
-    training.run(cfg)
+    train.run(cfg)
     train_logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_nonfinite"] for m in train_logs if m["kind"] == "train"] == [1, 2]
 
@@ -194,7 +193,7 @@ def test_hub_push_uploads_model_with_its_card(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or
                         type("Commit", (), {"commit_url": f"https://hub/{kw['repo_id']}/commit/1"})())
     run_dir = tmp_path / "run"
-    training.run(compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=1",
+    train.run(compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=1",
                                    "hub.push=true", "hub.repo_id=me/tiny-demo", f"run_dir={run_dir}"]))
     assert calls[0] == ("create_repo", "me/tiny-demo", {"private": True, "exist_ok": True})
     upload = calls[1][1]

@@ -2,7 +2,6 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,8 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose, run_cli, speak
-from speechkit.model import build_model, feature_extractor_for
-from speechkit.vocab import build_vocab, make_processor, write_vocab
+from speechkit.models import build_model, feature_extractor_for
+from speechkit.tasks.asr.vocab import build_vocab, make_processor, write_vocab
 
 SENTENCES = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
 

@@ -7,7 +7,7 @@ import pytest
 from transformers import Wav2Vec2FeatureExtractor
 
 from speechkit.config import ConfigError, VocabConfig
-from speechkit.vocab import build_vocab, load_vocab, make_processor, write_vocab
+from speechkit.tasks.asr.vocab import build_vocab, load_vocab, make_processor, write_vocab
 
 TEXTS = ["hello world", "the cat sat", "über café", "don't stop"]
 

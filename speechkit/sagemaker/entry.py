@@ -63,7 +63,7 @@ def main(argv: List[str] | None = None) -> int:
     raw = args.overrides if args.overrides is not None else json.loads(os.environ.get("SM_HPS", "{}")).get("overrides")
     overrides = json.loads(raw) if isinstance(raw, str) else list(raw or [])
 
-    from speechkit import training
+    from speechkit.commands import train
     from speechkit.config import ConfigError
     from speechkit.rundir import RunDir
 
@@ -90,7 +90,7 @@ def main(argv: List[str] | None = None) -> int:
         logging.getLogger(__name__).info("speechkit from %s; overrides in the container: %s",
                                          Path(speechkit.__file__).resolve().parent.parent, " ".join(final))
         cfg = compose(final)
-        training.run(cfg)
+        train.run(cfg)
     except ConfigError as err:  # a config that cannot work: say what to change, no stack trace
         print(f"speechkit: config error: {err}", file=sys.stderr)
         return 2

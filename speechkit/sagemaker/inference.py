@@ -24,7 +24,6 @@ none: chunk/6), SPEECHKIT_RESPONSE (details; or transcript), SPEECHKIT_DEVICE (c
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Optional
 

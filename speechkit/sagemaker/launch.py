@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]  # the checkout holding speechkit/ an
 ENTRY_SCRIPT = "speechkit/sagemaker/entry.py"  # relative to the shipped code
 CHANNEL = "dataset"  # the input channel holding a local data set: SM_CHANNEL_DATASET in the container
 
-# CloudWatch metrics, parsed from the trainer's own log lines (speechkit/trainer.py):
+# CloudWatch metrics, parsed from the trainer's own log lines (speechkit/training/trainer.py):
 #   train step=20/400 epoch=0.25 loss=3.1234 lr=2.000e-04 grad_norm=1.234 audio_s_per_s=81.25 padding=0.021 ...
 #   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)
 #   eval step=20 epoch=0.25 eval_loss=0.4321 eval_accuracy=0.9500 eval_macro_f1=0.9400 (240 clips)
@@ -177,7 +177,7 @@ def local_dataset(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
     data itself (a Hub repo id)."""
     ds = cfg.dataset
     if ds.source == Source.demo:  # synthesized here (espeak-ng); the container finds it in its cache layout
-        from speechkit.demo_corpus import ensure_corpus
+        from speechkit.data.demo_corpus import ensure_corpus
 
         corpus = ensure_corpus(ds)
         return corpus, os.path.basename(corpus)

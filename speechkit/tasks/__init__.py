@@ -16,8 +16,8 @@ The trainer and the entry scripts only talk to a task through these members (bot
   dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
   target_of(value, audio) -> (target, reason, detail), crop
                               a streamed training row's target, or why it is dropped; the length training clips are
-                              cut to (dataset.streaming, speechkit/streaming.py)
-  evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/scoring.py)
+                              cut to (dataset.streaming, speechkit/data/streaming.py)
+  evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/tasks/scoring.py)
   after_training(model, eval_set, accelerator, run_dir, result, batch_size) -> EvalResult
                               the task's last step on the shipped model (speech recognition: the n-gram LM)
   save(path)                  the processor / feature extractor beside the weights
@@ -36,7 +36,7 @@ def make_task(cfg):
     if cfg.task.name == TaskName.asr:
         from speechkit.tasks.asr import SpeechRecognition
 
-        from speechkit.text import TextNormalizer
+        from speechkit.data.text import TextNormalizer
 
         normalizer = TextNormalizer(cfg.dataset.text)
         return SpeechRecognition(cfg.vocab, decoder_cfg=cfg.decoder, normalize=lambda t: normalizer(t).text)

@@ -15,11 +15,11 @@ from sklearn import metrics as skm
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
 
 from speechkit import data
-from speechkit.audio import audio_ref
+from speechkit.data.audio import audio_ref
 from speechkit.config import ConfigError, LabelSet, ModelConfig, TaskConfig
 from speechkit.data import DropReport, SpeechDataset
-from speechkit.model import build_model, feature_extractor_for, input_window_samples, uses_attention_mask
-from speechkit.scoring import EvalResult, gather_predictions
+from speechkit.models import build_model, feature_extractor_for, input_window_samples, uses_attention_mask
+from speechkit.tasks.scoring import EvalResult, gather_predictions
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ClassificationCollator:
 
 class AudioClassification:
     name = "audio_classification"
-    head = "classification"  # the model head it needs (speechkit/model.py)
+    head = "classification"  # the model head it needs (speechkit/models/)
     target = data.LABEL
     unit = "clips"
 
@@ -194,7 +194,7 @@ class AudioClassification:
         return self.feature_extractor.sampling_rate
 
     def target_of(self, value, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
-        """A streamed training row's class ids, or why it has none (dataset.streaming, speechkit/streaming.py): a
+        """A streamed training row's class ids, or why it has none (dataset.streaming, speechkit/data/streaming.py): a
         label the label set lacks is dropped as check_eval_rows drops it."""
         labels = parse_labels(value, self.multi_label)
         if not self.multi_label and len(labels) != 1:

@@ -33,16 +33,15 @@ from datasets import Dataset, Value
 from transformers import AutoFeatureExtractor, AutoModelForAudioFrameClassification, PreTrainedModel
 
 from speechkit import data
-from speechkit.audio import audio_ref
+from speechkit.data.audio import audio_ref
+from speechkit.data.references import BadReference, Turn, check_turns, read_turns, to_annotation
 from speechkit.config import ConfigError, ModelConfig, TaskConfig
 from speechkit.data import DropReport, SpeechDataset
-from speechkit.model import build_model, feature_extractor_for, uses_attention_mask
-from speechkit.scoring import EvalResult
+from speechkit.models import build_model, feature_extractor_for, uses_attention_mask
+from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 
-Turn = Tuple[float, float, str]  # (start s, end s, speaker)
-PAST_END_TOLERANCE_S = 0.5  # a turn ending this little past the recording's end is cut to it, not refused
 SETTINGS = "speechkit_diarization"  # the model config's entry holding the task's inference and scoring settings
 
 
@@ -53,70 +52,6 @@ def require_pyannote() -> None:
     except ImportError:
         raise ConfigError("task=diarization needs pyannote.core and pyannote.metrics: "
                           "pip install -e '.[diarization]' (./install.sh dev has them)") from None
-
-
-class BadReference(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-# ------------------------------------------------------------------------------------------- references
-def read_turns(value: str, audio: str) -> List[Turn]:
-    """A recording's reference turns: JSON turns, or the turns its RTTM file gives the recording (its URI is the
-    audio file's name without extension)."""
-    value = (value or "").strip()
-    if value.startswith("["):
-        return [(float(a), float(b), str(s)) for a, b, s in json.loads(value)]
-    from pyannote.database.util import load_rttm
-
-    if not os.path.isfile(value):
-        raise BadReference("missing_rttm", f"{value} does not exist")
-    uri = os.path.splitext(os.path.basename(audio))[0]
-    try:
-        by_uri = load_rttm(value)
-    except Exception as err:  # pandas' parse errors, wrong column counts
-        raise BadReference("unreadable_rttm", f"{value}: {str(err).splitlines()[0][:200]}") from None
-    if uri not in by_uri:
-        raise BadReference("rttm_mismatch", f"{value} names recording(s) {sorted(by_uri)[:5]}, not '{uri}' (the "
-                                            "audio file's name)")
-    return [(round(float(seg.start), 3), round(float(seg.end), 3), str(label))  # RTTM's start + duration, exact
-            for seg, _, label in by_uri[uri].itertracks(yield_label=True)]
-
-
-def check_turns(turns: List[Turn], seconds: float, max_speakers: Optional[int]) -> List[Turn]:
-    """The turns, sorted, each checked against the recording (`seconds` long); raises BadReference."""
-    out = []
-    for start, end, who in sorted(turns):
-        if start < 0 or end <= start:
-            raise BadReference("bad_turn", f"turn {start:.2f}-{end:.2f} s of {who}")
-        if end > seconds + PAST_END_TOLERANCE_S:
-            raise BadReference("turn_past_end", f"turn {start:.2f}-{end:.2f} s of {who} ends past the recording's "
-                                                f"end ({seconds:.2f} s)")
-        out.append((round(start, 3), round(min(end, seconds), 3), who))
-    last_end = {}
-    for start, end, who in out:
-        if start < last_end.get(who, -1.0) - 1e-6:
-            raise BadReference("overlapping_turns", f"{who} has two turns overlapping at {start:.2f} s")
-        last_end[who] = max(end, last_end.get(who, 0.0))
-    speakers = sorted({who for _, _, who in out})
-    if max_speakers is not None and len(speakers) > max_speakers:
-        raise BadReference("too_many_speakers", f"{len(speakers)} speakers > task.max_speakers={max_speakers}")
-    return out
-
-
-def to_annotation(turns: List[Turn], uri: str):
-    from pyannote.core import Annotation, Segment
-
-    annotation = Annotation(uri=uri)
-    for i, (start, end, who) in enumerate(turns):
-        annotation[Segment(start, end), i] = who
-    return annotation
-
-
-def write_rttm(turns: List[Turn], uri: str, path: str) -> None:
-    with open(path, "w") as f:
-        to_annotation(turns, uri).write_rttm(f)
 
 
 # ------------------------------------------------------------------------------------------ frames & loss
@@ -287,7 +222,7 @@ def der(references, hypotheses, uris, durations, collar: float, skip_overlap: bo
 # ----------------------------------------------------------------------------------------------- the task
 class Diarization:
     name = "diarization"
-    head = "frames"  # the model head it needs (speechkit/model.py)
+    head = "frames"  # the model head it needs (speechkit/models/)
     target = data.SEGMENTS
     unit = "recordings"
 

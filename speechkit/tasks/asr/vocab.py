@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from speechkit.config import ConfigError, VocabConfig
-from speechkit.audio import audio_ref
+from speechkit.data.audio import audio_ref
 from speechkit.data import AUDIO, DropReport, texts as data_texts
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def write_vocab(vocab: Dict[str, int], path: str) -> None:
 
 
 def make_processor(vocab_path: str, cfg: VocabConfig, feature_extractor: Wav2Vec2FeatureExtractor) -> Wav2Vec2Processor:
-    """Tokenizer + the model's feature extractor (speechkit.model.feature_extractor_for), saved with the model so
+    """Tokenizer + the model's feature extractor (speechkit.models.feature_extractor_for), saved with the model so
     `transformers.pipeline` can load the directory."""
     tokenizer = Wav2Vec2CTCTokenizer(vocab_path, unk_token=cfg.unk_token, pad_token=cfg.pad_token,
                                      word_delimiter_token=cfg.word_delimiter)

@@ -293,7 +293,7 @@ def _speech(text: str, voice: str, speed: int, pitch: int, folder: str):
     """One sentence spoken by espeak-ng at 16 kHz, its leading and trailing silence cut."""
     import numpy as np
 
-    from speechkit.audio import decode
+    from speechkit.data.audio import decode
 
     fd, path = tempfile.mkstemp(suffix=".wav", dir=folder)
     os.close(fd)
@@ -311,7 +311,7 @@ def _conversation(job):
     import numpy as np
     import soundfile
 
-    from speechkit.tasks.diarization import write_rttm
+    from speechkit.data.references import write_rttm
 
     i, rec, root = job
     name = f"conv{i:05d}"

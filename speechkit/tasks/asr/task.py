@@ -1,4 +1,4 @@
-"""task=asr: speech recognition. Transcripts become character ids (conf/vocab, speechkit/vocab.py), the model gets a
+"""task=asr: speech recognition. Transcripts become character ids (conf/vocab, speechkit/tasks/asr/vocab.py), the model gets a
 CTC head, predictions are decoded greedily and scored by WER (lower is better; CER breaks ties)."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2Processor
 
-from speechkit import data, decoding, vocab as vocabulary
-from speechkit.batching import eval_loader
+from speechkit import data
+from speechkit.tasks.asr import decoding, vocab as vocabulary
+from speechkit.training.batches import eval_loader
 from speechkit.config import DecoderConfig, DecoderType, ModelConfig, VocabConfig
 from speechkit.data import DropReport, SpeechDataset
-from speechkit.model import build_model, feature_extractor_for, uses_attention_mask
+from speechkit.models import build_model, feature_extractor_for, uses_attention_mask
 from speechkit.rundir import RunDir
-from speechkit.scoring import EvalResult, gather_predictions
+from speechkit.tasks.scoring import EvalResult, gather_predictions
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def error_rates(references: List[str], hypotheses: List[str]) -> dict:
 
 class SpeechRecognition:
     name = "asr"
-    head = "ctc"  # the model head it needs (speechkit/model.py)
+    head = "ctc"  # the model head it needs (speechkit/models/)
     target = data.TEXT  # the data column it learns from: the normalized transcript
     unit = "utterances"
     crop = None  # training clips are whole utterances
@@ -141,7 +142,7 @@ class SpeechRecognition:
         return SpeechDataset(rows, self.sampling_rate, [tokenizer(t).input_ids for t in data.texts(rows)])
 
     def target_of(self, text: str, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
-        """A streamed training row's character ids, or why it has none (dataset.streaming, speechkit/streaming.py):
+        """A streamed training row's character ids, or why it has none (dataset.streaming, speechkit/data/streaming.py):
         as in fit_targets, a transcript the vocab cannot spell is dropped, not taught as [UNK]."""
         unknown = vocabulary.unknown_chars(text, self.vocab)
         if unknown:

@@ -20,15 +20,17 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from speechkit import batching, checkpoint, fast_paths, streaming
-from speechkit.batching import train_batch_sampler
+from speechkit.data import streaming
+from speechkit.models import fast_paths
+from speechkit.training import batches, checkpoint
+from speechkit.training.batches import train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
-from speechkit.scoring import EvalResult
-from speechkit.streaming import StreamedBatches, StreamTracker
+from speechkit.tasks.scoring import EvalResult
+from speechkit.data.streaming import StreamedBatches, StreamTracker
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class TrainerState:
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
-    # dataset.streaming: where each process's stream stands, and the rows it dropped (speechkit/streaming.py)
+    # dataset.streaming: where each process's stream stands, and the rows it dropped (speechkit/data/streaming.py)
     stream_positions: Optional[List[List[int]]] = None
     stream_drops: Optional[List[dict]] = None
 
@@ -159,7 +161,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler,
                                                    collate_fn=task.collator(True),
                                                    generator=torch.Generator().manual_seed(cfg.seed), **loading)
-    eval_loader = batching.eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
+    eval_loader = batches.eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
 
     no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]

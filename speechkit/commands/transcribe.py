@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from speechkit import decoding
-from speechkit.audio import open_recording, read_range
+from speechkit.tasks.asr import decoding
+from speechkit.data.audio import open_recording, read_range
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
-from speechkit.model import uses_attention_mask
+from speechkit.models import uses_attention_mask
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ def write_results(task, result: EvalResult, rows, run_dir: str, title: str) -> L
     """The evaluation's files in `run_dir`: predictions.csv (every clip's file, reference and prediction),
     report.html (the task's report, speechkit/report.py) and, for a classifier, per_class.csv, confusion.csv and
     confusion.png. `rows`: the scored split. Returns the paths."""
-    from speechkit.audio import audio_ref
+    from speechkit.data.audio import audio_ref
     from speechkit.data import AUDIO
     from speechkit.plots import confusion_matrix
     from speechkit.rundir import RunDir

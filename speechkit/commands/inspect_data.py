@@ -44,7 +44,7 @@ def run(raw_cfg: DictConfig) -> dict:
         chars = {name: Counter(_speakers(v, a) for v, a in zip(rows[data.SEGMENTS], rows[data.AUDIO]))
                  for name, rows in splits.items()}
     elif labelled:  # the inventory is the labels: clips per label
-        from speechkit.tasks.classification import parse_labels
+        from speechkit.data.references import parse_labels
 
         chars = {name: Counter(label for v in data.labels(rows) for label in parse_labels(v, cfg.task.multi_label))
                  for name, rows in splits.items()}
@@ -75,8 +75,8 @@ def run(raw_cfg: DictConfig) -> dict:
 
 
 def _speakers(value, audio) -> str:
-    from speechkit.audio import audio_ref
-    from speechkit.tasks.diarization import BadReference, read_turns
+    from speechkit.data.audio import audio_ref
+    from speechkit.data.references import BadReference, read_turns
 
     try:
         return f"{len({who for _, _, who in read_turns(value, audio_ref(audio))})} speakers"

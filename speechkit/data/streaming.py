@@ -3,7 +3,7 @@
 The training split is read as a `datasets.IterableDataset` (a Hub data set streamed, or a local folder's files read
 one by one), each process its own share (`split_dataset_by_node`), its shards in a new order every epoch. Rows are
 taken a window at a time (`dataset.shuffle_buffer` rows): each row is decoded and checked as the checking pass
-checks it (data.RowCheck; the task's target too, e.g. a transcript the vocab cannot spell), the window's usable rows
+checks it (RowCheck; the task's target too, e.g. a transcript the vocab cannot spell), the window's usable rows
 are cut into batches by the training sampler (by duration or by count; shuffled with a generator of (seed, window,
 epoch)) and yielded in that order. Memory holds one window of clips, never the corpus; nothing is cached.
 
@@ -31,11 +31,14 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from speechkit import data
-from speechkit.audio import AudioError, audio_ref, decode
-from speechkit.batching import batch_sampler
 from speechkit.config import ConfigError, DatasetConfig
-from speechkit.text import TextNormalizer
+from speechkit.data import columns
+from speechkit.data.audio import AudioError, audio_ref, decode
+from speechkit.data.checking import DropReport, RowCheck
+from speechkit.data.dataset import random_crop
+from speechkit.data.sources import load_source, split_of
+from speechkit.data.text import TextNormalizer
+from speechkit.training.batches import batch_sampler
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def open_stream(cfg: DatasetConfig, target: str, split: str, seed: int, process_
                 num_processes: int = 1) -> IterableDataset:
     """The training split as a stream of encoded rows (`audio`, `target`): this process's share of it, the order of
     its shards drawn from (seed, epoch)."""
-    rows = data.split_of(data.load_source(cfg, target), split, cfg)
+    rows = split_of(load_source(cfg, target), split, cfg)
     if not isinstance(rows, IterableDataset):  # a local folder: the metadata is read, the audio files stream
         rows = rows.to_iterable_dataset(num_shards=max(1, min(LOCAL_SHARDS, len(rows))))
     if num_processes > 1:
@@ -59,31 +62,31 @@ def target_rows(cfg: DatasetConfig, target: str, split: str) -> Dataset:
     """The training split's targets only (normalized transcripts, or labels), for the vocab or the label set: one
     pass over the split that decodes no audio. Rows whose text normalization drops them are left out here; the
     stream reports them when it reaches them."""
-    rows = data.split_of(data.load_source(cfg, target), split, cfg)
+    rows = split_of(load_source(cfg, target), split, cfg)
     if isinstance(rows, IterableDataset):
         values = [r[target] for r in tqdm(rows.select_columns([target]), desc=f"Reading the {target}s ({split})",
                                           unit=" rows")]
         files = [""] * len(values)
     else:
         values = list(rows[target])
-        files = [audio_ref(a) for a in rows.select_columns([data.AUDIO])[data.AUDIO]]
-    if target == data.TEXT:
+        files = [audio_ref(a) for a in rows.select_columns([columns.AUDIO])[columns.AUDIO]]
+    if target == columns.TEXT:
         normalize = TextNormalizer(cfg.text)
         normalized = [normalize(v) for v in values]
         keep = [i for i, n in enumerate(normalized) if not n.reason]
         values = [normalized[i].text for i in keep]
         files = [files[i] for i in keep]
-    return Dataset.from_dict({data.AUDIO: files, target: values})
+    return Dataset.from_dict({columns.AUDIO: files, target: values})
 
 
 def training_batches(cfg: DatasetConfig, trainer_cfg, task, min_samples: int, accelerator: Accelerator,
-                     report: data.DropReport, report_path: str) -> "StreamedBatches":
+                     report: DropReport, report_path: str) -> "StreamedBatches":
     """The training split as streamed batches for `task`, as trainer_cfg batches (by duration or by count); their
     drops join `report`, written to `report_path`."""
     rate = task.sampling_rate
     stream = open_stream(cfg, task.target, cfg.train_split, trainer_cfg.seed, accelerator.process_index,
                          accelerator.num_processes)
-    batches = StreamedBatches(stream, data.RowCheck(cfg, rate, True, min_samples, task.target), task.target_of,
+    batches = StreamedBatches(stream, RowCheck(cfg, rate, True, min_samples, task.target), task.target_of,
                               cfg.train_split, rate, cfg.shuffle_buffer, trainer_cfg.batch_size,
                               trainer_cfg.batch_duration_s,
                               trainer_cfg.seed, task.crop, trainer_cfg.group_by_length)
@@ -97,7 +100,7 @@ class StreamedBatches(torch.utils.data.IterableDataset):
     the next batch starts) and `end_of_epoch`. `target_of(value, audio) -> (target, reason, detail)`: the task's
     target for a checked row's normalized text, label or turns (`audio`: its file), or why it cannot have one."""
 
-    def __init__(self, stream: IterableDataset, check: data.RowCheck, target_of: Callable, split: str,
+    def __init__(self, stream: IterableDataset, check: RowCheck, target_of: Callable, split: str,
                  sampling_rate: int, window: int, batch_size: int, batch_duration_s: Optional[float], seed: int = 0,
                  crop: Optional[int] = None, group_by_length: bool = True):
         self.stream, self.check, self.target_of, self.split = stream, check, target_of, split
@@ -105,7 +108,7 @@ class StreamedBatches(torch.utils.data.IterableDataset):
         self.batch_size, self.batch_duration_s, self.group_by_length = batch_size, batch_duration_s, group_by_length
         self.seed, self.crop = seed, crop
         self.start: Position = (0, 0, 0)
-        self.report: Optional[data.DropReport] = None  # the checking pass's report, which the stream's drops join
+        self.report: Optional[DropReport] = None  # the checking pass's report, which the stream's drops join
         self.report_path: Optional[str] = None
 
     def __iter__(self):
@@ -148,21 +151,21 @@ class StreamedBatches(torch.utils.data.IterableDataset):
             index = window * self.window + k  # the row's place in this epoch's stream (of this process)
             audio, error = None, ("", "")
             try:
-                audio = decode(row[data.AUDIO], self.sampling_rate)
+                audio = decode(row[columns.AUDIO], self.sampling_rate)
             except AudioError as err:
                 error = (err.reason, err.detail)
             n = 0 if audio is None else int(audio.size)
             out = self.check(row[target], n, float(np.abs(audio).max()) if n else 0.0, *error)
             reason, detail = out["drop_reason"], out["drop_detail"]
-            file = audio_ref(row[data.AUDIO])
+            file = audio_ref(row[columns.AUDIO])
             if not reason:
-                labels, reason, detail = self.target_of(out.get(data.TEXT, row[target]), file)
+                labels, reason, detail = self.target_of(out.get(columns.TEXT, row[target]), file)
             if reason:
                 if epoch == 0:
                     dropped.append({"split": self.split, "row": index, "file": file,
                                     "reason": reason, "detail": detail})
                 continue
-            audio, begin = data.random_crop(audio, self.crop, self.seed, epoch, index)
+            audio, begin = random_crop(audio, self.crop, self.seed, epoch, index)
             items.append({"input_values": audio, "index": index, "offset": begin, "labels": labels})
         return items, dropped
 
@@ -236,9 +239,9 @@ class StreamTracker:
         state.stream_positions = [list(p) for p in positions]
         state.stream_drops = (state.stream_drops or []) + list(drops)
         if self.accelerator.is_main_process and self.batches.report_path:
-            report = data.DropReport(list(self.batches.report.rows) + state.stream_drops)
+            report = DropReport(list(self.batches.report.rows) + state.stream_drops)
             report.write(self.batches.report_path)
             if drops:
-                streamed = data.DropReport(state.stream_drops)
+                streamed = DropReport(state.stream_drops)
                 log.info("Stream: %d row(s) dropped so far (%s), listed in %s", len(state.stream_drops),
                          streamed.summary(), self.batches.report_path)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechkit.config import Backend, ConfigError, DeployConfig, check_required
 from speechkit.sagemaker import launch
-from speechkit.sagemaker.server import settings_env
+from speechkit.commands.serve import settings_env
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
-from speechkit.batching import eval_loader
+from speechkit.training.batches import eval_loader
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
-from speechkit.model import receptive_field
+from speechkit.models import receptive_field
 from speechkit.rundir import RunDir
-from speechkit.scoring import EvalResult, write_results
+from speechkit.tasks.scoring import EvalResult, write_results
 from speechkit.tasks import load_model_dir
 from speechkit.validation import saved_model_dir
 

@@ -124,7 +124,7 @@ def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) 
 def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
                   seed, group_by_length: bool = True) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
-    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/streaming.py) alike."""
+    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike."""
     if batch_duration_s:
         return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
     return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)

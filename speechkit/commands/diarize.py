@@ -5,7 +5,7 @@ memory holds one batch of windows and the per-frame speaker activity, a few kB a
 evaluates (speechkit/tasks/diarization.py: overlapping windows, speakers linked across them), its turns printed as
 the ROCm recipe prints pyannote's (`start=0.0s stop=1.0s speaker_SPEAKER_00`) and written as `<name>.rttm`.
 
-With `asr_model_dir`, the recording is also transcribed (speechkit/transcription.py: word timestamps, the model's LM
+With `asr_model_dir`, the recording is also transcribed (speechkit/commands/transcribe.py: word timestamps, the model's LM
 if it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the speakers' turns
 with their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`.
 """
@@ -22,11 +22,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from speechkit.audio import open_recording, read_range
+from speechkit.data.audio import open_recording, read_range
 from speechkit.config import DiarizeConfig, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
-from speechkit.tasks.diarization import Diarization, Turn, write_rttm
-from speechkit.transcription import Transcriber, _clock, each_file, find_audio, output_stem, write_texts
+from speechkit.data.references import Turn, write_rttm
+from speechkit.tasks.diarization import Diarization
+from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stem, write_texts
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)

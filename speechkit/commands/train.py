@@ -10,13 +10,15 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, hub, streaming, trainer
+from speechkit import data, hub
+from speechkit.data import streaming
+from speechkit.training import trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
-from speechkit.model import model_config, receptive_field
+from speechkit.models import model_config, receptive_field
 from speechkit.rundir import RunDir
-from speechkit.scoring import write_results
+from speechkit.tasks.scoring import write_results
 from speechkit.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def run(raw_cfg: DictConfig) -> float | str:
     config = model_config(cfg.model, task.head)  # the checkpoint's config only: a model unfit for the task stops here
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With
-    # dataset.streaming the training split is checked as it streams (speechkit/streaming.py): only its targets are
+    # dataset.streaming the training split is checked as it streams (speechkit/data/streaming.py): only its targets are
     # read here.
     ds = cfg.dataset
     report = data.DropReport()
