@@ -3,10 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-from speechkit.cli import run_or_exit
-from speechkit.config import register_configs
+from speechkit.cli import prepare, run_or_exit
 
-register_configs()
+prepare()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="diarize")

@@ -51,7 +51,7 @@ def demo_corpus(args) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from speechkit.config import register_configs
+    from speechkit.cli import register_configs
     from speechkit.data.demo_corpus import ensure_corpus
 
     register_configs()

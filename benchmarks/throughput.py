@@ -4,8 +4,8 @@ Both systems train the same model architecture (random init, same seed) with the
 audio for whole epochs; each runs in a fresh process with a cold datasets cache, so its own data preparation counts.
 The Trainer gets its data the way the example script prepares it (audio decoded, resampled and normalized up front
 with `datasets.map`, `train_sampling_strategy="group_by_length"`, `DataCollatorCTCWithPadding`); speechkit runs its
-own path (`speechkit.commands.train.run`, as `python train.py` does) with batches of a duration budget equal, on average, to
-the Trainer's batch size, so both take about the same number of steps. A third system, `speechkit_plain`
+own path (`speechkit.commands.train.run`, as `python train.py` does) with batches of a duration budget equal, on
+average, to the Trainer's batch size, so both take about the same number of steps. A third system, `speechkit_plain`
 (`--systems speechkit,trainer,speechkit_plain`), is speechkit with `trainer.fast_paths=false`: what those pay,
 measured in the same invocation.
 
@@ -195,7 +195,7 @@ def compose(overrides: List[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
 
     sys.path.insert(0, str(REPO))
-    from speechkit.config import register_configs
+    from speechkit.cli import register_configs
 
     register_configs()
     if not any(o.startswith("run_dir=") for o in overrides):
@@ -389,7 +389,8 @@ def run_trainer(spec: dict, work: Path) -> dict:
     config = Wav2Vec2Config(**m.architecture, attention_dropout=m.attention_dropout, hidden_dropout=m.hidden_dropout,
                             activation_dropout=m.activation_dropout, feat_proj_dropout=m.feat_proj_dropout,
                             final_dropout=m.final_dropout, mask_time_prob=m.mask_time_prob, layerdrop=m.layerdrop,
-                            ctc_loss_reduction=m.ctc_loss_reduction, ctc_zero_infinity=m.ctc_zero_infinity,
+                            ctc_loss_reduction=cfg.task.ctc_loss_reduction,
+                            ctc_zero_infinity=cfg.task.ctc_zero_infinity,
                             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     model = Wav2Vec2ForCTC(config)
     if m.freeze_feature_encoder:

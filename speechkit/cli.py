@@ -1,19 +1,84 @@
-"""What the top-level scripts share: the one set-up path from a composed config to the work.
+"""What the top-level scripts share: the one set-up path from a command line to the work.
 
-Required values and every value's range are checked first, before the work's module (and with it torch, datasets
-and transformers) is imported, so a config that cannot work is refused in about a second; it, or one that only the
-data can reveal as wrong, ends the program with its one-line message and exit status 2, no traceback.
+`prepare()` runs when a script is started: the schemas are registered with Hydra (speechkit/config.py, the tasks'
+from their registry) and a command line that still uses a key from before the per-task configs is refused with the
+key's new name. Hydra composes the config; `run_or_exit` checks required values and every value's range before the
+work's module (and with it torch, datasets and transformers) is imported, so a config that cannot work is refused in
+about a second; it, or one that only the data can reveal as wrong, ends the program with its one-line message and
+exit status 2, no traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+import warnings
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig
 
 from speechkit.config import ConfigError, RunError, check_required
+
+# Keys the per-task configs moved (old key, or prefix of keys -> new one). Typed on a command line, the old one is
+# refused naming the new one.
+MOVED = {
+    "vocab": "task.vocab",
+    "decoder": "task.decoder",
+    "model.ctc_loss_reduction": "task.ctc_loss_reduction",
+    "model.ctc_zero_infinity": "task.ctc_zero_infinity",
+    "dataset.audio_column": "dataset.columns.audio",
+    "dataset.file_column": "dataset.columns.file",
+    "dataset.text_column": "dataset.columns.text",
+    "dataset.label_column": "dataset.columns.label",
+    "dataset.rttm_column": "dataset.columns.rttm",
+    "dataset.segment_columns": "dataset.columns.segments",
+}
+
+
+def register_configs() -> None:
+    """Every primary config's schema, and each task's schema in the `task` group (conf/task/<name>.yaml composes onto
+    <name>_schema)."""
+    from hydra.core.config_store import ConfigStore
+
+    from speechkit import config as C
+    from speechkit.tasks import TASKS
+
+    # conf/hydra/launcher/submitit_slurm.yaml shadows the submitit plugin's config of that name on purpose, and Hydra
+    # checks it against the plugin's schema ("automatic schema matching"), with a deprecation notice each time.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore")
+    cs = ConfigStore.instance()
+    for name, schema in (("train", C.TrainConfig), ("evaluate", C.EvaluateConfig), ("inspect", C.InspectConfig),
+                         ("transcribe", C.TranscribeConfig), ("diarize", C.DiarizeConfig), ("deploy", C.DeployConfig),
+                         ("serve", C.ServeConfig)):
+        cs.store(name=f"{name}_schema", node=schema)
+    for name, entry in TASKS.items():
+        cs.store(group="task", name=f"{name}_schema", node=entry.schema)
+
+
+def moved(argv: List[str]) -> Optional[str]:
+    """The refusal of the first command-line argument that uses a moved key, or None."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        key, is_set, value = arg.lstrip("+~").partition("=")
+        for old, new in MOVED.items():
+            if key != old and not key.startswith(old + "."):
+                continue
+            if key == "decoder":  # the group decoder=greedy|kenlm became a key
+                return f"{arg}: the decoder is the speech-recognition task's own now; write task.decoder.type={value}"
+            if key == "vocab":
+                return f"{arg}: the vocab is the speech-recognition task's own now (task.vocab.*); leave vocab= out"
+            return f"{arg}: {key} is {new + key[len(old):]} now; write {new + key[len(old):]}{is_set}{value}"
+    return None
+
+
+def prepare(argv: Optional[List[str]] = None) -> None:
+    """At the start of every script: the schemas registered; a moved key refused (exit status 2)."""
+    register_configs()
+    refusal = moved(sys.argv[1:] if argv is None else argv)
+    if refusal:
+        print(f"speechkit: config error: {refusal}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_or_exit(module: str, cfg: DictConfig) -> Any:

@@ -1,6 +1,7 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""Typed schemas for every config group, registered in Hydra's ConfigStore (speechkit/cli.py: register_configs).
 
-Each dataclass is the contract of one folder under conf/: the YAML files there only fill in values.
+Each dataclass is the contract of one folder under conf/ (conf/task: one schema per option): the YAML files there only
+fill in values.
 Because the composed config is checked against these schemas, a misspelt key, a value of the wrong type
 or an unknown enum member fails at composition time with a message naming the key, before any data is
 touched or any model is built.
@@ -8,12 +9,10 @@ touched or any model is built.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
@@ -60,6 +59,23 @@ class CarveConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """What the data set calls each column: its audio, and each kind of target it may hold. A task reads the one it
+    learns from (speech recognition `text`, classification `label`, diarization `rttm` or `segments`)."""
+
+    audio: str = "audio"
+    file: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file (relative to the csv)
+    text: str = "transcription"  # the transcript
+    # each clip's class: a string, or a list of them for multi-label data such as AudioSet (a string holding several
+    # is split at ";")
+    label: str = "label"
+    rttm: str = "rttm"  # audiofolder: the metadata.csv column naming each recording's RTTM file (who spoke when)
+    # Hub data sets: the columns holding each recording's turns as lists of start seconds, end seconds and speakers
+    # (talkbank/callhome's layout)
+    segments: List[str] = field(default_factory=lambda: ["timestamps_start", "timestamps_end", "speakers"])
+
+
+@dataclass
 class DemoCorpusConfig:
     language: str = "en"
     voices: List[str] = field(default_factory=lambda: ["en-us"])
@@ -87,17 +103,7 @@ class DatasetConfig:
     data_dir: Optional[str] = None  # sub-folder of the repo holding this data set's files (e.g. a language)
     train_split: str = "train"
     eval_split: str = "test"
-    audio_column: str = "audio"
-    text_column: str = "transcription"
-    # task=audio_classification: the column holding each clip's class (a string, or a list of them for multi-label
-    # data such as AudioSet; a string holding several is split at ";")
-    label_column: str = "label"
-    file_column: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file
-    # task=diarization, audiofolder: the metadata.csv column naming each recording's RTTM file (who spoke when)
-    rttm_column: str = "rttm"
-    # task=diarization, Hub data sets: the columns holding each recording's turns as lists of start seconds, end
-    # seconds and speakers (talkbank/callhome's layout)
-    segment_columns: List[str] = field(default_factory=lambda: ["timestamps_start", "timestamps_end", "speakers"])
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     carve: CarveConfig = field(default_factory=CarveConfig)
     text: TextConfig = field(default_factory=TextConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
@@ -117,55 +123,21 @@ class DatasetConfig:
 
 
 # ------------------------------------------------------------------------------------------ conf/task
-class TaskName(str, Enum):
-    asr = "asr"  # speech recognition: CTC over characters, scored by WER/CER (speechkit/tasks/asr/)
-    audio_classification = "audio_classification"  # one class (or several) per clip (speechkit/tasks/classification.py)
-    diarization = "diarization"  # who spoke when: speaker activity per frame, DER (speechkit/tasks/diarization.py)
+# One schema per option of conf/task, each with its own knobs only; speechkit/tasks/__init__.py registers them.
+class DecoderType(str, Enum):
+    greedy = "greedy"  # the most likely symbol per frame
+    kenlm = "kenlm"  # beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
 
 
-class LabelSet(str, Enum):
-    data = "data"  # every label of the training split, sorted; a fresh classification head
-    checkpoint = "checkpoint"  # the pretrained checkpoint's id2label, head kept (AST on AudioSet); other labels dropped
-
-
-@dataclass
-class TaskConfig:
-    name: TaskName = TaskName.asr
-    # audio_classification: several labels per clip (sigmoid, mAP) instead of one (softmax, accuracy)
-    multi_label: bool = False
-    # audio_classification: training clips longer than this are cut to a random window of it (null: the model's own
-    # input window, e.g. AST's max_length frames; no cut for wav2vec2)
-    max_length_s: Optional[float] = None
-    # audio_classification: where the label set comes from
-    label_set: LabelSet = LabelSet.data
-    # diarization: speakers the model tells apart in one window (its output channels; permutation-invariant loss)
-    max_speakers: int = 3
-    # diarization: seconds of audio per training chunk and per inference window (windows overlap by half)
-    chunk_s: float = 5.0
-    # diarization: a speaker is active in a frame when the model's probability is above this
-    threshold: float = 0.5
-    # diarization: turns shorter than this are removed, and pauses of a speaker shorter than this are filled
-    min_turn_s: float = 0.1
-    # diarization scoring (DER): seconds around each reference boundary not scored (0.25 is the usual collar), and
-    # whether regions where references overlap are left unscored
-    collar_s: float = 0.25
-    skip_overlap: bool = False
-
-
-# ----------------------------------------------------------------------------------------- conf/vocab
 @dataclass
 class VocabConfig:
+    """task=asr: the character vocab (speechkit/tasks/asr/vocab.py), built from the training transcripts."""
+
     path: Optional[str] = None  # reuse an existing vocab.json instead of building one
     include_eval_text: bool = False
     word_delimiter: str = "|"
     unk_token: str = "[UNK]"
     pad_token: str = "[PAD]"  # doubles as the CTC blank
-
-
-# --------------------------------------------------------------------------------------- conf/decoder
-class DecoderType(str, Enum):
-    greedy = "greedy"  # the most likely symbol per frame
-    kenlm = "kenlm"  # beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
 
 
 @dataclass
@@ -188,15 +160,66 @@ class DecoderConfig:
     tune_seed: int = 0
 
 
+@dataclass
+class AsrConfig:
+    """task=asr: speech recognition with a CTC head over characters, scored by WER and CER
+    (speechkit/tasks/asr/)."""
+
+    name: str = "asr"
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ctc_loss_reduction: str = "mean"  # the CTC loss averaged over the batch ("mean") or summed ("sum")
+    ctc_zero_infinity: bool = True  # an impossible alignment (a transcript longer than its frames) costs 0, not inf
+
+
+class LabelSet(str, Enum):
+    data = "data"  # every label of the training split, sorted; a fresh classification head
+    checkpoint = "checkpoint"  # the pretrained checkpoint's id2label, head kept (AST on AudioSet); other labels dropped
+
+
+@dataclass
+class ClassificationConfig:
+    """task=audio_classification: one class per clip, or several (speechkit/tasks/classification.py)."""
+
+    name: str = "audio_classification"
+    # several labels per clip (sigmoid, mAP) instead of one (softmax, accuracy)
+    multi_label: bool = False
+    # training clips longer than this are cut to a random window of it (null: the model's own input window, e.g.
+    # AST's max_length frames; no cut for wav2vec2)
+    max_length_s: Optional[float] = None
+    label_set: LabelSet = LabelSet.data  # where the label set comes from
+
+
+@dataclass
+class DiarizationConfig:
+    """task=diarization: who spoke when, speaker activity per frame, scored by DER
+    (speechkit/tasks/diarization.py)."""
+
+    name: str = "diarization"
+    # speakers the model tells apart in one window (its output channels; permutation-invariant loss)
+    max_speakers: int = 3
+    # seconds of audio per training chunk and per inference window (windows overlap by half)
+    chunk_s: float = 5.0
+    # a speaker is active in a frame when the model's probability is above this
+    threshold: float = 0.5
+    # turns shorter than this are removed, and pauses of a speaker shorter than this are filled
+    min_turn_s: float = 0.1
+    # scoring (DER): seconds around each reference boundary not scored (0.25 is the usual collar), and whether regions
+    # where references overlap are left unscored
+    collar_s: float = 0.25
+    skip_overlap: bool = False
+
+
 # ----------------------------------------------------------------------------------------- conf/model
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    # Hub id or local directory of a pretrained Wav2Vec2 checkpoint; null builds `architecture` from scratch.
+    # Hub id or local directory of a pretrained checkpoint; null builds `architecture` from scratch.
     name_or_path: Optional[str] = MISSING
     revision: Optional[str] = None
     # Config fields for a randomly initialised model (used only when name_or_path is null); `model_type` names the
-    # family (wav2vec2 when absent, or ast).
+    # architecture (wav2vec2 when absent; hubert, wavlm, wav2vec2-bert, audio-spectrogram-transformer ...), and so its
+    # family (speechkit/models/).
     architecture: Dict[str, Any] = field(default_factory=dict)
     sampling_rate: int = 16000
     # Regularisation knobs set on top of the checkpoint's (or the architecture's) config; null leaves that value as
@@ -208,9 +231,10 @@ class ModelConfig:
     final_dropout: Optional[float] = None
     mask_time_prob: Optional[float] = None
     layerdrop: Optional[float] = None
-    ctc_loss_reduction: str = "mean"  # task=asr
-    ctc_zero_infinity: bool = True  # task=asr
-    freeze_feature_encoder: bool = True  # wav2vec2's convolutional encoder (AST has none)
+    # Fields of the model's config set on top of the checkpoint's (or the architecture's), for what the knobs above do
+    # not name, e.g. w2v-BERT's adapter ({add_adapter: true}); a field the model does not have is refused.
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    freeze_feature_encoder: bool = True  # the convolutional encoder of wav2vec2-like models (w2v-BERT, AST: none)
     gradient_checkpointing: bool = False
 
 
@@ -278,6 +302,28 @@ class FinalModel(str, Enum):
     last = "last"
 
 
+class OptimizerName(str, Enum):
+    adamw = "adamw"  # torch.optim.AdamW (fused kernel on the CPU and GPUs): what both recipes used
+    adafactor = "adafactor"  # torch.optim.Adafactor: factored second moments, a fraction of AdamW's memory
+    adamw_8bit = "adamw_8bit"  # bitsandbytes' AdamW8bit: 8-bit moments (CUDA GPUs; needs `pip install bitsandbytes`)
+
+
+class SchedulerName(str, Enum):
+    linear = "linear"  # warmup, then linear decay to 0 (the recipes', and the Trainer's default)
+    cosine = "cosine"  # warmup, then a half cosine to 0
+    constant = "constant"  # warmup, then constant
+    tri_stage = "tri_stage"  # wav2vec2 paper: warmup, hold (trainer.tri_stage.hold_ratio), linear decay
+
+
+@dataclass
+class TriStageConfig:
+    """trainer.scheduler=tri_stage: the wav2vec 2.0 paper's fine-tuning schedule (warmup, then hold the peak for 40%
+    of the steps, then decay linearly over the rest), as transformers' warmup-stable-decay schedule."""
+
+    hold_ratio: float = 0.4  # of all steps, at the peak learning rate after the warmup
+    final_lr_ratio: float = 0.05  # the learning rate the decay ends at (and the warmup starts from), times the peak
+
+
 @dataclass
 class TrainerConfig:
     seed: int = 42
@@ -289,12 +335,15 @@ class TrainerConfig:
     batch_duration_s: Optional[float] = None
     eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    optimizer: OptimizerName = OptimizerName.adamw  # speechkit/training/optim.py
     learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    warmup_steps: int = 500
+    weight_decay: float = 0.0  # decoupled; never on biases and layer norms
+    adam_beta1: float = 0.9  # adamw, adamw_8bit
+    adam_beta2: float = 0.999  # adamw, adamw_8bit
+    adam_epsilon: float = 1e-8  # adamw, adamw_8bit
+    scheduler: SchedulerName = SchedulerName.linear  # the learning rate by step (speechkit/training/optim.py)
+    warmup_steps: int = 500  # every schedule starts with a linear warmup of this many steps
+    tri_stage: TriStageConfig = field(default_factory=TriStageConfig)
     max_grad_norm: float = 1.0
     group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
@@ -351,10 +400,8 @@ class HubConfig:
 # ------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
-    task: TaskConfig = MISSING
+    task: Any = MISSING  # one of the task schemas above (conf/task)
     dataset: DatasetConfig = MISSING
-    vocab: VocabConfig = MISSING
-    decoder: DecoderConfig = MISSING
     model: ModelConfig = MISSING
     hw: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -393,7 +440,7 @@ class ResponseShape(str, Enum):
 class InspectConfig:
     """`python inspect_data.py dataset=...`: a data set looked at before training."""
 
-    task: TaskConfig = MISSING  # asr: the transcripts' characters; audio_classification: the labels
+    task: Any = MISSING  # what is counted: asr the transcripts' characters, classification the labels ...
     dataset: DatasetConfig = MISSING
     sampling_rate: int = 16000  # the rate the model will train at: durations and the decoded cache follow it
     top_chars: int = 60  # rows of the character (or label) inventory printed (all of them go to the CSV)
@@ -473,20 +520,6 @@ class ServeConfig:
     port: int = 8080
     device: Optional[str] = None  # null: cuda when available, else cpu
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-
-
-def register_configs() -> None:
-    # conf/hydra/launcher/submitit_slurm.yaml shadows the submitit plugin's config of that name on purpose, and Hydra
-    # checks it against the plugin's schema ("automatic schema matching"), with a deprecation notice each time.
-    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore")
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(name="inspect_schema", node=InspectConfig)
-    cs.store(name="transcribe_schema", node=TranscribeConfig)
-    cs.store(name="diarize_schema", node=DiarizeConfig)
-    cs.store(name="deploy_schema", node=DeployConfig)
-    cs.store(name="serve_schema", node=ServeConfig)
 
 
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")

@@ -16,14 +16,8 @@ from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 
-# The Hub's task tag per task (diarization: the tag pyannote's segmentation models carry; transformers has no pipeline)
-PIPELINES = {"asr": "automatic-speech-recognition", "audio_classification": "audio-classification",
-             "diarization": "voice-activity-detection"}
-# model-index entries: metrics.jsonl key -> (metric type, name shown on the Hub)
-HUB_METRICS = {"eval_wer": ("wer", "WER"), "eval_cer": ("cer", "CER"), "eval_accuracy": ("accuracy", "Accuracy"),
-               "eval_macro_f1": ("f1", "Macro F1"), "eval_map": ("map", "mAP"), "eval_der": ("der", "DER")}
 HYPERPARAMETERS = ("num_epochs", "max_steps", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
-                   "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "seed")
+                   "optimizer", "learning_rate", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm", "seed")
 
 
 def typed_overrides() -> List[str]:
@@ -40,45 +34,36 @@ def command_line(overrides: List[str]) -> str:
     return " ".join(["python train.py", *map(shlex.quote, shown)])
 
 
-def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, unit: str) -> ModelCard:
-    task = cfg.task.name.value
+def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, task) -> ModelCard:
+    """The card of the shipped model; `task`: the run's (speechkit/tasks/), which says what the model is, its
+    pipeline, its scores and how to use it."""
+    name = cfg.task.name
+    scored = [s for s in task.scores(cfg.task) if s.key in result.metrics]
     ds = cfg.dataset
     language = ds.language or (ds.demo.language if ds.source.value == "demo" else None)
     dataset_id = ds.path if ds.source.value == "hub" else ds.name
-    results = [HubEvalResult(task_type=PIPELINES[task], dataset_type=dataset_id, dataset_name=ds.name,
-                             dataset_config=ds.config_name, dataset_split=ds.eval_split, metric_type=kind,
-                             metric_name=name, metric_value=round(float(result.metrics[key]), 4))
-               for key, (kind, name) in HUB_METRICS.items() if key in result.metrics]
+    results = [HubEvalResult(task_type=task.pipeline, dataset_type=dataset_id, dataset_name=ds.name,
+                             dataset_config=ds.config_name, dataset_split=ds.eval_split, metric_type=s.hub_type,
+                             metric_name=s.name, metric_value=round(float(result.metrics[s.key]), 4)) for s in scored]
     model_name = os.path.basename(os.path.dirname(os.path.abspath(RunDir(cfg.run_dir).model))) or "speechkit-model"
     data = ModelCardData(model_name=model_name, language=language, library_name="transformers",
-                         pipeline_tag=PIPELINES[task], tags=["speechkit", "audio", task.replace("_", "-")],
+                         pipeline_tag=task.pipeline, tags=["speechkit", "audio", name.replace("_", "-")],
                          base_model=cfg.model.name_or_path, datasets=[dataset_id] if ds.source.value == "hub" else None,
                          eval_results=results)
     trainer = cfg.trainer
-    rows = "\n".join(f"| {k} | {getattr(trainer, k)} |" for k in HYPERPARAMETERS if getattr(trainer, k) is not None)
-    scores = "\n".join(f"| {name} | {float(result.metrics[key]):.4f} |" for key, (_, name) in HUB_METRICS.items()
-                       if key in result.metrics)
+    rows = "\n".join(f"| {k} | {getattr(getattr(trainer, k), 'value', getattr(trainer, k))} |" for k in HYPERPARAMETERS
+                     if getattr(trainer, k) is not None)
+    scores = "\n".join(f"| {s.name} | {float(result.metrics[s.key]):.4f} |" for s in scored)
     origin = (f"fine-tuned from `{cfg.model.name_or_path}`" if cfg.model.name_or_path
               else f"trained from scratch (`model={cfg.model.name}`, random init)")
-    kind = {"asr": "A speech recognition (CTC)", "audio_classification": "An audio classification",
-            "diarization": "A speaker diarization (per-frame speaker activity)"}[task]
-    usage = {"asr": 'from transformers import pipeline\n'
-                    'asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\n'
-                    'print(asr("clip.wav")["text"])',
-             "audio_classification": 'from transformers import pipeline\n'
-                                     'classify = pipeline("audio-classification", model="<this folder or repo>")\n'
-                                     'print(classify("clip.wav"))',
-             "diarization": 'from transformers import AutoModelForAudioFrameClassification\n'
-                            'model = AutoModelForAudioFrameClassification.from_pretrained("<this folder or repo>")\n'
-                            '# who spoke when, as RTTM: python diarize.py model_dir=<this folder> audio=a.wav'}[task]
     content = f"""---
 {data.to_yaml()}
 ---
 
 # {model_name}
 
-{kind} model {origin} with speechkit on `{ds.name}`; scored on its `{ds.eval_split}` split
-({len(result.rows)} {unit}).
+{task.card_kind} model {origin} with speechkit on `{ds.name}`; scored on its `{ds.eval_split}` split
+({len(result.rows)} {task.unit}).
 
 ## Results on `{ds.eval_split}`
 
@@ -104,16 +89,16 @@ The full resolved configuration (secrets redacted) is the run's `config.yaml`.
 ## Use
 
 ```python
-{usage}
+{task.card_usage}
 ```
 """
     return ModelCard(content)
 
 
-def write_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, unit: str) -> str:
-    """model/README.md; `unit`: what the task scores (its `unit`: utterances, clips, recordings)."""
+def write_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], precision: str, task) -> str:
+    """model/README.md."""
     path = os.path.join(RunDir(cfg.run_dir).model, "README.md")
-    model_card(cfg, result, overrides, precision, unit).save(path)
+    model_card(cfg, result, overrides, precision, task).save(path)
     return path
 
 

@@ -21,15 +21,10 @@ def pyplot():
     return plt
 
 
-# Scores drawn in the bottom panel of the curves, with their names: the task's metrics, whichever it logs.
-SCORES = {"eval_wer": "WER", "eval_cer": "CER", "eval_accuracy": "accuracy", "eval_macro_f1": "macro-F1",
-          "eval_map": "mAP", "eval_der": "DER"}
-
-
-def training_curves(metrics_path: str, out_path: str, best_step: int | None = None) -> str:
-    """Training loss, learning rate and the eval scores (WER/CER, or accuracy/F1) against the optimizer step, read
-    from metrics.jsonl, the best evaluation (`best_step`) in the title; written to `out_path` (PNG) through a
-    temporary file, so a reader never sees half a picture."""
+def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], best_step: int | None = None) -> str:
+    """Training loss, learning rate and the eval scores (the task's: {metrics key: name}, e.g. WER and CER) against
+    the optimizer step, read from metrics.jsonl, the best evaluation (`best_step`) in the title; written to
+    `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
     plt = pyplot()
     with open(metrics_path) as f:
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
@@ -49,9 +44,9 @@ def training_curves(metrics_path: str, out_path: str, best_step: int | None = No
     loss_ax.legend()
     lr_ax.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
     lr_ax.set_ylabel("learning rate")
-    scores = [k for k in SCORES if evals and k in evals[-1]]
+    scores = [k for k in names if evals and k in evals[-1]]
     for key in scores:
-        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=SCORES[key])
+        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=names[key])
     err_ax.set_ylabel("eval score")
     err_ax.set_ylim(bottom=0)
     err_ax.set_xlabel("optimizer step")
@@ -60,7 +55,7 @@ def training_curves(metrics_path: str, out_path: str, best_step: int | None = No
         ax.grid(alpha=0.3)
     best = [r for r in evals if r["step"] == best_step]
     if best:
-        fig.suptitle("best eval: " + ", ".join(f"{SCORES[k]} {best[-1][k]:.4f}" for k in scores)
+        fig.suptitle("best eval: " + ", ".join(f"{names[k]} {best[-1][k]:.4f}" for k in scores)
                      + f" at step {best_step}")
     fig.tight_layout()
     tmp = out_path + ".tmp.png"

@@ -8,14 +8,14 @@ has no trainer) are skipped.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import re
 from typing import Any, Callable, Dict, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit.config import ConfigError, Source, TaskName
+from speechkit.config import ConfigError, OptimizerName, Source
 
 _ABSENT = object()
 Check = Tuple[Callable[[Any], bool], str]
@@ -43,6 +43,7 @@ RANGES: Dict[str, Check] = {
     "trainer.max_grad_norm": POSITIVE, "trainer.num_workers": _or_null(NON_NEGATIVE),
     "trainer.logging_steps": POSITIVE_INT, "trainer.eval_steps": _or_null(POSITIVE_INT),
     "trainer.save_steps": _or_null(POSITIVE_INT), "trainer.save_total_limit": _or_null(NON_NEGATIVE),
+    "trainer.tri_stage.hold_ratio": BETA, "trainer.tri_stage.final_lr_ratio": PROBABILITY,
     # conf/model
     "model.sampling_rate": POSITIVE_INT, "model.attention_dropout": _or_null(PROBABILITY),
     "model.hidden_dropout": _or_null(PROBABILITY), "model.activation_dropout": _or_null(PROBABILITY),
@@ -64,9 +65,8 @@ RANGES: Dict[str, Check] = {
     "task.max_length_s": _or_null(POSITIVE), "task.chunk_s": POSITIVE, "task.threshold": OPEN_UNIT,
     "task.max_speakers": (lambda v: 1 <= v <= 6, "an integer in [1, 6] (the loss tries every order of the speakers)"),
     "task.min_turn_s": NON_NEGATIVE, "task.collar_s": NON_NEGATIVE, "collar_s": _or_null(NON_NEGATIVE),
-    # conf/decoder
-    "decoder.order": (lambda v: v >= 2, "an integer >= 2 (KenLM reads bigram models and up)"),
-    "decoder.discount": OPEN_UNIT, "decoder.tune_trials": POSITIVE_INT,
+    "task.decoder.order": (lambda v: v >= 2, "an integer >= 2 (KenLM reads bigram models and up)"),
+    "task.decoder.discount": OPEN_UNIT, "task.decoder.tune_trials": POSITIVE_INT,
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -104,20 +104,29 @@ def saved_model_dir(path: str) -> str:
     return model_dir
 
 
-NO_CTC_HEAD = ("audio-spectrogram-transformer",)  # model families that can only classify
+def _check_task_and_model(cfg: DictConfig) -> None:
+    """The task is a registered one, and the model can have one of its heads (as far as is known without imports:
+    a Hub checkpoint's config is read, and checked, before any data)."""
+    from speechkit.models import family_of, model_type
+    from speechkit.tasks import TASKS
 
-
-def _model_type(cfg: DictConfig) -> Any:
-    """The model family, where it can be known without imports: the architecture's model_type, or the config.json of
-    a local checkpoint folder (a Hub checkpoint is checked when its config is read, still before any data)."""
-    name = _get(cfg, "model.name_or_path")
-    if isinstance(name, str) and os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
-        with open(os.path.join(os.path.expanduser(name), "config.json")) as f:
-            return json.load(f).get("model_type")
-    if name in (None, _ABSENT):
-        arch = _get(cfg, "model.architecture")
-        return arch.get("model_type", "wav2vec2") if isinstance(arch, DictConfig) else None
-    return None
+    name = _get(cfg, "task.name")
+    if name is _ABSENT:
+        return
+    if name not in TASKS or OmegaConf.get_type(cfg.task) is not TASKS[name].schema:
+        _refuse("task.name", name, f"the name of the task option chosen (task={'|'.join(TASKS)}); choose a task with "
+                                   "task=<name>")
+    if _get(cfg, "model.name") is _ABSENT:
+        return
+    kind = model_type(cfg.model)
+    if kind is None:
+        return
+    family = family_of(kind)
+    if not set(TASKS[name].heads) & set(family.heads):
+        can = [t for t, entry in TASKS.items() if set(entry.heads) & set(family.heads)]
+        _refuse("model", _get(cfg, "model.name"), f"a model with a {' or '.join(TASKS[name].heads)} head for "
+                                                  f"task={name} ({kind} has none: use it with task="
+                                                  f"{' or task='.join(can)})")
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -142,9 +151,10 @@ def check_values(cfg: DictConfig) -> None:
         if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
             _refuse(prefix + "stride_length_s", stride, f"less than half of {prefix}chunk_length_s ({chunk})")
 
-    if _get(cfg, "task.name") == TaskName.asr and _model_type(cfg) in NO_CTC_HEAD:
-        _refuse("model", _get(cfg, "model.name"), f"a model with a CTC head for task=asr ({_model_type(cfg)} has "
-                                                  "none: use it with task=audio_classification)")
+    _check_task_and_model(cfg)
+    if _get(cfg, "trainer.optimizer") == OptimizerName.adamw_8bit and importlib.util.find_spec("bitsandbytes") is None:
+        _refuse("trainer.optimizer", "adamw_8bit", "adamw or adafactor here: adamw_8bit needs bitsandbytes (pip "
+                                                   "install bitsandbytes; its 8-bit optimizers run on CUDA GPUs)")
 
     if _get(cfg, "dataset.streaming") is True:
         if _get(cfg, "trainer.max_steps") is None:
@@ -168,12 +178,12 @@ def check_values(cfg: DictConfig) -> None:
         path = _get(cfg, "dataset.path")
         if path and not os.path.isdir(os.path.expanduser(path)):
             _refuse("dataset.path", path, "an existing folder (audio files and metadata.csv) for dataset=audiofolder")
-    text = _get(cfg, "decoder.text_file")
+    text = _get(cfg, "task.decoder.text_file")
     if text not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(text)):
-        _refuse("decoder.text_file", text, "null (the training transcripts) or an existing text file")
-    vocab = _get(cfg, "vocab.path")
+        _refuse("task.decoder.text_file", text, "null (the training transcripts) or an existing text file")
+    vocab = _get(cfg, "task.vocab.path")
     if vocab not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(vocab)):
-        _refuse("vocab.path", vocab, "null (build the vocab) or an existing vocab.json")
+        _refuse("task.vocab.path", vocab, "null (build the vocab) or an existing vocab.json")
     name = _get(cfg, "model.name_or_path")
     if isinstance(name, str) and name.startswith(("/", "./", "../", "~")) and \
             not os.path.isdir(os.path.expanduser(name)):

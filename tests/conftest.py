@@ -68,7 +68,7 @@ def asr_demo_run(tmp_path_factory):
 def compose(config_name: str = "train", overrides: List[str] = ()):
     """The real Hydra composition of conf/, as `python train.py <overrides>` would see it."""
     from hydra import compose as hydra_compose, initialize_config_dir
-    from speechkit.config import register_configs
+    from speechkit.cli import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

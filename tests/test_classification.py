@@ -102,7 +102,7 @@ def multi_label_folder(tmp_path_factory):
 def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_folder, tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose("train", ["task=audio_classification", "task.multi_label=true", "dataset=audiofolder",
-                            f"dataset.path={multi_label_folder}", "dataset.label_column=tags", "model=ast_tiny",
+                            f"dataset.path={multi_label_folder}", "dataset.columns.label=tags", "model=ast_tiny",
                             *AST_TINY, *FAST, "trainer.max_steps=2", "hw=cpu", f"run_dir={run_dir}"])
     objective = train.run(cfg)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -126,7 +126,7 @@ def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_
 def test_audioset_recipe_composes_as_published():
     cfg = compose("train", ["experiment=rocm_audioset_ast", "run_dir=/x"])
     assert cfg.model.name_or_path == "MIT/ast-finetuned-audioset-10-10-0.4593"
-    assert (cfg.dataset.path, cfg.dataset.config_name, cfg.dataset.label_column) == (
+    assert (cfg.dataset.path, cfg.dataset.config_name, cfg.dataset.columns.label) == (
         "agkphysics/AudioSet", "balanced", "human_labels")
     assert cfg.task.name == "audio_classification" and cfg.task.multi_label and cfg.task.label_set == "checkpoint"
     assert cfg.model.sampling_rate == 16000 and not cfg.model.freeze_feature_encoder
@@ -172,7 +172,7 @@ def test_audioset_recipe_streams_its_training_split(audioset_copy, tmp_path):
     shipped = json.loads((tmp_path / "model" / "config.json").read_text())
     assert shipped["id2label"] == {"0": "Speech", "1": "Music", "2": "Dog"}
     state = json.loads(next((tmp_path / "checkpoints").glob("step-3/trainer_state.json")).read_text())
-    assert state["stream_positions"][0][0] >= 1 and state["stream_drops"] == []  # every training clip usable
+    assert state["data"]["positions"][0][0] >= 1 and state["data"]["drops"] == []  # every training clip usable
     report = [json.loads(x) for x in (tmp_path / "drop_report.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in report] == ["unknown_label"]  # the evaluation clip of a class the checkpoint lacks
 
@@ -192,16 +192,16 @@ def test_a_label_only_the_eval_split_has_is_refused_naming_it(tmp_path):
                    *TINY, *FAST, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "dataset.label_column" in lines[-1] and "'left'" in lines[-1]
+    assert "dataset.columns.label" in lines[-1] and "'left'" in lines[-1]
 
 
 def test_a_missing_label_column_is_refused_naming_the_key_and_file(tmp_path):
     folder = _labelled_folder(tmp_path / "data", ["up", "down"], ["up"])
     done = run_cli("train.py", "task=audio_classification", "dataset=audiofolder", f"dataset.path={folder}",
-                   "dataset.label_column=category", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+                   "dataset.columns.label=category", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert "dataset.label_column" in last and "metadata.csv" in last and "'category'" in last
+    assert "dataset.columns.label" in last and "metadata.csv" in last and "'category'" in last
 
 
 def test_demo_commands_composes_with_held_out_voices():

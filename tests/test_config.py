@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from conftest import CONF, compose, run_cli
 from speechkit.config import ConfigError, check_required
 
-GROUPS = ["dataset", "vocab", "model", "hw", "trainer", "logger", "experiment", "hparams_search", "debug"]
+GROUPS = ["task", "dataset", "model", "hw", "trainer", "logger", "experiment", "hparams_search", "debug"]
 
 
 def options(group):
@@ -132,27 +132,32 @@ BAD_VALUES = [
     ("train.py", "dataset.demo.num_train=0"), ("train.py", "dataset.demo.num_test=-3"),
     ("train.py", "dataset.demo.speeds=[20]"), ("train.py", "dataset.demo.pitches=[120]"),
     ("train.py", "dataset.demo.voices=[]"), ("train.py", "hw.num_threads=0"),
-    ("train.py", "dataset.shuffle_buffer=0"),
+    ("train.py", "dataset.shuffle_buffer=0"), ("train.py", "trainer.tri_stage.hold_ratio=1"),
+    ("train.py", "trainer.tri_stage.final_lr_ratio=-0.1"),
     ("evaluate.py", "batch_size=0"), ("evaluate.py", "num_examples=-1"), ("inspect_data.py", "sampling_rate=0"),
     ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
-    ("train.py", "decoder=kenlm decoder.order=1"), ("train.py", "decoder=kenlm decoder.discount=1.5"),
-    ("train.py", "decoder=kenlm decoder.tune_trials=0"),
+    ("train.py", "task.decoder.type=kenlm task.decoder.order=1"),
+    ("train.py", "task.decoder.type=kenlm task.decoder.discount=1.5"),
+    ("train.py", "task.decoder.type=kenlm task.decoder.tune_trials=0"),
     ("train.py", "task=diarization task.chunk_s=0"), ("train.py", "task=diarization task.threshold=1"),
     ("train.py", "task=diarization task.max_speakers=9"), ("train.py", "task=diarization task.min_turn_s=-1"),
     ("train.py", "task=diarization task.collar_s=-0.25"), ("evaluate.py", "collar_s=-1"),
     ("diarize.py", "batch_size=0"), ("diarize.py", "asr_model_dir=/no/such/model"),
     # paths that must exist, and combinations that cannot work
-    ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "vocab.path=/no/such/vocab.json"),
+    ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "task.vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
     ("train.py", "dataset.filters.min_duration_s=5 dataset.filters.max_duration_s=2"),
     ("train.py", "model=ast_tiny"),  # an AST has no CTC head: it cannot do task=asr (the default)
+    ("train.py", "task=diarization model=ast_tiny"),  # nor a frame-level head
+    ("train.py", "task.name=diarization"),  # the asr option's schema under another task's name
+    ("train.py", "trainer.optimizer=adamw_8bit"),  # bitsandbytes is not installed here
     ("train.py", "hub.push=true"),  # and no hub.repo_id
     ("train.py", "dataset.streaming=true"),  # and no trainer.max_steps: a stream has no length
     ("train.py", "dataset=superb trainer.max_steps=5 dataset.streaming=true"),  # carving a streamed Hub split
-    ("train.py", "decoder=kenlm decoder.text_file=/no/such/corpus.txt"),
+    ("train.py", "task.decoder.type=kenlm task.decoder.text_file=/no/such/corpus.txt"),
     ("serve.py", "inference.chunk_length_s=4 inference.stride_length_s=3"),
     ("transcribe.py", "chunk_length_s=0"), ("transcribe.py", "stride_length_s=-1"),
     ("transcribe.py", "chunk_length_s=4 stride_length_s=2"),
@@ -185,7 +190,9 @@ def test_the_table_covers_every_constrained_key():
     tested = {o.split("=")[0] for _, overrides in BAD_VALUES for o in overrides.split()}
     assert set(RANGES) <= tested
     composed = [compose(name, over) for name, over in (
-        ("train", ["run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]), ("inspect", ["run_dir=/x"]),
+        ("train", ["run_dir=/x"]), ("train", ["task=audio_classification", "run_dir=/x"]),
+        ("train", ["task=diarization", "run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]),
+        ("inspect", ["run_dir=/x"]),
         ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]),
         ("transcribe", ["model_dir=/m", "audio=/a"]), ("diarize", ["model_dir=/m", "audio=/a"]))]
     for key in RANGES:  # no constraint on a key that no config has (a typo would silently check nothing)
@@ -219,10 +226,12 @@ def test_each_default_is_stated_once():
 
     from speechkit import config as C
 
-    schemas = {"dataset": C.DatasetConfig, "vocab": C.VocabConfig, "model": C.ModelConfig, "hw": C.HardwareConfig,
-               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig, "task": C.TaskConfig,
-               "decoder": C.DecoderConfig}
+    from speechkit.tasks import TASKS
+
+    schemas = {"dataset": C.DatasetConfig, "model": C.ModelConfig, "hw": C.HardwareConfig,
+               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig}
     files = [(p, schemas[p.parent.name]) for group in schemas for p in sorted((CONF / group).glob("*.yaml"))]
+    files += [(CONF / "task" / f"{name}.yaml", entry.schema) for name, entry in TASKS.items()]  # one schema each
     files += [(CONF / f"{name}.yaml", schema) for name, schema in (
         ("train", C.TrainConfig), ("evaluate", C.EvaluateConfig), ("serve", C.ServeConfig),
         ("deploy", C.DeployConfig), ("transcribe", C.TranscribeConfig), ("inspect", C.InspectConfig))]
@@ -240,3 +249,43 @@ def test_each_default_is_stated_once():
             if plain(default) == plain(value) and type(plain(default)) is type(plain(value)):
                 twice.append(f"{path.relative_to(CONF)}: {'.'.join(key)}")
     assert not twice, twice
+
+
+# ------------------------------------------------------------------------------- each task its own config
+def test_no_task_schema_carries_another_tasks_fields():
+    """Each conf/task option composes onto its own schema (speechkit/tasks/__init__.py's registry): no two share a
+    knob but their name, and no shared group (dataset, model, trainer) holds one of them."""
+    from dataclasses import fields
+
+    from speechkit import config as C
+    from speechkit.tasks import TASKS
+
+    own = {name: {f.name for f in fields(entry.schema)} - {"name"} for name, entry in TASKS.items()}
+    for a in own:
+        for b in own:
+            assert a == b or not own[a] & own[b], (a, b, own[a] & own[b])
+    knobs = set().union(*own.values())
+    for shared in (C.DatasetConfig, C.ModelConfig, C.TrainerConfig, C.HardwareConfig):
+        assert not {f.name for f in fields(shared)} & knobs, shared
+    for name in TASKS:
+        cfg = compose("train", [f"task={name}", "run_dir=/x"])
+        assert OmegaConf.get_type(cfg.task) is TASKS[name].schema and set(cfg.task) == own[name] | {"name"}
+    assert "vocab" not in compose("train", ["run_dir=/x"]) and "decoder" not in compose("train", ["run_dir=/x"])
+
+
+# Keys the per-task configs moved, as a user who learnt the old ones types them, and the new key the refusal names.
+MOVED = [("decoder=kenlm", "task.decoder.type=kenlm"), ("decoder.alpha=0.3", "task.decoder.alpha=0.3"),
+         ("vocab.path=/a/vocab.json", "task.vocab.path=/a/vocab.json"), ("vocab=chars", "task.vocab"),
+         ("model.ctc_zero_infinity=false", "task.ctc_zero_infinity=false"),
+         ("dataset.text_column=sentence", "dataset.columns.text=sentence"),
+         ("dataset.label_column=tags", "dataset.columns.label=tags"),
+         ("+dataset.segment_columns=[a,b,c]", "dataset.columns.segments=[a,b,c]")]
+
+
+@pytest.mark.parametrize("old,new", MOVED)
+def test_a_moved_key_is_refused_naming_its_new_one(old, new, tmp_path):
+    done = run_cli("train.py", old, f"hydra.run.dir={tmp_path}")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("speechkit: config error: "), done.stderr
+    assert new in lines[0] and "Traceback" not in done.stderr
+    assert compose("train", [new, "run_dir=/x"] if "=" in new else ["run_dir=/x"])  # the new one composes

@@ -12,6 +12,7 @@ from datasets import Audio, Dataset
 from conftest import compose, speak, write_metadata, write_tone
 from speechkit import data
 from speechkit.config import ConfigError
+from speechkit.data.audio import decode
 from speechkit.tasks.asr.vocab import build_vocab, drop_unspellable
 
 GOOD = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
@@ -105,7 +106,7 @@ def test_duration_filters_spare_the_eval_split(tmp_path):
 def test_chars_outside_a_reused_vocab_are_dropped_and_named(messy_folder):
     report = data.DropReport()
     rows = data.load_splits(messy_cfg(messy_folder), {"train": True}, 16000, report)["train"]
-    vocab = build_vocab(GOOD + ["a stereo clip"], compose("train", ["run_dir=/x"]).vocab)
+    vocab = build_vocab(GOOD + ["a stereo clip"], compose("train", ["run_dir=/x"]).task.vocab)
     assert "z" not in vocab
     kept = drop_unspellable(rows, vocab, "train", report)
     assert "zebra" not in data.texts(kept) and len(kept) == len(rows) - 1
@@ -116,8 +117,8 @@ def test_chars_outside_a_reused_vocab_are_dropped_and_named(messy_folder):
 def test_custom_column_names(tmp_path):
     speak("hello there", tmp_path / "a.wav")
     write_metadata(tmp_path, [("a.wav", "Hello there")], file_column="path", text_column="sentence")
-    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "dataset.file_column=path",
-                            "dataset.text_column=sentence", "run_dir=/x"]).dataset
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "dataset.columns.file=path",
+                            "dataset.columns.text=sentence", "run_dir=/x"]).dataset
     rows = data.load_splits(cfg, {"train": True}, 16000, data.DropReport())["train"]
     assert data.texts(rows) == ["hello there"]
     bad = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "run_dir=/x"]).dataset
@@ -161,13 +162,13 @@ def test_hub_source_reads_parquet_with_embedded_audio_bytes(tmp_path):
     ds.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
     for f in tmp_path.glob("*.wav"):
         f.unlink()  # the audio now lives only inside the parquet file
-    cfg = compose("train", ["dataset=hub", f"dataset.path={tmp_path / 'data'}", "dataset.text_column=sentence",
+    cfg = compose("train", ["dataset=hub", f"dataset.path={tmp_path / 'data'}", "dataset.columns.text=sentence",
                             "run_dir=/x"]).dataset
     rows = data.load_splits(cfg, {"train": True}, 16000, data.DropReport())["train"]
     assert data.texts(rows) == ["the red car", "a green tree", "the old man"]
     assert data.SpeechDataset(rows, 16000)[0]["input_values"].size > 8000
     bad = compose("train", ["dataset=hub", f"dataset.path={tmp_path / 'data'}", "run_dir=/x"]).dataset
-    with pytest.raises(ConfigError, match=r"dataset.text_column: .* no column 'text'"):
+    with pytest.raises(ConfigError, match=r"dataset.columns.text: .* no column 'text'"):
         data.load_splits(bad, {"train": True}, 16000, data.DropReport())
 
 
@@ -201,7 +202,9 @@ def _no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "decode", refuse)
+    from speechkit.data import checking
+
+    monkeypatch.setattr(checking, "decode", refuse)  # what the checking pass calls
 
 
 def test_clips_are_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
@@ -210,10 +213,10 @@ def test_clips_are_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
     train = data.SpeechDataset(first["train"], 16000)
     assert train.cached and train[0]["input_values"].dtype == np.float32
     # the cache holds what decoding gives: int16 for training (within one step of 16-bit), float32 for evaluation
-    exact = data.decode(str(folder / "train" / "0.wav"), 16000)
+    exact = decode(str(folder / "train" / "0.wav"), 16000)
     assert np.abs(train[0]["input_values"] - exact).max() <= 1 / data.PCM_SCALE
     assert np.array_equal(data.SpeechDataset(first["test"], 16000)[0]["input_values"],
-                          data.decode(str(folder / "test" / "0.wav"), 16000))
+                          decode(str(folder / "test" / "0.wav"), 16000))
     assert first["train"].features[data.PCM].feature.dtype == "int16"
     assert first["test"].features[data.PCM].feature.dtype == "float32"
 
@@ -241,7 +244,7 @@ def test_two_sources_never_share_a_cache(tmp_path):
     assert data.texts(da.ds) != data.texts(db.ds)
     for i in range(2):
         assert np.array_equal(db[i]["input_values"],
-                              np.clip(np.rint(data.decode(str(b / "train" / f"{i}.wav"), 16000) * data.PCM_SCALE),
+                              np.clip(np.rint(decode(str(b / "train" / f"{i}.wav"), 16000) * data.PCM_SCALE),
                                       -32768, 32767).astype(np.float32) / data.PCM_SCALE)
 
 
@@ -251,7 +254,7 @@ def test_lazy_decoding_keeps_no_samples(tmp_path):
     assert data.PCM not in rows.column_names
     ds = data.SpeechDataset(rows, 16000)
     assert not ds.cached
-    assert np.array_equal(ds[0]["input_values"], data.decode(str(folder / "train" / "0.wav"), 16000))
+    assert np.array_equal(ds[0]["input_values"], decode(str(folder / "train" / "0.wav"), 16000))
 
 
 # ------------------------------------------------------------------------------------------ inspect_data.py

@@ -61,7 +61,8 @@ def test_alphabet_matches_the_model_outputs_not_the_tokenizer(tmp_path):
 def lm_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("lm_run")
     cfg = compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=2", "trainer.progress_bar=false",
-                            "decoder=kenlm", "decoder.tune=true", "decoder.tune_trials=3", f"run_dir={run_dir}"])
+                            "task.decoder.type=kenlm", "task.decoder.tune=true", "task.decoder.tune_trials=3",
+                            f"run_dir={run_dir}"])
     objective = train.run(cfg)
     return run_dir, objective
 
@@ -123,7 +124,7 @@ def test_lm_text_from_a_file_or_a_hub_text_data_set_is_normalized(tmp_path):
     assert decoding.lm_sentences(cfg, ["ignored"], normalize) == ["my dog sleeps", "here"]
     from speechkit.config import ConfigError
 
-    with pytest.raises(ConfigError, match="decoder.text_column"):
+    with pytest.raises(ConfigError, match="task.decoder.text_column"):
         decoding.lm_sentences(DecoderConfig(text_dataset=str(hub)), [], normalize)
     assert decoding.lm_sentences(DecoderConfig(), ["a b", "", "c"], normalize) == ["a b", "c"]
 

@@ -6,7 +6,10 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from conftest import TINY, compose
 from speechkit.config import ConfigError
-from speechkit.models import build_model, uses_attention_mask
+from speechkit.models import build_model, family_of
+from speechkit.rundir import RunDir
+from speechkit.tasks import make_task
+from speechkit.tasks.asr.vocab import write_vocab
 
 SMALL_ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
@@ -20,9 +23,21 @@ def pretrained_dir(tmp_path_factory):
     return path
 
 
-def test_local_pretrained_checkpoint_gets_new_head_and_knobs(pretrained_dir):
-    cfg = compose("train", ["model=xlsr_53", f"model.name_or_path={pretrained_dir}", "run_dir=/x"]).model
-    model = build_model(cfg, "ctc", vocab_size=31, pad_token_id=30)
+def uses_attention_mask(model) -> bool:
+    return family_of(model.config.model_type).uses_attention_mask(model.config)
+
+
+def test_local_pretrained_checkpoint_gets_new_head_and_knobs(pretrained_dir, tmp_path):
+    """Built by the speech-recognition task as training builds it: the head sized to the vocab, the task's CTC
+    settings and the recipe's knobs in the model's config."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(compose("train", ["model=xlsr_53", f"model.name_or_path={pretrained_dir}",
+                                                f"run_dir={tmp_path}"]))
+    task = make_task(cfg)
+    task.vocab = {**{chr(0x3b1 + i): i for i in range(29)}, "|": 29, "[PAD]": 30}
+    write_vocab(task.vocab, RunDir(str(tmp_path)).vocab)
+    model = task.build_model(cfg.model, str(tmp_path))
     assert model.lm_head.out_features == 31 and model.config.pad_token_id == 30
     assert model.config.layerdrop == 0.1 and model.config.mask_time_prob == 0.05
     assert model.config.attention_dropout == 0.1 and model.config.ctc_loss_reduction == "mean"

@@ -47,7 +47,7 @@ def test_fleurs_config_normalizes_and_drops_silent_clips(fleurs):
 
 AWS_RECIPE = {
     "dataset.name": "superb", "dataset.path": "openslr/librispeech_asr", "dataset.config_name": "clean",
-    "dataset.text_column": "text", "dataset.carve.from_split": "test", "dataset.carve.test_ratio": 0.2,
+    "dataset.columns.text": "text", "dataset.carve.from_split": "test", "dataset.carve.test_ratio": 0.2,
     "dataset.carve.train_name": "train", "dataset.carve.test_name": "test", "dataset.eval_split": "test",
     "dataset.filters.max_duration_s": None, "model.name_or_path": "facebook/wav2vec2-base",
     "model.freeze_feature_encoder": True, "model.gradient_checkpointing": True, "trainer.num_epochs": 10,
@@ -72,14 +72,14 @@ def test_aws_superb_experiment_has_every_recipe_value(key, value):
 
 ROCM_RECIPE = {
     "dataset.path": "google/fleurs", "dataset.data_dir": "es_419", "dataset.revision": "refs/convert/parquet",
-    "dataset.text_column": "raw_transcription", "dataset.text.unidecode": True, "dataset.text.lowercase": True,
+    "dataset.columns.text": "raw_transcription", "dataset.text.unidecode": True, "dataset.text.lowercase": True,
     "dataset.text.digits": "remove", "dataset.filters.silence_peak": 1e-4,
     "model.name_or_path": "facebook/wav2vec2-large-xlsr-53",
     "trainer.num_epochs": 5, "trainer.learning_rate": 3e-4, "trainer.batch_size": 4, "trainer.warmup_steps": 50,
     "hw.backend": "rocm", "hw.mixed_precision": "fp16", "model.gradient_checkpointing": True,
     "model.freeze_feature_encoder": True, "model.attention_dropout": 0.1, "model.hidden_dropout": 0.1,
     "model.activation_dropout": None, "model.feat_proj_dropout": 0.0, "model.mask_time_prob": 0.05,
-    "model.layerdrop": 0.1, "model.ctc_loss_reduction": "mean", "trainer.eval_at_epoch_end": True,
+    "model.layerdrop": 0.1, "task.ctc_loss_reduction": "mean", "trainer.eval_at_epoch_end": True,
     "dataset.eval_split": "validation",  # the published WER by epoch is the Trainer's eval_dataset: validation
 }
 

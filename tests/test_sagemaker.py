@@ -167,8 +167,8 @@ def test_launch_submits_the_job_the_config_describes(launched):
         return {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
     code = keys(channels["code"])
-    for name in ("speechkit/sagemaker/entry.py", "speechkit/training/trainer.py", "conf/train.yaml", "conf/hw/sagemaker.yaml",
-                 "train.py", "requirements.txt", "pyproject.toml"):
+    for name in ("speechkit/sagemaker/entry.py", "speechkit/training/trainer.py", "conf/train.yaml",
+                 "conf/hw/sagemaker.yaml", "train.py", "requirements.txt", "pyproject.toml"):
         assert name in code, name
     assert not any("__pycache__" in k for k in code)
     reqs = s3.get_object(Bucket=BUCKET, Key=channels["code"][len(f"s3://{BUCKET}/"):] + "/requirements.txt")
@@ -491,9 +491,10 @@ def test_serve_answers_ping_and_invocations_over_http(served, clip):
     status, err = post(json.dumps({"speech_array": [0.1] * 100, "sampling_rate": 16000}).encode(), "application/json")
     from transformers import AutoConfig
 
-    from speechkit.models import receptive_field
+    from speechkit.models import family_of
 
-    shortest = receptive_field(AutoConfig.from_pretrained(served["model"]), 16000)  # 345 for the tiny test model
+    config = AutoConfig.from_pretrained(served["model"])
+    shortest = family_of(config.model_type).receptive_field(config, 16000)  # 345 for the tiny test model
     assert status == 400 and f"shorter than the model's receptive field ({shortest} samples" in err["error"]
 
 
@@ -557,8 +558,9 @@ def test_a_job_installs_the_extras_its_config_needs():
 
     from speechkit.sagemaker.launch import job_extras, requirements
 
-    cfg = OmegaConf.to_object(compose("train", ["task=diarization", "decoder=kenlm", "run_dir=/x"]))
-    assert job_extras(cfg) == ["lm", "diarization"]
+    with_lm = OmegaConf.to_object(compose("train", ["task.decoder.type=kenlm", "run_dir=/x"]))
+    diarizer = OmegaConf.to_object(compose("train", ["task=diarization", "run_dir=/x"]))
+    assert job_extras(with_lm) == ["lm"] and job_extras(diarizer) == ["diarization"]
     assert job_extras(OmegaConf.to_object(compose("train", ["run_dir=/x"]))) == []
-    pins = requirements(job_extras(cfg))
+    pins = requirements(job_extras(with_lm) + job_extras(diarizer))
     assert "pyannote.metrics==3.2.1" in pins and "pyctcdecode==0.5.0" in pins and "torch==2.13.0" in pins

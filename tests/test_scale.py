@@ -127,7 +127,7 @@ def test_slurm_launcher_is_built_with_the_cluster_settings(tmp_path, monkeypatch
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from speechkit.config import register_configs
+    from speechkit.cli import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

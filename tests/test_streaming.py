@@ -131,8 +131,8 @@ def test_a_streamed_hub_data_set_trains_and_reports_the_rows_it_dropped(fleurs, 
     silent = {f"train_{i}.wav" for i, (raw, _) in enumerate(FLEURS_ROWS["train"]) if raw is None}
     assert sorted(r["file"] for r in streamed) == sorted(silent) and {r["reason"] for r in streamed} == {"silent"}
     state = json.loads((tmp_path / "checkpoints" / "step-4" / "trainer_state.json").read_text())
-    assert len(state["stream_positions"]) == 1 and state["stream_positions"][0][0] >= 1  # past its first epoch
-    assert len(state["stream_drops"]) == 2
+    assert len(state["data"]["positions"]) == 1 and state["data"]["positions"][0][0] >= 1  # past its first epoch
+    assert len(state["data"]["drops"]) == 2
     vocab = json.loads((tmp_path / "vocab.json").read_text())
     assert "n" in vocab and "ñ" not in vocab  # built from the streamed transcripts, normalized (unidecode)
     assert (tmp_path / "model" / "model.safetensors").is_file()
@@ -150,7 +150,7 @@ def test_a_streamed_run_resumes_exactly(tmp_path, folder):
     shutil.copytree(full, stopped)
     for later in ("checkpoints/step-8", "checkpoints/step-9", "checkpoints/best", "model"):
         shutil.rmtree(stopped / later)
-    position = json.loads((stopped / "checkpoints" / "step-4" / "trainer_state.json").read_text())["stream_positions"]
+    position = json.loads((stopped / "checkpoints" / "step-4" / "trainer_state.json").read_text())["data"]["positions"]
     assert position != [[0, 0, 0]]
     train.run(cfg(stopped, "trainer.resume=auto"))
     a = load_file(full / "checkpoints" / "step-9" / "model.safetensors")
@@ -166,8 +166,8 @@ def test_two_processes_stream_disjoint_shares_and_report_each_drop_once(fleurs, 
                              f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-5000:]
     state = json.loads((run_dir / "checkpoints" / "step-3" / "trainer_state.json").read_text())
-    assert len(state["stream_positions"]) == 2  # one position per process
-    assert all(p[0] >= 1 for p in state["stream_positions"])  # each went through its whole share
+    assert len(state["data"]["positions"]) == 2  # one position per process
+    assert all(p[0] >= 1 for p in state["data"]["positions"])  # each went through its whole share
     report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
     silent = {f"train_{i}.wav" for i, (raw, _) in enumerate(FLEURS_ROWS["train"]) if raw is None}
     assert sorted(r["file"] for r in report if r["split"] == "train") == sorted(silent)  # each once, by its reader

@@ -159,7 +159,7 @@ def test_non_finite_losses_are_skipped_and_counted(tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "dataset.carve.from_split=train",
                             "dataset.carve.test_ratio=0.5", "model=tiny", *TINY, *FAST, "trainer.batch_size=2",
-                            "model.ctc_zero_infinity=false", "trainer.max_steps=2", f"run_dir={run_dir}"])
+                            "task.ctc_zero_infinity=false", "trainer.max_steps=2", f"run_dir={run_dir}"])
     train.run(cfg)
     train_logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_nonfinite"] for m in train_logs if m["kind"] == "train"] == [1, 2]

@@ -9,8 +9,9 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose, run_cli, speak
-from speechkit.models import build_model, feature_extractor_for
-from speechkit.tasks.asr.vocab import build_vocab, make_processor, write_vocab
+from speechkit.rundir import RunDir
+from speechkit.tasks import make_task
+from speechkit.tasks.asr.vocab import build_vocab, write_vocab
 
 SENTENCES = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
 
@@ -20,15 +21,15 @@ def model_dir(tmp_path_factory):
     """A tiny random-init model saved as training ships one (weights + processor): near-random text, real path."""
     root = tmp_path_factory.mktemp("tiny_model")
     cfg = OmegaConf.to_object(compose("train", ["model=tiny", *TINY, "run_dir=/x"]))
-    vocab = build_vocab(SENTENCES, cfg.vocab)
-    write_vocab(vocab, str(root / "vocab.json"))
+    task = make_task(cfg)
+    task.vocab = build_vocab(SENTENCES, cfg.task.vocab)
+    write_vocab(task.vocab, RunDir(str(root)).vocab)
     import torch
 
     torch.manual_seed(0)
-    model = build_model(cfg.model, "ctc", vocab_size=len(vocab), pad_token_id=vocab[cfg.vocab.pad_token])
+    model = task.build_model(cfg.model, str(root))
     model.save_pretrained(root / "model")
-    make_processor(str(root / "vocab.json"), cfg.vocab, feature_extractor_for(model, cfg.model)).save_pretrained(
-        root / "model")
+    task.save(str(root / "model"))
     return root / "model"
 
 

@@ -4,10 +4,10 @@ import json
 import random
 
 import pytest
-from transformers import Wav2Vec2FeatureExtractor
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from speechkit.config import ConfigError, VocabConfig
-from speechkit.tasks.asr.vocab import build_vocab, load_vocab, make_processor, write_vocab
+from speechkit.tasks.asr.vocab import build_vocab, load_vocab, make_tokenizer, write_vocab
 
 TEXTS = ["hello world", "the cat sat", "über café", "don't stop"]
 
@@ -49,7 +49,8 @@ def test_processor_round_trip(tmp_path):
     path = tmp_path / "vocab.json"
     vocab = build_vocab(TEXTS, VocabConfig())
     write_vocab(vocab, str(path))
-    processor = make_processor(str(path), VocabConfig(), Wav2Vec2FeatureExtractor(return_attention_mask=True))
+    processor = Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True),
+                                  tokenizer=make_tokenizer(str(path), VocabConfig()))
     ids = processor.tokenizer("the cat").input_ids
     assert ids == [vocab[c] for c in "the|cat"]
     assert processor.tokenizer.pad_token_id == vocab["[PAD]"]

@@ -19,12 +19,12 @@ from typing import List
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit.config import Backend, ConfigError, DeployConfig, check_required
-from speechkit.sagemaker import launch
+from speechkit.sagemaker import inference, launch
 from speechkit.commands.serve import settings_env
 
 log = logging.getLogger(__name__)
 
-HANDLER = Path(__file__).with_name("inference.py")
+HANDLER = Path(inference.__file__)  # shipped as code/inference.py: it imports nothing of speechkit
 # What the handler imports, pinned as speechkit pins them (pyproject.toml); installed by the inference container.
 HANDLER_REQUIREMENTS = ("torch", "torchcodec", "transformers", "numpy")
 

@@ -5,9 +5,9 @@ memory holds one batch of windows and the per-frame speaker activity, a few kB a
 evaluates (speechkit/tasks/diarization.py: overlapping windows, speakers linked across them), its turns printed as
 the ROCm recipe prints pyannote's (`start=0.0s stop=1.0s speaker_SPEAKER_00`) and written as `<name>.rttm`.
 
-With `asr_model_dir`, the recording is also transcribed (speechkit/commands/transcribe.py: word timestamps, the model's LM
-if it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the speakers' turns
-with their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`.
+With `asr_model_dir`, the recording is also transcribed (speechkit/commands/transcribe.py: word timestamps, the
+model's LM if it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the
+speakers' turns with their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from speechkit.data.audio import open_recording, read_range
-from speechkit.config import DiarizeConfig, TranscribeConfig, check_required
+from speechkit.config import ConfigError, DiarizeConfig, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.data.references import Turn, write_rttm
+from speechkit.tasks import load_model_dir
 from speechkit.tasks.diarization import Diarization
 from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stem, write_texts
 from speechkit.validation import saved_model_dir
@@ -102,7 +103,10 @@ def run(raw_cfg: DictConfig) -> dict:
     cfg: DiarizeConfig = OmegaConf.to_object(raw_cfg)
     files = find_audio(cfg.audio)
     accelerator = make_accelerator(cfg.hw)
-    task, model = Diarization.from_model_dir(saved_model_dir(cfg.model_dir))
+    task, model = load_model_dir(saved_model_dir(cfg.model_dir))
+    if not isinstance(task, Diarization):
+        raise ConfigError(f"model_dir: {cfg.model_dir} is a {task.name} model; diarize.py needs a diarization one "
+                          "(train.py task=diarization)")
     model = model.to(accelerator.device).eval()
     transcriber = None
     if cfg.asr_model_dir:

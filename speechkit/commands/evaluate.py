@@ -1,5 +1,5 @@
-"""`python evaluate.py`: score a trained model directory on one split of a dataset config. The task (speech
-recognition or classification) is read from the model's own config."""
+"""`python evaluate.py`: score a trained model directory on one split of a dataset config. The task is the one whose
+head the model has (speechkit/tasks/__init__.py: load_model_dir)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
-from speechkit.training.batches import eval_loader
+from speechkit.data.samplers import eval_loader
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
-from speechkit.models import receptive_field
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult, write_results
 from speechkit.tasks import load_model_dir
@@ -27,12 +26,13 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     model_dir = saved_model_dir(cfg.model_dir)
     os.makedirs(cfg.run_dir, exist_ok=True)
     accelerator = make_accelerator(cfg.hw)
-    task, model = load_model_dir(model_dir, cfg.multi_label, cfg.collar_s, cfg.skip_overlap)
+    task, model = load_model_dir(model_dir, multi_label=cfg.multi_label, collar_s=cfg.collar_s,
+                                 skip_overlap=cfg.skip_overlap)
 
     report = data.DropReport()
     with accelerator.main_process_first():
         rows = data.load_splits(cfg.dataset, {cfg.split: False}, task.sampling_rate, report, task.target,
-                                receptive_field(model.config, task.sampling_rate))[cfg.split]
+                                task.family.receptive_field(model.config, task.sampling_rate))[cfg.split]
     rows = task.check_eval_rows(rows, cfg.split, report)
     dataset = task.dataset(rows, training=False)
     loader = eval_loader(dataset, task.collator(False), cfg.batch_size, **loader_settings(accelerator))

@@ -1,9 +1,10 @@
 """`python inspect_data.py`: a data set as training would see it, before training.
 
 Every split of the source goes through the same checking pass as training (so its decoded audio lands in the cache
-a later run reads): clips and hours per split, durations, the character inventory of the normalized text (or, with
-task=audio_classification, the clips per label), and what the checking pass drops, printed, written (summary.json,
-characters.csv or labels.csv, drop_report.jsonl) and drawn (durations.png).
+a later run reads): clips and hours per split, durations, the task's inventory (its `inventory`: the characters of
+the normalized text for speech recognition, the clips per label for classification, the recordings by number of
+speakers for diarization), and what the checking pass drops, printed, written (summary.json, characters.csv or
+labels.csv, drop_report.jsonl) and drawn (durations.png).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data
-from speechkit.config import InspectConfig, TaskName, check_required
+from speechkit.config import InspectConfig, check_required
 from speechkit.plots import duration_histogram
 from speechkit.rundir import RunDir
+from speechkit.tasks import task_class
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +34,14 @@ def run(raw_cfg: DictConfig) -> dict:
     ds, rate, run = cfg.dataset, cfg.sampling_rate, RunDir(cfg.run_dir)
     os.makedirs(run.root, exist_ok=True)
     report = data.DropReport()
-    target = {TaskName.audio_classification: data.LABEL, TaskName.diarization: data.SEGMENTS}.get(cfg.task.name,
-                                                                                                 data.TEXT)
-    labelled = target != data.TEXT  # an inventory of labels (classes, or speakers per recording), not characters
-    sources = {name: data.whole(rows) for name, rows in data.load_source(ds, target).items()}  # streamed or not
+    task = task_class(cfg.task.name)(cfg.task, dataset=ds)
+    labelled = task.inventory_kind == "labels"  # labels (classes, speakers per recording), not characters
+    sources = {name: data.whole(rows) for name, rows in data.load_source(ds, task.target).items()}  # streamed or not
     splits = {name: data.check_split(rows, name, ds, rate, name == ds.train_split, report)
               for name, rows in sources.items()}
 
     durations = {name: np.asarray(rows["num_samples"], dtype=np.float64) / rate for name, rows in splits.items()}
-    if target == data.SEGMENTS:  # recordings by their number of speakers
-        chars = {name: Counter(_speakers(v, a) for v, a in zip(rows[data.SEGMENTS], rows[data.AUDIO]))
-                 for name, rows in splits.items()}
-    elif labelled:  # the inventory is the labels: clips per label
-        from speechkit.data.references import parse_labels
-
-        chars = {name: Counter(label for v in data.labels(rows) for label in parse_labels(v, cfg.task.multi_label))
-                 for name, rows in splits.items()}
-    else:
-        chars = {name: Counter("".join(data.texts(rows))) for name, rows in splits.items()}
+    chars = {name: task.inventory(rows) for name, rows in splits.items()}
     summary = {"dataset": ds.name, "sampling_rate": rate, "splits": {}}
     for name in splits:
         d = durations[name]
@@ -72,16 +64,6 @@ def run(raw_cfg: DictConfig) -> dict:
     describe = _describe_labels if labelled else _describe
     print(describe(summary, chars, ds.train_split, cfg.top_chars, run), flush=True)
     return summary
-
-
-def _speakers(value, audio) -> str:
-    from speechkit.data.audio import audio_ref
-    from speechkit.data.references import BadReference, read_turns
-
-    try:
-        return f"{len({who for _, _, who in read_turns(value, audio_ref(audio))})} speakers"
-    except BadReference as bad:
-        return f"unusable reference ({bad.reason})"
 
 
 def _write_inventory(chars: Dict[str, Counter], path: str, labelled: bool = False) -> None:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from speechkit.config import ServeConfig, check_required
+from speechkit.config import ConfigError, ServeConfig, check_required
 from speechkit.validation import saved_model_dir
 from speechkit.sagemaker import inference
 
@@ -34,7 +34,10 @@ def settings_env(cfg) -> dict:
 
 
 def create_app(model_dir: str) -> Starlette:
-    model = inference.model_fn(model_dir)
+    try:
+        model = inference.model_fn(model_dir)
+    except inference.InferenceError as err:  # not a model the handler serves
+        raise ConfigError(f"model_dir: {err.message}") from None
     log.info("Loaded %s (%d Hz)", model_dir, model["sampling_rate"])
     # Requests are decoded and transcribed by a fixed, small set of threads (the rest wait their turn): the model's
     # own intra-op threads use the cores anyway, and every new thread would grow the allocator's arenas, so memory

@@ -16,7 +16,7 @@ from speechkit.training import trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
-from speechkit.models import model_config, receptive_field
+from speechkit.models import family_of
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import write_results
 from speechkit.tasks import make_task
@@ -43,14 +43,14 @@ def run(raw_cfg: DictConfig) -> float | str:
         OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
     task = make_task(cfg)
-    config = model_config(cfg.model, task.head)  # the checkpoint's config only: a model unfit for the task stops here
+    config, _ = task.model_config(cfg.model)  # the checkpoint's config only: a model unfit for the task stops here
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With
     # dataset.streaming the training split is checked as it streams (speechkit/data/streaming.py): only its targets are
     # read here.
     ds = cfg.dataset
     report = data.DropReport()
-    min_samples = receptive_field(config, cfg.model.sampling_rate)
+    min_samples = family_of(config.model_type).receptive_field(config, cfg.model.sampling_rate)
     with accelerator.main_process_first():  # the first process fills the datasets cache for the others
         wanted = {ds.eval_split: False} if ds.streaming else {ds.train_split: True, ds.eval_split: False}
         splits = data.load_splits(ds, wanted, cfg.model.sampling_rate, report, task.target, min_samples)
@@ -84,7 +84,7 @@ def run(raw_cfg: DictConfig) -> float | str:
                                  cfg.trainer.eval_batch_size)
     if accelerator.is_main_process:
         write_results(task, result, eval_rows, run_dir, f"{ds.name}/{ds.eval_split}: {RunDir(run_dir).model}")
-        hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision, task.unit)
+        hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision, task)
         if cfg.hub.push:
             hub.push(RunDir(run_dir).model, cfg.hub)
         print(f"\nFinal eval on '{ds.eval_split}' ({len(result.rows)} {task.unit}): {result.summary}\n"

@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from speechkit.tasks.asr import decoding
 from speechkit.data.audio import open_recording, read_range
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
-from speechkit.models import uses_attention_mask
+from speechkit.tasks import load_model_dir
+from speechkit.tasks.asr import SpeechRecognition
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -78,34 +78,35 @@ def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tup
 
 
 class Transcriber:
-    def __init__(self, model_dir: str, cfg: TranscribeConfig):
-        from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+    """A saved speech recognition model (its family's classes: speechkit/models/), run over long recordings."""
 
+    def __init__(self, model_dir: str, cfg: TranscribeConfig):
         self.cfg = cfg
         self.accelerator = make_accelerator(cfg.hw)
-        self.processor = Wav2Vec2Processor.from_pretrained(model_dir)
-        self.model = Wav2Vec2ForCTC.from_pretrained(model_dir).to(self.accelerator.device).eval()
-        self.rate = self.processor.feature_extractor.sampling_rate
-        self.frame_s = self.model.config.inputs_to_logits_ratio / self.rate
-        self.mask = uses_attention_mask(self.model)
-        self.lm = decoding.load(model_dir)  # the n-gram LM decoder shipped in model/ (decoder=kenlm), or None
+        task, model = load_model_dir(model_dir)
+        if not isinstance(task, SpeechRecognition):
+            raise ConfigError(f"model_dir: {model_dir} is a {task.name} model; transcribe.py needs a speech "
+                              "recognition one")
+        self.task, self.model = task, model.to(self.accelerator.device).eval()
+        self.processor, self.lm = task.processor, task.lm  # the n-gram LM decoder shipped in model/, or None
+        self.rate = task.sampling_rate
+        self.frame_s = task.family.frame_hop(model.config) / self.rate
 
     @torch.no_grad()
     def _frame_ids(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[np.ndarray]:
         """Per window (new start, new end, window start, samples), its new part's frames: argmax ids, or the logits
         themselves when an LM decodes them (frames x symbols: 0.6 MB per 5 minutes of a 32-symbol model)."""
-        features = self.processor.feature_extractor([w[3] for w in batch], sampling_rate=self.rate, padding=True,
-                                                    return_attention_mask=True, return_tensors="pt")
-        inputs = {"input_values": features["input_values"].to(self.accelerator.device)}
-        if self.mask:
-            inputs["attention_mask"] = features["attention_mask"].to(self.accelerator.device)
+        features = self.task.inputs([w[3] for w in batch])
+        inputs = {k: v.to(self.accelerator.device) for k, v in self.task.inputs.model_inputs(features).items()}
         with self.accelerator.autocast():
             logits = self.model(**inputs).logits
             ids = (logits.float() if self.lm is not None else logits.argmax(dim=-1)).cpu().numpy()
         out = []
-        for (start, end, left, _), row in zip(batch, ids):
+        for (start, end, left, samples), row in zip(batch, ids):
             first, last = round((start - left) / self.frame_s), round((end - left) / self.frame_s)
-            out.append(row[first:last])
+            # never past the window's own frames (a shorter last window's row is padded to the batch's longest)
+            valid = self.task.family.output_frames(self.model.config, samples.size, self.rate)
+            out.append(row[first:min(last, valid)])
         return out
 
     def transcribe(self, path: str) -> dict:

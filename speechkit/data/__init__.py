@@ -4,6 +4,7 @@
 - sources.py      an audio folder, a Hub data set or the demo corpus read into splits; carving a held-out split
 - checking.py     the checking pass: each clip decoded once, checked, cached; the drop report
 - dataset.py      the torch-facing dataset of a checked split (random crops drawn from the seed)
+- samplers.py     batches of clips of similar length: a number of clips, or a budget of seconds
 - streaming.py    dataset.streaming: the training split read as a stream, checked as it comes
 - audio.py        one clip decoded to mono float32 at the model's rate (FFmpeg through torchcodec)
 - text.py         transcript normalization (dataset.text)

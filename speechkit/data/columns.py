@@ -8,7 +8,7 @@ from typing import List
 # The audio, and the target: a transcript, a class, or a recording's reference turns (an RTTM file's path, or the
 # turns as JSON [[start, end, speaker], ...])
 AUDIO, TEXT, LABEL, SEGMENTS = "audio", "text", "label", "segments"
-TARGET_KEYS = {TEXT: "text_column", LABEL: "label_column", SEGMENTS: "rttm_column"}
+TARGET_KEYS = {TEXT: "text", LABEL: "label", SEGMENTS: "rttm"}  # dataset.columns.<key> names the source's column
 PCM = "pcm"  # the decoded clip at the model's rate (int16 or float32), when dataset.cache_audio is on
 PCM_SCALE = 32767.0  # int16 full scale
 

@@ -31,7 +31,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     and `offset`, the sample a random crop starts at (0 for a whole clip).
 
     With `crop`, a clip longer than that many samples is cut to a random window of it, drawn from (seed, epoch,
-    row): a training loader asks for `(epoch, row)` (batching.EpochTagged), so the draw is new every epoch and the
+    row): a training loader asks for `(epoch, row)` (samplers.EpochTagged), so the draw is new every epoch and the
     same in every run and after a resume."""
 
     def __init__(self, ds: Dataset, sampling_rate: int, targets: Optional[Sequence] = None,

@@ -22,16 +22,18 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
     """Every split of the configured source, columns renamed to `audio` and `target` (`text`, the transcript, or
     `label`, the class), audio left encoded. A Hub source with dataset.streaming gives streams (IterableDatasetDict);
     a local folder's metadata is small and is read whole either way."""
-    key = TARGET_KEYS[target]
-    column = getattr(cfg, key)
+    key = TARGET_KEYS[target]  # the dataset.columns entry naming the target's column
+    column = getattr(cfg.columns, key)
     if cfg.source == Source.demo:
         from speechkit.data.demo_corpus import ensure_corpus, target_column
 
-        splits = _load_audiofolder(ensure_corpus(cfg), "file_name", target_column(cfg), target, f"dataset.{key}")
+        splits = _load_audiofolder(ensure_corpus(cfg), "file_name", target_column(cfg), target,
+                                   f"dataset.columns.{key}")
     elif cfg.source == Source.audiofolder:
         if not cfg.path:
             raise ConfigError("dataset.path must name a local folder for dataset.source=audiofolder")
-        splits = _load_audiofolder(os.path.expanduser(cfg.path), cfg.file_column, column, target, f"dataset.{key}")
+        splits = _load_audiofolder(os.path.expanduser(cfg.path), cfg.columns.file, column, target,
+                                   f"dataset.columns.{key}")
     else:
         if not cfg.path:
             raise ConfigError("dataset.path must name a Hub data set (or a local one) for dataset.source=hub")
@@ -39,16 +41,16 @@ def load_source(cfg: DatasetConfig, target: str = TEXT) -> DatasetDict:
         splits = load_dataset(cfg.path, cfg.config_name, revision=cfg.revision, data_dir=cfg.data_dir,
                               streaming=cfg.streaming)
         if target == SEGMENTS:
-            splits = type(splits)({name: _select_segments(ds, cfg.audio_column, cfg.segment_columns, cfg.path)
+            splits = type(splits)({name: _select_segments(ds, cfg.columns.audio, cfg.columns.segments, cfg.path)
                                    for name, ds in splits.items()})
         else:
-            splits = type(splits)({name: _select_columns(ds, cfg.audio_column, column, target, key, cfg.path)
+            splits = type(splits)({name: _select_columns(ds, cfg.columns.audio, column, target, key, cfg.path)
                                    for name, ds in splits.items()})
     return carve(splits, cfg)
 
 
 def _load_audiofolder(root: str, file_column: str, text_column: str, target: str = TEXT,
-                      key: str = "dataset.text_column") -> DatasetDict:
+                      key: str = "dataset.columns.text") -> DatasetDict:
     """A folder in the audiofolder layout: root/metadata.csv (one split, `train`) or root/<split>/metadata.csv.
 
     The metadata is read with the csv builder, every column as a string (a transcript "12" stays text), and the
@@ -59,7 +61,8 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
     if os.path.isfile(os.path.join(root, "metadata.csv")):
         files = {"train": os.path.join(root, "metadata.csv")}
     else:
-        files = {os.path.basename(os.path.dirname(p)): p for p in sorted(glob.glob(os.path.join(root, "*", "metadata.csv")))}
+        files = {os.path.basename(os.path.dirname(p)): p
+                 for p in sorted(glob.glob(os.path.join(root, "*", "metadata.csv")))}
     if not files:
         raise ConfigError(f"dataset.path: no metadata.csv in {root} nor in its sub-folders (one per split)")
     splits = {}
@@ -68,7 +71,7 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
             header = next(csv.reader(f), [])
         ds = load_dataset("csv", data_files=csv_path, split="train", keep_default_na=False,
                           features=Features({name: Value("string") for name in header}))
-        for column, what in ((file_column, "dataset.file_column"), (text_column, key)):
+        for column, what in ((file_column, "dataset.columns.file"), (text_column, key)):
             if column not in ds.column_names:
                 raise ConfigError(f"{csv_path} has no column '{column}' (columns: {ds.column_names}); set {what}")
         folder = os.path.dirname(os.path.abspath(csv_path))
@@ -88,9 +91,9 @@ def _with_columns(ds):
 
 def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, key: str, where: str) -> Dataset:
     ds = _with_columns(ds)
-    for name, wanted in (("audio_column", audio_column), (key, column)):
+    for name, wanted in (("audio", audio_column), (key, column)):
         if wanted not in ds.column_names:
-            raise ConfigError(f"dataset.{name}: {where} has no column '{wanted}' (columns: {ds.column_names})")
+            raise ConfigError(f"dataset.columns.{name}: {where} has no column '{wanted}' (columns: {ds.column_names})")
     ds = ds.select_columns([audio_column, column]).cast_column(audio_column, Audio(decode=False))
     feature = ds.features[column]
     inner = getattr(feature, "feature", None)
@@ -102,16 +105,16 @@ def _select_columns(ds: Dataset, audio_column: str, column: str, target: str, ke
 
 
 def _select_segments(ds, audio_column: str, segment_columns: List[str], where: str):
-    """A Hub data set's reference turns (dataset.segment_columns: lists of starts, ends and speakers per recording)
+    """A Hub data set's reference turns (dataset.columns.segments: lists of starts, ends and speakers per recording)
     as one SEGMENTS column of JSON turns."""
     ds = _with_columns(ds)
     wanted = [audio_column, *segment_columns]
     for name in wanted:
         if name not in ds.column_names:
-            what = "audio_column" if name == audio_column else "segment_columns"
-            raise ConfigError(f"dataset.{what}: {where} has no column '{name}' (columns: {ds.column_names})")
+            what = "audio" if name == audio_column else "segments"
+            raise ConfigError(f"dataset.columns.{what}: {where} has no column '{name}' (columns: {ds.column_names})")
     if len(segment_columns) != 3:
-        raise ConfigError(f"dataset.segment_columns must name 3 columns (starts, ends, speakers), got "
+        raise ConfigError(f"dataset.columns.segments must name 3 columns (starts, ends, speakers), got "
                           f"{list(segment_columns)}")
     starts, ends, speakers = segment_columns
 

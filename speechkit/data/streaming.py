@@ -10,8 +10,9 @@ epoch)) and yielded in that order. Memory holds one window of clips, never the c
 Every batch carries the stream's position after it, (epoch, window, batches done in that window). Checkpoints keep
 each process's position: a resumed run reads past the windows already done without decoding them, rebuilds the
 current window (the same rows, so the same batches) and skips the batches already trained on; it goes on exactly as
-an uninterrupted run. Rows dropped in the first epoch travel with the next batch to the trainer, which keeps them
-in its state and writes them to the drop report (they are dropped again in later epochs, and not reported twice).
+an uninterrupted run. Rows dropped in the first epoch travel with the next batch to the trainer (its side of a
+stream: speechkit/training/batches.py, StreamBatches), which keeps them in the checkpoint's data position and writes
+them to the drop report (they are dropped again in later epochs, and not reported twice).
 
 A stream has no length: training stops at trainer.max_steps (validation refuses a streamed run without it), and an
 epoch ends when the stream runs out, after which it starts again.
@@ -26,7 +27,6 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
@@ -38,7 +38,7 @@ from speechkit.data.checking import DropReport, RowCheck
 from speechkit.data.dataset import random_crop
 from speechkit.data.sources import load_source, split_of
 from speechkit.data.text import TextNormalizer
-from speechkit.training.batches import batch_sampler
+from speechkit.data.samplers import batch_sampler
 
 log = logging.getLogger(__name__)
 
@@ -201,47 +201,3 @@ def loader(batches: StreamedBatches, collate: Callable, loading: dict, seed: int
     return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=StreamCollator(collate),
                                        num_workers=workers, pin_memory=loading.get("pin_memory", False),
                                        generator=torch.Generator().manual_seed(seed), **extra)
-
-
-class StreamTracker:
-    """The trainer's side of a stream: takes each batch's bookkeeping off it, and at checkpoints and at the end
-    gathers every process's position and drops into the trainer's state (and the drops into drop_report.jsonl)."""
-
-    def __init__(self, batches: StreamedBatches, accelerator: Accelerator, non_blocking: bool = False):
-        self.batches, self.accelerator, self.non_blocking = batches, accelerator, non_blocking
-        self.position: Position = batches.start
-        self.pending: List[dict] = []
-
-    def resume(self, positions: Optional[List[List[int]]]) -> None:
-        if positions:
-            if len(positions) != self.accelerator.num_processes:
-                raise ConfigError(f"trainer.resume: the checkpoint's stream was read by {len(positions)} process(es), "
-                                  f"this run has {self.accelerator.num_processes}; resume with as many")
-            self.batches.start = self.position = tuple(positions[self.accelerator.process_index])
-
-    def receive(self, batch: dict) -> Tuple[dict, bool]:
-        """The batch on the device, and whether it ended an epoch of this process's stream."""
-        self.pending += batch.pop("dropped")
-        self.position = tuple(batch.pop("position"))
-        end_of_epoch = batch.pop("end_of_epoch")
-        return send_to_device(batch, self.accelerator.device, non_blocking=self.non_blocking), end_of_epoch
-
-    @property
-    def epoch(self) -> int:
-        return self.position[0]
-
-    def settle(self, state) -> None:
-        """Every process's position and new drops into `state` (stream_positions, stream_drops); the drop report
-        rewritten with them. Called in every process at the same step."""
-        positions = gather_object([list(self.position)])  # in one process: the list as given
-        drops = gather_object(self.pending)
-        self.pending = []
-        state.stream_positions = [list(p) for p in positions]
-        state.stream_drops = (state.stream_drops or []) + list(drops)
-        if self.accelerator.is_main_process and self.batches.report_path:
-            report = DropReport(list(self.batches.report.rows) + state.stream_drops)
-            report.write(self.batches.report_path)
-            if drops:
-                streamed = DropReport(state.stream_drops)
-                log.info("Stream: %d row(s) dropped so far (%s), listed in %s", len(state.stream_drops),
-                         streamed.summary(), self.batches.report_path)

@@ -1,34 +1,66 @@
-"""Model building (conf/model): a pretrained checkpoint or a small architecture from scratch, with the head the task
-asks for (a CTC head over characters, or a classification head), and the feature extractor that goes with it.
+"""The model-family seam: what speechkit needs to know of a family of architectures, said once per family.
 
-Families: wav2vec2 (also XLSR; CTC or sequence-classification head) and ast (Audio Spectrogram Transformer;
-classification only). A pretrained checkpoint says its family in its config; a random-init architecture says it with
-`model_type` (wav2vec2 when absent; audio-spectrogram-transformer for AST).
+A family (speechkit/models/<family>.py) covers some of transformers' model types and answers, for a model of one:
+
+- which heads it can have ("ctc", "classification", "frames"; the Auto class serving each is transformers' own,
+  HEADS below), built from a pretrained checkpoint or from an architecture with random weights;
+- what turns a clip into its input: a pretrained checkpoint's own feature extractor (its preprocessor_config.json,
+  from its folder or the Hub), else the family's class with the family's settings; `inputs()` pads a batch with it;
+- its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip;
+- the processor a CTC model ships with (a tokenizer and that feature extractor), which inference loads back;
+- which of speechkit's fast paths apply (speechkit/models/fast_paths.py).
+
+The base class holds what every family shares; a family overrides what differs. Modules here import transformers
+only inside methods: the validation of a config (speechkit/validation.py) asks a family its heads before torch is
+imported.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Optional, Tuple
 
 from omegaconf import OmegaConf
-from transformers import (AutoConfig, AutoModelForAudioClassification, AutoModelForAudioFrameClassification,
-                          AutoModelForCTC, ASTFeatureExtractor, AutoFeatureExtractor, PretrainedConfig, PreTrainedModel,
-                          Wav2Vec2FeatureExtractor)
-from transformers.models.auto.modeling_auto import (MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES,
-                                                    MODEL_FOR_CTC_MAPPING_NAMES)
 
 from speechkit.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
-HEADS = {"ctc": AutoModelForCTC, "classification": AutoModelForAudioClassification,
-         "frames": AutoModelForAudioFrameClassification}  # frames: one output per speaker and frame (diarization)
+# head -> (transformers' Auto class, transformers' list of the model types that have it)
+HEADS = {"ctc": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
+         "classification": ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"),
+         # one output per speaker and frame (diarization)
+         "frames": ("AutoModelForAudioFrameClassification", "MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES")}
+HEAD_NAMES = {"ctc": "CTC", "classification": "classification", "frames": "frame-level"}  # for messages
 REGULARISATION = ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
                   "mask_time_prob", "layerdrop")
 
 
-def _base_config(cfg: ModelConfig) -> PretrainedConfig:
+def auto_class(head: str):
+    import transformers
+
+    return getattr(transformers, HEADS[head][0])
+
+
+def architectures_of(head: str) -> dict:
+    """transformers' own {model_type: class name} of the models that have `head`."""
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, HEADS[head][1])
+
+
+def head_of(config) -> Optional[str]:
+    """The head a saved model's config says it has (its `architectures`), or None."""
+    for head in HEADS:
+        if set(config.architectures or ()) & set(architectures_of(head).values()):
+            return head
+    return None
+
+
+def base_config(cfg: ModelConfig):
     """The checkpoint's config (read from the Hub or the folder, no weights) or the architecture's."""
+    from transformers import AutoConfig
+
     if cfg.name_or_path:
         return AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision)
     arch = OmegaConf.to_container(cfg.architecture) if OmegaConf.is_config(cfg.architecture) else dict(cfg.architecture)
@@ -44,92 +76,165 @@ def _base_config(cfg: ModelConfig) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, **arch)
 
 
-def _knobs(cfg: ModelConfig, config: PretrainedConfig) -> dict:
-    """What the recipes tune, applied on top of whatever the checkpoint or architecture says (a knob left null keeps
-    the checkpoint's value); a knob the family does not have is refused rather than ignored."""
-    knobs = {k: getattr(cfg, k) for k in REGULARISATION if getattr(cfg, k) is not None}
-    absent = sorted(k for k in knobs if not hasattr(config, k))
-    if absent:
-        raise ConfigError(f"model.{absent[0]}: a {config.model_type} model has no such setting; leave it null")
-    return knobs
+class ModelInputs:
+    """Clips to a batch of the model's input, padded as the family's feature extractor pads them, and what of that
+    batch goes into the model's forward: its main input (`input_values` of a waveform, `input_features` of a filter
+    bank) and, where the model was trained with one, the attention mask. `window`: a fixed input window in samples
+    (AST's filter bank is cut or padded to it), or None. The sizes the trainer's throughput figures count stay plain
+    numbers: `audio_samples` (real audio the model sees) and `padded_samples` (what it is fed, padding counted)."""
+
+    def __init__(self, feature_extractor, pass_attention_mask: bool, window: Optional[int] = None):
+        self.feature_extractor = feature_extractor
+        self.pass_attention_mask = pass_attention_mask
+        self.window = window
+        self.name = feature_extractor.model_input_names[0]
+
+    def __call__(self, clips) -> dict:
+        fe = self.feature_extractor
+        if self.window:
+            features = fe(clips, sampling_rate=fe.sampling_rate, return_tensors="pt")
+            seen, padded = [min(len(c), self.window) for c in clips], self.window * len(clips)
+        else:
+            features = fe(clips, sampling_rate=fe.sampling_rate, padding=True,
+                          return_attention_mask=True,  # always: normalisation must ignore the padding
+                          return_tensors="pt")
+            seen, padded = [len(c) for c in clips], max(len(c) for c in clips) * len(clips)
+        batch = {self.name: features[self.name], "audio_samples": sum(seen), "padded_samples": padded}
+        if "attention_mask" in features:  # kept for output lengths even where the model does not take it
+            batch["attention_mask"] = features["attention_mask"]
+        return batch
+
+    def model_inputs(self, batch: dict) -> dict:
+        inputs = {self.name: batch[self.name]}
+        if self.pass_attention_mask and "attention_mask" in batch:
+            inputs["attention_mask"] = batch["attention_mask"]
+        return inputs
 
 
-def model_config(cfg: ModelConfig, head: str) -> PretrainedConfig:
-    """The model's config (no weights), refused when its family has no such `head` ("ctc" or "classification"):
-    checked before any data is read."""
-    config = _base_config(cfg)
-    if head == "ctc" and config.model_type not in MODEL_FOR_CTC_MAPPING_NAMES:
-        raise ConfigError(f"model={cfg.name} ({config.model_type}) has no CTC head, so it cannot do task=asr; "
-                          "use it with task=audio_classification")
-    if head == "frames" and config.model_type not in MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES:
-        raise ConfigError(f"model={cfg.name} ({config.model_type}) has no frame-level head, so it cannot do "
-                          "task=diarization; use a wav2vec2 model")
-    return config
+class ModelFamily:
+    name: str = ""  # for messages and the README
+    model_types: Tuple[str, ...] = ()  # transformers' model_type values it covers
+    heads: Tuple[str, ...] = ()  # the heads it can have (a model type may lack some: transformers' lists decide)
+    processor: str = "Wav2Vec2Processor"  # the transformers class a CTC model's tokenizer and features ship as
+    has_feature_encoder: bool = False  # a convolutional encoder model.freeze_feature_encoder can freeze
 
+    # ------------------------------------------------------------------------------------------- building
+    def has_head(self, model_type: str, head: str) -> bool:
+        return head in self.heads and model_type in architectures_of(head)
 
-def build_model(cfg: ModelConfig, head: str, **head_config) -> PreTrainedModel:
-    """The model with a fresh `head`: "ctc" (head_config: vocab_size, pad_token_id) or "classification" (num_labels,
-    id2label, label2id, problem_type)."""
-    config = model_config(cfg, head)
-    if head == "ctc":
-        head_config.update(ctc_loss_reduction=cfg.ctc_loss_reduction, ctc_zero_infinity=cfg.ctc_zero_infinity)
-    settings = {**_knobs(cfg, config), **head_config}
-    if cfg.name_or_path:
-        log.info("Loading %s with a new %s head", cfg.name_or_path, head)
-        model = HEADS[head].from_pretrained(cfg.name_or_path, revision=cfg.revision, ignore_mismatched_sizes=True,
-                                            **settings)
-    else:
-        for key, value in settings.items():
-            setattr(config, key, value)
-        model = HEADS[head].from_config(config)
-        log.info("Built %s from scratch: %.2fM parameters", cfg.name, model.num_parameters() / 1e6)
-    if cfg.freeze_feature_encoder:
-        if not hasattr(model, "freeze_feature_encoder"):
-            raise ConfigError(f"model.freeze_feature_encoder=true: a {config.model_type} model has no feature "
-                              "encoder to freeze; set it false")
-        model.freeze_feature_encoder()
-    if cfg.gradient_checkpointing:
-        # transformers 5 name of gradient checkpointing. Non-reentrant (torch.utils.checkpoint's recommended mode,
-        # also transformers' default, said here so no default change can break it): the reentrant one fails under
-        # DDP with layerdrop ("Expected to mark a variable ready only once").
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    return model
-
-
-def uses_attention_mask(model: PreTrainedModel) -> bool:
-    """Layer-norm feature encoders (XLSR, large) take an attention mask; group-norm ones (base) must not; AST's
-    spectrogram input is always one fixed-size window."""
-    return getattr(model.config, "feat_extract_norm", None) == "layer"
-
-
-def receptive_field(config: PretrainedConfig, sampling_rate: int) -> int:
-    """The shortest clip the model can take: the receptive field of wav2vec2's convolutions (400 samples for the
-    released ones), one 25 ms frame of AST's filter bank."""
-    if hasattr(config, "conv_kernel"):
-        field, hop = config.conv_kernel[0], config.conv_stride[0]
-        for kernel, stride in zip(config.conv_kernel[1:], config.conv_stride[1:]):
-            field, hop = field + (kernel - 1) * hop, hop * stride
-        return field
-    return int(0.025 * sampling_rate)
-
-
-def feature_extractor_for(model: PreTrainedModel, cfg: ModelConfig):
-    """What turns a clip into the model's input, saved beside the weights: AST's filter bank (the checkpoint's own
-    settings, or the architecture's mel bins and window), or wav2vec2's per-utterance normalisation."""
-    if model.config.model_type == "audio-spectrogram-transformer":
+    def build(self, cfg: ModelConfig, config, head: str, **head_config):
+        """The model with a fresh `head` (head_config: its size, labels ...), the recipe's knobs set on the
+        checkpoint's (or the architecture's) config, the feature encoder frozen and gradient checkpointing on as
+        model.* says."""
+        settings = {**self._knobs(cfg, config), **head_config}
         if cfg.name_or_path:
-            return AutoFeatureExtractor.from_pretrained(cfg.name_or_path, revision=cfg.revision)
-        return ASTFeatureExtractor(sampling_rate=cfg.sampling_rate, num_mel_bins=model.config.num_mel_bins,
-                                   max_length=model.config.max_length)
-    # Models with layer-norm feature encoders (XLSR) want the attention mask, group-norm ones (wav2vec2-base) were
-    # trained on plain zero padding.
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0,
-                                    do_normalize=True, return_attention_mask=uses_attention_mask(model))
+            log.info("Loading %s with a new %s head", cfg.name_or_path, head)
+            model = auto_class(head).from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                     ignore_mismatched_sizes=True, **settings)
+        else:
+            for key, value in settings.items():
+                setattr(config, key, value)
+            model = auto_class(head).from_config(config)
+            log.info("Built %s from scratch: %.2fM parameters", cfg.name, model.num_parameters() / 1e6)
+        if cfg.freeze_feature_encoder:
+            if not self.has_feature_encoder:
+                raise ConfigError(f"model.freeze_feature_encoder=true: a {config.model_type} model has no "
+                                  "convolutional feature encoder to freeze; set it false")
+            model.freeze_feature_encoder()
+        if cfg.gradient_checkpointing:
+            # transformers 5 name of gradient checkpointing. Non-reentrant (torch.utils.checkpoint's recommended mode,
+            # also transformers' default, said here so no default change can break it): the reentrant one fails
+            # under DDP with layerdrop ("Expected to mark a variable ready only once").
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        return model
 
+    @staticmethod
+    def _knobs(cfg: ModelConfig, config) -> dict:
+        """What the recipes tune, applied on top of whatever the checkpoint or architecture says (a knob left null
+        keeps the checkpoint's value), and model.config_overrides; a setting the model does not have is refused
+        rather than ignored."""
+        knobs = {k: getattr(cfg, k) for k in REGULARISATION if getattr(cfg, k) is not None}
+        absent = sorted(k for k in knobs if not hasattr(config, k))
+        if absent:
+            raise ConfigError(f"model.{absent[0]}: a {config.model_type} model has no such setting; leave it null")
+        overrides = OmegaConf.to_container(cfg.config_overrides) if OmegaConf.is_config(cfg.config_overrides) \
+            else dict(cfg.config_overrides)
+        absent = sorted(k for k in overrides if not hasattr(config, k))
+        if absent:
+            raise ConfigError(f"model.config_overrides.{absent[0]}: a {config.model_type} model's config has no such "
+                              "field")
+        return {**knobs, **overrides}
 
-def input_window_samples(feature_extractor) -> int | None:
-    """The longest clip the feature extractor passes on whole (AST: max_length frames of 10 ms); None: any length."""
-    frames = getattr(feature_extractor, "max_length", None)
-    if frames is None or not isinstance(feature_extractor, ASTFeatureExtractor):
+    def load(self, model_dir: str, head: str):
+        """A saved model (a run's model/, or a Hub id) with its head."""
+        return auto_class(head).from_pretrained(model_dir)
+
+    # ------------------------------------------------------------------------------------ what it is fed
+    def feature_extractor(self, config, cfg: ModelConfig):
+        """What turns a clip into the model's input, saved beside the weights: a pretrained checkpoint's own (its
+        preprocessor_config.json), else the family's (new_feature_extractor)."""
+        own = None
+        if cfg.name_or_path:
+            from transformers import AutoFeatureExtractor
+            from transformers.utils import cached_file
+
+            # None where the checkpoint has no preprocessor_config.json (many pretraining-only ones leave the
+            # features to their users); a network or permission error still says so
+            if cached_file(cfg.name_or_path, "preprocessor_config.json", revision=cfg.revision,
+                           _raise_exceptions_for_missing_entries=False):
+                own = AutoFeatureExtractor.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+        if own is None:
+            return self.new_feature_extractor(config, cfg.sampling_rate)
+        if own.sampling_rate != cfg.sampling_rate:
+            raise ConfigError(f"model.sampling_rate={cfg.sampling_rate}: {cfg.name_or_path} takes audio at "
+                              f"{own.sampling_rate} Hz (its preprocessor_config.json); set model.sampling_rate="
+                              f"{own.sampling_rate}")
+        return own
+
+    def new_feature_extractor(self, config, sampling_rate: int):
+        raise NotImplementedError
+
+    def inputs(self, config, feature_extractor) -> ModelInputs:
+        return ModelInputs(feature_extractor, self.uses_attention_mask(config), self.input_window(feature_extractor))
+
+    def uses_attention_mask(self, config) -> bool:
+        """Whether the model is given the attention mask (some were trained on plain zero padding without one)."""
+        return True
+
+    def input_window(self, feature_extractor) -> Optional[int]:
+        """The longest clip (samples) the feature extractor passes on whole; None: any length."""
         return None
-    return int(frames * feature_extractor.sampling_rate // 100)
+
+    # ---------------------------------------------------------------------------------------- its lengths
+    def receptive_field(self, config, sampling_rate: int) -> int:
+        """The shortest clip (samples) the model can take."""
+        raise NotImplementedError
+
+    def frame_hop(self, config) -> int:
+        """Samples of audio per output frame."""
+        return int(config.inputs_to_logits_ratio)
+
+    def output_frames(self, config, samples: int, sampling_rate: int) -> int:
+        """The output frames of a clip of `samples` at `sampling_rate` (in a padded batch, those its attention mask
+        covers)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ speech recognition
+    def ctc_processor(self, tokenizer, feature_extractor):
+        """The processor a CTC model ships with: its tokenizer and feature extractor, as the stock pipeline and
+        load_ctc_processor read them back."""
+        import transformers
+
+        return getattr(transformers, self.processor)(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+    def load_ctc_processor(self, model_dir: str):
+        import transformers
+
+        return getattr(transformers, self.processor).from_pretrained(model_dir)
+
+    # ------------------------------------------------------------------------------------------ fast paths
+    def fast_paths(self, model, device) -> list:
+        """Switch `model` (in place) to the fast paths that fit it; what was switched, for the log."""
+        from speechkit.models import fast_paths
+
+        return fast_paths.apply(model, device, time_major=False)

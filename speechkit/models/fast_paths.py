@@ -30,10 +30,11 @@ from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 ATTENTION = "speechkit_sdpa"  # the stock SDPA, with 16-bit-draw attention dropout while training on the CPU
 
 
-def apply(model: nn.Module, device: torch.device) -> list[str]:
-    """Switch `model` (in place) to the fast paths that fit it; returns what was switched, for the log."""
+def apply(model: nn.Module, device: torch.device, time_major: bool = True) -> list[str]:
+    """Switch `model` (in place) to the fast paths that fit it (`time_major`: the conv feature encoder too, where its
+    family says so: speechkit/models/); returns what was switched, for the log."""
     applied = []
-    layers = [m for m in model.modules() if type(m) in _TIME_MAJOR and _fits_time_major(m.conv)]
+    layers = [m for m in model.modules() if type(m) in _TIME_MAJOR and _fits_time_major(m.conv)] if time_major else []
     for layer in layers:
         layer.__class__ = _TIME_MAJOR[type(layer)]
     if layers:

@@ -49,7 +49,7 @@ def container_overrides(overrides: List[str], container_hw: str, container_preci
 
 def compose(overrides: List[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
-    from speechkit.config import register_configs
+    from speechkit.cli import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CODE_ROOT / "conf"), version_base="1.3"):

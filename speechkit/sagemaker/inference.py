@@ -1,7 +1,7 @@
 """The inference handler: SageMaker's Hugging Face/PyTorch toolkit contract, shipped as `code/inference.py`.
 
-    model_fn(model_dir)                 -> the model, its processor and a CTC speech-recognition pipeline (or,
-                                           for an audio classifier, the audio-classification pipeline)
+    model_fn(model_dir)                 -> the model and its pipeline: speech recognition for a CTC model,
+                                           audio classification for a classifier, whatever its family
     input_fn(body, content_type)        -> a mono clip, from JSON {"speech_array": [...], "sampling_rate": N}
                                            or from raw audio bytes (audio/wav, audio/flac, audio/x-audio, ...)
     predict_fn(clip, model)             -> {"text": ..., "duration_s": ...}; resampled to the model's rate, long
@@ -13,8 +13,8 @@
 It is self-contained (numpy, torch, torchcodec, transformers; nothing from speechkit), so the same file runs in the
 endpoint's container, in `python serve.py` on this machine, and in the tests. Requests that cannot be served raise
 `InferenceError` with an HTTP status and a message saying what is wrong. Nothing here unpickles input or trusts
-remote code: bodies are parsed as JSON or decoded as audio by FFmpeg, and the model loads from safetensors with
-the concrete Wav2Vec2 classes (a classifier: the Auto classes, safetensors only).
+remote code: bodies are parsed as JSON or decoded as audio by FFmpeg, and the model loads from safetensors only,
+through the transformers Auto class of its head (SERVED).
 
 Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
 SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none: never chunk), SPEECHKIT_STRIDE_LENGTH_S (4;
@@ -62,43 +62,59 @@ def _media_type(value: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- model_fn
+# What a model is served as, by the head its config's architectures name: the pipeline (the speechkit task's own
+# pipeline tag, speechkit/tasks/), the transformers Auto class that loads it and its list of architectures. Any model
+# family transformers has these heads for is served alike (wav2vec2, HuBERT, WavLM, w2v-BERT, AST ...).
+SERVED = {"automatic-speech-recognition": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
+          "audio-classification": ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")}
+
+
+def served_as(config) -> Optional[str]:
+    """The pipeline a saved model is served by, from its config's architectures; None: not one this serves."""
+    from transformers.models.auto import modeling_auto
+
+    for task, (_, mapping) in SERVED.items():
+        if set(config.architectures or ()) & set(getattr(modeling_auto, mapping).values()):
+            return task
+    return None
+
+
 def model_fn(model_dir: str, context: Any = None) -> dict:
     import torch
-    from transformers import AutoConfig, Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
+    import transformers
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 
     device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    architectures = AutoConfig.from_pretrained(model_dir, local_files_only=True).architectures or []
-    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
-        return _classifier(model_dir, device)
-    processor = Wav2Vec2Processor.from_pretrained(model_dir, local_files_only=True)
-    model = Wav2Vec2ForCTC.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).to(device).eval()
-    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
-                   feature_extractor=processor.feature_extractor, device=torch.device(device))
-    # The shortest clip the model can take (its convolutions' receptive field), found with the model's own length
-    # arithmetic: a shorter one is refused with a 400 rather than failing inside the model.
-    frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
-    return {"pipeline": asr, "model": model, "processor": processor,
-            "sampling_rate": int(processor.feature_extractor.sampling_rate),
-            "min_samples": int(torch.nonzero(frames >= 1)[0, 0]) + 1}
-
-
-def _classifier(model_dir: str, device: str) -> dict:
-    """An audio classifier (a speechkit classification run's model/): the stock audio-classification pipeline."""
-    import torch
-    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
-
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    task = served_as(config)
+    if task is None:
+        raise InferenceError(f"{model_dir} holds a {config.architectures}: served are speech recognition (CTC) and "
+                             "audio classification models", 500)
+    model = getattr(transformers, SERVED[task][0]).from_pretrained(model_dir, local_files_only=True,
+                                                                   use_safetensors=True).to(device).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForAudioClassification.from_pretrained(model_dir, local_files_only=True,
-                                                            use_safetensors=True).to(device).eval()
-    classify = pipeline("audio-classification", model=model, feature_extractor=feature_extractor,
-                        device=torch.device(device))
-    rate = int(feature_extractor.sampling_rate)
-    shortest = int(0.025 * rate)  # one 25 ms filter-bank frame (AST); wav2vec2: its convolutions' receptive field
-    if hasattr(model, "_get_feat_extract_output_lengths"):
+    # The tokenizer and the feature extractor passed as they are: a shipped n-gram LM (pyctcdecode, not installed in
+    # the endpoint) is left out, so the endpoint decodes greedily.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if task != "audio-classification" \
+        else None
+    served = pipeline(task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor,
+                      device=torch.device(device))
+    return {"pipeline": served, "model": model, "task": task, "sampling_rate": int(feature_extractor.sampling_rate),
+            "min_samples": shortest_clip(model, feature_extractor)}
+
+
+def shortest_clip(model, feature_extractor) -> int:
+    """The shortest clip (samples) the model can take, so that a shorter one is refused with a 400 rather than
+    failing inside the model: for a waveform encoder, its convolutions' receptive field by the model's own length
+    arithmetic; for a filter-bank one, one 25 ms window, plus a 10 ms hop for each further frame it stacks into one
+    input (w2v-BERT stacks two)."""
+    import torch
+
+    if model.main_input_name == "input_values" and hasattr(model, "_get_feat_extract_output_lengths"):
         frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
-        shortest = int(torch.nonzero(frames >= 1)[0, 0]) + 1
-    return {"pipeline": classify, "model": model, "task": "audio-classification", "sampling_rate": rate,
-            "min_samples": shortest}
+        return int(torch.nonzero(frames >= 1)[0, 0]) + 1
+    rate = int(feature_extractor.sampling_rate)
+    return int(0.025 * rate) + (getattr(feature_extractor, "stride", 1) - 1) * int(0.010 * rate)
 
 
 # --------------------------------------------------------------------------------------------- input_fn

@@ -32,30 +32,22 @@ CHANNEL = "dataset"  # the input channel holding a local data set: SM_CHANNEL_DA
 #   eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)
 #   eval step=20 epoch=0.25 eval_loss=0.4321 eval_accuracy=0.9500 eval_macro_f1=0.9400 (240 clips)
 _NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-METRIC_DEFINITIONS = [
+TRAINING_METRICS = [
     ("train_loss", rf"train step=\d+/\d+ epoch=\S+ loss={_NUM}"),
     ("learning_rate", rf"train step=\d+/\d+ .*\blr={_NUM}"),
     ("epoch", rf"train step=\d+/\d+ epoch={_NUM}"),
     ("train_audio_s_per_s", rf"train step=\d+/\d+ .*\baudio_s_per_s={_NUM}"),  # throughput: audio s per s
     ("eval_loss", rf"eval step=\d+ epoch=\S+ eval_loss={_NUM}"),
-    ("eval_wer", rf"eval step=\d+ .*\beval_wer={_NUM}"),
-    ("eval_cer", rf"eval step=\d+ .*\beval_cer={_NUM}"),
-    ("eval_accuracy", rf"eval step=\d+ .*\beval_accuracy={_NUM}"),  # task=audio_classification
-    ("eval_macro_f1", rf"eval step=\d+ .*\beval_macro_f1={_NUM}"),
-    ("eval_map", rf"eval step=\d+ .*\beval_map={_NUM}"),  # task=audio_classification task.multi_label=true
 ]
-TASK_SCORES = {"asr": ("eval_wer", "eval_cer"), "audio_classification": ("eval_accuracy", "eval_macro_f1"),
-               "audio_classification/multi_label": ("eval_accuracy", "eval_map", "eval_macro_f1")}
 
 
 def metric_definitions(cfg: DictConfig) -> List[Tuple[str, str]]:
-    """The definitions for this run's task: the training figures, eval_loss and the task's scores."""
-    name = OmegaConf.select(cfg, "task.name", default="asr")
-    task = getattr(name, "value", name)  # an enum member once checked against the schema
-    if task == "audio_classification" and OmegaConf.select(cfg, "task.multi_label", default=False):
-        task += "/multi_label"
-    scores = TASK_SCORES[task]
-    return [(n, r) for n, r in METRIC_DEFINITIONS if not n.startswith("eval_") or n == "eval_loss" or n in scores]
+    """The definitions for this run's task: the training figures, eval_loss and the task's scores (its `scores`)."""
+    from speechkit.tasks import task_class
+
+    task = OmegaConf.select(cfg, "task")
+    scores = task_class(task.name).scores(task)
+    return TRAINING_METRICS + [(s.key, rf"eval step=\d+ .*\b{s.key}={_NUM}") for s in scores]
 
 
 def task_overrides() -> List[str]:
@@ -152,11 +144,11 @@ def requirements(extras: Sequence[str] = ()) -> List[str]:
 
 
 def job_extras(cfg: TrainConfig) -> List[str]:
-    """The extras a training config needs beyond the core: the n-gram LM (decoder=kenlm), pyannote (diarization)."""
-    from speechkit.config import DecoderType, TaskName
+    """The extras a training config's task needs beyond the core (its `extras`: the n-gram LM for
+    task.decoder.type=kenlm, pyannote for diarization)."""
+    from speechkit.tasks import task_class
 
-    return ([*(["lm"] if cfg.decoder.type == DecoderType.kenlm else []),
-             *(["diarization"] if cfg.task.name == TaskName.diarization else [])])
+    return task_class(cfg.task.name).extras(cfg.task)
 
 
 def stage_code(into: str, extras: Sequence[str] = ()) -> str:

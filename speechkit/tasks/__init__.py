@@ -1,73 +1,61 @@
 """Tasks (conf/task): what a row's target is, which head the model gets, how batches are collated, how the loss and
 the predictions are computed and scored, which result is best, and what ships beside the weights in model/.
 
-The trainer and the entry scripts only talk to a task through these members (both tasks have them all):
+- base.py            the contract every task keeps (Task), and what they share (Collator, Score)
+- asr/               speech recognition: CTC over characters (task.py), its vocab (vocab.py), its LM (decoding.py)
+- classification.py  audio classification: one class or several per clip
+- diarization.py     who spoke when: speaker activity per frame
+- scoring.py         the evaluation pass every task shares, and the files an evaluation writes
 
-  name, head, target, unit    the task's name, the model head it needs (ctc/classification), the data column it
-                              learns from (text/label), what a clip is called
-  fit_targets(train, eval, splits, report, run_dir, is_main) -> (train, eval)
-                              training: the vocab or label set, from the training split
-  describe_targets()          "31 symbols", "12 classes"
-  build_model(model_cfg, run_dir)
-                              training: the model with its head, and the processor that ships with it
-  from_model_dir(dir)         a saved model and its task (evaluate.py)
-  check_eval_rows(rows, split, report)
-                              evaluation rows the model cannot score are reported
-  dataset(rows, training), collator(training), forward(model, batch) -> output with .loss
-  target_of(value, audio) -> (target, reason, detail), crop
-                              a streamed training row's target, or why it is dropped; the length training clips are
-                              cut to (dataset.streaming, speechkit/data/streaming.py)
-  evaluate(model, loader, dataset, accelerator) -> EvalResult (speechkit/tasks/scoring.py)
-  after_training(model, eval_set, accelerator, run_dir, result, batch_size) -> EvalResult
-                              the task's last step on the shipped model (speech recognition: the n-gram LM)
-  save(path)                  the processor / feature extractor beside the weights
-  examples(result, n)         a few lines for the console
-  report_sections(result, ids, durations)
-                              report.html's sections (speechkit/report.py)
+The registry below is the one list of tasks: each one's config schema (speechkit/config.py, which conf/task/<name>.yaml
+fills in), the class that does it (imported only when it is used) and the model heads it can train. The trainer and
+the commands talk to a task only through the contract, and find it here by name, or by the head a saved model has.
+A new task is one module and one line here.
 """
 
 from __future__ import annotations
 
-from speechkit.config import ConfigError, TaskName
+import importlib
+from dataclasses import dataclass
+from typing import Tuple
+
+from speechkit.config import AsrConfig, ClassificationConfig, ConfigError, DiarizationConfig
+
+
+@dataclass(frozen=True)
+class Registered:
+    schema: type  # its config schema: conf/task/<name>.yaml composes onto it
+    implementation: str  # "module:Class"
+    heads: Tuple[str, ...]  # the model heads it can train, in order of preference (speechkit/models/)
+
+
+TASKS = {
+    "asr": Registered(AsrConfig, "speechkit.tasks.asr:SpeechRecognition", ("ctc",)),
+    "audio_classification": Registered(ClassificationConfig, "speechkit.tasks.classification:AudioClassification",
+                                       ("classification",)),
+    "diarization": Registered(DiarizationConfig, "speechkit.tasks.diarization:Diarization", ("frames",)),
+}
+
+
+def task_class(name: str):
+    """The class of the task named `name` (a key of TASKS)."""
+    if name not in TASKS:
+        raise ConfigError(f"task={name}: no such task (tasks: {', '.join(TASKS)})")
+    module, cls = TASKS[name].implementation.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def make_task(cfg):
-    """The task a training config asks for (cfg.task.name)."""
-    if cfg.task.name == TaskName.asr:
-        from speechkit.tasks.asr import SpeechRecognition
-
-        from speechkit.data.text import TextNormalizer
-
-        normalizer = TextNormalizer(cfg.dataset.text)
-        return SpeechRecognition(cfg.vocab, decoder_cfg=cfg.decoder, normalize=lambda t: normalizer(t).text)
-    if cfg.task.name == TaskName.diarization:
-        from speechkit.tasks.diarization import Diarization
-
-        return Diarization(cfg.task, cfg.model.sampling_rate)
-    from speechkit.tasks.classification import AudioClassification
-
-    return AudioClassification(cfg.task, cfg.model)
+    """The task a training config asks for (cfg.task.name), with the run's data set and model settings."""
+    return task_class(cfg.task.name)(cfg.task, dataset=cfg.dataset, model=cfg.model)
 
 
-def load_model_dir(model_dir: str, multi_label=None, collar_s=None, skip_overlap=None):
-    """(task, model) of a saved model (a folder, or a Hub id), the task read from its config: a CTC head is speech
-    recognition, a classification head audio classification, a frame-level head diarization (`multi_label`,
-    `collar_s`, `skip_overlap`: see EvaluateConfig)."""
-    from transformers import AutoConfig
+def load_model_dir(model_dir: str, **options):
+    """(task, model) of a saved model (a folder, or a Hub id): the task is the one whose head the model has (a CTC
+    head: speech recognition, a classification head: audio classification, a frame-level head: diarization).
+    `options`: evaluate.py's overrides of the model's own task settings (multi_label, collar_s, skip_overlap)."""
+    from speechkit.models import load
 
-    architectures = AutoConfig.from_pretrained(model_dir).architectures or []
-    if any(a.endswith("ForCTC") for a in architectures):
-        from speechkit.tasks.asr import SpeechRecognition
-
-        return SpeechRecognition.from_model_dir(model_dir)
-    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
-        from speechkit.tasks.classification import AudioClassification
-
-        return AudioClassification.from_model_dir(model_dir, multi_label)
-    if any(a.endswith("ForAudioFrameClassification") for a in architectures):
-        from speechkit.tasks.diarization import Diarization
-
-        return Diarization.from_model_dir(model_dir, collar_s, skip_overlap)
-    raise ConfigError(f"model_dir: {model_dir} holds a {architectures or 'model of no known architecture'}; speechkit "
-                      "scores CTC (speech recognition), audio-classification and frame-classification (diarization) "
-                      "models")
+    model, head = load(model_dir)
+    name = next(name for name, entry in TASKS.items() if head in entry.heads)
+    return task_class(name).restore(model, model_dir, options), model

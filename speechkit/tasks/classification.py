@@ -5,20 +5,20 @@ sigmoid, mAP, as AudioSet is labelled). Labels come from `dataset.label_column`;
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, List as ListOf, Sequence as SequenceOf
+from datasets import List as ListOf, Sequence as SequenceOf
 from sklearn import metrics as skm
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PreTrainedModel
 
 from speechkit import data
+from speechkit.config import ClassificationConfig, ConfigError, LabelSet
 from speechkit.data.audio import audio_ref
-from speechkit.config import ConfigError, LabelSet, ModelConfig, TaskConfig
-from speechkit.data import DropReport, SpeechDataset
-from speechkit.models import build_model, feature_extractor_for, input_window_samples, uses_attention_mask
+from speechkit.data.references import parse_labels
+from speechkit.tasks.base import Score, Task
 from speechkit.tasks.scoring import EvalResult, gather_predictions
 
 log = logging.getLogger(__name__)
@@ -26,79 +26,48 @@ log = logging.getLogger(__name__)
 MULTI, SINGLE = "multi_label_classification", "single_label_classification"
 
 
-def parse_labels(raw, multi_label: bool) -> List[str]:
-    """A cell of the label column as a list of labels: a list as is, a string split at ";" when multi-label."""
-    if isinstance(raw, (list, tuple)):
-        return [str(x).strip() for x in raw if str(x).strip()]
-    raw = str(raw).strip()
-    return [p.strip() for p in raw.split(";") if p.strip()] if multi_label else [raw]
+class ClassTargets:
+    """A batch's targets: class ids, or multi-hot rows for multi-label."""
 
-
-class ClassificationCollator:
-    """Turns the clips (training ones already cut to a random window by the dataset) into the model's input (AST's
-    filter bank, padded or cut to its window; or wav2vec2's normalised waveform, padded, with its mask) and stacks
-    the targets (class ids, or multi-hot rows for multi-label)."""
-
-    def __init__(self, feature_extractor, pass_attention_mask: bool, num_labels: int, multi_label: bool):
-        self.feature_extractor = feature_extractor
-        self.window = input_window_samples(feature_extractor)  # AST: what its filter bank keeps
-        self.pass_attention_mask = pass_attention_mask
+    def __init__(self, num_labels: int, multi_label: bool):
         self.num_labels, self.multi_label = num_labels, multi_label
 
-    def __call__(self, items: List[Optional[dict]]) -> Optional[dict]:
-        items = [x for x in items if x is not None]
-        if not items:
-            return None
-        clips = [x["input_values"] for x in items]
-        fe = self.feature_extractor
-        if self.window:
-            features = fe(clips, sampling_rate=fe.sampling_rate, return_tensors="pt")
-            seen = [min(len(c), self.window) for c in clips]
-            padded = self.window * len(clips)
+    def __call__(self, items: List[dict], batch: dict) -> dict:
+        if self.multi_label:
+            targets = torch.zeros(len(items), self.num_labels)
+            for row, x in enumerate(items):
+                targets[row, x["labels"]] = 1.0
         else:
-            features = fe(clips, sampling_rate=fe.sampling_rate, padding=True, return_attention_mask=True,
-                          return_tensors="pt")
-            seen = [len(c) for c in clips]
-            padded = int(features["input_values"].numel())
-        batch = {"input_values": features["input_values"], "index": torch.tensor([x["index"] for x in items]),
-                 "audio_samples": sum(seen), "padded_samples": padded}
-        if "attention_mask" in features:
-            batch["attention_mask"] = features["attention_mask"]
-        if "labels" in items[0]:
-            if self.multi_label:
-                targets = torch.zeros(len(items), self.num_labels)
-                for row, x in enumerate(items):
-                    targets[row, x["labels"]] = 1.0
-            else:
-                targets = torch.tensor([x["labels"][0] for x in items], dtype=torch.long)
-            batch["labels"] = targets
-        return batch
-
-    def model_inputs(self, batch: dict) -> dict:
-        inputs = {"input_values": batch["input_values"]}
-        if self.pass_attention_mask and "attention_mask" in batch:
-            inputs["attention_mask"] = batch["attention_mask"]
-        return inputs
+            targets = torch.tensor([x["labels"][0] for x in items], dtype=torch.long)
+        return {"labels": targets}
 
 
-class AudioClassification:
+class AudioClassification(Task):
     name = "audio_classification"
-    head = "classification"  # the model head it needs (speechkit/models/)
     target = data.LABEL
     unit = "clips"
+    pipeline = "audio-classification"
+    card_kind = "An audio classification"
+    card_usage = ('from transformers import pipeline\n'
+                  'classify = pipeline("audio-classification", model="<this folder or repo>")\n'
+                  'print(classify("clip.wav"))')
+    inventory_kind = "labels"
 
-    def __init__(self, cfg: Optional[TaskConfig] = None, model_cfg: Optional[ModelConfig] = None):
-        self.cfg = cfg or TaskConfig()
-        self.model_cfg = model_cfg
+    def __init__(self, cfg: Optional[ClassificationConfig] = None, dataset=None, model=None):
+        super().__init__(cfg or ClassificationConfig(), dataset, model)
         self.multi_label = self.cfg.multi_label
         self.labels: List[str] = []
-        self.feature_extractor = None
-        self._collate: Optional[ClassificationCollator] = None
-        self.crop: Optional[int] = None  # training clips longer than this many samples are cut (set in build_model)
+
+    @classmethod
+    def scores(cls, cfg) -> List[Score]:
+        accuracy = Score("eval_accuracy", "accuracy", "accuracy", lower_is_better=False)
+        f1 = Score("eval_macro_f1", "macro-F1", "f1", lower_is_better=False)
+        if cfg.multi_label:
+            return [Score("eval_map", "mAP", "map", lower_is_better=False), accuracy, f1]
+        return [accuracy, f1]
 
     # ------------------------------------------------------------------------ training: targets and model
-    def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
-                    run_dir: str, is_main: bool) -> Tuple[Dataset, Dataset]:
+    def fit_targets(self, train_rows, eval_rows, splits: Tuple[str, str], report, run_dir: str, is_main: bool):
         """The label set: every label of the training split, sorted (task.label_set=data), or the pretrained
         checkpoint's own (task.label_set=checkpoint: its head is kept; clips with other labels are dropped and
         reported). With labels from the data, a label only the evaluation split has cannot be learnt, so it is
@@ -107,11 +76,13 @@ class AudioClassification:
         if not self.multi_label:
             several = next((i for i, labels in enumerate(train) if len(labels) != 1), None)
             if several is not None:
-                raise ConfigError(f"dataset.label_column: split '{splits[0]}' row {several} has labels {train[several]}"
-                                  "; set task.multi_label=true for clips with several labels")
+                raise ConfigError(f"dataset.columns.label: split '{splits[0]}' row {several} has labels "
+                                  f"{train[several]}; set task.multi_label=true for clips with several labels")
         if self.cfg.label_set == LabelSet.checkpoint:
             if not self.model_cfg.name_or_path:
                 raise ConfigError("task.label_set=checkpoint needs a pretrained model (model.name_or_path)")
+            from transformers import AutoConfig
+
             id2label = AutoConfig.from_pretrained(self.model_cfg.name_or_path,
                                                   revision=self.model_cfg.revision).id2label
             self.labels = [id2label[i] for i in sorted(id2label)]
@@ -119,12 +90,12 @@ class AudioClassification:
                     self.check_eval_rows(eval_rows, splits[1], report))
         self.labels = sorted({label for labels in train for label in labels})
         if len(self.labels) < 2:
-            raise ConfigError(f"dataset.label_column: split '{splits[0]}' has {len(self.labels)} distinct label(s) "
+            raise ConfigError(f"dataset.columns.label: split '{splits[0]}' has {len(self.labels)} distinct label(s) "
                               f"{self.labels}; a classifier needs at least 2")
         known = set(self.labels)
         unseen = sorted({label for v in data.labels(eval_rows) for label in parse_labels(v, self.multi_label)} - known)
         if unseen:
-            raise ConfigError(f"dataset.label_column: split '{splits[1]}' has label(s) the training split "
+            raise ConfigError(f"dataset.columns.label: split '{splits[1]}' has label(s) the training split "
                               f"'{splits[0]}' never has: {unseen[:10]}{' ...' if len(unseen) > 10 else ''}; the model "
                               "could never predict them (move such clips into training, or out of the evaluation "
                               "split)")
@@ -133,33 +104,32 @@ class AudioClassification:
     def describe_targets(self) -> str:
         return f"{len(self.labels)} classes" + (" (multi-label)" if self.multi_label else "")
 
-    def build_model(self, cfg: ModelConfig, run_dir: str) -> PreTrainedModel:
-        model = build_model(cfg, "classification", num_labels=len(self.labels),
-                            id2label=dict(enumerate(self.labels)), label2id={k: i for i, k in enumerate(self.labels)},
-                            problem_type=MULTI if self.multi_label else SINGLE)
-        self.feature_extractor = feature_extractor_for(model, cfg)
-        window = input_window_samples(self.feature_extractor)
-        crop = int(self.cfg.max_length_s * cfg.sampling_rate) if self.cfg.max_length_s else None
+    def head_config(self) -> dict:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": {k: i for i, k in enumerate(self.labels)},
+                "problem_type": MULTI if self.multi_label else SINGLE}
+
+    def prepare(self, model, run_dir: str) -> None:
+        """Training clips are cut to task.max_length_s, or to the model's own input window (AST's filter bank keeps
+        max_length frames), whichever is shorter."""
+        window = self.inputs.window
+        crop = int(self.cfg.max_length_s * self.sampling_rate) if self.cfg.max_length_s else None
         self.crop = min(c for c in (crop, window) if c) if (crop or window) else None
-        self.pass_attention_mask = uses_attention_mask(model)
-        return model
 
     # ---------------------------------------------------------------------------------- a saved model
     @classmethod
-    def from_model_dir(cls, model_dir: str, multi_label: Optional[bool] = None
-                       ) -> Tuple["AudioClassification", PreTrainedModel]:
+    def restore(cls, model, model_dir: str, options: dict) -> "AudioClassification":
         """A saved classifier; `multi_label` null: as its config says, or as the data has it if it says nothing."""
-        model = AutoModelForAudioClassification.from_pretrained(model_dir)
+        multi_label = options.get("multi_label")
         if multi_label is None and model.config.problem_type in (MULTI, SINGLE):
             multi_label = model.config.problem_type == MULTI
-        task = cls(TaskConfig(name="audio_classification", multi_label=bool(multi_label)))
+        task = cls(ClassificationConfig(multi_label=bool(multi_label)))
         task.multi_label = multi_label  # None until the data decides (check_eval_rows)
         task.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        task.feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
-        task.crop, task.pass_attention_mask = None, uses_attention_mask(model)
-        return task, model
+        task.bind(model, cls.saved_feature_extractor(model_dir))
+        return task
 
-    def check_eval_rows(self, rows: Dataset, split: str, report: DropReport) -> Dataset:
+    def check_eval_rows(self, rows, split: str, report):
         """Clips with a label the model does not know are counted, reported (drop_report.jsonl) and left out; with
         several labels, only clips none of whose labels the model knows (AudioSet has classes a checkpoint may
         lack: the known ones are scored)."""
@@ -181,21 +151,14 @@ class AudioClassification:
             log.warning("split '%s': %d clip(s) have labels the model does not know; left out (drop_report.jsonl)",
                         split, len(rows) - len(keep))
         if not keep:
-            raise ConfigError(f"dataset.label_column: no clip of split '{split}' has a label the model knows "
+            raise ConfigError(f"dataset.columns.label: no clip of split '{split}' has a label the model knows "
                               f"({self.labels[:10]} ...)")
         return rows if len(keep) == len(rows) else rows.select(keep)
 
-    def save(self, path: str) -> None:
-        self.feature_extractor.save_pretrained(path)
-
     # ----------------------------------------------------------------------------- data and scoring
-    @property
-    def sampling_rate(self) -> int:
-        return self.feature_extractor.sampling_rate
-
     def target_of(self, value, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
-        """A streamed training row's class ids, or why it has none (dataset.streaming, speechkit/data/streaming.py): a
-        label the label set lacks is dropped as check_eval_rows drops it."""
+        """A streamed training row's class ids, or why it has none (dataset.streaming): a label the label set
+        lacks is dropped as check_eval_rows drops it."""
         labels = parse_labels(value, self.multi_label)
         if not self.multi_label and len(labels) != 1:
             return None, "several_labels", ";".join(labels)
@@ -205,31 +168,21 @@ class AudioClassification:
             return None, "unknown_label", ";".join(unknown)
         return [ids[label] for label in labels if label in ids], "", ""
 
-    def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
+    def targets(self, rows) -> list:
         ids = {label: i for i, label in enumerate(self.labels)}
-        targets = [[ids[label] for label in parse_labels(v, self.multi_label) if label in ids]
-                   for v in data.labels(rows)]
-        return SpeechDataset(rows, self.sampling_rate, targets, crop=self.crop if training else None)
+        return [[ids[label] for label in parse_labels(v, self.multi_label) if label in ids] for v in data.labels(rows)]
 
-    def collator(self, training: bool) -> ClassificationCollator:
-        """One collator for training and evaluation (training clips come already cropped from the dataset), made
-        once the label set and multi-label are known."""
-        if self._collate is None:
-            self._collate = ClassificationCollator(self.feature_extractor, self.pass_attention_mask, len(self.labels),
-                                                   self.multi_label)
-        return self._collate
+    def batch_targets(self) -> ClassTargets:
+        return ClassTargets(len(self.labels), self.multi_label)
 
-    def forward(self, model, batch: dict):
-        """The model's output, with the loss computed here: cross-entropy, or binary cross-entropy per label for
-        multi-label (wav2vec2's sequence-classification head only knows the former)."""
-        out = model(**self.collator(False).model_inputs(batch))
-        if "labels" in batch:
-            logits = out.logits.float()
-            out["loss"] = (F.binary_cross_entropy_with_logits(logits, batch["labels"]) if self.multi_label
-                           else F.cross_entropy(logits, batch["labels"]))
-        return out
+    def loss(self, out, batch: dict):
+        """Cross-entropy, or binary cross-entropy per label for multi-label (wav2vec2's sequence-classification head
+        only knows the former)."""
+        logits = out.logits.float()
+        return (F.binary_cross_entropy_with_logits(logits, batch["labels"]) if self.multi_label
+                else F.cross_entropy(logits, batch["labels"]))
 
-    def evaluate(self, model, loader, dataset: SpeechDataset, accelerator) -> EvalResult:
+    def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
         by_row, loss, gathered = gather_predictions(model, loader, accelerator, self.forward,
                                                     lambda out, batch, unwrapped: out.logits.float())
         rows = sorted(by_row)
@@ -270,10 +223,6 @@ class AudioClassification:
         return EvalResult(metrics=metrics, rank=(-key, -metrics["eval_macro_f1"], loss), objective=1.0 - key,
                           summary=summary, rows=rows, predictions=predictions, tables=tables)
 
-    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str, result: EvalResult,
-                       batch_size: int) -> EvalResult:
-        return result  # nothing to add to a classifier once it is shipped
-
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
         """report.html: scores, the per-class table, the confusion matrix, the clips it got wrong."""
         from speechkit.report import classification_sections
@@ -288,3 +237,8 @@ class AudioClassification:
         lines += [f"{r['label']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:5.4f}  {r['support']:7d}"
                   for r in result.tables["per_class"]]
         return "\n".join(lines)
+
+    # --------------------------------------------------------------------------------------------- inspection
+    def inventory(self, rows) -> Counter:
+        """Clips per label."""
+        return Counter(label for v in data.labels(rows) for label in parse_labels(v, self.cfg.multi_label))

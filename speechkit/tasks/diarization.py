@@ -1,9 +1,9 @@
 """task=diarization: who spoke when, end to end as SUPERB's speaker-diarization task does it.
 
-The encoder (wav2vec2) gets a frame-level head (`Wav2Vec2ForAudioFrameClassification`) with one output per speaker
-(`task.max_speakers`), each a per-frame probability that this speaker talks. Training takes a random `task.chunk_s`
-chunk of each recording every epoch (SpeechDataset's crop) and scores it with a permutation-invariant loss: binary
-cross-entropy under the order of speakers that fits best, since a chunk's speakers have no natural order.
+The encoder (a wav2vec2-like one) gets a frame-level head (`AutoModelForAudioFrameClassification`) with one output
+per speaker (`task.max_speakers`), each a per-frame probability that this speaker talks. Training takes a random
+`task.chunk_s` chunk of each recording every epoch (SpeechDataset's crop) and scores it with a permutation-invariant
+loss: binary cross-entropy under the order of speakers that fits best, since a chunk's speakers have no natural order.
 
 A whole recording is read in `chunk_s` windows that overlap by half; each window's speakers are matched to the
 running result over the overlap (the order that agrees best), probabilities are averaged, thresholded
@@ -12,10 +12,10 @@ pyannote.core Annotation (RTTM out) and are scored by pyannote.metrics' DER (mis
 confusion) with `task.collar_s` (pyannote's convention: the collar's whole width, half on each side of a reference
 boundary) and `task.skip_overlap`. The best checkpoint has the lowest DER.
 
-References: an RTTM file per recording (audiofolder: `dataset.rttm_column`) or turns in columns (Hub data sets:
-`dataset.segment_columns`), checked per recording: an RTTM that is missing or names another recording, a turn past
-the recording's end, overlapping turns of one speaker, a training recording with more speakers than the model has
-outputs: each dropped and reported, naming the file.
+References: an RTTM file per recording (audiofolder: `dataset.columns.rttm`) or turns in columns (Hub data sets:
+`dataset.columns.segments`), read and checked per recording (speechkit/data/references.py): an RTTM that is missing
+or names another recording, a turn past the recording's end, overlapping turns of one speaker, a training recording
+with more speakers than the model has outputs: each dropped and reported, naming the file.
 """
 
 from __future__ import annotations
@@ -24,20 +24,19 @@ import itertools
 import json
 import logging
 import os
+from collections import Counter
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, Value
-from transformers import AutoFeatureExtractor, AutoModelForAudioFrameClassification, PreTrainedModel
+from datasets import Value
 
 from speechkit import data
+from speechkit.config import ConfigError, DiarizationConfig
 from speechkit.data.audio import audio_ref
 from speechkit.data.references import BadReference, Turn, check_turns, read_turns, to_annotation
-from speechkit.config import ConfigError, ModelConfig, TaskConfig
-from speechkit.data import DropReport, SpeechDataset
-from speechkit.models import build_model, feature_extractor_for, uses_attention_mask
+from speechkit.tasks.base import Score, Task
 from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
@@ -55,13 +54,6 @@ def require_pyannote() -> None:
 
 
 # ------------------------------------------------------------------------------------------ frames & loss
-def output_frames(config, samples: int) -> int:
-    n = samples
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        n = (n - kernel) // stride + 1
-    return max(int(n), 0)
-
-
 def frame_targets(turns: List[Turn], speakers: List[str], offset_s: float, frames: int, hop_s: float,
                   max_speakers: int) -> torch.Tensor:
     """(frames, max_speakers): 1 where the speaker (in `speakers` order) talks at the frame's centre."""
@@ -87,77 +79,56 @@ def pit_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) ->
     return per_order.min(dim=1).values.mean()
 
 
-class FrameCollator:
-    """Pads audio (normalised per chunk, with its mask) and builds the frame targets of each chunk from its
-    recording's turns and where the chunk starts."""
+class FrameTargets:
+    """A batch's frame targets, built from each chunk's recording turns and where the chunk starts, and the mask of
+    the frames each chunk really has (a shorter chunk's last frames are padding)."""
 
-    def __init__(self, feature_extractor, config, pass_attention_mask: bool, max_speakers: int):
-        self.feature_extractor, self.config = feature_extractor, config
-        self.pass_attention_mask, self.max_speakers = pass_attention_mask, max_speakers
-        self.rate = feature_extractor.sampling_rate
-        self.hop_s = config.inputs_to_logits_ratio / self.rate
+    def __init__(self, family, config, sampling_rate: int, max_speakers: int):
+        self.family, self.config, self.rate, self.max_speakers = family, config, sampling_rate, max_speakers
+        self.hop_s = family.frame_hop(config) / sampling_rate
 
-    def __call__(self, items: List[Optional[dict]]) -> Optional[dict]:
-        items = [x for x in items if x is not None]
-        if not items:
-            return None
-        fe = self.feature_extractor
-        features = fe([x["input_values"] for x in items], sampling_rate=self.rate, padding=True,
-                      return_attention_mask=True, return_tensors="pt")
-        width = output_frames(self.config, features["input_values"].shape[1])
-        lengths = [min(output_frames(self.config, len(x["input_values"])), width) for x in items]
-        batch = {"input_values": features["input_values"], "attention_mask": features["attention_mask"],
-                 "index": torch.tensor([x["index"] for x in items]),
-                 "frame_mask": torch.arange(width)[None, :] < torch.tensor(lengths)[:, None],
-                 "audio_samples": sum(len(x["input_values"]) for x in items),
-                 "padded_samples": int(features["input_values"].numel())}
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([
-                frame_targets(x["labels"], sorted({w for _, _, w in x["labels"]}), x.get("offset", 0) / self.rate,
-                              width, self.hop_s, self.max_speakers) for x in items])
-        return batch
+    def frames(self, samples: int) -> int:
+        return self.family.output_frames(self.config, samples, self.rate)
 
-    def model_inputs(self, batch: dict) -> dict:
-        inputs = {"input_values": batch["input_values"]}
-        if self.pass_attention_mask:
-            inputs["attention_mask"] = batch["attention_mask"]
-        return inputs
+    def __call__(self, items: List[dict], batch: dict) -> dict:
+        width = self.frames(max(len(x["input_values"]) for x in items))
+        lengths = [min(self.frames(len(x["input_values"])), width) for x in items]
+        labels = torch.stack([
+            frame_targets(x["labels"], sorted({w for _, _, w in x["labels"]}), x.get("offset", 0) / self.rate, width,
+                          self.hop_s, self.max_speakers) for x in items])
+        return {"labels": labels, "frame_mask": torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]}
 
 
 # ---------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
-def speaker_activity(model, feature_extractor, read: Callable[[int, int], np.ndarray], total: int, window: int,
-                     batch_size: int = 8, progress=None) -> np.ndarray:
+def speaker_activity(model, inputs, frames: Callable[[int], int], read: Callable[[int, int], np.ndarray], total: int,
+                     window: int, batch_size: int = 8, progress=None) -> np.ndarray:
     """Per-frame probabilities (frames, max_speakers) for a whole recording of `total` samples, read `window`
     samples at a time (`read(start, count)`) with windows overlapping by half; each window's speakers put in the
-    order that agrees best with what the windows before it found over their overlap. Memory: one batch of windows,
-    and the frame grid."""
-    config, rate = model.config, feature_extractor.sampling_rate
+    order that agrees best with what the windows before it found over their overlap. `inputs`: the model's
+    ModelInputs; `frames(samples)`: a clip's output frames. Memory: one batch of windows, and the frame grid."""
+    config = model.config
     hop = config.inputs_to_logits_ratio  # samples per output frame (the feature encoder's strides: 320, 20 ms)
     step = max(hop, (window // 2) // hop * hop)
     starts = list(range(0, max(total - window, 0) + 1, step))
     if starts[-1] + window < total:
         starts.append(starts[-1] + step)
-    frames = output_frames(config, total) + window // hop + 1
+    grid = frames(total) + window // hop + 1
     speakers = config.num_labels
-    summed, counts = np.zeros((frames, speakers)), np.zeros(frames)
+    summed, counts = np.zeros((grid, speakers)), np.zeros(grid)
     orders = list(itertools.permutations(range(speakers)))
     device = next(model.parameters()).device
-    mask = uses_attention_mask(model)
     for first in range(0, len(starts), batch_size):
         group = starts[first:first + batch_size]
         clips = [read(s, min(window, total - s)) for s in group]
-        keep = [i for i, c in enumerate(clips) if output_frames(config, len(c)) > 0]
+        keep = [i for i, c in enumerate(clips) if frames(len(c)) > 0]
         if not keep:
             continue
-        features = feature_extractor([clips[i] for i in keep], sampling_rate=rate, padding=True,
-                                     return_attention_mask=True, return_tensors="pt")
-        inputs = {"input_values": features["input_values"].to(device)}
-        if mask:
-            inputs["attention_mask"] = features["attention_mask"].to(device)
-        probs = torch.sigmoid(model(**inputs).logits.float()).cpu().numpy()
+        batch = inputs([clips[i] for i in keep])
+        probs = torch.sigmoid(model(**{k: v.to(device) for k, v in inputs.model_inputs(batch).items()}).logits
+                              .float()).cpu().numpy()
         for row, i in enumerate(keep):
-            n = output_frames(config, len(clips[i]))
+            n = frames(len(clips[i]))
             p = probs[row, :n]
             at = group[i] // hop
             seen = counts[at:at + n] > 0
@@ -169,7 +140,7 @@ def speaker_activity(model, feature_extractor, read: Callable[[int, int], np.nda
             counts[at:at + n] += 1
         if progress is not None:
             progress(min(group[-1] + window, total), total)
-    used = output_frames(config, total)
+    used = frames(total)
     return summed[:used] / np.maximum(counts[:used], 1)[:, None]
 
 
@@ -220,24 +191,34 @@ def der(references, hypotheses, uris, durations, collar: float, skip_overlap: bo
 
 
 # ----------------------------------------------------------------------------------------------- the task
-class Diarization:
+class Diarization(Task):
     name = "diarization"
-    head = "frames"  # the model head it needs (speechkit/models/)
     target = data.SEGMENTS
     unit = "recordings"
+    # the tag pyannote's segmentation models carry on the Hub (transformers has no diarization pipeline)
+    pipeline = "voice-activity-detection"
+    card_kind = "A speaker diarization (per-frame speaker activity)"
+    card_usage = ('from transformers import AutoModelForAudioFrameClassification\n'
+                  'model = AutoModelForAudioFrameClassification.from_pretrained("<this folder or repo>")\n'
+                  '# who spoke when, as RTTM: python diarize.py model_dir=<this folder> audio=a.wav')
+    inventory_kind = "labels"  # recordings by their number of speakers
 
-    def __init__(self, cfg: Optional[TaskConfig] = None, sampling_rate: int = 16000):
+    def __init__(self, cfg: Optional[DiarizationConfig] = None, dataset=None, model=None):
         require_pyannote()
-        self.cfg = cfg or TaskConfig(name="diarization")
-        self.rows_rate = sampling_rate  # the rate the checking pass decoded at (the model's): num_samples' unit
-        self.feature_extractor = None
-        self.config = None
-        self.crop: Optional[int] = None  # training chunks (set in build_model / from_model_dir)
-        self._collate: Optional[FrameCollator] = None
+        super().__init__(cfg or DiarizationConfig(), dataset, model)
+        # the rate the checking pass decoded at (the model's): num_samples' unit
+        self.rows_rate = model.sampling_rate if model is not None else 16000
+
+    @classmethod
+    def scores(cls, cfg) -> List[Score]:
+        return [Score("eval_der", "DER", "der", lower_is_better=True)]
+
+    @classmethod
+    def extras(cls, cfg) -> List[str]:
+        return ["diarization"]
 
     # ------------------------------------------------------------------------ training: targets and model
-    def _checked(self, rows: Dataset, split: str, report: DropReport, max_speakers: Optional[int],
-                 rate: int) -> Dataset:
+    def _checked(self, rows, split: str, report, max_speakers: Optional[int], rate: int):
         """Each row's turns read and checked (JSON turns in the segments column); bad references dropped, reported.
         `max_speakers`: set for training, where a recording with more speakers is dropped too; evaluation (None) scores
         such a recording, with a warning."""
@@ -266,11 +247,9 @@ class Diarization:
         if not keep:
             raise ConfigError(f"split '{split}': no recording has a usable reference ({report.summary()})")
         rows = rows.select(keep)
-        return rows.remove_columns([data.SEGMENTS]).add_column(data.SEGMENTS, turns,
-                                                               feature=Value("string"))
+        return rows.remove_columns([data.SEGMENTS]).add_column(data.SEGMENTS, turns, feature=Value("string"))
 
-    def fit_targets(self, train_rows: Dataset, eval_rows: Dataset, splits: Tuple[str, str], report: DropReport,
-                    run_dir: str, is_main: bool) -> Tuple[Dataset, Dataset]:
+    def fit_targets(self, train_rows, eval_rows, splits: Tuple[str, str], report, run_dir: str, is_main: bool):
         """No vocabulary to fit: the references are read and checked (a training recording with more speakers than
         task.max_speakers is dropped; an evaluation one is scored)."""
         rate = self.rows_rate
@@ -282,45 +261,36 @@ class Diarization:
     def describe_targets(self) -> str:
         return f"up to {self.cfg.max_speakers} speakers per window"
 
-    def build_model(self, cfg: ModelConfig, run_dir: str) -> PreTrainedModel:
-        model = build_model(cfg, "frames", num_labels=self.cfg.max_speakers)
+    def head_config(self) -> dict:
+        return {"num_labels": self.cfg.max_speakers}
+
+    def prepare(self, model, run_dir: str) -> None:
+        """The task's inference and scoring settings travel in the model's config (diarize.py, evaluate.py)."""
         setattr(model.config, SETTINGS, {k: getattr(self.cfg, k) for k in
                                          ("chunk_s", "threshold", "min_turn_s", "collar_s", "skip_overlap")})
-        self._setup(model, feature_extractor_for(model, cfg))
-        return model
 
-    def _setup(self, model, feature_extractor) -> None:
-        self.config, self.feature_extractor = model.config, feature_extractor
+    def bind(self, model, feature_extractor) -> None:
+        super().bind(model, feature_extractor)
         self.rows_rate = feature_extractor.sampling_rate
         self.crop = int(self.cfg.chunk_s * feature_extractor.sampling_rate)
-        self._collate = FrameCollator(feature_extractor, model.config, uses_attention_mask(model),
-                                      self.cfg.max_speakers)
 
     # ---------------------------------------------------------------------------------- a saved model
     @classmethod
-    def from_model_dir(cls, model_dir: str, collar_s: Optional[float] = None,
-                       skip_overlap: Optional[bool] = None) -> Tuple["Diarization", PreTrainedModel]:
-        model = AutoModelForAudioFrameClassification.from_pretrained(model_dir)
+    def restore(cls, model, model_dir: str, options: dict) -> "Diarization":
+        """A saved diarizer, with the settings it was trained with; `collar_s`, `skip_overlap` (evaluate.py) override
+        the scoring's."""
         settings = dict(getattr(model.config, SETTINGS, None) or {})
-        settings.update({k: v for k, v in (("collar_s", collar_s), ("skip_overlap", skip_overlap)) if v is not None})
-        task = cls(TaskConfig(name="diarization", max_speakers=model.config.num_labels, **settings))
-        task._setup(model, AutoFeatureExtractor.from_pretrained(model_dir))
-        return task, model
+        settings.update({k: options[k] for k in ("collar_s", "skip_overlap") if options.get(k) is not None})
+        task = cls(DiarizationConfig(max_speakers=model.config.num_labels, **settings))
+        task.bind(model, cls.saved_feature_extractor(model_dir))
+        return task
 
-    def check_eval_rows(self, rows: Dataset, split: str, report: DropReport) -> Dataset:
+    def check_eval_rows(self, rows, split: str, report):
         return self._checked(rows, split, report, None, self.sampling_rate)
 
-    def save(self, path: str) -> None:
-        self.feature_extractor.save_pretrained(path)
-
     # ----------------------------------------------------------------------------- data and scoring
-    @property
-    def sampling_rate(self) -> int:
-        return self.feature_extractor.sampling_rate
-
-    def dataset(self, rows: Dataset, training: bool) -> SpeechDataset:
-        turns = [[tuple(t) for t in json.loads(v)] for v in rows[data.SEGMENTS]]
-        return SpeechDataset(rows, self.sampling_rate, turns, crop=self.crop if training else None)
+    def targets(self, rows) -> list:
+        return [[tuple(t) for t in json.loads(v)] for v in rows[data.SEGMENTS]]
 
     def target_of(self, value, audio: str = "") -> Tuple[Optional[list], str, str]:
         """A streamed recording's turns (dataset.streaming), or why it has none."""
@@ -330,23 +300,25 @@ class Diarization:
             return None, bad.reason, bad.detail
         return turns, "", ""
 
-    def collator(self, training: bool) -> FrameCollator:
-        return self._collate
+    def batch_targets(self) -> FrameTargets:
+        return FrameTargets(self.family, self.config, self.sampling_rate, self.cfg.max_speakers)
 
-    def forward(self, model, batch: dict):
-        """Frame logits, and with targets the permutation-invariant loss over the chunk's frames."""
-        out = model(**self._collate.model_inputs(batch))
-        if "labels" in batch:
-            out["loss"] = pit_loss(out.logits, batch["labels"], batch["frame_mask"])
-        return out
+    def loss(self, out, batch: dict):
+        """The permutation-invariant loss over the chunk's frames (logits past the targets' frames, padding of a
+        filter-bank input, are left out)."""
+        width = batch["labels"].shape[1]
+        return pit_loss(out.logits[:, :width], batch["labels"], batch["frame_mask"])
+
+    def frames(self, samples: int) -> int:
+        return self.family.output_frames(self.config, samples, self.sampling_rate)
 
     def diarize(self, model, read: Callable[[int, int], np.ndarray], total: int, progress=None) -> List[Turn]:
         """A whole recording's turns (`read(start, count)` gives its samples)."""
-        activity = speaker_activity(model, self.feature_extractor, read, total, self.crop, progress=progress)
-        hop_s = self.config.inputs_to_logits_ratio / self.sampling_rate  # seconds per output frame
+        activity = speaker_activity(model, self.inputs, self.frames, read, total, self.crop, progress=progress)
+        hop_s = self.family.frame_hop(self.config) / self.sampling_rate  # seconds per output frame
         return turns_from_activity(activity, hop_s, self.cfg.threshold, self.cfg.min_turn_s)
 
-    def evaluate(self, model, loader, dataset: SpeechDataset, accelerator) -> EvalResult:
+    def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
         """Every evaluation recording diarized whole (each process its share), scored by DER."""
         from accelerate.utils import gather_object
 
@@ -379,10 +351,6 @@ class Diarization:
         return EvalResult(metrics=metrics, rank=(scores["der"],), objective=scores["der"], summary=summary,
                           rows=rows, predictions=predictions)
 
-    def after_training(self, model, eval_set: SpeechDataset, accelerator, run_dir: str, result: EvalResult,
-                       batch_size: int) -> EvalResult:
-        return result
-
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
         """report.html: scores, the per-recording table, and reference against hypothesis for a few recordings."""
         from speechkit.report import esc, png, table
@@ -404,3 +372,15 @@ class Diarization:
             lines.append(f"{p['recording'][:24]:<24} {p['der']:>7.3f} {p['missed']:>7.3f} {p['false_alarm']:>7.3f} "
                          f"{p['confusion']:>7.3f} {p['speakers']:>4} {p['found']:>5}")
         return "\n".join(lines)
+
+    # --------------------------------------------------------------------------------------------- inspection
+    def inventory(self, rows) -> Counter:
+        """Recordings by their number of speakers."""
+        return Counter(_speakers(v, audio_ref(a)) for v, a in zip(rows[data.SEGMENTS], rows[data.AUDIO]))
+
+
+def _speakers(value, audio: str) -> str:
+    try:
+        return f"{len({who for _, _, who in read_turns(value, audio)})} speakers"
+    except BadReference as bad:
+        return f"unusable reference ({bad.reason})"

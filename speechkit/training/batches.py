@@ -1,158 +1,138 @@
-"""Batches of clips of similar duration: a fixed number of clips, or a budget of seconds. (The collators that pad
-them belong to the tasks, speechkit/tasks/.)"""
+"""The training batches the loop is fed: one interface over a split (map-style, every clip once per epoch in the
+batch sampler's order) and a stream (dataset.streaming), so the loop never asks which it has and a checkpoint holds
+one data position.
+
+    for batch in batches          the micro-batches, endlessly, from where the position stands, epoch after epoch
+    batches.progress              epochs done (a split's fractional, a stream's whole)
+    batches.step_done()           after each optimizer step, in every process: whether an epoch ended with it
+    batches.position()            what a checkpoint saves (JSON); in every process at the same step
+    batches.restore(position)     where a resumed run starts
+    batches.steps_per_epoch       micro-batches per epoch (None: a stream has no length)
+
+Both draw nothing from the global random stream (their loaders have their own generators), so starting or resuming
+them leaves dropout and masking exactly as an uninterrupted run has them.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+import logging
+from typing import Iterator, List, Optional
 
-import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, send_to_device
+
+from speechkit.config import ConfigError
+from speechkit.data.checking import DropReport
+from speechkit.data.streaming import StreamedBatches, loader as stream_loader
+
+log = logging.getLogger(__name__)
 
 
-class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
-    """`batch_size` clips per batch, of similar length so padding stays small, the order of batches shuffled every
-    epoch (what the Hugging Face Trainer's group_by_length does, and what the published recipes used).
+class SplitBatches:
+    """A split's batches (a loader prepared by accelerate over a training batch sampler), epoch after epoch. The
+    position is (epoch, micro-batches done in it); a resumed epoch skips the batches already trained on."""
 
-    The order depends only on (seed, epoch) (`seed` may be several numbers: a stream's (seed, window)), so a resumed
-    run can replay an epoch and skip what it had seen.
-    Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
-    full batches are then shuffled and a short remainder batch, if any, comes last.
-    With shuffle=False (evaluation), batches simply follow the length order.
-    """
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler, accelerator: Accelerator):
+        self.loader, self.sampler, self.accelerator = loader, sampler, accelerator
+        self.epoch, self.done = 0, 0
+        self.steps_per_epoch = len(loader)
 
-    MEGA_BATCH = 50
+    def __iter__(self) -> Iterator[Optional[dict]]:
+        while True:
+            # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
+            self.loader.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch)
+            rest = self.accelerator.skip_first_batches(self.loader, self.done) if self.done else self.loader
+            for batch in rest:
+                self.done += 1
+                yield batch
+            if self.done >= len(self.loader):  # the epoch ended on batches that made no step
+                self.epoch, self.done = self.epoch + 1, 0
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 group_by_length: bool = True):
-        self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.group_by_length = group_by_length
-        self.epoch = 0
+    @property
+    def progress(self) -> float:
+        return self.epoch + self.done / len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def step_done(self) -> bool:
+        if self.done < len(self.loader):
+            return False
+        self.epoch, self.done = self.epoch + 1, 0
+        return True
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.done}
 
-    def __iter__(self) -> Iterator[List[int]]:
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            order = np.argsort(-self.lengths, kind="stable") if self.group_by_length else np.arange(n)
-            yield from (order[i:i + bs].tolist() for i in range(0, n, bs))
-            return
-        rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch])
-        order = rng.permutation(n)
-        if self.group_by_length:
-            mega = bs * self.MEGA_BATCH
-            order = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-                                    for chunk in (order[i:i + mega] for i in range(0, n, mega))])
-        batches = [order[i:i + bs].tolist() for i in range(0, n, bs)]
-        # The one short batch (if any) always comes last. Under several processes accelerate's BatchSamplerShard
-        # deals batch i to process i % num_processes and pads only a short *last* batch; a short batch anywhere
-        # else makes it silently drop that whole round of batches (one per process) from the epoch.
-        full = n // bs
-        for b in rng.permutation(full):
-            yield batches[b]
-        if full < len(batches):
-            yield batches[-1]
+    def restore(self, position: dict) -> None:
+        self.epoch, self.done = position["epoch"], position["batches_done"]
+
+    def describe(self) -> str:
+        return f"epoch {self.epoch}, batch {self.done}"
 
 
-class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
-    """Batches of at most `max_samples` samples each, padding counted (clips x longest clip): many short clips or a
-    few long ones, so every batch fills the device alike and none runs out of memory.
+class StreamBatches:
+    """A stream's batches (speechkit/data/streaming.py), read in every process from its own share, endlessly. Each
+    batch carries the stream's bookkeeping, taken off it here: the position after it (epoch, window, batch), whether
+    it ended an epoch of this process's stream, and the rows dropped since the last batch. The position saved is
+    every process's, and the drops of the first epoch (which are also written to drop_report.jsonl then)."""
 
-    Clips are sorted by length and cut once into buckets of similar length (within BUCKET_WIDTH of the bucket's
-    longest clip, and a whole number of batches each); every epoch shuffles the clips inside each bucket, cuts them
-    into that bucket's batches and shuffles the order of all batches. The batches change from epoch to epoch but
-    their number does not (the trainer counts steps before it starts), the order depends only on (seed, epoch) so a
-    resumed run replays an epoch and skips what it had seen, and padding stays within the bucket width. Batches vary
-    in size, which `batch_size = None` tells accelerate: under several processes it deals them out round by round.
-    """
+    steps_per_epoch = None
 
-    BUCKET_WIDTH = 0.05  # clips of a bucket are at least 95 % as long as its longest: padding under 5 % per batch
+    def __init__(self, stream: StreamedBatches, collate, loading: dict, seed: int, accelerator: Accelerator):
+        self.stream, self.accelerator = stream, accelerator
+        self.loader = stream_loader(stream, collate, loading, seed)
+        self.non_blocking = loading.get("pin_memory", False)
+        self.at = stream.start  # (epoch, window, batches done in the window)
+        self.pending: List[dict] = []  # drops not yet gathered into a position
+        self.drops: List[dict] = []  # every process's drops so far
+        self.ended = False  # an epoch of this process's stream ended since the last step
 
-    batch_size = None  # variable-size batches (accelerate's BatchSamplerShard reads this)
-    drop_last = False
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            self.pending += batch.pop("dropped")
+            self.at = tuple(batch.pop("position"))
+            self.ended |= batch.pop("end_of_epoch")
+            yield send_to_device(batch, self.accelerator.device, non_blocking=self.non_blocking)
 
-    def __init__(self, lengths: Sequence[int], max_samples: int, seed: int = 0):
-        self.lengths = np.asarray(lengths)
-        self.seed = seed
-        self.epoch = 0
-        order = np.argsort(-self.lengths, kind="stable")
-        self.buckets = []  # (clip indices, clips per batch), longest clips first
-        start, n = 0, len(order)
-        while start < n:
-            longest = int(self.lengths[order[start]])
-            per_batch = max(1, int(max_samples) // max(longest, 1))
-            end = start
-            while end < n and self.lengths[order[end]] >= longest * (1 - self.BUCKET_WIDTH):
-                end += 1
-            # A whole number of batches; a bucket too small for one full batch borrows the next (shorter) clips.
-            take = (end - start) // per_batch * per_batch or per_batch
-            self.buckets.append((order[start:start + take], per_batch))
-            start += take
-        self.num_batches = sum(math.ceil(len(ix) / per) for ix, per in self.buckets)
+    @property
+    def progress(self) -> float:
+        return self.at[0]  # a stream does not know its length: its epochs are counted whole
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def step_done(self) -> bool:
+        """Every process evaluates together, whichever stream ran out."""
+        ended = self.ended if self.accelerator.num_processes == 1 else \
+            anywhere(torch.tensor(self.ended, device=self.accelerator.device), self.accelerator)
+        self.ended = False
+        return ended
 
-    def __len__(self) -> int:
-        return self.num_batches
+    def position(self) -> dict:
+        """Every process's position and the drops so far; the drop report rewritten with them."""
+        positions = gather_object([list(self.at)])  # in one process: the list as given
+        new = list(gather_object(self.pending))
+        self.pending = []
+        self.drops += new
+        if self.accelerator.is_main_process and self.stream.report_path:
+            DropReport(list(self.stream.report.rows) + self.drops).write(self.stream.report_path)
+            if new:
+                log.info("Stream: %d row(s) dropped so far (%s), listed in %s", len(self.drops),
+                         DropReport(self.drops).summary(), self.stream.report_path)
+        return {"positions": [list(p) for p in positions], "drops": self.drops}
 
-    def __iter__(self) -> Iterator[List[int]]:
-        rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch])
-        batches = []
-        for indices, per_batch in self.buckets:
-            shuffled = rng.permutation(indices)
-            batches += [shuffled[i:i + per_batch].tolist() for i in range(0, len(shuffled), per_batch)]
-        for b in rng.permutation(len(batches)):
-            yield batches[b]
+    def restore(self, position: dict) -> None:
+        positions = position["positions"]
+        if len(positions) != self.accelerator.num_processes:
+            raise ConfigError(f"trainer.resume: the checkpoint's stream was read by {len(positions)} process(es), "
+                              f"this run has {self.accelerator.num_processes}; resume with as many")
+        self.stream.start = self.at = tuple(positions[self.accelerator.process_index])
+        self.drops = list(position["drops"])
 
-
-def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) -> torch.utils.data.DataLoader:
-    """Every clip once, in batches of `batch_size` clips of similar length, longest first (evaluation); `loading`:
-    hardware.loader_settings."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=ClipCountBatchSampler(dataset.lengths, batch_size,
-                                                                                    shuffle=False),
-                                       collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed), **loading)
-
-
-def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
-                  seed, group_by_length: bool = True) -> torch.utils.data.Sampler:
-    """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
-    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike."""
-    if batch_duration_s:
-        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
-    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
+    def describe(self) -> str:
+        return "stream at epoch %d, window %d, batch %d" % tuple(self.at)
 
 
-def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
-                        sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
-    """batch_sampler's batches, each index tagged with its epoch (EpochTagged)."""
-    return EpochTagged(batch_sampler(lengths, batch_size, batch_duration_s, sampling_rate, seed, group_by_length))
-
-
-class EpochTagged(torch.utils.data.Sampler[List[Tuple[int, int]]]):
-    """The batches of a training batch sampler with each index paired with its epoch, `(epoch, index)`. A dataset
-    that draws random numbers per clip (a random crop) seeds them from (seed, epoch, index): the same draws in every
-    run, in every worker process and after a resume, whatever the loader had prefetched when a checkpoint was
-    written (a draw from the global RNG in the collator would not be: accelerate's loader collates one batch ahead).
-    Everything else (len, set_epoch, batch_size for accelerate) is the wrapped sampler's."""
-
-    def __init__(self, batches: torch.utils.data.Sampler):
-        self.batches = batches
-
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["batches"], name)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        epoch = self.batches.epoch
-        for batch in self.batches:
-            yield [(epoch, int(i)) for i in batch]
+def anywhere(flag: torch.Tensor, accelerator: Accelerator) -> bool:
+    """True when `flag` is set in any process: every process must take a branch together, or DDP waits forever."""
+    flag = flag.reshape(1).float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.gather(flag).max()
+    return bool(flag.item())

@@ -1,7 +1,8 @@
 """The training loop (conf/trainer), on accelerate, read top to bottom: train() runs setup() (loaders, optimizer,
 schedule, resume), loop() (the steps, logging windows, evaluations, checkpoints) and ship() (model/ and its final
-eval). It knows nothing of the task: batches, the loss, the scores and what ships beside the weights come from the
-task (speechkit/tasks/)."""
+eval). It knows nothing of the task, the model family or the kind of data: the loss, the scores and what ships
+beside the weights come from the task (speechkit/tasks/), the fast paths from the model's family
+(speechkit/models/), the batches from one interface over a split and a stream (speechkit/training/batches.py)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel
 
-from speechkit.data import streaming
-from speechkit.models import fast_paths
-from speechkit.training import batches, checkpoint
-from speechkit.training.batches import train_batch_sampler
 from speechkit.config import FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
+from speechkit.data.samplers import eval_loader, train_batch_sampler
+from speechkit.data.streaming import StreamedBatches
 from speechkit.hardware import loader_settings, optimizer_settings
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult
-from speechkit.data.streaming import StreamedBatches, StreamTracker
+from speechkit.training import checkpoint
+from speechkit.training.batches import SplitBatches, StreamBatches, anywhere
+from speechkit.training.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,24 @@ class TrainerState:
     """What a checkpoint needs beyond accelerate's own state to continue exactly where it stopped."""
 
     global_step: int = 0
-    epoch: int = 0
-    batches_done_in_epoch: int = 0  # micro-batches, so resume can skip exactly these
+    data: Optional[dict] = None  # where the training batches stand (speechkit/training/batches.py: position())
     best_rank: Optional[List[float]] = None  # the task's ranking key of the best evaluation (smaller is better)
     best_summary: Optional[str] = None
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
-    # dataset.streaming: where each process's stream stands, and the rows it dropped (speechkit/data/streaming.py)
-    stream_positions: Optional[List[List[int]]] = None
-    stream_drops: Optional[List[dict]] = None
+
+    @classmethod
+    def read(cls, saved: dict) -> "TrainerState":
+        """A checkpoint's trainer_state.json, written by this release or an earlier one (which kept a split's epoch
+        and batch, or a stream's positions and drops, as fields of their own)."""
+        saved = dict(saved)
+        if "data" not in saved:
+            epoch, done = saved.pop("epoch", 0), saved.pop("batches_done_in_epoch", 0)
+            positions, drops = saved.pop("stream_positions", None), saved.pop("stream_drops", None)
+            saved["data"] = {"positions": positions, "drops": drops or []} if positions \
+                else {"epoch": epoch, "batches_done": done}
+        return cls(**saved)
 
 
 class MetricsFile:
@@ -128,15 +137,13 @@ class Run:
     model: PreTrainedModel  # prepared by accelerate (wrapped under DDP)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: torch.utils.data.DataLoader
-    train_sampler: Optional[torch.utils.data.Sampler]  # None for a stream
+    batches: SplitBatches | StreamBatches  # the training batches: one interface over a split and a stream
     eval_loader: torch.utils.data.DataLoader
     eval_set: SpeechDataset
     state: TrainerState
     dirs: RunDir
     metrics: MetricsFile
     sampling_rate: int
-    stream: Optional[StreamTracker] = None  # dataset.streaming: the training batches' positions and drops
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -151,40 +158,30 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
     # stream exactly as an uninterrupted run has it.
     loading = loader_settings(accelerator, cfg.num_workers)
-    stream, train_sampler = None, None
-    if isinstance(train_set, StreamedBatches):
-        train_loader = streaming.loader(train_set, task.collator(True), loading, cfg.seed)
-        stream = StreamTracker(train_set, accelerator, non_blocking=loading["pin_memory"])
-    else:
-        train_sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
-                                            cfg.seed, cfg.group_by_length)
-        train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler,
-                                                   collate_fn=task.collator(True),
-                                                   generator=torch.Generator().manual_seed(cfg.seed), **loading)
-    eval_loader = batches.eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
-
-    no_decay = ("bias", "layer_norm.weight", "layernorm.weight")
-    params = [p for p in model.named_parameters() if p[1].requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-         {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-        **optimizer_settings(accelerator))
+    evaluation = eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
+    optimizer = make_optimizer(cfg, model, optimizer_settings(accelerator))
     if cfg.fast_paths:
-        applied = fast_paths.apply(model, accelerator.device)
+        applied = task.family.fast_paths(model, accelerator.device)
         if applied:
             log.info("Fast paths: %s", "; ".join(applied))
     if cfg.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so checkpoints, stay those of the plain model
-    if stream:
-        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-        steps_per_epoch, total_steps = None, cfg.max_steps  # a stream has no length (validation asks for max_steps)
+    if isinstance(train_set, StreamedBatches):
+        model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
+        batches = StreamBatches(train_set, task.collator(True), loading, cfg.seed, accelerator)
     else:
-        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-        total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * steps_per_epoch)
+        sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
+                                      cfg.seed, cfg.group_by_length)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=task.collator(True),
+                                             generator=torch.Generator().manual_seed(cfg.seed), **loading)
+        model, optimizer, loader, evaluation = accelerator.prepare(model, optimizer, loader, evaluation)
+        batches = SplitBatches(loader, sampler, accelerator)
+    # A stream has no length: validation asks for trainer.max_steps.
+    steps_per_epoch = math.ceil(batches.steps_per_epoch / cfg.gradient_accumulation_steps) \
+        if batches.steps_per_epoch else None
+    total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * steps_per_epoch)
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it once per process).
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps), total_steps)
+    scheduler = make_scheduler(cfg, optimizer, total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
     dirs = RunDir(run_dir)
@@ -192,33 +189,30 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     resume_from = checkpoint.resolve_resume(cfg.resume, dirs.checkpoints)
     if resume_from:
         accelerator.load_state(resume_from)
-        state = TrainerState(**checkpoint.load_state(resume_from))
+        state = TrainerState.read(checkpoint.load_state(resume_from))
         if state.total_steps != total_steps:
             raise ValueError(f"trainer.resume: {resume_from} was made for {state.total_steps} steps, this run "
                              f"has {total_steps}; keep trainer.num_epochs/max_steps/batch_size as they were")
-        if stream:
-            stream.resume(state.stream_positions)
-        where = ("stream at epoch %d, window %d, batch %d" % stream.position if stream
-                 else f"epoch {state.epoch}, batch {state.batches_done_in_epoch}")
-        log.info("Resumed from %s at step %d (%s)", resume_from, state.global_step, where)
+        batches.restore(state.data)
+        log.info("Resumed from %s at step %d (%s)", resume_from, state.global_step, batches.describe())
     elif cfg.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", dirs.checkpoints)
 
     per_device = f"{cfg.batch_duration_s:g} s of audio" if cfg.batch_duration_s else f"{cfg.batch_size} clips"
     log.info("Training %d steps: %s examples, %s per batch and device x %d process(es) x %d accumulation, "
-             "%s steps/epoch; data loading: %s", total_steps, "streamed" if stream else len(train_set), per_device,
-             accelerator.num_processes, cfg.gradient_accumulation_steps, steps_per_epoch or "streamed",
-             f"a stream, {train_set.window} rows a window" if stream else loading)
-    return Run(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-               train_sampler=train_sampler, eval_loader=eval_loader, eval_set=eval_set, state=state, dirs=dirs,
-               metrics=MetricsFile(dirs.metrics, accelerator), sampling_rate=sampling_rate, stream=stream)
+             "%s steps/epoch; optimizer %s, schedule %s; data loading: %s", total_steps,
+             len(train_set) if steps_per_epoch else "streamed", per_device, accelerator.num_processes,
+             cfg.gradient_accumulation_steps, steps_per_epoch or "streamed", cfg.optimizer.value,
+             cfg.scheduler.value, loading if steps_per_epoch else f"a stream, {train_set.window} rows a window")
+    return Run(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches, eval_loader=evaluation,
+               eval_set=eval_set, state=state, dirs=dirs, metrics=MetricsFile(dirs.metrics, accelerator),
+               sampling_rate=sampling_rate)
 
 
 # ------------------------------------------------------------------------------------------------------- loop
 def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
     """Optimizer steps until `state.total_steps`, with logging windows, evaluations and checkpoints on schedule."""
-    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    train_loader, state = run.train_loader, run.state
+    model, optimizer, scheduler, state = run.model, run.optimizer, run.scheduler, run.state
     total_steps = state.total_steps
     model.train()
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
@@ -230,90 +224,70 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
     nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     clock = Throughput()
     with logging_redirect_tqdm():
-        while state.global_step < total_steps:
-            batches = _rest_of_epoch(run, accelerator)
-            stream_epoch_ended = False  # a stream's epoch ends where the stream says, in any micro-batch of a step
-            for batch in clock.timed(batches):
-                if run.stream:
-                    batch, ended = run.stream.receive(batch)
-                    stream_epoch_ended |= ended
-                    state.epoch = run.stream.epoch
-                else:
-                    state.batches_done_in_epoch += 1
-                if batch is None:
-                    continue
-                clock.count(batch)
-                with accelerator.accumulate(model):
-                    loss = task.forward(model, batch).loss
-                    finite = torch.isfinite(loss.detach())
-                    nonfinite |= ~finite
-                    # A non-finite loss is backpropagated too (its gradients are thrown away with the whole step
-                    # below): skipping it here would need its value on the host now.
-                    accelerator.backward(loss)
-                    window_loss += torch.where(finite, loss.detach().float(), 0.0)
-                    window_batches += finite.float()
-                    if accelerator.sync_gradients:
-                        grad_norm = None
-                        if _anywhere(nonfinite, accelerator):
-                            state.skipped_nonfinite += 1
-                            log.warning("non-finite loss at step %d: step skipped (%d so far)",
-                                        state.global_step + 1, state.skipped_nonfinite)
-                        else:
-                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        nonfinite.zero_()
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                state.global_step += 1
-                progress.update(1)
-                # A stream does not know its length: its epochs are counted whole.
-                epoch_float = state.epoch if run.stream else \
-                    state.epoch + state.batches_done_in_epoch / len(train_loader)
+        for batch in clock.timed(run.batches):
+            if batch is None:  # every item of it vanished since start-up
+                continue
+            clock.count(batch)
+            with accelerator.accumulate(model):
+                loss = task.forward(model, batch).loss
+                finite = torch.isfinite(loss.detach())
+                nonfinite |= ~finite
+                # A non-finite loss is backpropagated too (its gradients are thrown away with the whole step below):
+                # skipping it here would need its value on the host now.
+                accelerator.backward(loss)
+                window_loss += torch.where(finite, loss.detach().float(), 0.0)
+                window_batches += finite.float()
+                if accelerator.sync_gradients:
+                    grad_norm = None
+                    if anywhere(nonfinite, accelerator):
+                        state.skipped_nonfinite += 1
+                        log.warning("non-finite loss at step %d: step skipped (%d so far)", state.global_step + 1,
+                                    state.skipped_nonfinite)
+                    else:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    nonfinite.zero_()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.global_step += 1
+            progress.update(1)
+            epoch = run.batches.progress
 
-                if state.global_step % cfg.logging_steps == 0 or state.global_step in (1, total_steps):
-                    losses = torch.stack([window_loss, window_batches])
-                    if accelerator.num_processes > 1:  # every process's batches, not only the main one's
-                        losses = accelerator.reduce(losses, "sum")
-                    loss_sum, loss_count = losses.tolist()
-                    speed = clock.values(accelerator, run.sampling_rate)
-                    values = {"epoch": round(epoch_float, 4), "loss": loss_sum / max(loss_count, 1),
-                              "learning_rate": scheduler.get_last_lr()[0],
-                              "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                              "skipped_nonfinite": state.skipped_nonfinite, **speed}
-                    log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f audio_s_per_s=%.2f "
-                             "padding=%.3f data_wait=%.3f", state.global_step, total_steps, epoch_float,
-                             values["loss"], values["learning_rate"], values["grad_norm"], values["audio_s_per_s"],
-                             values["padding"], values["data_wait"])
-                    run.metrics.write("train", state.global_step, values)
-                    progress.set_postfix(loss=f"{values['loss']:.3f}")
-                    window_loss.zero_()
-                    window_batches.zero_()
-                    clock.reset()
+            if state.global_step % cfg.logging_steps == 0 or state.global_step in (1, total_steps):
+                losses = torch.stack([window_loss, window_batches])
+                if accelerator.num_processes > 1:  # every process's batches, not only the main one's
+                    losses = accelerator.reduce(losses, "sum")
+                loss_sum, loss_count = losses.tolist()
+                speed = clock.values(accelerator, run.sampling_rate)
+                values = {"epoch": round(epoch, 4), "loss": loss_sum / max(loss_count, 1),
+                          "learning_rate": scheduler.get_last_lr()[0],
+                          "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                          "skipped_nonfinite": state.skipped_nonfinite, **speed}
+                # parsed by SageMaker's metric definitions (speechkit/sagemaker/launch.py)
+                log.info("train step=%d/%d epoch=%.2f loss=%.4f lr=%.3e grad_norm=%.3f audio_s_per_s=%.2f "
+                         "padding=%.3f data_wait=%.3f", state.global_step, total_steps, epoch, values["loss"],
+                         values["learning_rate"], values["grad_norm"], values["audio_s_per_s"], values["padding"],
+                         values["data_wait"])
+                run.metrics.write("train", state.global_step, values)
+                progress.set_postfix(loss=f"{values['loss']:.3f}")
+                window_loss.zero_()
+                window_batches.zero_()
+                clock.reset()
 
-                paused = time.perf_counter()
-                if run.stream:  # every process evaluates together, whichever stream ran out
-                    end_of_epoch = stream_epoch_ended if accelerator.num_processes == 1 else \
-                        _anywhere(torch.tensor(stream_epoch_ended, device=accelerator.device), accelerator)
-                    stream_epoch_ended = False
-                else:
-                    end_of_epoch = state.batches_done_in_epoch >= len(train_loader)
-                if (cfg.eval_steps and state.global_step % cfg.eval_steps == 0) or (
-                        end_of_epoch and cfg.eval_at_epoch_end) or state.global_step == total_steps:
-                    evaluate_and_track(accelerator, task, run, epoch_float)
-                if end_of_epoch and not run.stream:
-                    state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
-                if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
-                    if run.stream:
-                        run.stream.settle(state)  # every process's position and drops, into the checkpoint
-                    checkpoint.save(accelerator, run.dirs.checkpoints, state.global_step, asdict(state),
-                                    cfg.save_total_limit)
-                clock.excluded += time.perf_counter() - paused
-                if state.global_step >= total_steps:
-                    break
-            if not run.stream and state.batches_done_in_epoch >= len(train_loader):  # ended on a batch making no step
-                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
+            paused = time.perf_counter()
+            end_of_epoch = run.batches.step_done()
+            if (cfg.eval_steps and state.global_step % cfg.eval_steps == 0) or (
+                    end_of_epoch and cfg.eval_at_epoch_end) or state.global_step == total_steps:
+                evaluate_and_track(accelerator, task, run, epoch)
+            if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
+                state.data = run.batches.position()  # in every process: a stream gathers every process's
+                checkpoint.save(accelerator, run.dirs.checkpoints, state.global_step, asdict(state),
+                                cfg.save_total_limit)
+            clock.excluded += time.perf_counter() - paused
+            if state.global_step >= total_steps:
+                break
     progress.close()
     if state.skipped_nonfinite:
         log.warning("%d step(s) skipped for a non-finite loss", state.skipped_nonfinite)
@@ -340,7 +314,8 @@ def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: fl
                 path, state_dict=weights), run.dirs.best)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        training_curves(run.dirs.metrics, run.dirs.curves, state.best_step)
+        training_curves(run.dirs.metrics, run.dirs.curves, {s.key: s.name for s in task.scores(task.cfg)},
+                        state.best_step)
 
 
 # ------------------------------------------------------------------------------------------------------- ship
@@ -362,24 +337,3 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
     result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
     return result
-
-
-def _rest_of_epoch(run: Run, accelerator: Accelerator):
-    """The batches left in the current epoch (state.epoch, after state.batches_done_in_epoch); a stream's batches,
-    all of them (it runs epoch after epoch, from where it stood, and its batches say where that is)."""
-    if run.stream:
-        return run.train_loader
-    # Both: accelerate's loader re-sets its sampler's epoch from its own counter when iterated.
-    run.train_loader.set_epoch(run.state.epoch)
-    run.train_sampler.set_epoch(run.state.epoch)
-    if run.state.batches_done_in_epoch:
-        return accelerator.skip_first_batches(run.train_loader, run.state.batches_done_in_epoch)
-    return run.train_loader
-
-
-def _anywhere(flag: torch.Tensor, accelerator: Accelerator) -> bool:
-    """True when `flag` is set in any process: every process must skip a step together, or DDP waits forever."""
-    flag = flag.reshape(1).float()
-    if accelerator.num_processes > 1:
-        flag = accelerator.gather(flag).max()
-    return bool(flag.item())

@@ -1,10 +1,10 @@
-"""Decoding a CTC model's output (conf/decoder): greedy (the most likely symbol per frame) or beam search with a word
-n-gram language model (decoder=kenlm).
+"""Decoding a CTC model's output (task.decoder): greedy (the most likely symbol per frame) or beam search with a word
+n-gram language model (task.decoder.type=kenlm).
 
-- The LM is an ARPA file speechkit writes itself (`write_arpa`: interpolated Kneser-Ney, order `decoder.order`)
+- The LM is an ARPA file speechkit writes itself (`write_arpa`: interpolated Kneser-Ney, order `task.decoder.order`)
   from the training transcripts after text normalization, or from a text file or a Hub text data set.
 - Beam search is pyctcdecode's, scoring words with KenLM (`ufal.kenlm` ships the `kenlm` module as wheels).
-- `decoder.tune=true` searches the LM weight (alpha) and the word bonus (beta) on the evaluation split: a small
+- `task.decoder.tune=true` searches the LM weight (alpha) and the word bonus (beta) on the evaluation split: a small
   seeded random search around the configured values, the best pair kept.
 - The decoder ships inside model/ (`alphabet.json`, `language_model/` with the ARPA, its words and alpha/beta) and
   the feature extractor's config names `Wav2Vec2ProcessorWithLM`, which is what makes the stock
@@ -48,7 +48,7 @@ def write_arpa(sentences: Iterable[str], order: int, path: str, discount: float 
             for i in range(len(words) - n + 1):
                 counts[n][tuple(words[i:i + n])] += 1
     if not counts[1]:
-        raise ConfigError("decoder: no text to build the language model from")
+        raise ConfigError("task.decoder: no text to build the language model from")
     adjusted: List[Counter] = [Counter() for _ in range(order + 1)]
     adjusted[order] = counts[order]
     for n in range(order - 1, 0, -1):
@@ -91,12 +91,12 @@ def write_arpa(sentences: Iterable[str], order: int, path: str, discount: float 
 
 
 def lm_sentences(cfg: DecoderConfig, train_texts: Sequence[str], normalize) -> List[str]:
-    """The LM's text: decoder.text_file (one sentence per line), a Hub text data set, or the training transcripts;
+    """The LM's text: task.decoder.text_file (one sentence per line), a Hub text data set, or the training transcripts;
     the first two normalized as the transcripts are (`normalize`)."""
     if cfg.text_file:
         path = os.path.expanduser(cfg.text_file)
         if not os.path.isfile(path):
-            raise ConfigError(f"decoder.text_file: {path} does not exist")
+            raise ConfigError(f"task.decoder.text_file: {path} does not exist")
         with open(path, encoding="utf-8") as f:
             return [t for t in (normalize(line) for line in f) if t]
     if cfg.text_dataset:
@@ -104,7 +104,7 @@ def lm_sentences(cfg: DecoderConfig, train_texts: Sequence[str], normalize) -> L
 
         rows = load_dataset(cfg.text_dataset, split=cfg.text_split)
         if cfg.text_column not in rows.column_names:
-            raise ConfigError(f"decoder.text_column: {cfg.text_dataset} has no column '{cfg.text_column}' "
+            raise ConfigError(f"task.decoder.text_column: {cfg.text_dataset} has no column '{cfg.text_column}' "
                               f"(columns: {rows.column_names})")
         return [t for t in (normalize(x) for x in rows[cfg.text_column]) if t]
     return [t for t in train_texts if t]
@@ -135,8 +135,8 @@ def decode(decoder, logits: Sequence[np.ndarray]) -> List[str]:
 
 def tune(decoder, logits: Sequence[np.ndarray], references: List[str],
          cfg: DecoderConfig) -> Tuple[float, float, float]:
-    """(alpha, beta, WER): a seeded random search of decoder.tune_trials pairs around the configured ones (which are
-    tried first), scored on the evaluation split; the decoder is left set to the best pair."""
+    """(alpha, beta, WER): a seeded random search of task.decoder.tune_trials pairs around the configured ones (which
+    are tried first), scored on the evaluation split; the decoder is left set to the best pair."""
     import jiwer
 
     rng = random.Random(cfg.tune_seed)
@@ -146,7 +146,7 @@ def tune(decoder, logits: Sequence[np.ndarray], references: List[str],
     for alpha, beta in pairs:
         decoder.reset_params(alpha=alpha, beta=beta)
         wer = jiwer.wer(references, decode(decoder, logits))
-        log.info("decoder.tune: alpha=%.3f beta=%.3f WER %.4f", alpha, beta, wer)
+        log.info("task.decoder.tune: alpha=%.3f beta=%.3f WER %.4f", alpha, beta, wer)
         if best is None or wer < best[2]:
             best = (alpha, beta, wer)
     decoder.reset_params(alpha=best[0], beta=best[1])

@@ -1,4 +1,4 @@
-"""Character vocab (conf/vocab) and the Wav2Vec2 processor built around it."""
+"""The character vocab of speech recognition (task.vocab) and the CTC tokenizer built on it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 from typing import Dict, Iterable, List
 
 from datasets import Dataset
-from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from speechkit.config import ConfigError, VocabConfig
 from speechkit.data.audio import audio_ref
-from speechkit.data import AUDIO, DropReport, texts as data_texts
+from speechkit.data.checking import DropReport
+from speechkit.data.columns import AUDIO, texts as data_texts
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ def build_vocab(texts: Iterable[str], cfg: VocabConfig) -> Dict[str, int]:
 def load_vocab(path: str, cfg: VocabConfig) -> Dict[str, int]:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise ConfigError(f"vocab.path: {path} does not exist")
+        raise ConfigError(f"task.vocab.path: {path} does not exist")
     with open(path) as f:
         vocab = json.load(f)
     absent = [t for t in (cfg.word_delimiter, cfg.unk_token, cfg.pad_token) if t not in vocab]
     if absent:
-        raise ConfigError(f"vocab.path: {path} lacks the token(s) {absent} "
-                          "(set vocab.word_delimiter / vocab.unk_token / vocab.pad_token to its own names)")
+        raise ConfigError(f"task.vocab.path: {path} lacks the token(s) {absent} (set task.vocab.word_delimiter / "
+                          "task.vocab.unk_token / task.vocab.pad_token to its own names)")
     return vocab
 
 
@@ -80,9 +80,10 @@ def write_vocab(vocab: Dict[str, int], path: str) -> None:
         json.dump(vocab, f, ensure_ascii=False, indent=1)
 
 
-def make_processor(vocab_path: str, cfg: VocabConfig, feature_extractor: Wav2Vec2FeatureExtractor) -> Wav2Vec2Processor:
-    """Tokenizer + the model's feature extractor (speechkit.models.feature_extractor_for), saved with the model so
-    `transformers.pipeline` can load the directory."""
-    tokenizer = Wav2Vec2CTCTokenizer(vocab_path, unk_token=cfg.unk_token, pad_token=cfg.pad_token,
-                                     word_delimiter_token=cfg.word_delimiter)
-    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+def make_tokenizer(vocab_path: str, cfg: VocabConfig):
+    """The CTC tokenizer of a vocab.json; the model's family ships it with its feature extractor as one processor
+    (speechkit/models/), so that `transformers.pipeline` loads the model folder."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    return Wav2Vec2CTCTokenizer(vocab_path, unk_token=cfg.unk_token, pad_token=cfg.pad_token,
+                                word_delimiter_token=cfg.word_delimiter)

@@ -1,17 +1,24 @@
-"""Length-grouped batching and the CTC collator."""
+"""Length-grouped batch samplers, and the collator every task shares (here with CTC's targets)."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from speechkit.training.batches import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
-from speechkit.tasks.asr.task import CTCCollator
+from speechkit.data.samplers import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
+from speechkit.models import ModelInputs
+from speechkit.tasks.asr.task import pad_labels
+from speechkit.tasks.base import Collator
 
 
 def fe():
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=True)
+
+
+def CTCCollator(feature_extractor, pass_attention_mask):  # noqa: N802
+    """What speech recognition collates with: the family's inputs, label ids padded, the labels to the model."""
+    return Collator(ModelInputs(feature_extractor, pass_attention_mask), pad_labels, labels_to_model=True)
 
 
 def test_collator_pads_audio_with_mask_and_labels_with_minus_100():

@@ -1,0 +1,51 @@
+"""w2v-BERT 2.0 (`facebook/w2v-bert-2.0`, model type wav2vec2-bert): a conformer over 80-bin log-mel filter banks
+(25 ms windows every 10 ms, two frames stacked into one of 160 values: 20 ms per input frame), made by
+`SeamlessM4TFeatureExtractor`, which normalises each utterance and gives the attention mask the model always takes.
+No convolutional feature encoder to freeze. Heads: CTC, sequence classification and frames; an optional adapter
+(config.add_adapter) strides the output further, which transformers' own length arithmetic follows."""
+
+from __future__ import annotations
+
+from speechkit.models.base import ModelFamily
+
+MEL_BINS = 80
+
+
+class W2vBert(ModelFamily):
+    name = "w2v-BERT 2.0"
+    model_types = ("wav2vec2-bert",)
+    heads = ("ctc", "classification", "frames")
+    processor = "Wav2Vec2BertProcessor"
+
+    def new_feature_extractor(self, config, sampling_rate: int):
+        from transformers import SeamlessM4TFeatureExtractor
+
+        return SeamlessM4TFeatureExtractor(feature_size=MEL_BINS, num_mel_bins=MEL_BINS, sampling_rate=sampling_rate,
+                                           stride=self._stride(config), return_attention_mask=True)
+
+    @staticmethod
+    def _stride(config) -> int:
+        return config.feature_projection_input_dim // MEL_BINS  # filter-bank frames stacked into one input frame
+
+    @staticmethod
+    def _window_hop(sampling_rate: int):
+        return int(0.025 * sampling_rate), int(0.010 * sampling_rate)
+
+    def receptive_field(self, config, sampling_rate: int) -> int:
+        """One input frame: `stride` filter-bank frames (560 samples at 16 kHz). A clip of one filter-bank frame
+        has no frame its mask keeps, and its normalisation divides by zero."""
+        window, hop = self._window_hop(sampling_rate)
+        return window + (self._stride(config) - 1) * hop
+
+    def output_frames(self, config, samples: int, sampling_rate: int) -> int:
+        """Filter-bank frames, stacked `stride` at a time, then the adapter's strided convolutions (padding
+        kernel // 2), as the model's own length arithmetic does. An odd last filter-bank frame is stacked with
+        padding, outside the mask: transformers' ASR pipeline decodes that frame too (it applies no mask to CTC
+        output), speechkit's evaluation and transcribe.py do not."""
+        window, hop = self._window_hop(sampling_rate)
+        n = (1 + (samples - window) // hop) // self._stride(config) if samples >= window else 0
+        if config.add_adapter:
+            kernel, stride = config.adapter_kernel_size, config.adapter_stride
+            for _ in range(config.num_adapter_layers):
+                n = (n + 2 * (kernel // 2) - kernel) // stride + 1
+        return max(int(n), 0)
