@@ -51,6 +51,26 @@ def offline_env(tmp_path_factory):
             os.environ[k] = v
 
 
+def _checkout_files() -> set:
+    """Every file under the checkout that is not a cache Python itself writes (git's own files excepted)."""
+    skip = {".git", "__pycache__", ".pytest_cache", ".venv"}
+    found = set()
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        found |= {os.path.relpath(os.path.join(root, f), REPO) for f in files}
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """No test writes outside its temporary folders: the checkout holds the same files after the session as before
+    (a run dir left under outputs/, a stray model, a report beside the sources all fail the session)."""
+    before = _checkout_files()
+    yield
+    new = sorted(_checkout_files() - before)
+    assert not new, f"the tests wrote into the checkout: {new[:10]}"
+
+
 @pytest.fixture(scope="session")
 def asr_demo_run(tmp_path_factory):
     """`python train.py experiment=demo ...` for a few steps, as a user would type it: a tiny speech recognition

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SMALL_DEMO
+
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
 
 
 def test_throughput_benchmark_reports_both_systems(tmp_path):

@@ -86,8 +86,8 @@ def test_cli_unknown_group_option_lists_the_choices():
         assert option in done.stderr
 
 
-def test_cli_missing_model_dir_for_evaluate():
-    done = run_cli("evaluate.py")
+def test_cli_missing_model_dir_for_evaluate(tmp_path):
+    done = run_cli("evaluate.py", f"hydra.run.dir={tmp_path}")
     assert done.returncode != 0 and "model_dir" in done.stderr
 
 

@@ -258,6 +258,7 @@ def test_lazy_decoding_keeps_no_samples(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ inspect_data.py
+@pytest.mark.slow
 def test_inspect_data_prints_and_writes_what_training_would_see(messy_folder, tmp_path):
     from conftest import run_cli
 
@@ -282,6 +283,7 @@ def test_inspect_data_prints_and_writes_what_training_would_see(messy_folder, tm
     assert matplotlib.image.imread(tmp_path / "durations.png").shape[:2] == (400, 800)
 
 
+@pytest.mark.slow
 def test_inspect_data_names_characters_a_model_cannot_learn(tmp_path):
     from conftest import run_cli
 
@@ -294,6 +296,7 @@ def test_inspect_data_names_characters_a_model_cannot_learn(tmp_path):
     assert "in 'test' but never in 'train' (a model cannot learn them): f i q u x" in done.stdout
 
 
+@pytest.mark.slow
 def test_inspect_data_counts_labels_for_a_classification_data_set(tmp_path):
     from conftest import run_cli
 

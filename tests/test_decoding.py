@@ -67,6 +67,7 @@ def lm_run(tmp_path_factory):
     return run_dir, objective
 
 
+@pytest.mark.slow
 def test_the_stock_pipeline_decodes_with_the_shipped_lm_as_speechkit_does(lm_run):
     run_dir, objective = lm_run
     model = run_dir / "model"
@@ -92,6 +93,7 @@ def test_the_stock_pipeline_decodes_with_the_shipped_lm_as_speechkit_does(lm_run
         assert asr(p["id"])["text"] == p["hypothesis"], p
 
 
+@pytest.mark.slow
 def test_evaluate_prints_lm_and_greedy_side_by_side(lm_run, tmp_path):
     run_dir, _ = lm_run
     done = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
@@ -129,6 +131,7 @@ def test_lm_text_from_a_file_or_a_hub_text_data_set_is_normalized(tmp_path):
     assert decoding.lm_sentences(DecoderConfig(), ["a b", "", "c"], normalize) == ["a b", "c"]
 
 
+@pytest.mark.slow
 def test_transcribe_decodes_with_the_shipped_lm(lm_run, tmp_path):
     """transcribe.py on a model that ships an LM: beam search with it, the same text speechkit's evaluation gave for
     that clip, word timestamps from the decoder's frames."""

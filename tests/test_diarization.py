@@ -97,6 +97,7 @@ def demo_run(tmp_path_factory):
     return run_dir, done
 
 
+@pytest.mark.slow
 def test_a_tiny_diarizer_trains_scores_by_der_and_ships(demo_run):
     run_dir, done = demo_run
     config = json.loads((run_dir / "model" / "config.json").read_text())
@@ -116,6 +117,7 @@ def test_a_tiny_diarizer_trains_scores_by_der_and_ships(demo_run):
     assert "voice-activity-detection" in card and "DER" in card
 
 
+@pytest.mark.slow
 def test_evaluate_prints_der_and_writes_the_per_recording_table(demo_run, tmp_path, capsys):
     run_dir, _ = demo_run
     result = evaluate.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_diarization",
@@ -127,6 +129,7 @@ def test_evaluate_prints_der_and_writes_the_per_recording_table(demo_run, tmp_pa
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_diarize_py_on_a_file_and_a_folder(demo_run, tmp_path):
     run_dir, _ = demo_run
     folder = tmp_path / "in"
@@ -166,6 +169,7 @@ def test_words_go_to_the_speaker_talking_at_their_middle():
         {"speaker": "SPEAKER_01", "start": 2.6, "end": 4.6, "text": "hi you late"}]  # "late": the nearest turn's
 
 
+@pytest.mark.slow
 def test_diarize_py_with_an_asr_model_says_who_said_what(demo_run, asr_demo_run, tmp_path):
     run_dir, _ = demo_run
     asr_model = asr_demo_run[0] / "model"
@@ -183,6 +187,7 @@ def test_diarize_py_with_an_asr_model_says_who_said_what(demo_run, asr_demo_run,
 
 
 # --------------------------------------------------------------------------------------- bad references
+@pytest.mark.slow
 def test_bad_references_are_dropped_naming_file_and_reason(tmp_path):
     data = tmp_path / "data"
     rows = {"train": [], "test": []}
@@ -237,6 +242,7 @@ def make_callhome(root):
     return root
 
 
+@pytest.mark.slow
 def test_callhome_recipe_reads_the_hub_layout_and_trains(tmp_path):
     root = make_callhome(tmp_path / "callhome")
     cfg = compose("train", ["task=diarization", "dataset=callhome_es", f"dataset.path={root}", "model=tiny", *TINY,
@@ -249,6 +255,7 @@ def test_callhome_recipe_reads_the_hub_layout_and_trains(tmp_path):
     assert compose("train", ["dataset=callhome_es", "run_dir=/x"]).dataset.path == "talkbank/callhome"
 
 
+@pytest.mark.slow
 def test_inspect_data_counts_recordings_by_speakers(tmp_path):
     from speechkit.commands import inspect_data
 

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, SMALL_DEMO, TINY, free_port
+
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
 
 
 def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):

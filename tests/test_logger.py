@@ -4,8 +4,12 @@ import json
 import struct
 import time
 
+import pytest
+
 from conftest import SMALL_DEMO, TINY, compose
 from speechkit.commands import train
+
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
 
 
 def read_wandb_records(path):

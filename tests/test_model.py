@@ -100,3 +100,29 @@ def test_a_model_without_a_ctc_head_is_refused_for_speech_recognition():
     cfg = compose("train", ["model=ast_tiny", "task=audio_classification", "run_dir=/x"]).model
     with pytest.raises(ConfigError, match="no CTC head"):
         build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)
+
+
+def test_the_handler_serves_each_trainable_head_as_its_task_says():
+    """The SageMaker handler is self-contained (it ships alone in model.tar.gz), so it states the pipeline and the Auto
+    class of the heads it serves itself; they are the tasks' pipelines and the model families' Auto classes."""
+    from speechkit.models.base import HEADS
+    from speechkit.sagemaker import inference
+    from speechkit.tasks import TASKS, task_class
+
+    served = 0
+    for name, entry in TASKS.items():
+        pipeline = task_class(name).pipeline
+        for head in entry.heads:
+            if pipeline in inference.SERVED:
+                assert inference.SERVED[pipeline] == (HEADS[head][0], HEADS[head][1]), (name, head)
+                served += 1
+    assert served == 2  # speech recognition (CTC) and classification; a diarizer is not served by the handler
+
+
+def test_a_family_is_found_by_model_type_and_an_unknown_one_is_named():
+    from speechkit.config import ConfigError
+    from speechkit.models import family_of
+
+    assert family_of("hubert").name == family_of("wav2vec2").name and "w2v-BERT" in family_of("wav2vec2-bert").name
+    with pytest.raises(ConfigError, match="no family for model type 'whisper'"):
+        family_of("whisper")

@@ -28,6 +28,8 @@ import soundfile as sf
 
 from conftest import REPO, SMALL_DEMO, TINY, compose, free_port, run_cli, speak, wait_http
 
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+
 ROLE = "arn:aws:iam::123456789012:role/SpeechkitSageMakerRole"
 BUCKET = "speechkit-test-bucket"
 REGION = "us-east-1"
@@ -191,8 +193,9 @@ def test_launch_sends_metric_definitions_for_every_logged_value(launched):
     assert request["HyperParameters"]["overrides"] == json.dumps(OVERRIDES)
 
 
-def test_launch_errors_name_the_key(aws):
-    done = run_cli("train.py", "experiment=demo", "hw=sagemaker", f"sagemaker.bucket={BUCKET}")
+def test_launch_errors_name_the_key(aws, tmp_path):
+    done = run_cli("train.py", "experiment=demo", "hw=sagemaker", f"sagemaker.bucket={BUCKET}",
+                   f"hydra.run.dir={tmp_path / 'refused'}")
     assert done.returncode == 2 and "sagemaker.role" in done.stderr and "Traceback" not in done.stderr
     from conftest import compose
     from speechkit.config import ConfigError

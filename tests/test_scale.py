@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, free_port, run_cli
 from speechkit.commands import evaluate
 
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
         "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
 SWEEP = ["experiment=demo", *SMALL_DEMO, *TINY, *FAST, "trainer.max_steps=2"]

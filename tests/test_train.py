@@ -21,6 +21,7 @@ def demo_run(asr_demo_run):
     return asr_demo_run
 
 
+@pytest.mark.slow
 def test_run_dir_holds_every_artifact(demo_run):
     run_dir, done = demo_run
     for name in ("config.yaml", "vocab.json", "metrics.jsonl", "drop_report.jsonl", "curves.png", "model/config.json",
@@ -58,6 +59,7 @@ def check_report(path, predictions):
     assert rows.count("class='sub'") == words.substitutions
 
 
+@pytest.mark.slow
 def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
     run_dir, _ = demo_run
     done = run_cli("evaluate.py", f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO, "split=test",
@@ -165,6 +167,21 @@ def test_non_finite_losses_are_skipped_and_counted(tmp_path):
     assert [m["skipped_nonfinite"] for m in train_logs if m["kind"] == "train"] == [1, 2]
 
 
+def test_a_checkpoint_of_the_earlier_layout_is_read():
+    """trainer_state.json as speechkit wrote it before one data position: a split's epoch and batch, a stream's
+    positions and drops, each read into the batches' position."""
+    from speechkit.training.trainer import TrainerState
+
+    split = TrainerState.read({"global_step": 7, "epoch": 1, "batches_done_in_epoch": 3, "total_steps": 20,
+                               "stream_positions": None, "stream_drops": None})
+    assert split.data == {"epoch": 1, "batches_done": 3} and split.global_step == 7
+    stream = TrainerState.read({"global_step": 4, "epoch": 0, "batches_done_in_epoch": 0, "total_steps": 9,
+                                "stream_positions": [[1, 0, 2]], "stream_drops": [{"file": "a.wav"}]})
+    assert stream.data == {"positions": [[1, 0, 2]], "drops": [{"file": "a.wav"}]}
+    assert TrainerState.read({"global_step": 2, "data": {"epoch": 0, "batches_done": 2}}).data["batches_done"] == 2
+
+
+@pytest.mark.slow
 def test_the_model_card_describes_the_shipped_model(demo_run):
     """model/README.md: huggingface_hub reads it back; its model-index holds the shipped model's final scores, and it
     says how the model was trained (the command typed) and how to use it."""
@@ -183,6 +200,7 @@ def test_the_model_card_describes_the_shipped_model(demo_run):
     assert "| learning_rate | 1e-06 |" in card.text and 'pipeline("automatic-speech-recognition"' in card.text
 
 
+@pytest.mark.slow
 def test_hub_push_uploads_model_with_its_card(tmp_path, monkeypatch):
     """hub.push=true: the repo is created and model/ uploaded, card included, with huggingface_hub's own calls (their
     arguments recorded here: no test reaches the Hub). Without hub.repo_id the run is refused before any work."""
@@ -199,5 +217,5 @@ def test_hub_push_uploads_model_with_its_card(tmp_path, monkeypatch):
     upload = calls[1][1]
     assert upload["repo_id"] == "me/tiny-demo" and Path(upload["folder_path"]) == run_dir / "model"
     assert {"README.md", "model.safetensors", "config.json"} <= {p.name for p in (run_dir / "model").iterdir()}
-    done = run_cli("train.py", "experiment=demo", "hub.push=true")
+    done = run_cli("train.py", "experiment=demo", "hub.push=true", f"hydra.run.dir={tmp_path / 'refused'}")
     assert done.returncode == 2 and "hub.repo_id" in done.stderr and "Traceback" not in done.stderr

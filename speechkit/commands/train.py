@@ -1,4 +1,5 @@
-"""`python train.py`: config -> data -> targets (vocab or labels) -> model -> trainer -> artifacts, in that order."""
+"""`python train.py`: config -> data -> targets (the task's: a vocab, a label set, checked references) -> model (the
+task's head on its model family) -> trainer -> artifacts, in that order."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit import data, hub
-from speechkit.data import streaming
-from speechkit.training import trainer
 from speechkit.config import Backend, TrainConfig, check_required, public_config
+from speechkit.data import streaming
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
 from speechkit.models import family_of
 from speechkit.rundir import RunDir
-from speechkit.tasks.scoring import write_results
 from speechkit.tasks import make_task
+from speechkit.tasks.scoring import write_results
+from speechkit.training import trainer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def run(raw_cfg: DictConfig) -> float | str:
             splits[ds.train_split]
     eval_rows = splits[ds.eval_split]
 
-    # 2. Targets: the vocab (speech recognition) or the label set (classification), from the training split.
+    # 2. Targets, the task's: the vocab (speech recognition), the label set (classification) or the checked
+    # references (diarization), from the training split.
     train_rows, eval_rows = task.fit_targets(train_rows, eval_rows, (ds.train_split, ds.eval_split), report,
                                              run_dir, accelerator.is_main_process)
     if ds.streaming:  # the training split's drops are the stream's to report, as it reads the rows

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from speechkit.models import ModelInputs, family_of, load, model_config
+from speechkit.models import ModelInputs, family_of, load, model_config as checked_model_config
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ class Task:
     crop: Optional[int] = None  # training clips longer than this many samples are cut to a random window of it
 
     def __init__(self, cfg, dataset=None, model=None):
-        """`cfg`: the task's schema (speechkit/config.py); `dataset`, `model`: the run's, when training."""
+        """`cfg`: the task's schema (speechkit/config.py); `dataset`, `model`: the run's, when training. Once a model
+        is bound (build_model, restore): `config` is its transformers config, `family` its family, `inputs` what
+        turns clips into its input."""
         self.cfg, self.dataset_cfg, self.model_cfg = cfg, dataset, model
         self.family = self.config = self.feature_extractor = self.inputs = None
         self._collator: Optional[Collator] = None
@@ -113,7 +115,7 @@ class Task:
 
     def model_config(self, model_cfg):
         """The model's config (no weights) and the head it gets: refused before any data when it has none."""
-        return model_config(model_cfg, self.heads, self.name)
+        return checked_model_config(model_cfg, self.heads, self.name)
 
     def build_model(self, model_cfg, run_dir: str):
         """The model with the task's head, and what ships with it (`prepare`)."""

@@ -1,5 +1,5 @@
 """task=audio_classification: one class per clip (softmax, accuracy and macro-F1), or several (task.multi_label:
-sigmoid, mAP, as AudioSet is labelled). Labels come from `dataset.label_column`; their ids ship in the model's config
+sigmoid, mAP, as AudioSet is labelled). Labels come from `dataset.columns.label`; their ids ship in the model's config
 (`id2label`/`label2id`), so the stock `pipeline("audio-classification")` names its predictions."""
 
 from __future__ import annotations
