@@ -125,8 +125,8 @@ class DatasetConfig:
 # ------------------------------------------------------------------------------------------ conf/task
 # One schema per option of conf/task, each with its own knobs only; speechkit/tasks/__init__.py registers them.
 class DecoderType(str, Enum):
-    greedy = "greedy"  # the most likely symbol per frame
-    kenlm = "kenlm"  # beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
+    greedy = "greedy"  # CTC: the most likely symbol per frame; sequence to sequence: generation (num_beams)
+    kenlm = "kenlm"  # CTC: beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
 
 
 @dataclass
@@ -142,9 +142,14 @@ class VocabConfig:
 
 @dataclass
 class DecoderConfig:
-    """task=asr: how the shipped model's output becomes text (speechkit/tasks/asr/decoding.py)."""
+    """task=asr: how the shipped model's output becomes text: a CTC model's frames (speechkit/tasks/asr/decoding.py),
+    or a sequence-to-sequence model's generation (speechkit/tasks/asr/seq2seq.py)."""
 
     type: DecoderType = DecoderType.greedy
+    # sequence to sequence (Whisper): beams searched when generating (1: greedy), and the most tokens generated per
+    # clip (null: the model's max_target_positions, less its prompt); both ship in its generation config
+    num_beams: int = 1
+    max_new_tokens: Optional[int] = None
     order: int = 3  # n-gram order of the LM
     discount: float = 0.75  # Kneser-Ney absolute discount
     # The LM's text (normalized as the transcripts): a file of one sentence per line, or a Hub text data set; both
@@ -160,16 +165,33 @@ class DecoderConfig:
     tune_seed: int = 0
 
 
+class WhisperTask(str, Enum):
+    transcribe = "transcribe"  # the text of what is said, in its language
+    translate = "translate"  # its English translation (Whisper's second task)
+
+
 @dataclass
 class AsrConfig:
-    """task=asr: speech recognition with a CTC head over characters, scored by WER and CER
-    (speechkit/tasks/asr/)."""
+    """task=asr: speech recognition, scored by WER and CER (speechkit/tasks/asr/): a CTC head over characters
+    (wav2vec2-like encoders, w2v-BERT), or a sequence-to-sequence model that generates tokens (Whisper)."""
 
     name: str = "asr"
-    vocab: VocabConfig = field(default_factory=VocabConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)  # CTC: the character vocab
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ctc_loss_reduction: str = "mean"  # the CTC loss averaged over the batch ("mean") or summed ("sum")
     ctc_zero_infinity: bool = True  # an impossible alignment (a transcript longer than its frames) costs 0, not inf
+    # sequence to sequence (Whisper): the task token of its prompt (the language token is dataset.language's)
+    whisper_task: WhisperTask = WhisperTask.transcribe
+    # score references and hypotheses after Whisper's English text normalizer too (as the Hugging Face blog scores);
+    # the dataset's own normalization (dataset.text) applies either way
+    whisper_normalizer: bool = False
+    # sequence to sequence: the weight of an auxiliary CTC loss on the encoder's frames (ESPnet's hybrid
+    # CTC/attention training) through a linear layer that trains with the model and is left out of what ships; it
+    # helps a model trained from scratch find the alignment sooner. 0: off
+    whisper_ctc_weight: float = 0.0
+    # add this many clips of silence and as many of noise to every evaluation and report the words the model emits
+    # on them (ideally none): eval_probe_words in metrics.jsonl, the log, curves.png and report.html
+    hallucination_probe: int = 0
 
 
 class LabelSet(str, Enum):
@@ -218,8 +240,9 @@ class ModelConfig:
     name_or_path: Optional[str] = MISSING
     revision: Optional[str] = None
     # Config fields for a randomly initialised model (used only when name_or_path is null); `model_type` names the
-    # architecture (wav2vec2 when absent; hubert, wavlm, wav2vec2-bert, audio-spectrogram-transformer ...), and so its
-    # family (speechkit/models/).
+    # architecture (wav2vec2 when absent; hubert, wavlm, wav2vec2-bert, whisper, audio-spectrogram-transformer ...),
+    # and so its family (speechkit/models/). A from-scratch Whisper's input window follows its `max_source_positions`
+    # (20 ms each: 1500 for the checkpoints' 30 s, 200 for 4 s).
     architecture: Dict[str, Any] = field(default_factory=dict)
     sampling_rate: int = 16000
     # Regularisation knobs set on top of the checkpoint's (or the architecture's) config; null leaves that value as
@@ -235,6 +258,7 @@ class ModelConfig:
     # not name, e.g. w2v-BERT's adapter ({add_adapter: true}); a field the model does not have is refused.
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     freeze_feature_encoder: bool = True  # the convolutional encoder of wav2vec2-like models (w2v-BERT, AST: none)
+    freeze_encoder: bool = False  # an encoder-decoder model (Whisper): train the decoder only
     gradient_checkpointing: bool = False
 
 
@@ -425,6 +449,10 @@ class EvaluateConfig:
     # model was trained with (its task.collar_s / task.skip_overlap)
     collar_s: Optional[float] = None
     skip_overlap: Optional[bool] = None
+    # speech recognition: WER and CER after Whisper's English text normalizer too (task.whisper_normalizer), and the
+    # hallucination probe's clips of silence and noise (task.hallucination_probe)
+    whisper_normalizer: bool = False
+    hallucination_probe: int = 0
     dataset: DatasetConfig = MISSING
     hw: HardwareConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -38,7 +38,7 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
     """The card of the shipped model; `task`: the run's (speechkit/tasks/), which says what the model is, its
     pipeline, its scores and how to use it."""
     name = cfg.task.name
-    scored = [s for s in task.scores(cfg.task) if s.key in result.metrics]
+    scored = [s for s in task.scores(cfg.task) if s.key in result.metrics and s.hub_type]  # the Hub's metrics only
     ds = cfg.dataset
     language = ds.language or (ds.demo.language if ds.source.value == "demo" else None)
     dataset_id = ds.path if ds.source.value == "hub" else ds.name

@@ -45,12 +45,22 @@ def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], bes
     lr_ax.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
     lr_ax.set_ylabel("learning rate")
     scores = [k for k in names if evals and k in evals[-1]]
+    counts = [k for k in scores if k.startswith("eval_probe")]  # words per clip, not a rate: an axis of their own
     for key in scores:
-        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=names[key])
+        if key not in counts:
+            err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=names[key])
     err_ax.set_ylabel("eval score")
     err_ax.set_ylim(bottom=0)
     err_ax.set_xlabel("optimizer step")
-    err_ax.legend()
+    err_ax.legend(loc="upper left")
+    if counts:
+        count_ax = err_ax.twinx()
+        for key in counts:
+            count_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "s--", color="tab:red",
+                          label=names[key])
+        count_ax.set_ylabel("words per probe clip")
+        count_ax.set_ylim(bottom=0)
+        count_ax.legend(loc="upper right")
     for ax in (loss_ax, lr_ax, err_ax):
         ax.grid(alpha=0.3)
     best = [r for r in evals if r["step"] == best_step]

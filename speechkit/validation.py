@@ -67,6 +67,9 @@ RANGES: Dict[str, Check] = {
     "task.min_turn_s": NON_NEGATIVE, "task.collar_s": NON_NEGATIVE, "collar_s": _or_null(NON_NEGATIVE),
     "task.decoder.order": (lambda v: v >= 2, "an integer >= 2 (KenLM reads bigram models and up)"),
     "task.decoder.discount": OPEN_UNIT, "task.decoder.tune_trials": POSITIVE_INT,
+    "task.decoder.num_beams": POSITIVE_INT, "task.decoder.max_new_tokens": _or_null(POSITIVE_INT),
+    "task.hallucination_probe": NON_NEGATIVE, "hallucination_probe": NON_NEGATIVE,
+    "task.whisper_ctc_weight": BETA,
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -122,11 +125,28 @@ def _check_task_and_model(cfg: DictConfig) -> None:
     if kind is None:
         return
     family = family_of(kind)
-    if not set(TASKS[name].heads) & set(family.heads):
+    heads = [h for h in TASKS[name].heads if h in family.heads]
+    if not heads:
         can = [t for t, entry in TASKS.items() if set(entry.heads) & set(family.heads)]
         _refuse("model", _get(cfg, "model.name"), f"a model with a {' or '.join(TASKS[name].heads)} head for "
                                                   f"task={name} ({kind} has none: use it with task="
                                                   f"{' or task='.join(can)})")
+    if _get(cfg, "model.freeze_feature_encoder") is True and not family.has_feature_encoder:
+        _refuse("model.freeze_feature_encoder", True, f"false for a {kind} model (it has no convolutional feature "
+                                                      "encoder to freeze)")
+    if _get(cfg, "model.freeze_encoder") is True and not family.has_encoder:
+        _refuse("model.freeze_encoder", True, f"false for a {kind} model (no encoder-decoder: "
+                                              "model.freeze_feature_encoder freezes a convolutional front end)")
+    if heads == ["seq2seq"]:  # speech recognition by generation (Whisper)
+        if _get(cfg, "task.decoder.type") == "kenlm":
+            _refuse("task.decoder.type", "kenlm", f"greedy for a {kind} model (an n-gram LM decodes a CTC model's "
+                                                  "frames; a sequence-to-sequence model generates its text: "
+                                                  "task.decoder.num_beams searches more)")
+        demo = _get(cfg, "dataset.source") == Source.demo
+        if not _get(cfg, "dataset.language") and not (demo and _get(cfg, "dataset.demo.language")):
+            _refuse("dataset.language", _get(cfg, "dataset.language"), f"the ISO 639-1 code of the transcripts' "
+                                                                       f"language for a {kind} model, whose prompt "
+                                                                       "names it (e.g. dataset.language=en)")
 
 
 def check_values(cfg: DictConfig) -> None:

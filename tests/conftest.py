@@ -85,6 +85,27 @@ def asr_demo_run(tmp_path_factory):
     return run_dir, done
 
 
+TINY_WHISPER = ["model=whisper_scratch", "model.architecture.d_model=32", "model.architecture.encoder_layers=1",
+                "model.architecture.decoder_layers=1", "model.architecture.encoder_attention_heads=2",
+                "model.architecture.decoder_attention_heads=2", "model.architecture.encoder_ffn_dim=64",
+                "model.architecture.decoder_ffn_dim=64", "model.architecture.max_target_positions=48"]
+WHISPER_FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2",
+                "trainer.logging_steps=1", "trainer.progress_bar=false", "trainer.learning_rate=3e-3", "hw=cpu",
+                "task.decoder.max_new_tokens=12"]
+WHISPER_DEMO = ["experiment=demo_whisper", *SMALL_DEMO, *TINY_WHISPER, *WHISPER_FAST]
+
+
+@pytest.fixture(scope="session")
+def whisper_demo_run(tmp_path_factory):
+    """`python train.py experiment=demo_whisper` for a few steps on the small demo corpus, as typed: a tiny Whisper
+    (with the hallucination probe on), shared by the tests that need one."""
+    run_dir = tmp_path_factory.mktemp("whisper_run") / "run"
+    done = run_cli("train.py", *WHISPER_DEMO, "trainer.max_steps=12", "trainer.save_steps=6", "trainer.eval_steps=6",
+                   "task.hallucination_probe=2", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return run_dir, done
+
+
 def compose(config_name: str = "train", overrides: List[str] = ()):
     """The real Hydra composition of conf/, as `python train.py <overrides>` would see it."""
     from hydra import compose as hydra_compose, initialize_config_dir

@@ -160,3 +160,33 @@ def make_ast_checkpoint(root: Path, labels=("Speech", "Music", "Dog")) -> Path:
     ASTForAudioClassification(config).save_pretrained(root)
     ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(root)
     return root
+
+
+# ------------------------------------------------------------------------------------------ Whisper (openai)
+def make_whisper_checkpoint(root: Path, texts, languages=("en", "es")) -> Path:
+    """A small randomly initialised WhisperForConditionalGeneration laid out as the Hub's openai/whisper-* are: its
+    config, weights, generation config (the languages and tasks of its prompt, the forced decoder ids the
+    checkpoints carry), its processor (a 30 s, 80-bin WhisperFeatureExtractor and its tokenizer)."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+
+    from speechkit.tasks.asr.seq2seq import build_tokenizer, new_generation_config
+
+    tokenizer = build_tokenizer(list(texts), 30.0)
+    ids = tokenizer.convert_tokens_to_ids
+    end, start = ids("<|endoftext|>"), ids("<|startoftranscript|>")
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
+                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+                           suppress_tokens=None, begin_suppress_tokens=None)
+    model = WhisperForConditionalGeneration(config)
+    generation = new_generation_config(tokenizer, None, "transcribe", 64)
+    generation.forced_decoder_ids = [[1, None], [2, ids("<|transcribe|>")]]  # as the checkpoints ship it
+    generation.language = generation.task = None
+    generation.max_initial_timestamp_index = 50  # the checkpoints' timestamp settings: it predicts timestamps
+    model.generation_config = generation
+    model.save_pretrained(root)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(root)
+    return root

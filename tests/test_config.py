@@ -154,6 +154,14 @@ BAD_VALUES = [
     ("train.py", "task=diarization model=ast_tiny"),  # nor a frame-level head
     ("train.py", "task.name=diarization"),  # the asr option's schema under another task's name
     ("train.py", "trainer.optimizer=adamw_8bit"),  # bitsandbytes is not installed here
+    ("train.py", "task.decoder.num_beams=0"), ("train.py", "task.decoder.max_new_tokens=0"),
+    ("train.py", "task.hallucination_probe=-1"), ("evaluate.py", "hallucination_probe=-2"),
+    ("train.py", "model=whisper_scratch task.decoder.type=kenlm"),  # an LM decodes CTC frames, Whisper generates
+    ("train.py", "model=whisper_small dataset=hub dataset.path=org/data dataset.language=null"),  # for its prompt
+    ("train.py", "model=whisper_scratch model.freeze_feature_encoder=true"),  # Whisper has no such encoder
+    ("train.py", "model.freeze_encoder=true"),  # a CTC encoder has no decoder to train alone
+    ("train.py", "task.whisper_ctc_weight=0.3"),  # a CTC model's loss is CTC already
+    ("train.py", "model=whisper_scratch task.whisper_ctc_weight=1"),  # the decoder would learn nothing
     ("train.py", "hub.push=true"),  # and no hub.repo_id
     ("train.py", "dataset.streaming=true"),  # and no trainer.max_steps: a stream has no length
     ("train.py", "dataset=superb trainer.max_steps=5 dataset.streaming=true"),  # carving a streamed Hub split

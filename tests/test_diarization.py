@@ -170,9 +170,10 @@ def test_words_go_to_the_speaker_talking_at_their_middle():
 
 
 @pytest.mark.slow
-def test_diarize_py_with_an_asr_model_says_who_said_what(demo_run, asr_demo_run, tmp_path):
+@pytest.mark.parametrize("asr_run", ["asr_demo_run", "whisper_demo_run"])  # a CTC model, a Whisper one
+def test_diarize_py_with_an_asr_model_says_who_said_what(demo_run, asr_run, request, tmp_path):
     run_dir, _ = demo_run
-    asr_model = asr_demo_run[0] / "model"
+    asr_model = request.getfixturevalue(asr_run)[0] / "model"
     wav = sorted(_corpus().glob("test/*.wav"))[0]
     done = run_cli("diarize.py", f"model_dir={run_dir / 'model'}", f"audio={wav}", f"asr_model_dir={asr_model}",
                    f"output_dir={tmp_path}", "hw=cpu")

@@ -157,7 +157,8 @@ def make_built(checkpoint, run_dir, make_task, write_vocab, RunDir):  # noqa: N8
     cfg = OmegaConf.to_object(compose("train", ["model=w2v_bert_2", f"model.name_or_path={checkpoint}",
                                                 f"run_dir={run_dir}"]))
     task = make_task(cfg)
-    task.vocab = {"a": 0, "b": 1, "|": 2, "[UNK]": 3, "[PAD]": 4}
-    write_vocab(task.vocab, RunDir(str(run_dir)).vocab)
+    task.model_config(cfg.model)
+    task.kind.vocab = {"a": 0, "b": 1, "|": 2, "[UNK]": 3, "[PAD]": 4}
+    write_vocab(task.kind.vocab, RunDir(str(run_dir)).vocab)
     task.build_model(cfg.model, str(run_dir))
     return task

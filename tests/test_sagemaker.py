@@ -567,3 +567,30 @@ def test_a_job_installs_the_extras_its_config_needs():
     assert job_extras(OmegaConf.to_object(compose("train", ["run_dir=/x"]))) == []
     pins = requirements(job_extras(with_lm) + job_extras(diarizer))
     assert "pyannote.metrics==3.2.1" in pins and "pyctcdecode==0.5.0" in pins and "torch==2.13.0" in pins
+
+
+def test_a_whisper_run_is_launched_and_its_model_deployed(aws, whisper_demo_run, tmp_path):
+    """hw=sagemaker submits a Whisper run as it does a CTC one (its metrics included), and deploy.py packs a Whisper
+    model/ (its generation config, processor and tokenizer) with the handler that answers it."""
+    from conftest import WHISPER_DEMO
+
+    launch = run_cli("train.py", *WHISPER_DEMO, "trainer.max_steps=2", "hw=sagemaker", f"sagemaker.role={ROLE}",
+                     f"sagemaker.bucket={BUCKET}", f"sagemaker.region={REGION}", "sagemaker.container_hw=cpu",
+                     f"hydra.run.dir={tmp_path / 'launch'}", timeout=300)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    name = re.search(r"SageMaker training job: (\S+)", launch.stdout).group(1)
+    request = created_job(aws["recording"], name)
+    assert "model=whisper_scratch" in request["HyperParameters"]["overrides"]
+    assert {"eval_wer", "eval_cer"} <= {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
+
+    model_dir = whisper_demo_run[0] / "model"
+    done = run_cli("deploy.py", f"model_dir={model_dir}", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}",
+                   f"sagemaker.region={REGION}", "endpoint.name=speechkit-whisper", f"hydra.run.dir={tmp_path}",
+                   timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    url = client("sagemaker").describe_model(ModelName="speechkit-whisper")["PrimaryContainer"]["ModelDataUrl"]
+    body = client("s3").get_object(Bucket=BUCKET, Key=url[len(f"s3://{BUCKET}/"):])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        names = set(tar.getnames())
+    assert {"config.json", "model.safetensors", "generation_config.json", "processor_config.json",
+            "tokenizer_config.json", "code/inference.py", "code/requirements.txt"} <= names

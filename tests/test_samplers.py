@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from speechkit.data.samplers import ClipCountBatchSampler, DurationBatchSampler, train_batch_sampler
+from speechkit.data.samplers import ClipCountBatchSampler, DurationBatchSampler, batch_sampler, train_batch_sampler
 from speechkit.models import ModelInputs
-from speechkit.tasks.asr.task import pad_labels
+from speechkit.tasks.asr.ctc import pad_labels
 from speechkit.tasks.base import Collator
 
 
@@ -60,6 +60,19 @@ def test_sampler_covers_every_index_once_and_groups_lengths():
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     random_spread = np.mean([lengths[c].max() - lengths[c].min() for c in np.split(np.arange(1000), 100)])
     assert spread < random_spread / 5  # padding stays small
+
+
+def test_a_duration_budget_over_a_fixed_window_is_a_clip_count_still_grouped_by_duration():
+    """Whisper pads every clip to its window: 32 s of budget over a 4 s window is 8 clips a batch, and the clips of a
+    batch are of similar duration (so of similar transcript length: little decoder padding)."""
+    lengths = np.random.default_rng(2).integers(16000, 64000, size=400)
+    s = batch_sampler(lengths, batch_size=3, batch_duration_s=32.0, sampling_rate=16000, seed=1, padded_to=64000)
+    batches = list(s)
+    assert isinstance(s, ClipCountBatchSampler) and {len(b) for b in batches} == {8}
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < np.mean([lengths[c].max() - lengths[c].min() for c in np.split(np.arange(400), 50)]) / 5
+    assert {len(b) for b in batch_sampler(lengths, 3, 2.0, 16000, 1, padded_to=64000)} == {1}  # at least one clip
 
 
 def test_sampler_is_deterministic_per_epoch_and_shuffles_across_epochs():

@@ -69,7 +69,7 @@ def _take(batches, count):
 def test_a_stream_gives_every_usable_row_once_per_epoch_and_reports_drops_once(tmp_path, folder):
     cfg, task = _fitted(tmp_path, folder)
     carved = data.load_source(cfg.dataset, data.TEXT)["train"]  # the carve of a local folder works as without streaming
-    batches = streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),
+    batches = streaming.training_batches(cfg.dataset, cfg.trainer, task, (400, None), Accelerator(cpu=True),
                                          data.DropReport(), None)
     assert isinstance(batches.stream, IterableDataset)
     got = _take(batches, 12)
@@ -97,7 +97,7 @@ def test_a_stream_gives_every_usable_row_once_per_epoch_and_reports_drops_once(t
 
 def test_a_stream_started_from_a_position_goes_on_exactly_as_the_whole_stream(tmp_path, folder):
     cfg, task = _fitted(tmp_path, folder)
-    make = lambda: streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),  # noqa: E731
+    make = lambda: streaming.training_batches(cfg.dataset, cfg.trainer, task, (400, None), Accelerator(cpu=True),  # noqa: E731
                                               data.DropReport(), None)
     whole = _take(make(), 10)
     for k in (2, 5):  # mid-window and mid-epoch positions alike
@@ -193,7 +193,7 @@ def test_a_loader_worker_reads_the_stream_as_the_main_process_does(tmp_path, fol
     cfg, task = _fitted(tmp_path, folder)
 
     def batches(workers):
-        stream = streaming.training_batches(cfg.dataset, cfg.trainer, task, 400, Accelerator(cpu=True),
+        stream = streaming.training_batches(cfg.dataset, cfg.trainer, task, (400, None), Accelerator(cpu=True),
                                             data.DropReport(), None)
         loading = {"num_workers": workers, "pin_memory": False, "prefetch_factor": 2}
         it = iter(streaming.loader(stream, task.collator(True), loading, seed=0))

@@ -82,6 +82,22 @@ def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
     assert asr(first["id"])["text"] == first["hypothesis"]
 
 
+def test_the_hallucination_probe_scores_a_ctc_model_too(demo_run, tmp_path):
+    """evaluate.py hallucination_probe=3 on the demo's CTC model: three silent and three noise clips, the words the
+    (near-random) model emits on them counted apart from the WER, and listed in report.html."""
+    from speechkit.commands import evaluate
+
+    run_dir, _ = demo_run
+    result = evaluate.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
+                                               "hallucination_probe=3", f"run_dir={tmp_path}"]))
+    m = result.metrics
+    assert {"eval_probe_words", "eval_probe_silence_words", "eval_probe_noise_words"} <= set(m)
+    assert m["eval_probe_words"] == pytest.approx((m["eval_probe_silence_words"] + m["eval_probe_noise_words"]) / 2)
+    assert m["eval_utterances"] == 6 and len(result.predictions) == 6  # the probe is not part of the WER
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<td>silence</td>") == 3 and page.count("<td>noise</td>") == 3
+
+
 def test_drop_report_and_counts_in_a_real_run(tmp_path):
     """A folder with broken rows trains anyway; every drop is reported with its file and reason."""
     data = tmp_path / "data"

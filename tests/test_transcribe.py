@@ -24,8 +24,9 @@ def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_model")
     cfg = OmegaConf.to_object(compose("train", ["model=tiny", *TINY, "run_dir=/x"]))
     task = make_task(cfg)
-    task.vocab = build_vocab(SENTENCES, cfg.task.vocab)
-    write_vocab(task.vocab, RunDir(str(root)).vocab)
+    task.model_config(cfg.model)  # a CTC head: the character vocab is its own
+    task.kind.vocab = build_vocab(SENTENCES, cfg.task.vocab)
+    write_vocab(task.kind.vocab, RunDir(str(root)).vocab)
     import torch
 
     torch.manual_seed(0)
@@ -103,3 +104,17 @@ def test_an_unreadable_file_is_reported_and_skipped_and_the_rest_go_on(model_dir
 def test_nothing_to_transcribe_is_refused_naming_the_key(model_dir, tmp_path):
     done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={tmp_path / 'nothing*.wav'}", "hw=cpu")
     assert done.returncode == 2 and "audio=" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("chunk_s,stride_s,seconds", [(20.0, 4.0, 61.0), (4.0, 4.0 / 6, 10.0), (4.0, 4.0 / 6, 2.1)])
+def test_windows_cover_a_recording_once_whatever_the_rounding_of_their_bounds(chunk_s, stride_s, seconds, tmp_path):
+    """The new parts of the windows tile the recording from 0 to its end, each window at most chunk_s long, also
+    where a window's bounds fall between two samples (a 4 s window with 4/6 s of context)."""
+    from speechkit.commands.transcribe import windows
+    from speechkit.data.audio import open_recording
+
+    sf.write(tmp_path / "a.wav", np.zeros(int(seconds * 16000), np.float32), 16000)
+    parts = list(windows(open_recording(str(tmp_path / "a.wav"), 16000), 16000, chunk_s, stride_s))
+    assert parts[0][0] == 0.0 and parts[-1][1] == pytest.approx(seconds, abs=1e-3)
+    assert all(a[1] == pytest.approx(b[0]) for a, b in zip(parts, parts[1:]))
+    assert all(samples.size <= round(chunk_s * 16000) + 1 for _, _, samples in parts)

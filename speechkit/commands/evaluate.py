@@ -27,12 +27,14 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     os.makedirs(cfg.run_dir, exist_ok=True)
     accelerator = make_accelerator(cfg.hw)
     task, model = load_model_dir(model_dir, multi_label=cfg.multi_label, collar_s=cfg.collar_s,
-                                 skip_overlap=cfg.skip_overlap)
+                                 skip_overlap=cfg.skip_overlap, dataset=cfg.dataset,
+                                 whisper_normalizer=cfg.whisper_normalizer, hallucination_probe=cfg.hallucination_probe)
 
     report = data.DropReport()
     with accelerator.main_process_first():
         rows = data.load_splits(cfg.dataset, {cfg.split: False}, task.sampling_rate, report, task.target,
-                                task.family.receptive_field(model.config, task.sampling_rate))[cfg.split]
+                                task.family.receptive_field(model.config, task.sampling_rate),
+                                task.family.longest_clip(model.config, task.sampling_rate))[cfg.split]
     rows = task.check_eval_rows(rows, cfg.split, report)
     dataset = task.dataset(rows, training=False)
     loader = eval_loader(dataset, task.collator(False), cfg.batch_size, **loader_settings(accelerator))

@@ -51,10 +51,13 @@ def run(raw_cfg: DictConfig) -> float | str:
     # read here.
     ds = cfg.dataset
     report = data.DropReport()
-    min_samples = family_of(config.model_type).receptive_field(config, cfg.model.sampling_rate)
+    family = family_of(config.model_type)
+    # the shortest clip the model takes (its receptive field), and the longest it takes whole (a fixed input window)
+    clip_samples = (family.receptive_field(config, cfg.model.sampling_rate),
+                    family.longest_clip(config, cfg.model.sampling_rate))
     with accelerator.main_process_first():  # the first process fills the datasets cache for the others
         wanted = {ds.eval_split: False} if ds.streaming else {ds.train_split: True, ds.eval_split: False}
-        splits = data.load_splits(ds, wanted, cfg.model.sampling_rate, report, task.target, min_samples)
+        splits = data.load_splits(ds, wanted, cfg.model.sampling_rate, report, task.target, *clip_samples)
         train_rows = streaming.target_rows(ds, task.target, ds.train_split) if ds.streaming else \
             splits[ds.train_split]
     eval_rows = splits[ds.eval_split]
@@ -76,7 +79,7 @@ def run(raw_cfg: DictConfig) -> float | str:
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
     model = task.build_model(cfg.model, run_dir)
     eval_set = task.dataset(eval_rows, training=False)
-    train_set = streaming.training_batches(ds, cfg.trainer, task, min_samples, accelerator, report,
+    train_set = streaming.training_batches(ds, cfg.trainer, task, clip_samples, accelerator, report,
                                            RunDir(run_dir).drop_report) if ds.streaming else \
         task.dataset(train_rows, training=True)
 

@@ -2,10 +2,16 @@
 
 A recording is read window by window straight from the file (FFmpeg through torchcodec, mono, at the model's rate),
 never whole: memory stays flat however long it is. Each window is `chunk_length_s` of audio: the new part in its
-middle plus `stride_length_s` of context on each side; the model's frames over the context are dropped and the
-middle parts joined, so every stretch of audio is labelled by a window that heard what surrounds it. Windows go
-through the model `batch_size` at a time; the joined frame labels are decoded once by the CTC tokenizer, with the
-frame offset of every word, which the frame duration turns into seconds.
+middle plus `stride_length_s` of context on each side. Windows go through the model `batch_size` at a time.
+
+- A CTC model: the model's frames over the context are dropped and the middle parts joined, so every stretch of
+  audio is labelled by a window that heard what surrounds it; the joined frame labels are decoded once by the CTC
+  tokenizer (or the shipped n-gram LM), with the frame offset of every word, which the frame duration turns into
+  seconds.
+- A sequence-to-sequence model (Whisper): windows of its own input window at most, each generating its tokens;
+  consecutive windows' tokens are joined where they agree over their overlap. Segments (in the JSON) are timed by
+  Whisper's own timestamp tokens where the checkpoint predicts them, else by the windows; words are spread over
+  their segment.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.asr import SpeechRecognition
+from speechkit.tasks.asr.seq2seq import TIME_PRECISION
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tup
         stop = left + samples.size / rate
         if samples.size == 0 or stop <= start:  # nothing new left
             return
-        ended = stop < start + step + stride_s - 1e-6  # the recording ends inside this window: no next one
+        # the recording ends inside this window (short of it by more than a sample's rounding): no next one
+        ended = stop < start + step + stride_s - 1.5 / rate
         yield start, stop if ended else start + step, samples
         if ended:
             return
@@ -78,7 +86,9 @@ def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tup
 
 
 class Transcriber:
-    """A saved speech recognition model (its family's classes: speechkit/models/), run over long recordings."""
+    """A saved speech recognition model (its family's classes: speechkit/models/) run over long recordings: the
+    windows read from the file go through the model `batch_size` at a time and are joined as the model's kind of
+    output allows (CtcFrames: frames; Generated: token sequences)."""
 
     def __init__(self, model_dir: str, cfg: TranscribeConfig):
         self.cfg = cfg
@@ -88,63 +98,185 @@ class Transcriber:
             raise ConfigError(f"model_dir: {model_dir} is a {task.name} model; transcribe.py needs a speech "
                               "recognition one")
         self.task, self.model = task, model.to(self.accelerator.device).eval()
-        self.processor, self.lm = task.processor, task.lm  # the n-gram LM decoder shipped in model/, or None
         self.rate = task.sampling_rate
-        self.frame_s = task.family.frame_hop(model.config) / self.rate
-
-    @torch.no_grad()
-    def _frame_ids(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[np.ndarray]:
-        """Per window (new start, new end, window start, samples), its new part's frames: argmax ids, or the logits
-        themselves when an LM decodes them (frames x symbols: 0.6 MB per 5 minutes of a 32-symbol model)."""
-        features = self.task.inputs([w[3] for w in batch])
-        inputs = {k: v.to(self.accelerator.device) for k, v in self.task.inputs.model_inputs(features).items()}
-        with self.accelerator.autocast():
-            logits = self.model(**inputs).logits
-            ids = (logits.float() if self.lm is not None else logits.argmax(dim=-1)).cpu().numpy()
-        out = []
-        for (start, end, left, samples), row in zip(batch, ids):
-            first, last = round((start - left) / self.frame_s), round((end - left) / self.frame_s)
-            # never past the window's own frames (a shorter last window's row is padded to the batch's longest)
-            valid = self.task.family.output_frames(self.model.config, samples.size, self.rate)
-            out.append(row[first:min(last, valid)])
-        return out
+        self.output = (CtcFrames if task.kind.name == "ctc" else Generated)(self)
+        self.chunk_s, self.stride_s = self.output.window(cfg.chunk_length_s, cfg.stride_length_s)
 
     def transcribe(self, path: str) -> dict:
         began = time.perf_counter()
         decoder = open_recording(path, self.rate)
         header = decoder.metadata.duration_seconds_from_header
-        step = self.cfg.chunk_length_s - 2 * self.cfg.stride_length_s
+        step = self.chunk_s - 2 * self.stride_s
         bar = tqdm(total=math.ceil(header / step) if header else None, desc=os.path.basename(path), unit="window",
                    leave=False, dynamic_ncols=True, disable=not self.cfg.progress_bar)
-        ids, batch, duration = [], [], 0.0
-        for start, end, samples in windows(decoder, self.rate, self.cfg.chunk_length_s, self.cfg.stride_length_s):
-            batch.append((start, end, max(0.0, start - self.cfg.stride_length_s), samples))
+        parts, batch, duration = [], [], 0.0
+        for start, end, samples in windows(decoder, self.rate, self.chunk_s, self.stride_s):
+            batch.append((start, end, max(0.0, start - self.stride_s), samples))
             duration = end
             if len(batch) == self.cfg.batch_size:
-                ids += self._frame_ids(batch)
+                parts += self.output.read(batch)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            ids += self._frame_ids(batch)
+            parts += self.output.read(batch)
             bar.update(len(batch))
         bar.close()
-        if not ids:
+        if not parts:
             raise ValueError(f"{path}: no audio samples")
+        result = self.output.join(parts)
+        seconds = time.perf_counter() - began
+        return {"file": path, "text": result.pop("text"), "duration_s": round(duration, 3),
+                "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 4), **result}
+
+
+class CtcFrames:
+    """A CTC model's windows: each window's new part as frames (argmax ids, or the logits when an n-gram LM decodes
+    them), joined into the recording's frames and decoded once, with the frame offset of every word."""
+
+    def __init__(self, transcriber: Transcriber):
+        self.t = transcriber
+        self.lm = transcriber.task.kind.lm  # the n-gram LM decoder shipped in model/, or None
+        self.frame_s = transcriber.task.family.frame_hop(transcriber.model.config) / transcriber.rate
+        self.decoder = "n-gram LM" if self.lm is not None else "greedy"
+
+    def window(self, chunk_s: float, stride_s: float):
+        return chunk_s, stride_s
+
+    @torch.no_grad()
+    def read(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[np.ndarray]:
+        """Per window (new start, new end, window start, samples), its new part's frames: argmax ids, or the logits
+        themselves when an LM decodes them (frames x symbols: 0.6 MB per 5 minutes of a 32-symbol model)."""
+        t = self.t
+        features = t.task.inputs([w[3] for w in batch])
+        inputs = {k: v.to(t.accelerator.device) for k, v in t.task.inputs.model_inputs(features).items()}
+        with t.accelerator.autocast():
+            logits = t.model(**inputs).logits
+            ids = (logits.float() if self.lm is not None else logits.argmax(dim=-1)).cpu().numpy()
+        out = []
+        for (start, end, left, samples), row in zip(batch, ids):
+            first, last = round((start - left) / self.frame_s), round((end - left) / self.frame_s)
+            # never past the window's own frames (a shorter last window's row is padded to the batch's longest)
+            valid = t.task.family.output_frames(t.model.config, samples.size, t.rate)
+            out.append(row[first:min(last, valid)])
+        return out
+
+    def join(self, parts: List[np.ndarray]) -> dict:
         if self.lm is not None:  # beam search with the LM over the whole recording's frames
-            text, _, offsets, *_ = self.lm.decode_beams(np.concatenate(ids))[0]
+            text, _, offsets, *_ = self.lm.decode_beams(np.concatenate(parts))[0]
             spans = [(word, start, end) for word, (start, end) in offsets]
         else:
-            decoded = self.processor.tokenizer.decode(np.concatenate(ids).tolist(), output_word_offsets=True)
+            decoded = self.t.task.processor.tokenizer.decode(np.concatenate(parts).tolist(), output_word_offsets=True)
             text, spans = decoded.text, [(w["word"], w["start_offset"], w["end_offset"]) for w in decoded.word_offsets]
         words = [Word(word, round(start * self.frame_s, 3), round(end * self.frame_s, 3)) for word, start, end in spans]
-        seconds = time.perf_counter() - began
-        return {"file": path, "text": text, "duration_s": round(duration, 3),
-                "decoder": "n-gram LM" if self.lm is not None else "greedy",
-                "real_time_factor": round(seconds / max(duration, 1e-9), 4),
-                "words": [w.__dict__ for w in words]}
+        return {"text": text, "words": [w.__dict__ for w in words]}
 
 
-# ---------------------------------------------------------------------------------------------- writing
+class Generated:
+    """A sequence-to-sequence model's windows (Whisper): each window, its context included, generates a token
+    sequence; consecutive sequences are joined where they agree over their overlap (`join_overlapping`, as the
+    stock pipeline joins chunks), so a word spoken across a window's edge is kept once. Segments: where the
+    checkpoint predicts timestamps (its generation config has Whisper's timestamp settings, as the openai
+    checkpoints do), Whisper's own timestamp tokens time them; else each window's part of the text is a segment
+    timed by the window's new part. A segment's words are spread over it in proportion to their length. Windows are
+    the model's own input window at most."""
+
+    def __init__(self, transcriber: Transcriber):
+        self.t = transcriber
+        tokenizer = transcriber.task.processor.tokenizer
+        self.tokenizer, self.special = tokenizer, set(tokenizer.all_special_ids)
+        generation = transcriber.model.generation_config
+        self.timestamp_begin = generation.no_timestamps_token_id + 1 \
+            if getattr(generation, "max_initial_timestamp_index", None) is not None \
+            and getattr(generation, "no_timestamps_token_id", None) is not None else None
+        self.decoder = transcriber.task.kind.decoder_name + (
+            "; segments timed by Whisper's timestamp tokens" if self.timestamp_begin else "")
+
+    def window(self, chunk_s: float, stride_s: float):
+        window_s = self.t.task.family.input_window(self.t.task.feature_extractor) / self.t.rate
+        chunk = min(chunk_s, window_s)
+        stride = min(stride_s, chunk / 6)
+        if (chunk, stride) != (chunk_s, stride_s):
+            log.info("Windows of %g s with %g s of context on each side: the model's input window is %g s", chunk,
+                     stride, window_s)
+        return chunk, stride
+
+    @torch.no_grad()
+    def read(self, batch: List[Tuple[float, float, float, np.ndarray]]) -> List[tuple]:
+        """Per window (new start, new end, window start, samples): its new part's bounds and its generated text
+        tokens, each with the (start, end) in seconds of the segment it belongs to."""
+        t = self.t
+        features = t.task.inputs([w[3] for w in batch])["input_features"].to(t.accelerator.device)
+        mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
+        with t.accelerator.autocast():
+            generated = t.model.generate(input_features=features, attention_mask=mask,
+                                         return_timestamps=self.timestamp_begin is not None)
+        sequences = generated.cpu().tolist() if torch.is_tensor(generated) else generated["sequences"].cpu().tolist()
+        return [(start, end, self._timed([i for i in ids if i not in self.special], left, start, end))
+                for (start, end, left, _), ids in zip(batch, sequences)]
+
+    def _timed(self, ids: List[int], left: float, start: float, end: float) -> List[Tuple[int, float, float]]:
+        """Text tokens with their segment's (start, end): from the timestamp tokens (relative to the window's start
+        `left`) where there are any, else the window's new part."""
+        if self.timestamp_begin is None:
+            return [(i, start, end) for i in ids]
+        out, pending, opened = [], [], left  # opened: where the segment being read began
+        for i in ids:
+            if i < self.timestamp_begin:
+                pending.append(i)
+                continue
+            at = left + (i - self.timestamp_begin) * TIME_PRECISION
+            if pending:  # a segment's closing timestamp; the next one starts there unless it says otherwise
+                out += [(token, opened, max(at, opened)) for token in pending]
+                pending = []
+            opened = at
+        if pending:  # the last segment ran to the window's end
+            out += [(token, opened, max(end, opened)) for token in pending]
+        return out
+
+    def join(self, parts: List[tuple]) -> dict:
+        merged = join_overlapping([[token for token, _, _ in timed] for _, _, timed in parts])
+        groups: List[Tuple[Tuple[float, float], List[int]]] = []
+        for token, window, position in merged:
+            _, seg_start, seg_end = parts[window][2][position]
+            if groups and groups[-1][0] == (seg_start, seg_end):
+                groups[-1][1].append(token)
+            else:
+                groups.append(((seg_start, seg_end), [token]))
+        segments, words, last = [], [], 0.0
+        for (start, end), tokens in groups:
+            text = self.tokenizer.decode(tokens).strip()
+            if not text:
+                continue
+            start = max(start, last)  # a segment seen from a later window's context starts after the one before
+            end = max(end, start)
+            last = end
+            segments.append({"start": round(start, 3), "end": round(end, 3), "text": text})
+            spread = [len(w) + 1 for w in text.split()]
+            at = start
+            for word, share in zip(text.split(), spread):
+                length = (end - start) * share / sum(spread)
+                words.append({"word": word, "start": round(at, 3), "end": round(at + length, 3)})
+                at += length
+        return {"text": " ".join(s["text"] for s in segments), "words": words, "segments": segments}
+
+
+def join_overlapping(sequences: List[List[int]]) -> List[Tuple[int, int, int]]:
+    """Token sequences of consecutive overlapping windows joined into one, each token with the window it comes
+    from and its position there: where the end of what is joined so far best agrees with the start of the next
+    sequence (the most tokens in place, at least two, longer agreements preferred), the next one's tokens after
+    that agreement are added."""
+    merged = [(token, 0, j) for j, token in enumerate(sequences[0])] if sequences else []
+    for k, sequence in enumerate(sequences[1:], 1):
+        cut, best = 0, 0.0
+        for i in range(1, min(len(merged), len(sequence)) + 1):
+            matches = sum(a[0] == b for a, b in zip(merged[-i:], sequence[:i]))
+            score = matches / i + i / 10000
+            if matches > 1 and score > best:
+                cut, best = i, score
+        merged += [(token, k, j) for j, token in enumerate(sequence[cut:], cut)]
+    return merged
+
+
 def _clock(seconds: float, sep: str) -> str:
     ms = int(round(seconds * 1000))
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"

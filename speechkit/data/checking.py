@@ -102,13 +102,15 @@ def decode_split(ds: Dataset, split: str, sampling_rate: int, keep: Optional[str
 
 class RowCheck:
     """Whether one decoded row is usable, and why not: its text normalized (or its label present), its audio readable,
-    not silent, long enough for the model (`min_samples`, its receptive field) and, for training, within the duration
+    not silent, long enough for the model (`min_samples`, its receptive field) and no longer than it takes whole
+    (`max_samples`, a fixed input window such as Whisper's; None: any length), and, for training, within the duration
     filters. Called with (target value, samples, peak, audio error, its detail); returns the row's new columns (`text`
     normalized, `drop_reason`, `drop_detail`). The checking pass and a stream (speechkit/data/streaming.py) share it."""
 
     def __init__(self, cfg: DatasetConfig, sampling_rate: int, training: bool, min_samples: int = 0,
-                 target: str = TEXT):
+                 target: str = TEXT, max_samples: Optional[int] = None):
         self.target, self.min_samples, self.sampling_rate = target, min_samples, sampling_rate
+        self.max_samples = max_samples
         self.normalize = TextNormalizer(cfg.text)
         self.filters = f = cfg.filters
         self.min_len = int(f.min_duration_s * sampling_rate) if training else 0
@@ -132,6 +134,9 @@ class RowCheck:
         elif n < self.min_samples:
             out.update(drop_reason="too_short", drop_detail=f"{n} samples: shorter than the model's receptive field "
                                                             f"({self.min_samples} samples)")
+        elif self.max_samples is not None and n > self.max_samples:
+            out.update(drop_reason="too_long", drop_detail=f"{n / rate:.2f}s: longer than the model's input window "
+                                                           f"({self.max_samples / rate:.1f} s)")
         elif n < self.min_len:
             out.update(drop_reason="too_short", drop_detail=f"{n / rate:.2f}s < {f.min_duration_s}s")
         elif self.max_len is not None and n > self.max_len:
@@ -140,14 +145,14 @@ class RowCheck:
 
 
 def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int, training: bool,
-                report: DropReport, min_samples: int = 0) -> Dataset:
+                report: DropReport, min_samples: int = 0, max_samples: Optional[int] = None) -> Dataset:
     """Decode every clip once (or read it back from the cache), normalize its text (or check that it has a label),
     and keep only the usable rows (the rest go to `report`). `min_samples`: the shortest clip the model can take
     (its receptive field)."""
     target = next(t for t in (TEXT, LABEL, SEGMENTS) if t in ds.column_names)
     keep = ("int16" if training else "float32") if cfg.cache_audio else None
     decoded = decode_split(ds, split, sampling_rate, keep, cfg.num_proc)
-    check = RowCheck(cfg, sampling_rate, training, min_samples, target)
+    check = RowCheck(cfg, sampling_rate, training, min_samples, target, max_samples)
 
     # The text pass runs without the samples column (a map rewrites every column it is given); the samples are
     # joined back column-wise, which copies nothing.
@@ -167,14 +172,14 @@ def check_split(ds: Dataset, split: str, cfg: DatasetConfig, sampling_rate: int,
 
 
 def load_splits(cfg: DatasetConfig, wanted: Dict[str, bool], sampling_rate: int, report: DropReport,
-                target: str = TEXT, min_samples: int = 0) -> Dict[str, Dataset]:
+                target: str = TEXT, min_samples: int = 0, max_samples: Optional[int] = None) -> Dict[str, Dataset]:
     """The named splits ({name: is_training}) with their `target` column (TEXT or LABEL), checked; raises naming
     the key when a split does not exist."""
     splits = load_source(cfg, target)
     out = {}
     for name, training in wanted.items():
         out[name] = check_split(whole(split_of(splits, name, cfg)), name, cfg, sampling_rate, training, report,
-                                min_samples)
+                                min_samples, max_samples)
         if len(out[name]) == 0:
             raise ConfigError(f"dataset '{cfg.name}' split '{name}': every example was dropped ({report.summary()})")
     return out

@@ -123,18 +123,31 @@ def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) 
 
 
 def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
-                  seed, group_by_length: bool = True) -> torch.utils.data.Sampler:
+                  seed, group_by_length: bool = True, padded_to: Optional[int] = None) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
-    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike."""
+    training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike.
+    `padded_to`: a model of a fixed input window (Whisper) is fed every clip padded to that many samples, so a
+    duration budget is a number of clips (the budget over the window); they are still grouped by their own duration,
+    which keeps transcripts of similar length together (less padding in the decoder)."""
+    if batch_duration_s and padded_to:
+        return ClipCountBatchSampler(lengths, clips_per_budget(batch_duration_s, sampling_rate, padded_to),
+                                     seed=seed, group_by_length=group_by_length)
     if batch_duration_s:
         return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
     return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
 
 
+def clips_per_budget(batch_duration_s: float, sampling_rate: int, padded_to: int) -> int:
+    """Clips of a fixed `padded_to` samples in a budget of `batch_duration_s` seconds (at least one)."""
+    return max(1, int(batch_duration_s * sampling_rate) // padded_to)
+
+
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
-                        sampling_rate: int, seed: int, group_by_length: bool = True) -> torch.utils.data.Sampler:
+                        sampling_rate: int, seed: int, group_by_length: bool = True,
+                        padded_to: Optional[int] = None) -> torch.utils.data.Sampler:
     """batch_sampler's batches, each index tagged with its epoch (EpochTagged)."""
-    return EpochTagged(batch_sampler(lengths, batch_size, batch_duration_s, sampling_rate, seed, group_by_length))
+    return EpochTagged(batch_sampler(lengths, batch_size, batch_duration_s, sampling_rate, seed, group_by_length,
+                                     padded_to))
 
 
 class EpochTagged(torch.utils.data.Sampler[List[Tuple[int, int]]]):

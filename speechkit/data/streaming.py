@@ -79,17 +79,18 @@ def target_rows(cfg: DatasetConfig, target: str, split: str) -> Dataset:
     return Dataset.from_dict({columns.AUDIO: files, target: values})
 
 
-def training_batches(cfg: DatasetConfig, trainer_cfg, task, min_samples: int, accelerator: Accelerator,
-                     report: DropReport, report_path: str) -> "StreamedBatches":
+def training_batches(cfg: DatasetConfig, trainer_cfg, task, clip_samples: Tuple[int, Optional[int]],
+                     accelerator: Accelerator, report: DropReport, report_path: str) -> "StreamedBatches":
     """The training split as streamed batches for `task`, as trainer_cfg batches (by duration or by count); their
-    drops join `report`, written to `report_path`."""
+    drops join `report`, written to `report_path`. `clip_samples`: the shortest and the longest clip the model
+    takes (the checking pass's)."""
     rate = task.sampling_rate
     stream = open_stream(cfg, task.target, cfg.train_split, trainer_cfg.seed, accelerator.process_index,
                          accelerator.num_processes)
-    batches = StreamedBatches(stream, RowCheck(cfg, rate, True, min_samples, task.target), task.target_of,
-                              cfg.train_split, rate, cfg.shuffle_buffer, trainer_cfg.batch_size,
-                              trainer_cfg.batch_duration_s,
-                              trainer_cfg.seed, task.crop, trainer_cfg.group_by_length)
+    check = RowCheck(cfg, rate, True, clip_samples[0], task.target, clip_samples[1])
+    batches = StreamedBatches(stream, check, task.target_of, cfg.train_split, rate, cfg.shuffle_buffer,
+                              trainer_cfg.batch_size, trainer_cfg.batch_duration_s, trainer_cfg.seed, task.crop,
+                              trainer_cfg.group_by_length, task.padded_to)
     batches.report, batches.report_path = report, report_path
     return batches
 
@@ -102,11 +103,11 @@ class StreamedBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, stream: IterableDataset, check: RowCheck, target_of: Callable, split: str,
                  sampling_rate: int, window: int, batch_size: int, batch_duration_s: Optional[float], seed: int = 0,
-                 crop: Optional[int] = None, group_by_length: bool = True):
+                 crop: Optional[int] = None, group_by_length: bool = True, padded_to: Optional[int] = None):
         self.stream, self.check, self.target_of, self.split = stream, check, target_of, split
         self.sampling_rate, self.window = sampling_rate, window
         self.batch_size, self.batch_duration_s, self.group_by_length = batch_size, batch_duration_s, group_by_length
-        self.seed, self.crop = seed, crop
+        self.seed, self.crop, self.padded_to = seed, crop, padded_to  # padded_to: what a clip costs in a batch
         self.start: Position = (0, 0, 0)
         self.report: Optional[DropReport] = None  # the checking pass's report, which the stream's drops join
         self.report_path: Optional[str] = None
@@ -174,7 +175,7 @@ class StreamedBatches(torch.utils.data.IterableDataset):
         if not lengths:
             return []
         sampler = batch_sampler(lengths, self.batch_size, self.batch_duration_s, self.sampling_rate,
-                                [self.seed, window], self.group_by_length)
+                                [self.seed, window], self.group_by_length, self.padded_to)
         sampler.set_epoch(epoch)
         return list(sampler)
 

@@ -3,6 +3,7 @@
 
 - wav2vec2.py   wav2vec2-like encoders over the raw waveform: wav2vec2, XLSR-53, MMS, HuBERT, WavLM
 - w2v_bert.py   w2v-BERT 2.0, a conformer over filter banks
+- whisper.py    Whisper, an encoder-decoder that generates tokens (sequence to sequence)
 - ast.py        the Audio Spectrogram Transformer (classification)
 - fast_paths.py the same model computed faster (trainer.fast_paths), applied where a family says
 
@@ -21,8 +22,9 @@ from speechkit.models.ast import AudioSpectrogramTransformer
 from speechkit.models.base import HEAD_NAMES, ModelFamily, ModelInputs, base_config, head_of  # noqa: F401
 from speechkit.models.w2v_bert import W2vBert
 from speechkit.models.wav2vec2 import Wav2Vec2Like
+from speechkit.models.whisper import Whisper
 
-FAMILIES: Tuple[ModelFamily, ...] = (Wav2Vec2Like(), W2vBert(), AudioSpectrogramTransformer())
+FAMILIES: Tuple[ModelFamily, ...] = (Wav2Vec2Like(), W2vBert(), Whisper(), AudioSpectrogramTransformer())
 
 
 def family_of(model_type: str) -> ModelFamily:
@@ -35,16 +37,17 @@ def family_of(model_type: str) -> ModelFamily:
 
 
 def model_type(cfg: ModelConfig) -> Optional[str]:
-    """The model type, where it is known without imports: the architecture's `model_type`, or the config.json of a
-    local checkpoint folder; None for a Hub checkpoint (checked when its config is read, still before any data)."""
+    """The model type, where it is known without imports: the config.json of a local checkpoint folder, or the
+    architecture's `model_type` (a conf/model option states its checkpoint's layout there); None for a Hub
+    checkpoint of no stated type (checked when its config is read, still before any data)."""
     name = cfg.name_or_path
     if isinstance(name, str) and os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
         with open(os.path.join(os.path.expanduser(name), "config.json")) as f:
             return json.load(f).get("model_type")
+    arch = cfg.architecture if hasattr(cfg.architecture, "get") else {}
     if name is None:
-        arch = cfg.architecture
-        return arch.get("model_type", "wav2vec2") if hasattr(arch, "get") else None
-    return None
+        return arch.get("model_type", "wav2vec2")
+    return arch.get("model_type")
 
 
 def model_config(cfg: ModelConfig, heads: Iterable[str], task: str = ""):

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 HEADS = {"ctc": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
          "classification": ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"),
          # one output per speaker and frame (diarization)
-         "frames": ("AutoModelForAudioFrameClassification", "MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES")}
-HEAD_NAMES = {"ctc": "CTC", "classification": "classification", "frames": "frame-level"}  # for messages
+         "frames": ("AutoModelForAudioFrameClassification", "MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES"),
+         # an encoder-decoder generating tokens (Whisper)
+         "seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES")}
+HEAD_NAMES = {"ctc": "CTC", "classification": "classification", "frames": "frame-level",
+              "seq2seq": "sequence-to-sequence"}  # for messages
 REGULARISATION = ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
                   "mask_time_prob", "layerdrop")
 
@@ -117,6 +120,7 @@ class ModelFamily:
     heads: Tuple[str, ...] = ()  # the heads it can have (a model type may lack some: transformers' lists decide)
     processor: str = "Wav2Vec2Processor"  # the transformers class a CTC model's tokenizer and features ship as
     has_feature_encoder: bool = False  # a convolutional encoder model.freeze_feature_encoder can freeze
+    has_encoder: bool = False  # an encoder-decoder model: model.freeze_encoder trains the decoder only
 
     # ------------------------------------------------------------------------------------------- building
     def has_head(self, model_type: str, head: str) -> bool:
@@ -141,6 +145,11 @@ class ModelFamily:
                 raise ConfigError(f"model.freeze_feature_encoder=true: a {config.model_type} model has no "
                                   "convolutional feature encoder to freeze; set it false")
             model.freeze_feature_encoder()
+        if cfg.freeze_encoder:
+            if not self.has_encoder:
+                raise ConfigError(f"model.freeze_encoder=true: a {config.model_type} model is no encoder-decoder; "
+                                  "set it false (model.freeze_feature_encoder freezes a convolutional front end)")
+            self.freeze_encoder(model)
         if cfg.gradient_checkpointing:
             # transformers 5 name of gradient checkpointing. Non-reentrant (torch.utils.checkpoint's recommended mode,
             # also transformers' default, said here so no default change can break it): the reentrant one fails
@@ -204,6 +213,14 @@ class ModelFamily:
     def input_window(self, feature_extractor) -> Optional[int]:
         """The longest clip (samples) the feature extractor passes on whole; None: any length."""
         return None
+
+    def longest_clip(self, config, sampling_rate: int) -> Optional[int]:
+        """The longest clip (samples) the model can be trained on and scored with whole (dropped and reported when
+        longer); None: any length (a longer one is cropped where the task crops, as AST's classification does)."""
+        return None
+
+    def freeze_encoder(self, model) -> None:
+        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------- its lengths
     def receptive_field(self, config, sampling_rate: int) -> int:

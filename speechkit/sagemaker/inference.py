@@ -64,18 +64,20 @@ def _media_type(value: Optional[str]) -> str:
 # --------------------------------------------------------------------------------------------- model_fn
 # What a model is served as, by the head its config's architectures name: the pipeline (the speechkit task's own
 # pipeline tag, speechkit/tasks/), the transformers Auto class that loads it and its list of architectures. Any model
-# family transformers has these heads for is served alike (wav2vec2, HuBERT, WavLM, w2v-BERT, AST ...).
-SERVED = {"automatic-speech-recognition": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
-          "audio-classification": ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")}
+# family transformers has these heads for is served alike (wav2vec2, HuBERT, WavLM, w2v-BERT, Whisper, AST ...).
+SERVED = [("automatic-speech-recognition", "AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
+          ("automatic-speech-recognition", "AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+          ("audio-classification", "AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")]
 
 
-def served_as(config) -> Optional[str]:
-    """The pipeline a saved model is served by, from its config's architectures; None: not one this serves."""
+def served_as(config) -> Optional[tuple]:
+    """(pipeline, Auto class) a saved model is served by, from its config's architectures; None: not one this
+    serves."""
     from transformers.models.auto import modeling_auto
 
-    for task, (_, mapping) in SERVED.items():
+    for task, auto, mapping in SERVED:
         if set(config.architectures or ()) & set(getattr(modeling_auto, mapping).values()):
-            return task
+            return task, auto
     return None
 
 
@@ -86,21 +88,25 @@ def model_fn(model_dir: str, context: Any = None) -> dict:
 
     device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    task = served_as(config)
-    if task is None:
-        raise InferenceError(f"{model_dir} holds a {config.architectures}: served are speech recognition (CTC) and "
-                             "audio classification models", 500)
-    model = getattr(transformers, SERVED[task][0]).from_pretrained(model_dir, local_files_only=True,
-                                                                   use_safetensors=True).to(device).eval()
+    served = served_as(config)
+    if served is None:
+        raise InferenceError(f"{model_dir} holds a {config.architectures}: served are speech recognition (CTC, "
+                             "Whisper) and audio classification models", 500)
+    task, auto = served
+    model = getattr(transformers, auto).from_pretrained(model_dir, local_files_only=True,
+                                                        use_safetensors=True).to(device).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     # The tokenizer and the feature extractor passed as they are: a shipped n-gram LM (pyctcdecode, not installed in
     # the endpoint) is left out, so the endpoint decodes greedily.
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if task != "audio-classification" \
         else None
-    served = pipeline(task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor,
-                      device=torch.device(device))
-    return {"pipeline": served, "model": model, "task": task, "sampling_rate": int(feature_extractor.sampling_rate),
-            "min_samples": shortest_clip(model, feature_extractor)}
+    runs = pipeline(task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor,
+                    device=torch.device(device))
+    # A model of a fixed input window (Whisper) is fed longer audio in chunks of at most that window
+    window = getattr(feature_extractor, "n_samples", None)
+    return {"pipeline": runs, "model": model, "task": task, "sampling_rate": int(feature_extractor.sampling_rate),
+            "min_samples": shortest_clip(model, feature_extractor),
+            "window_s": window / feature_extractor.sampling_rate if window else None}
 
 
 def shortest_clip(model, feature_extractor) -> int:
@@ -204,6 +210,8 @@ def predict_fn(data: dict, model: dict, context: Any = None) -> dict:
                              f"the model's receptive field ({shortest} samples, {1000 * shortest / rate:.0f} ms): "
                              "send a longer clip")
     chunk = _env_float("SPEECHKIT_CHUNK_LENGTH_S", 20.0)
+    if model.get("window_s"):  # never more than the model's own window
+        chunk = min(chunk, model["window_s"]) if chunk else model["window_s"]
     kwargs = {}
     if chunk and duration > chunk:  # long audio: overlapping chunks, CTC logits stitched by the pipeline
         stride = _env_float("SPEECHKIT_STRIDE_LENGTH_S", 4.0)

@@ -30,7 +30,7 @@ class Registered:
 
 
 TASKS = {
-    "asr": Registered(AsrConfig, "speechkit.tasks.asr:SpeechRecognition", ("ctc",)),
+    "asr": Registered(AsrConfig, "speechkit.tasks.asr:SpeechRecognition", ("ctc", "seq2seq")),
     "audio_classification": Registered(ClassificationConfig, "speechkit.tasks.classification:AudioClassification",
                                        ("classification",)),
     "diarization": Registered(DiarizationConfig, "speechkit.tasks.diarization:Diarization", ("frames",)),

@@ -34,7 +34,7 @@ class Score:
 
     key: str  # as logged: eval_wer
     name: str  # as people read it: WER
-    hub_type: str  # the model card's model-index metric type: wer
+    hub_type: Optional[str]  # the model card's model-index metric type (wer); None: not a Hub metric
     lower_is_better: bool
 
 
@@ -77,6 +77,7 @@ class Task:
     inventory_kind: str = "labels"
     labels_to_model: bool = False  # the model computes its loss from `labels` itself (CTC); else forward's loss()
     crop: Optional[int] = None  # training clips longer than this many samples are cut to a random window of it
+    padded_to: Optional[int] = None  # every clip is fed padded to this many samples (a duration budget counts that)
 
     def __init__(self, cfg, dataset=None, model=None):
         """`cfg`: the task's schema (speechkit/config.py); `dataset`, `model`: the run's, when training. Once a model

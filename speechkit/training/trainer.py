@@ -171,7 +171,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         batches = StreamBatches(train_set, task.collator(True), loading, cfg.seed, accelerator)
     else:
         sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
-                                      cfg.seed, cfg.group_by_length)
+                                      cfg.seed, cfg.group_by_length, task.padded_to)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=task.collator(True),
                                              generator=torch.Generator().manual_seed(cfg.seed), **loading)
         model, optimizer, loader, evaluation = accelerator.prepare(model, optimizer, loader, evaluation)
@@ -325,7 +325,11 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
     if cfg.final_model == FinalModel.best and os.path.isdir(run.dirs.best):
         log.info("Shipping the best weights (step %s, eval %s)", run.state.best_step, run.state.best_summary)
         best = type(unwrapped).from_pretrained(run.dirs.best)
-        unwrapped.load_state_dict(best.state_dict())
+        missing, unexpected = unwrapped.load_state_dict(best.state_dict(), strict=False)
+        trained_only = set(unwrapped._keys_to_ignore_on_save or ())  # weights that train but never ship
+        if unexpected or set(missing) - trained_only:
+            raise RuntimeError(f"{run.dirs.best} does not match the model: missing "
+                               f"{sorted(set(missing) - trained_only)}, unexpected {sorted(unexpected)}")
         del best
     weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
     if accelerator.is_main_process:

@@ -1,40 +1,56 @@
-"""task=asr: speech recognition. Transcripts become character ids (task.vocab, speechkit/tasks/asr/vocab.py), the
-model gets a CTC head, predictions are decoded greedily or with an n-gram LM (task.decoder, decoding.py) and scored
-by WER (lower is better; CER breaks ties)."""
+"""task=asr: speech recognition, scored by WER (lower is better; CER breaks ties) on the dataset's own text
+normalization (dataset.text).
+
+The task has two kinds of head, each one module, chosen by the model's family (speechkit/models/): a CTC head over
+characters (ctc.py: wav2vec2-like encoders, w2v-BERT), or a sequence-to-sequence model that generates tokens
+(seq2seq.py: Whisper). What they share lives here: the facts the house asks for, the scores, the hallucination
+probe, the report and the inventory; the rest is the head kind's (its targets, tokenizer or vocab, decoding, what
+ships)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from typing import List, Optional, Tuple
 
 import jiwer
-import torch
+import numpy as np
 
 from speechkit import data
-from speechkit.config import DecoderType
 from speechkit.data.text import TextNormalizer
-from speechkit.rundir import RunDir
-from speechkit.tasks.asr import decoding, vocab as vocabulary
+from speechkit.tasks.asr.ctc import Ctc
+from speechkit.tasks.asr.seq2seq import Seq2Seq
 from speechkit.tasks.base import Score, Task
-from speechkit.tasks.scoring import EvalResult, gather_predictions
-from speechkit.data.samplers import eval_loader
+from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
+
+KINDS = {"ctc": Ctc, "seq2seq": Seq2Seq}  # the model's head -> how speech recognition trains and reads it
+PROBE_S = 3.0  # seconds of each hallucination-probe clip
+PROBE_NOISE_RMS = 0.01  # white noise at -40 dB of full scale
 
 
 def error_rates(references: List[str], hypotheses: List[str]) -> dict:
     return {"wer": jiwer.wer(list(references), list(hypotheses)), "cer": jiwer.cer(list(references), list(hypotheses))}
 
 
-def pad_labels(items: List[dict], batch: dict) -> dict:
-    """Label ids padded with -100, which CTC ignores."""
-    longest = max(len(x["labels"]) for x in items)
-    labels = torch.full((len(items), longest), -100, dtype=torch.long)
-    for row, x in enumerate(items):
-        labels[row, : len(x["labels"])] = torch.tensor(x["labels"], dtype=torch.long)
-    return {"labels": labels}
+class ProbeClips:
+    """task.hallucination_probe: clips with nothing to transcribe, `count` of silence then `count` of white noise,
+    the same in every run (seeded), shaped as a dataset the evaluation loader takes."""
+
+    def __init__(self, count: int, seconds: float, sampling_rate: int):
+        rng = np.random.default_rng(0)
+        samples = int(seconds * sampling_rate)
+        self.clips = [np.zeros(samples, np.float32) for _ in range(count)] + \
+            [(rng.standard_normal(samples) * PROBE_NOISE_RMS).astype(np.float32) for _ in range(count)]
+        self.kinds = ["silence"] * count + ["noise"] * count
+        self.lengths = np.full(len(self.clips), samples, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_values": self.clips[i], "index": int(i), "offset": 0}
 
 
 class SpeechRecognition(Task):
@@ -42,197 +58,209 @@ class SpeechRecognition(Task):
     target = data.TEXT  # the normalized transcript
     unit = "utterances"
     pipeline = "automatic-speech-recognition"
-    card_kind = "A speech recognition (CTC)"
     card_usage = ('from transformers import pipeline\n'
                   'asr = pipeline("automatic-speech-recognition", model="<this folder or repo>")\n'
                   'print(asr("clip.wav")["text"])')
     inventory_kind = "characters"
-    labels_to_model = True  # CTC computes its loss inside the model
+    labels_to_model = True  # both kinds of model compute their loss from the labels themselves
 
     def __init__(self, cfg, dataset=None, model=None):
         super().__init__(cfg, dataset, model)
         normalizer = TextNormalizer(dataset.text) if dataset is not None else None
-        self.normalize = (lambda t: normalizer(t).text) if normalizer else None  # the transcripts', for the LM's text
-        self.processor = None  # the tokenizer and the feature extractor, as they ship
-        self.vocab: dict = {}
-        self.lm = None  # a pyctcdecode decoder with the n-gram LM (task.decoder.type=kenlm, or shipped in a model dir)
-        self.lm_order = None
-        self.lm_text: List[str] = []
+        self.normalize = (lambda t: normalizer(t).text) if normalizer else None  # the transcripts' normalization
+        self.kind = None  # Ctc or Seq2Seq, once the model's head is known (model_config, restore)
+        self.probe: Optional[dict] = None  # the last evaluation's probe hypotheses
 
     @classmethod
     def scores(cls, cfg) -> List[Score]:
-        return [Score("eval_wer", "WER", "wer", lower_is_better=True),
-                Score("eval_cer", "CER", "cer", lower_is_better=True)]
+        scores = [Score("eval_wer", "WER", "wer", lower_is_better=True),
+                  Score("eval_cer", "CER", "cer", lower_is_better=True)]
+        if cfg.hallucination_probe:
+            scores.append(Score("eval_probe_words", "probe words per clip", None, lower_is_better=True))
+        return scores
 
     @classmethod
     def extras(cls, cfg) -> List[str]:
-        return ["lm"] if cfg.decoder.type == DecoderType.kenlm else []
+        return ["lm"] if cfg.decoder.type == "kenlm" else []
 
-    # ------------------------------------------------------------------------ training: targets and model
+    @property
+    def card_kind(self) -> str:
+        return self.kind.card_kind
+
+    @property
+    def processor(self):
+        return self.kind.processor
+
+    # ---------------------------------------------------------------------------- training: targets and model
+    def model_config(self, model_cfg):
+        """The checkpoint's config and its head, which decides the kind of speech recognition (CTC or sequence to
+        sequence); refused before any data when the model has neither, or cannot do what is asked of it."""
+        config, head = super().model_config(model_cfg)
+        if self.kind is None or self.kind.name != head:
+            self.kind = KINDS[head](self)
+        self.kind.check_model(config)
+        return config, head
+
     def fit_targets(self, train_rows, eval_rows, splits: Tuple[str, str], report, run_dir: str, is_main: bool):
-        """The character vocab, built from the training text (or reused) and saved beside the run; training rows
-        it cannot spell are dropped, evaluation rows kept (their unknown characters count as errors)."""
-        cfg = self.cfg.vocab
-        self.vocab = vocabulary.make_vocab(cfg, data.texts(train_rows), data.texts(eval_rows))
-        train_rows = vocabulary.drop_unspellable(train_rows, self.vocab, splits[0], report)
-        vocabulary.warn_unspellable(data.texts(eval_rows), self.vocab, splits[1], cfg.unk_token)
-        if is_main:
-            vocabulary.write_vocab(self.vocab, RunDir(run_dir).vocab)
-        if self.cfg.decoder.type == DecoderType.kenlm:
-            self.lm_text = decoding.lm_sentences(self.cfg.decoder, data.texts(train_rows), self.normalize)
-        return train_rows, eval_rows
+        return self.kind.fit(train_rows, eval_rows, splits, report, run_dir, is_main)
 
     def describe_targets(self) -> str:
-        return f"{len(self.vocab)} symbols"
+        return self.kind.describe()
 
     def head_config(self) -> dict:
-        return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[self.cfg.vocab.pad_token],
-                "ctc_loss_reduction": self.cfg.ctc_loss_reduction, "ctc_zero_infinity": self.cfg.ctc_zero_infinity}
+        return self.kind.head_config()
 
     def prepare(self, model, run_dir: str) -> None:
-        """The tokenizer of the run's vocab.json, shipped with the feature extractor as the family's processor."""
-        tokenizer = vocabulary.make_tokenizer(RunDir(run_dir).vocab, self.cfg.vocab)
-        self.processor = self.family.ctc_processor(tokenizer, self.feature_extractor)
+        self.kind.prepare(model, run_dir)
 
-    # ---------------------------------------------------------------------------------- a saved model
+    def forward(self, model, batch: dict):
+        return self.kind.forward(model, batch, super().forward(model, batch))
+
+    # ---------------------------------------------------------------------------------------- a saved model
     @classmethod
     def restore(cls, model, model_dir: str, options: dict) -> "SpeechRecognition":
+        """A saved model; `options` (evaluate.py): the data set to normalize the hypotheses as (`dataset`),
+        `whisper_normalizer`, `hallucination_probe`."""
         from speechkit.config import AsrConfig
-        from speechkit.models import family_of
+        from speechkit.models import head_of
 
-        task = cls(AsrConfig())
-        task.processor = family_of(model.config.model_type).load_ctc_processor(model_dir)
-        task.bind(model, task.processor.feature_extractor)
-        task.vocab = task.processor.tokenizer.get_vocab()
-        task.lm = decoding.load(model_dir)
-        if task.lm is not None:
-            task.lm_order = decoding.order_of(model_dir)
+        cfg = AsrConfig(whisper_normalizer=bool(options.get("whisper_normalizer")),
+                        hallucination_probe=int(options.get("hallucination_probe") or 0))
+        task = cls(cfg, dataset=options.get("dataset"))
+        task.kind = KINDS[head_of(model.config)](task)
+        task.kind.restore(model, model_dir)
         return task
 
     def check_eval_rows(self, rows, split: str, report):
-        vocabulary.warn_unspellable(data.texts(rows), self.vocab, split, self.processor.tokenizer.unk_token)
-        return rows
+        return self.kind.check_eval_rows(rows, split, report)
 
     def save(self, path: str) -> None:
         self.processor.save_pretrained(path)
 
-    # ----------------------------------------------------------------------------- data and scoring
+    # ------------------------------------------------------------------------------------------ data and scoring
     def targets(self, rows) -> list:
-        tokenizer = self.processor.tokenizer
-        return [tokenizer(t).input_ids for t in data.texts(rows)]
+        return self.kind.targets(rows)
 
-    def target_of(self, text: str, audio: str = "") -> Tuple[Optional[List[int]], str, str]:
-        """A streamed training row's character ids, or why it has none (dataset.streaming): as in fit_targets, a
-        transcript the vocab cannot spell is dropped, not taught as [UNK]."""
-        unknown = vocabulary.unknown_chars(text, self.vocab)
-        if unknown:
-            return None, "chars_outside_vocab", "".join(unknown)
-        return self.processor.tokenizer(text).input_ids, "", ""
+    def target_of(self, text: str, audio: str = ""):
+        return self.kind.target_of(text)
 
     def batch_targets(self):
-        return pad_labels
+        return self.kind.batch_targets()
+
+    @property
+    def padded_to(self) -> Optional[int]:
+        """A model of a fixed input window (Whisper) is fed every clip padded to it, so every clip counts the whole
+        window in a batch's duration (trainer.batch_duration_s)."""
+        return self.family.input_window(self.feature_extractor)
+
+    def dataset(self, rows, training: bool):
+        dataset = super().dataset(rows, training)
+        if self.padded_to and training:
+            window = self.padded_to / self.sampling_rate
+            log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
+                     "(trainer.batch_duration_s), and batches group clips of similar duration so their transcripts "
+                     "pad the decoder little (trainer.group_by_length)", self.family.name, window, window)
+        return dataset
 
     def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
-        """Greedy CTC decoding (only argmax ids leave the device) or, with an n-gram LM decoder, beam search over
-        the gathered logits, scored beside the greedy text of the same logits."""
-        tokenizer = self.processor.tokenizer
-        blank = tokenizer.pad_token_id
-        unwrapped = accelerator.unwrap_model(model)
-
-        def frames_of(batch, on):  # the frames each clip really has: the model's own length arithmetic of its mask
-            return unwrapped._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).to(on)
-
-        def argmax(out, batch, _):
-            pred = out.logits.argmax(dim=-1)
-            # Frames that only cover padding are set to blank so they decode to nothing.
-            frames = frames_of(batch, pred.device)
-            return pred.masked_fill(torch.arange(pred.shape[1], device=pred.device)[None, :] >= frames[:, None], blank)
-
-        def logits(out, batch, _):  # a first row holding the frame count: padding is cut on the host
-            x = out.logits.float()
-            counts = torch.zeros(x.shape[0], 1, x.shape[2], device=x.device)
-            counts[:, 0, 0] = frames_of(batch, x.device).float()
-            return torch.cat([counts, x], dim=1)
-
-        by_row, loss, gathered = gather_predictions(model, loader, accelerator, self.forward,
-                                                    logits if self.lm is not None else argmax, blank)
-        rows = sorted(by_row)
+        """The model's transcripts of the split (the head kind's decoding), scored; with task.hallucination_probe,
+        the words it emits on clips of silence and noise too."""
+        hypotheses, greedy, loss, gathered = self.kind.decode(model, loader, accelerator)
+        rows = sorted(hypotheses)
         texts = data.texts(dataset.ds)
-        references = [texts[r] for r in rows]
-        if self.lm is None:
-            hypotheses = tokenizer.batch_decode([by_row[r].tolist() for r in rows])
-            return self._result(loss, gathered, rows, references, hypotheses)
-        utterances = [by_row[r][1: 1 + int(by_row[r][0, 0])].numpy() for r in rows]
-        self.logits = dict(zip(rows, utterances))  # kept for task.decoder.tune
-        greedy = tokenizer.batch_decode([x.argmax(-1).tolist() for x in utterances])
-        return self._result(loss, gathered, rows, references, decoding.decode(self.lm, utterances), greedy)
+        result = self._result(loss, gathered, rows, [texts[r] for r in rows], [hypotheses[r] for r in rows],
+                              [greedy[r] for r in rows] if greedy is not None else None)
+        if self.cfg.hallucination_probe:
+            self._probe(model, accelerator, result)
+        return result
+
+    def rescored(self, result: EvalResult, hypotheses: List[str]) -> EvalResult:
+        """`result` with new hypotheses for its rows (a re-tuned decoder's), everything else kept."""
+        again = self._result(result.metrics["eval_loss"], result.metrics["eval_gathered"], result.rows,
+                             [p["reference"] for p in result.predictions], hypotheses,
+                             [p["greedy"] for p in result.predictions] if "greedy" in result.predictions[0] else None)
+        for key in ("eval_probe_words", "eval_probe_silence_words", "eval_probe_noise_words"):
+            if key in result.metrics:
+                again.metrics[key] = result.metrics[key]
+        return again
+
+    def _scored(self, texts: List[str]) -> List[str]:
+        """The text WER and CER are computed on: as normalized, and through Whisper's English text normalizer too
+        with task.whisper_normalizer=true."""
+        if not self.cfg.whisper_normalizer:
+            return list(texts)
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        spelling = getattr(getattr(self.processor, "tokenizer", None), "english_spelling_normalizer", None) or {}
+        normalizer = EnglishTextNormalizer(spelling)
+        return [normalizer(t) for t in texts]
 
     def _result(self, loss, gathered, rows, references, hypotheses, greedy=None) -> EvalResult:
-        rates = error_rates(references, hypotheses)
+        scored_refs, scored_hyps = self._scored(references), self._scored(hypotheses)
+        rates = error_rates(scored_refs, scored_hyps)
         metrics = {"eval_loss": loss, "eval_wer": rates["wer"], "eval_cer": rates["cer"]}
         summary = f"WER {rates['wer']:.4f}  CER {rates['cer']:.4f}"
-        predictions = [{"reference": ref, "hypothesis": hyp, "wer": f"{jiwer.wer(ref, hyp):.4f}"}
-                       for ref, hyp in zip(references, hypotheses)]
+        if self.cfg.whisper_normalizer:
+            summary += " (after Whisper's English text normalizer)"
+        predictions = [{"reference": ref, "hypothesis": hyp, "wer": f"{jiwer.wer(sref, shyp):.4f}"}
+                       for ref, hyp, sref, shyp in zip(references, hypotheses, scored_refs, scored_hyps)]
         if greedy is not None:
-            plain = error_rates(references, greedy)
+            plain = error_rates(scored_refs, self._scored(greedy))
             metrics.update(eval_wer_greedy=plain["wer"], eval_cer_greedy=plain["cer"])
-            summary += f" with the {self.lm_order}-gram LM (greedy: WER {plain['wer']:.4f}  CER {plain['cer']:.4f})"
+            summary += f" with the {self.kind.decoder_label} (greedy: WER {plain['wer']:.4f}  CER {plain['cer']:.4f})"
             for p, g in zip(predictions, greedy):
                 p["greedy"] = g
         metrics.update(eval_utterances=len(rows), eval_gathered=gathered)
         return EvalResult(metrics=metrics, rank=(rates["wer"], rates["cer"]), objective=rates["wer"],
                           summary=summary, rows=rows, predictions=predictions)
 
-    # ------------------------------------------------------------------------------- the LM decoder
+    def _probe(self, model, accelerator, result: EvalResult) -> None:
+        """task.hallucination_probe: the model's transcripts of clips with nothing to transcribe; the words it emits
+        per clip, in all and by kind of clip, join the evaluation's metrics."""
+        from speechkit.data.samplers import eval_loader
+
+        window = self.family.longest_clip(self.config, self.sampling_rate)
+        clips = ProbeClips(self.cfg.hallucination_probe, min(PROBE_S, window / self.sampling_rate) if window
+                           else PROBE_S, self.sampling_rate)
+        # Not prepared by accelerate (a checkpoint saves the state of every prepared loader): every process reads all
+        # the probe's clips, and duplicates gathered from several processes count once (by row).
+        from accelerate.utils import send_to_device
+
+        loader = (send_to_device(batch, accelerator.device)
+                  for batch in eval_loader(clips, self.collator(), self.cfg.hallucination_probe))
+        texts, _, _, _ = self.kind.decode(model, loader, accelerator, keep_logits=False)
+        words = {i: len(texts[i].split()) for i in texts}
+        for kind in ("silence", "noise"):
+            mine = [words[i] for i in words if clips.kinds[i] == kind]
+            result.metrics[f"eval_probe_{kind}_words"] = float(np.mean(mine))
+        result.metrics["eval_probe_words"] = float(np.mean(list(words.values())))
+        result.summary += f"; probe {result.metrics['eval_probe_words']:.2f} words per silent or noise clip"
+        self.probe = {"clips": [(clips.kinds[i], texts[i]) for i in sorted(texts)]}
+
     def after_training(self, model, eval_set, accelerator, run_dir: str, result: EvalResult,
                        batch_size: int) -> EvalResult:
-        """task.decoder.type=kenlm: the n-gram LM built from the LM text, the shipped model's eval split decoded with
-        it (alpha and beta tuned there with task.decoder.tune), the decoder shipped in model/; returns that
-        evaluation."""
-        cfg = self.cfg.decoder
-        if cfg.type == DecoderType.greedy:
-            return result
-        arpa = os.path.join(run_dir, f"lm-{cfg.order}gram.arpa")
-        if accelerator.is_main_process:
-            sizes = decoding.write_arpa(self.lm_text, cfg.order, arpa, cfg.discount)
-            log.info("Language model: %s, %s n-grams from %d sentences", arpa,
-                     "/".join(str(sizes[n]) for n in sorted(sizes)), len(self.lm_text))
-        accelerator.wait_for_everyone()
-        labels = decoding.alphabet(self.processor.tokenizer, model.config.vocab_size)
-        self.lm = decoding.build_decoder(labels, arpa, (w for t in self.lm_text for w in t.split()), cfg.alpha,
-                                         cfg.beta)
-        self.lm_order = cfg.order
-        loader = accelerator.prepare(eval_loader(eval_set, self.collator(), batch_size))
-        lm_result = self.evaluate(model, loader, eval_set, accelerator)
-        if cfg.tune:  # on the logits already gathered: the model does not run again
-            references = [p["reference"] for p in lm_result.predictions]
-            utterances = [self.logits[r] for r in lm_result.rows]
-            alpha, beta, wer = decoding.tune(self.lm, utterances, references, cfg)
-            log.info("task.decoder.tune: best alpha=%.3f beta=%.3f, WER %.4f (configured: %.4f)", alpha, beta, wer,
-                     lm_result.metrics["eval_wer"])
-            lm_result = self._result(lm_result.metrics["eval_loss"], lm_result.metrics["eval_gathered"],
-                                     lm_result.rows, references, decoding.decode(self.lm, utterances),
-                                     [p["greedy"] for p in lm_result.predictions])
-        if accelerator.is_main_process:
-            decoding.ship(self.lm, RunDir(run_dir).model)
-        accelerator.wait_for_everyone()
-        log.info("Final model with its LM: eval %s", lm_result.summary)
-        return lm_result
+        return self.kind.after_training(model, eval_set, accelerator, run_dir, result, batch_size)
 
     @property
     def decoder_name(self) -> str:
-        if self.lm is None:
-            return "greedy CTC (the most likely symbol per frame)"
-        lm = decoding.settings(self.lm)
-        return (f"beam search with a {self.lm_order}-gram language model (alpha {lm['alpha']:g}, beta "
-                f"{lm['beta']:g}); the greedy text of the same output is in predictions.csv")
+        return self.kind.decoder_name
 
     def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
-        """report.html: scores, WER by duration, frequent errors, every utterance aligned (speechkit/report.py)."""
-        from speechkit.report import asr_sections
+        """report.html: scores, WER by duration, frequent errors, every utterance aligned (speechkit/report.py), and
+        what the model said on the hallucination probe's clips."""
+        from speechkit.report import asr_sections, table
 
-        return asr_sections([p["reference"] for p in result.predictions], [p["hypothesis"] for p in result.predictions],
-                            durations, ids, self.decoder_name)
+        sections = asr_sections([p["reference"] for p in result.predictions],
+                                [p["hypothesis"] for p in result.predictions], durations, ids, self.decoder_name)
+        if self.probe is not None:
+            m = result.metrics
+            sections.append((f"Hallucination probe: {m['eval_probe_words']:.2f} words per clip with nothing to "
+                             "transcribe",
+                             f"<p>silence {m['eval_probe_silence_words']:.2f}, noise "
+                             f"{m['eval_probe_noise_words']:.2f} words per clip (ideally none)</p>"
+                             + table(["clip", "what the model said"],
+                                     [(kind, text or "(nothing)") for kind, text in self.probe["clips"]])))
+        return sections
 
     def examples(self, result: EvalResult, n: int, width: int = 48) -> str:
         """A few references beside their hypotheses, for the console."""
