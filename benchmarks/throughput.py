@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("speechkit", "trainer", "speechkit_plain")  # speechkit_plain: speechkit with trainer.fast_paths=false
+# speechkit_plain: speechkit with trainer.fast_paths=false; speechkit_ungrouped: with trainer.group_by_length=false
+SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped")
+VARIANTS = {"speechkit_plain": ["trainer.fast_paths=false"], "speechkit_ungrouped": ["trainer.group_by_length=false"]}
 DEFAULT_SYSTEMS = ("speechkit", "trainer")
 # Dense bf16 tensor-core peaks (TFLOP/s), for MFU; --peak-tflops for any other device.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "MI300X": 1307.0, "MI250": 362.0}
@@ -69,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logging-steps", type=int, default=5)
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                    help="comma-separated, from: " + ",".join(SYSTEMS) + " (speechkit_plain: speechkit without its "
-                        "fast paths, to measure what they pay)")
+                        "fast paths, speechkit_ungrouped: without batches grouped by duration, to measure what each "
+                        "pays)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s, for MFU")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=42)
@@ -139,7 +142,7 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
 def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
     against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
-    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain"}
+    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped"}
     lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
              "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
@@ -165,21 +168,25 @@ def main(argv=None) -> dict:
     root = prepare_data(args)
     mean_s = mean_duration(root)
     spec = {k: v for k, v in vars(args).items() if k not in ("child", "spec", "out", "systems")}
-    spec.update(data=str(root), mean_clip_s=mean_s,
-                batch_duration_s=args.batch_duration_s or round(args.batch_size * mean_s, 1))
+    seq2seq = head_of_model(args.model) == "seq2seq"
+    # A fixed-window model (Whisper) pads every clip to its window: both systems take batch_size clips a batch.
+    spec.update(data=str(root), mean_clip_s=mean_s, seq2seq=seq2seq,
+                batch_duration_s=None if seq2seq else args.batch_duration_s or round(args.batch_size * mean_s, 1))
     results = {system: run_system(system, spec) for system in systems}
     device = next(iter(results.values()))["device"]
     given = argv if argv is not None else sys.argv[1:]
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results}
-    for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths")):
+    for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths"),
+                        ("speechkit_ungrouped", "ratios_grouped")):
         if "speechkit" in results and other in results:  # speechkit / the other system
             sk, tr = results["speechkit"], results[other]
             summary[name] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
                                                         "peak_rss_mb", "final_loss") if sk.get(k) and tr.get(k)}
+    batching = (f"both {args.batch_size} clips a batch (each padded to the model's window)" if seq2seq else
+                f"Trainer batch {args.batch_size} clips, speechkit batch {spec['batch_duration_s']:g} s of audio")
     header = (f"`{summary['command']}` on {device}: model {args.model}, {args.epochs:g} epoch(s) of "
-              f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; Trainer "
-              f"batch {args.batch_size} clips, speechkit batch {spec['batch_duration_s']:g} s of audio")
+              f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; {batching}")
     table = markdown(results, header)
     os.makedirs(args.out, exist_ok=True)
     stem = Path(args.out) / f"throughput-{args.model}-{device.split(' ')[0].lower()}"
@@ -204,6 +211,17 @@ def compose(overrides: List[str]):
         return hydra_compose(config_name="train", overrides=list(overrides))
 
 
+def head_of_model(model: str) -> str:
+    """The speech-recognition head `model` gets: "ctc" or "seq2seq" (Whisper)."""
+    from omegaconf import OmegaConf
+
+    from speechkit.models import model_config
+
+    cfg = OmegaConf.to_object(compose([f"model={model}", "model.name_or_path=null"] if model != "tiny"
+                                      else [f"model={model}"]))
+    return model_config(cfg.model, ("ctc", "seq2seq"))[1]
+
+
 def speechkit_overrides(spec: dict, run_dir: str) -> List[str]:
     """The one speechkit config both systems take their model and optimizer settings from."""
     hw = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "rocm": "rocm"}[spec["device"]]
@@ -212,13 +230,16 @@ def speechkit_overrides(spec: dict, run_dir: str) -> List[str]:
            f"trainer.num_epochs={spec['epochs']}", f"trainer.learning_rate={spec['learning_rate']}",
            f"trainer.warmup_steps={spec['warmup_steps']}", f"trainer.weight_decay={spec['weight_decay']}",
            f"trainer.seed={spec['seed']}", f"trainer.batch_size={spec['batch_size']}",
-           f"trainer.batch_duration_s={spec['batch_duration_s']}", f"trainer.logging_steps={spec['logging_steps']}",
+           f"trainer.batch_duration_s={spec['batch_duration_s'] or 'null'}",
+           f"trainer.logging_steps={spec['logging_steps']}",
            "trainer.eval_at_epoch_end=false", "trainer.eval_steps=null", "trainer.save_steps=null",
            "trainer.final_model=last", "trainer.progress_bar=false", f"run_dir={run_dir}"]
+    if spec.get("seq2seq"):
+        out.append("dataset.language=en")  # the demo corpus; Whisper's prompt names it
     if spec["model"] != "tiny":
         out.append("model.name_or_path=null")  # its architecture, random init: the same FLOPs as the checkpoint
-    if spec["gradient_checkpointing"]:
-        out.append("model.gradient_checkpointing=true")
+    # stated either way: a model option may turn it on (whisper_small), and the Trainer follows the flag only
+    out.append(f"model.gradient_checkpointing={str(bool(spec['gradient_checkpointing'])).lower()}")
     if spec["max_steps"]:
         out.append(f"trainer.max_steps={spec['max_steps']}")
     return out
@@ -239,7 +260,7 @@ def tail_loss(curve: List[tuple]) -> Optional[float]:
     return sum(last) / len(last)
 
 
-def flops_per_audio_second(model, batch: dict) -> float:
+def flops_per_audio_second(model, batch: dict, audio_s: float) -> float:
     """Model FLOPs of one training step (forward and backward) on `batch`, per second of its real audio."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -247,11 +268,12 @@ def flops_per_audio_second(model, batch: dict) -> float:
     with counter:
         model(**batch).loss.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / (float(batch["attention_mask"].sum()) / 16000)
+    return counter.get_total_flops() / audio_s
 
 
 def device_figures(spec: dict, model_builder, audio_s_per_s: float) -> dict:
-    """On GPUs: peak memory, achieved model TFLOP/s and MFU (counted on one batch of 8 clips of the mean length)."""
+    """On GPUs: peak memory, achieved model TFLOP/s and MFU (counted on one batch of 8 clips of the mean length;
+    a fixed-window model (Whisper) is fed them padded to its window, as in training)."""
     import torch
 
     if not torch.cuda.is_available() or spec["device"] == "cpu":
@@ -259,10 +281,14 @@ def device_figures(spec: dict, model_builder, audio_s_per_s: float) -> dict:
     out = {"peak_device_mb": torch.cuda.max_memory_allocated() / 2**20}
     model = model_builder().cuda().train()
     n = int(spec["mean_clip_s"] * 16000)
-    batch = {"input_values": torch.randn(8, n, device="cuda"), "attention_mask": torch.ones(8, n, device="cuda",
-                                                                                             dtype=torch.long),
-             "labels": torch.randint(1, 20, (8, 20), device="cuda")}
-    tflops = flops_per_audio_second(model, batch) * audio_s_per_s / 1e12
+    labels = torch.randint(1, 20, (8, 20), device="cuda")
+    if getattr(model.config, "is_encoder_decoder", False):
+        frames = model.config.max_source_positions * 2
+        batch = {"input_features": torch.randn(8, model.config.num_mel_bins, frames, device="cuda"), "labels": labels}
+    else:
+        batch = {"input_values": torch.randn(8, n, device="cuda"),
+                 "attention_mask": torch.ones(8, n, device="cuda", dtype=torch.long), "labels": labels}
+    tflops = flops_per_audio_second(model, batch, 8 * spec["mean_clip_s"]) * audio_s_per_s / 1e12
     out["tflops"] = tflops
     name = torch.cuda.get_device_name(0)
     peak = spec["peak_tflops"] or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
@@ -279,7 +305,10 @@ def device_name(torch) -> str:
 
 def child(system: str, spec: dict) -> dict:
     work = Path(spec["work"])
-    result = run_trainer(spec, work) if system == "trainer" else run_speechkit(spec, work, system)
+    if system == "trainer":
+        result = run_seq2seq_trainer(spec, work) if spec.get("seq2seq") else run_trainer(spec, work)
+    else:
+        result = run_speechkit(spec, work, system)
     import torch
 
     result.update(device=device_name(torch), peak_rss_mb=peak_rss_mb(),
@@ -302,8 +331,7 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
 
     from omegaconf import OmegaConf
 
-    raw = compose(speechkit_overrides(spec, str(work / "run"))
-                  + (["trainer.fast_paths=false"] if system == "speechkit_plain" else []))
+    raw = compose(speechkit_overrides(spec, str(work / "run")) + VARIANTS.get(system, []))
     cfg = OmegaConf.to_object(raw)
     train.run(raw)
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -319,7 +347,9 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
               "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
               "data_wait": sum(r["data_wait"] * r["train_s"] for r in logged) / seconds, "curve": curve,
               "first_step_at": logged[0]["time"], "last_step_at": logged[-1]["time"]}
-    result.update(device_figures(spec, lambda: build_model(cfg.model, "ctc", vocab_size=32, pad_token_id=0), result["audio_s_per_s"]))
+    head, extra = ("seq2seq", {"decoder_start_token_id": 1}) if spec.get("seq2seq") else ("ctc", {})
+    result.update(device_figures(spec, lambda: build_model(cfg.model, head, vocab_size=64, pad_token_id=0, **extra),
+                                 result["audio_s_per_s"]))
     return result
 
 
@@ -334,7 +364,7 @@ def run_trainer(spec: dict, work: Path) -> dict:
     extractor in `prepare_dataset`, lengths for group_by_length, DataCollatorCTCWithPadding, Trainer."""
     import datasets
     import torch
-    from transformers import (Trainer, TrainerCallback, TrainingArguments, Wav2Vec2Config, Wav2Vec2CTCTokenizer,
+    from transformers import (Trainer, TrainingArguments, Wav2Vec2Config, Wav2Vec2CTCTokenizer,
                               Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor, set_seed)
 
     from omegaconf import OmegaConf
@@ -370,7 +400,7 @@ def run_trainer(spec: dict, work: Path) -> dict:
     max_len = cfg.dataset.filters.max_duration_s * 16000
     train = train.filter(lambda n: 0 < n < max_len, input_columns=["input_length"])
 
-    stats = {"audio": 0.0, "padded": 0.0, "waited": 0.0, "curve": []}
+    stats = new_stats()
 
     class DataCollatorCTCWithPadding:
         def __call__(self, features):
@@ -395,8 +425,27 @@ def run_trainer(spec: dict, work: Path) -> dict:
     model = Wav2Vec2ForCTC(config)
     if m.freeze_feature_encoder:
         model.freeze_feature_encoder()
+    args = {"train_sampling_strategy": "group_by_length", "length_column_name": "input_length"}
+    result = train_measured(Trainer, TrainingArguments, args, model, DataCollatorCTCWithPadding(), train, processor,
+                            spec, cfg, work, stats)
+    result.update(device_figures(spec, lambda: Wav2Vec2ForCTC(config), result["audio_s_per_s"]))
+    return result
 
-    class MeasuredTrainer(Trainer):
+
+def new_stats() -> dict:
+    """What a Trainer run's collator and callbacks measure: real and fed audio samples, time waiting for batches,
+    the loss curve by audio seen."""
+    return {"audio": 0.0, "padded": 0.0, "waited": 0.0, "curve": []}
+
+
+def train_measured(trainer_class, arguments_class, arguments: dict, model, collator, train, processing_class,
+                   spec: dict, cfg, work: Path, stats: dict) -> dict:
+    """`trainer_class` trained on `train` with the benchmark's settings (and the example script's own `arguments`),
+    timed from the first batch it asks for to its last optimizer step."""
+    import torch
+    from transformers import TrainerCallback
+
+    class MeasuredTrainer(trainer_class):
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             t = time.perf_counter()
             batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -414,27 +463,99 @@ def run_trainer(spec: dict, work: Path) -> dict:
             if logs and "loss" in logs:
                 stats["curve"].append((stats["audio"] / 16000, logs["loss"]))
 
-    args = TrainingArguments(
+    args = arguments_class(
         output_dir=str(work / "trainer"), per_device_train_batch_size=spec["batch_size"],
         num_train_epochs=spec["epochs"], max_steps=spec["max_steps"] or -1, learning_rate=spec["learning_rate"],
         warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], adam_beta1=cfg.trainer.adam_beta1,
         adam_beta2=cfg.trainer.adam_beta2, adam_epsilon=cfg.trainer.adam_epsilon,
-        max_grad_norm=cfg.trainer.max_grad_norm, train_sampling_strategy="group_by_length",
-        length_column_name="input_length", gradient_checkpointing=spec["gradient_checkpointing"],
+        max_grad_norm=cfg.trainer.max_grad_norm, gradient_checkpointing=spec["gradient_checkpointing"],
         bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
         use_cpu=spec["device"] == "cpu" or not torch.cuda.is_available(),
         logging_steps=spec["logging_steps"], logging_first_step=True, save_strategy="no", eval_strategy="no",
-        report_to="none",
-        seed=spec["seed"], disable_tqdm=True)
-    trainer = MeasuredTrainer(model=model, data_collator=DataCollatorCTCWithPadding(), args=args,
-                              train_dataset=train, processing_class=processor, callbacks=[Clock()])
+        report_to="none", seed=spec["seed"], disable_tqdm=True, **arguments)
+    trainer = MeasuredTrainer(model=model, data_collator=collator, args=args, train_dataset=train,
+                              processing_class=processing_class, callbacks=[Clock()])
     trainer.train()
     seconds = stats["ended"] - stats["started"]
-    result = {"system": "trainer", "clips": len(train), "steps": stats["steps"], "audio_s": stats["audio"] / 16000,
-              "train_s": seconds, "audio_s_per_s": stats["audio"] / 16000 / seconds,
-              "padding": 1 - stats["audio"] / stats["padded"], "data_wait": stats["waited"] / seconds,
-              "curve": stats["curve"], "first_step_at": stats["first_step_at"], "last_step_at": stats["last_step_at"]}
-    result.update(device_figures(spec, lambda: Wav2Vec2ForCTC(config), result["audio_s_per_s"]))
+    return {"system": "trainer", "clips": len(train), "steps": stats["steps"], "audio_s": stats["audio"] / 16000,
+            "train_s": seconds, "audio_s_per_s": stats["audio"] / 16000 / seconds,
+            "padding": 1 - stats["audio"] / stats["padded"], "data_wait": stats["waited"] / seconds,
+            "curve": stats["curve"], "first_step_at": stats["first_step_at"], "last_step_at": stats["last_step_at"]}
+
+
+def run_seq2seq_trainer(spec: dict, work: Path) -> dict:
+    """transformers' examples/pytorch/speech-recognition/run_speech_recognition_seq2seq.py, reduced to what it does
+    for this data: audio decoded and resampled by `datasets`, log-mel features computed up front in
+    `prepare_dataset` (`datasets.map`), the transcripts tokenized with the language and task prefix, clips outside
+    the duration range filtered, DataCollatorSpeechSeq2SeqWithPadding, Seq2SeqTrainer (no group_by_length: the
+    script's README runs without it). A model of random init needs a tokenizer, which the script would load with
+    the checkpoint: it gets the one speechkit builds from the same transcripts (same vocabulary, same prompt)."""
+    import datasets
+    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, set_seed)
+
+    from omegaconf import OmegaConf
+
+    from speechkit.models import family_of
+    from speechkit.tasks.asr.seq2seq import build_tokenizer
+
+    cfg = OmegaConf.to_object(compose(speechkit_overrides(spec, str(work / "unused"))))
+    m = cfg.model
+    raw = datasets.load_dataset("audiofolder", data_dir=spec["data"], split="train")
+    config = WhisperConfig(**m.architecture)
+    window_s = family_of("whisper").window_s(config)
+    tokenizer = build_tokenizer(raw["transcription"], window_s)
+    tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
+    feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=int(window_s))
+    processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    raw = raw.cast_column("audio", datasets.Audio(sampling_rate=feature_extractor.sampling_rate))
+
+    def prepare_dataset(batch):
+        sample = batch["audio"]
+        inputs = feature_extractor(sample["array"], sampling_rate=sample["sampling_rate"])
+        batch["input_features"] = inputs.input_features[0]
+        batch["input_length"] = len(sample["array"])
+        batch["labels"] = tokenizer(batch["transcription"]).input_ids
+        return batch
+
+    train = raw.map(prepare_dataset, remove_columns=raw.column_names, desc="preprocess train dataset")
+    max_input_length = window_s * feature_extractor.sampling_rate
+    train = train.filter(lambda n: 0 < n < max_input_length, input_columns=["input_length"])
+    stats = new_stats()
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    set_seed(spec["seed"])
+    config.update({"vocab_size": len(tokenizer), "pad_token_id": end, "bos_token_id": end, "eos_token_id": end,
+                   "decoder_start_token_id": tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+                   "suppress_tokens": None, "begin_suppress_tokens": None})
+    for knob in ("attention_dropout", "activation_dropout", "mask_time_prob"):
+        if getattr(m, knob, None) is not None:
+            config.update({knob: getattr(m, knob)})
+    model = WhisperForConditionalGeneration(config)
+    if m.freeze_encoder:
+        model.freeze_encoder()
+
+    class DataCollatorSpeechSeq2SeqWithPadding:
+        def __init__(self, decoder_start_token_id):
+            self.decoder_start_token_id = decoder_start_token_id
+
+        def __call__(self, features):
+            stats["audio"] += sum(min(f["input_length"], max_input_length) for f in features)  # measuring only
+            input_features = [{"input_features": f["input_features"]} for f in features]
+            label_features = [{"input_ids": f["labels"]} for f in features]
+            batch = processor.feature_extractor.pad(input_features, return_tensors="pt")
+            labels_batch = processor.tokenizer.pad(label_features, return_tensors="pt")
+            labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+            if (labels[:, 0] == self.decoder_start_token_id).all().cpu().item():
+                labels = labels[:, 1:]
+            batch["labels"] = labels
+            stats["padded"] += len(features) * max_input_length  # measuring only: each clip is fed its window
+            return batch
+
+    collator = DataCollatorSpeechSeq2SeqWithPadding(model.config.decoder_start_token_id)
+    # remove_unused_columns=False: the collator also reads input_length, for measuring only (one integer a row)
+    result = train_measured(Seq2SeqTrainer, Seq2SeqTrainingArguments, {"remove_unused_columns": False}, model,
+                            collator, train, feature_extractor, spec, cfg, work, stats)
+    result.update(device_figures(spec, lambda: WhisperForConditionalGeneration(config), result["audio_s_per_s"]))
     return result
 
 
