@@ -55,6 +55,7 @@ def _fitted(tmp_path, folder, *overrides):
         "dataset.streaming=true", "trainer.max_steps=4", "dataset.shuffle_buffer=4", "trainer.batch_duration_s=4",
         f"run_dir={tmp_path}", *overrides]))
     task = make_task(cfg)
+    task.model_config(cfg.model)  # the model's head decides the kind of speech recognition: CTC here
     rows = streaming.target_rows(cfg.dataset, task.target, "train")
     task.fit_targets(rows, rows, ("train", "train"), data.DropReport(), str(tmp_path), True)
     task.build_model(cfg.model, str(tmp_path))
