@@ -9,6 +9,7 @@ has no trainer) are skipped.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from typing import Any, Callable, Dict, Tuple
@@ -88,6 +89,21 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+
+
+def _check_vocab_file(path: str) -> None:
+    """task.vocab.path: a JSON object of symbol -> id, or a refusal naming where the file goes wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"task.vocab.path={path!r}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"task.vocab.path={path!r}: not UTF-8 text (byte {e.start}): a vocab.json is expected")
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              for k, v in vocab.items()):
+        raise ConfigError(f"task.vocab.path={path!r}: a vocab.json is a JSON object of symbol -> integer id "
+                          f"(as a run writes it), not a {type(vocab).__name__} of other values")
 
 
 def is_hub_id(name: str) -> bool:
@@ -204,6 +220,8 @@ def check_values(cfg: DictConfig) -> None:
     vocab = _get(cfg, "task.vocab.path")
     if vocab not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(vocab)):
         _refuse("task.vocab.path", vocab, "null (build the vocab) or an existing vocab.json")
+    if vocab not in (_ABSENT, None):
+        _check_vocab_file(os.path.expanduser(vocab))
     name = _get(cfg, "model.name_or_path")
     if isinstance(name, str) and name.startswith(("/", "./", "../", "~")) and \
             not os.path.isdir(os.path.expanduser(name)):

@@ -297,3 +297,16 @@ def test_a_moved_key_is_refused_naming_its_new_one(old, new, tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("speechkit: config error: "), done.stderr
     assert new in lines[0] and "Traceback" not in done.stderr
     assert compose("train", [new, "run_dir=/x"] if "=" in new else ["run_dir=/x"])  # the new one composes
+
+
+@pytest.mark.parametrize("content,words", [
+    (b'{"a": 1,\n "b": }', "Expecting value at line 2, column 7"),  # a damaged file: where it goes wrong
+    (b'["a", "b"]', "a JSON object of symbol -> integer id"),  # valid JSON, not a vocab
+    (b"\xff\xfe{}", "not UTF-8"),
+])
+def test_a_damaged_vocab_file_is_refused_naming_where_it_goes_wrong(content, words, tmp_path):
+    bad = tmp_path / "vocab.json"
+    bad.write_bytes(content)
+    done = _refusal("train.py", f"task.vocab.path={bad}", tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and str(bad) in lines[0] and words in lines[0], done.stderr

@@ -126,6 +126,17 @@ def test_custom_column_names(tmp_path):
         data.load_splits(bad, {"train": True}, 16000, data.DropReport())
 
 
+def test_a_metadata_csv_saved_by_a_spreadsheet_is_read_as_meant(tmp_path):
+    """Excel's "CSV UTF-8": a byte-order mark before the first column's name, CRLF line ends, quoted fields."""
+    speak("hello there", tmp_path / "a b.wav")
+    speak("good night", tmp_path / "c.wav")
+    (tmp_path / "metadata.csv").write_bytes(
+        b"\xef\xbb\xbffile_name,transcription\r\n\"a b.wav\",\"Hello, there\"\r\nc.wav,Good night\r\n")
+    cfg = compose("train", ["dataset=audiofolder", f"dataset.path={tmp_path}", "run_dir=/x"]).dataset
+    rows = data.load_splits(cfg, {"train": True}, 16000, data.DropReport())["train"]
+    assert data.texts(rows) == ["hello there", "good night"]
+
+
 def test_missing_split_and_folder_are_named(messy_folder, tmp_path):
     with pytest.raises(ConfigError, match="split 'validation' not found"):
         data.load_splits(messy_cfg(messy_folder), {"validation": False}, 16000, data.DropReport())

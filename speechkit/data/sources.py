@@ -67,9 +67,10 @@ def _load_audiofolder(root: str, file_column: str, text_column: str, target: str
         raise ConfigError(f"dataset.path: no metadata.csv in {root} nor in its sub-folders (one per split)")
     splits = {}
     for split, csv_path in files.items():
-        with open(csv_path, newline="") as f:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not part of the first name
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
-        ds = load_dataset("csv", data_files=csv_path, split="train", keep_default_na=False,
+        ds = load_dataset("csv", data_files=csv_path, split="train", keep_default_na=False, encoding="utf-8-sig",
                           features=Features({name: Value("string") for name in header}))
         for column, what in ((file_column, "dataset.columns.file"), (text_column, key)):
             if column not in ds.column_names:

@@ -144,11 +144,21 @@ def input_fn(input_data: Any, content_type: Optional[str], context: Any = None) 
     return clip
 
 
+def _not_a_number(constant: str):
+    raise InferenceError(f"malformed JSON: {constant} is not a JSON number (samples and rate must be finite)")
+
+
 def _from_json(body: bytes) -> dict:
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_not_a_number)  # NaN, Infinity: Python's extension, not JSON
+    except InferenceError:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InferenceError(f"malformed JSON: {err}") from None
+    except RecursionError:
+        raise InferenceError("malformed JSON: nested too deeply") from None
+    except ValueError as err:  # an integer literal longer than Python converts (4300 digits)
+        raise InferenceError(f"malformed JSON: {str(err).split(';')[0]}") from None
     if not isinstance(payload, dict):
         raise InferenceError("the JSON body must be an object {\"speech_array\": [...], \"sampling_rate\": N}")
     missing = [k for k in ("speech_array", "sampling_rate") if k not in payload]
@@ -165,7 +175,11 @@ def _from_json(body: bytes) -> dict:
         raise InferenceError("empty audio: speech_array has no samples")
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples):
         raise InferenceError("speech_array must hold numbers only (one channel: a flat list)")
-    array = np.asarray(samples, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
+            array = np.asarray(samples, dtype=np.float32)
+    except OverflowError:  # an integer too large for a float
+        raise InferenceError("speech_array holds a number too large for a sample") from None
     if not np.all(np.isfinite(array)):
         raise InferenceError("speech_array holds NaN or infinite values")
     return {"array": array, "sampling_rate": int(rate)}
