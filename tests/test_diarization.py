@@ -152,6 +152,23 @@ def test_diarize_py_on_a_file_and_a_folder(demo_run, tmp_path):
         sorted(f"{w.stem}.rttm" for w in source[:2])
 
 
+def test_diarize_py_takes_a_recording_whose_name_has_spaces_and_accents(demo_run, tmp_path):
+    """RTTM's fields are separated by spaces: the file id is written with `_` for them, the output keeps the name."""
+    from pyannote.database.util import load_rttm
+
+    from speechkit.commands import diarize
+
+    run_dir, _ = demo_run
+    wav = tmp_path / "réunion du lundi.wav"
+    shutil.copy(sorted(_corpus().glob("test/*.wav"))[0], wav)
+    done = diarize.run(compose("diarize", [f"model_dir={run_dir / 'model'}", f"audio='{wav}'",  # quoted for Hydra
+                                           "hw=cpu", "progress_bar=false"]))
+    rttm = tmp_path / "réunion du lundi.rttm"
+    assert done["done"][0]["file"] == str(wav) and not done["failed"]
+    assert list(load_rttm(str(rttm))) == ["réunion_du_lundi"] and rttm.read_text().strip()
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def _corpus():
     from omegaconf import OmegaConf
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import List, Optional, Tuple
 
 Turn = Tuple[float, float, str]  # (start s, end s, speaker)
@@ -84,6 +85,15 @@ def to_annotation(turns: List[Turn], uri: str):
     return annotation
 
 
+def rttm_uri(name: str) -> str:
+    """A recording's name as an RTTM file id: RTTM's fields are separated by white space, so white space within a
+    name (`my meeting.wav`) is written as `_`."""
+    return re.sub(r"\s+", "_", name.strip()) or "recording"
+
+
 def write_rttm(turns: List[Turn], uri: str, path: str) -> None:
-    with open(path, "w") as f:
-        to_annotation(turns, uri).write_rttm(f)
+    """`turns` as RTTM at `path`, written whole or not at all (a failure leaves no empty file)."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        to_annotation(turns, rttm_uri(uri)).write_rttm(f)
+    os.replace(partial, path)
