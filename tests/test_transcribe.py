@@ -118,3 +118,23 @@ def test_windows_cover_a_recording_once_whatever_the_rounding_of_their_bounds(ch
     assert parts[0][0] == 0.0 and parts[-1][1] == pytest.approx(seconds, abs=1e-3)
     assert all(a[1] == pytest.approx(b[0]) for a, b in zip(parts, parts[1:]))
     assert all(samples.size <= round(chunk_s * 16000) + 1 for _, _, samples in parts)
+
+
+def test_a_folder_tree_keeps_every_recordings_outputs_apart(model_dir, recording, tmp_path):
+    """a/x.wav and b/x.wav under output_dir keep their folders; x.wav and x.flac in one folder keep their
+    extensions: no output replaces another."""
+    from speechkit.commands import transcribe
+
+    clip, rate = sf.read(recording.parent / "s1.wav", dtype="float32")
+    tree = tmp_path / "in"
+    for name in ("a/x.wav", "b/x.wav", "a/y.wav", "a/y.flac"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tree / name, clip[: len(clip) // (2 if name.startswith("b") else 1)], rate)
+    out = tmp_path / "out"
+    done = transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={tree}", f"output_dir={out}",
+                                                 "hw=cpu", "progress_bar=false"]))
+    assert len(done["done"]) == 4 and not done["failed"]
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.json"))
+    assert written == ["a/x.json", "a/y.flac.json", "a/y.wav.json", "b/x.json"]
+    durations = {name: json.loads((out / name).read_text())["duration_s"] for name in written}
+    assert durations["a/x.json"] == pytest.approx(2 * durations["b/x.json"], abs=0.01)  # each its own recording

@@ -28,7 +28,7 @@ from speechkit.hardware import make_accelerator
 from speechkit.data.references import Turn, write_rttm
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.diarization import Diarization
-from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stem, write_texts
+from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stems, write_texts
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,10 @@ def run(raw_cfg: DictConfig) -> dict:
                 transcriber.transcribe(path) if transcriber else None)
 
     done, failed = [], []
+    stems = output_stems(files, cfg.output_dir)
     for path, (turns, seconds, words) in each_file(files, work, cfg.progress_bar, failed):
-        stem = output_stem(path, cfg.output_dir)
+        stem = stems[path]
+        os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         name = os.path.basename(stem)
         write_rttm(turns, name, stem + ".rttm")
         written = [stem + ".rttm"]

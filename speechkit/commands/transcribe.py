@@ -23,8 +23,9 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -334,11 +335,21 @@ def each_file(files: List[str], work, progress_bar: bool, failed: List[dict]):
         yield path, result
 
 
-def output_stem(path: str, output_dir: Optional[str]) -> str:
-    """Where a recording's outputs go: <output_dir or its own folder>/<its name without extension>."""
-    out_dir = os.path.expanduser(output_dir) if output_dir else os.path.dirname(path)
-    os.makedirs(out_dir, exist_ok=True)
-    return os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+def output_stems(files: List[str], output_dir: Optional[str]) -> Dict[str, str]:
+    """Where each recording's outputs go (without their extensions): beside it, or under output_dir in the folders
+    the recordings have below their common folder (a/x.wav and b/x.wav stay apart), named by the recording without
+    its extension; two recordings of one name in one folder (x.wav and x.mp3) keep their extensions (x.wav.txt,
+    x.mp3.txt), so no output replaces another."""
+    folders = {f: os.path.dirname(os.path.abspath(f)) for f in files}
+    root = os.path.commonpath(list(folders.values())) if files else ""
+    stems = {}
+    for f in files:
+        folder = os.path.normpath(os.path.join(os.path.expanduser(output_dir), os.path.relpath(folders[f], root))) \
+            if output_dir else os.path.dirname(f)
+        stems[f] = os.path.join(folder, os.path.splitext(os.path.basename(f))[0])
+    shared = Counter(stems.values())
+    return {f: os.path.join(os.path.dirname(stem), os.path.basename(f)) if shared[stem] > 1 else stem
+            for f, stem in stems.items()}
 
 
 def run(raw_cfg: DictConfig) -> dict:
@@ -348,8 +359,10 @@ def run(raw_cfg: DictConfig) -> dict:
     files = find_audio(cfg.audio)
     transcriber = Transcriber(saved_model_dir(cfg.model_dir), cfg)
     done, failed, audio_s, spent = [], [], 0.0, 0.0
+    stems = output_stems(files, cfg.output_dir)
     for path, result in each_file(files, transcriber.transcribe, cfg.progress_bar, failed):
-        stem = output_stem(path, cfg.output_dir)
+        stem = stems[path]
+        os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         write_outputs(result, stem)
         audio_s += result["duration_s"]
         spent += result["real_time_factor"] * result["duration_s"]
