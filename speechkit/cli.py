@@ -11,6 +11,7 @@ exit status 2, no traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from typing import Any, List, Optional
@@ -72,10 +73,79 @@ def moved(argv: List[str]) -> Optional[str]:
     return None
 
 
+SCRIPTS = {"train.py": "TrainConfig", "evaluate.py": "EvaluateConfig", "inspect_data.py": "InspectConfig",
+           "transcribe.py": "TranscribeConfig", "diarize.py": "DiarizeConfig", "deploy.py": "DeployConfig",
+           "serve.py": "ServeConfig"}  # each script's primary schema (speechkit/config.py)
+
+
+def unknown_key(argv: List[str], schema) -> Optional[str]:
+    """The refusal of the first `key=value` whose key no schema has, with the closest keys it may have meant, or
+    None. Only what is certain is refused: a key under a free-form mapping (model.architecture.*), a task key any
+    task's schema has, `+key=` (an addition), Hydra's own keys and group choices are left to Hydra."""
+    import dataclasses
+    import difflib
+    import typing
+
+    from speechkit.tasks import TASKS
+
+    def fields_of(cls) -> Optional[dict]:
+        """A schema's fields and their types, or None for a free-form value (a dict, Any, a list)."""
+        if isinstance(cls, list):  # the task group: any task's schema
+            merged = {}
+            for c in cls:
+                merged.update(fields_of(c))
+            return merged
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    def inner(hint):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner(args[0]) if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+    tasks = [entry.schema for entry in TASKS.values()]
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        parts = key.split(".")
+        if len(parts) < 2 and parts[0] in GROUPS:  # a group choice: model=whisper_small
+            continue
+        if parts[0] == "hydra":
+            continue
+        node, path = schema, []
+        for part in parts:
+            known = fields_of(node)
+            if known is None:  # below a free-form value: anything goes
+                break
+            if part not in known:
+                where = ".".join(path)
+                rest = parts[len(path) + 1:]
+                near = [".".join([*path, n, *rest]) for n in difflib.get_close_matches(part, list(known), 3, 0.6)]
+                hint = f"; did you mean {' or '.join(near)}?" if near \
+                    else f" ({where or 'the config'} has {', '.join(sorted(known))})"
+                return f"{arg}: {key} is not a key{hint}"
+            path.append(part)
+            node = tasks if path == ["task"] and node is schema else inner(known[part])
+    return None
+
+
+# Groups chosen by name on a command line (conf/<group>/<option>.yaml), not keys of a schema.
+GROUPS = {"task", "dataset", "model", "hw", "trainer", "logger", "experiment", "debug", "hparams_search", "paths"}
+
+
 def prepare(argv: Optional[List[str]] = None) -> None:
-    """At the start of every script: the schemas registered; a moved key refused (exit status 2)."""
+    """At the start of every script: the schemas registered; a moved key, or a key no schema has, refused (exit
+    status 2)."""
+    from speechkit import config as C
+
     register_configs()
-    refusal = moved(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    refusal = moved(args)
+    script = os.path.basename(sys.argv[0])
+    if refusal is None and script in SCRIPTS:
+        refusal = unknown_key(args, getattr(C, SCRIPTS[script]))
     if refusal:
         print(f"speechkit: config error: {refusal}", file=sys.stderr)
         sys.exit(2)

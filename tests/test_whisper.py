@@ -99,7 +99,6 @@ def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_
     generates with timestamps and reads segments off the timestamp tokens; a long recording's segments are in
     order, within the recording, and make up its text."""
     from speechkit.commands.transcribe import Generated, Transcriber
-    from speechkit.config import TranscribeConfig
 
     checkpoint = make_whisper_checkpoint(tmp_path / "whisper", ["the cat sat", "a dog ran"])
     tone = np.sin(np.arange(16000 * 70) / 16000 * 2 * np.pi * 220).astype(np.float32) * 0.1
