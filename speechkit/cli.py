@@ -112,7 +112,7 @@ def unknown_key(argv: List[str], schema) -> Optional[str]:
         parts = key.split(".")
         if len(parts) < 2 and parts[0] in GROUPS:  # a group choice: model=whisper_small
             continue
-        if parts[0] == "hydra":
+        if parts[0].split("/")[0] == "hydra" or "/" in key:  # Hydra's own, or a group by path (hydra/launcher=...)
             continue
         node, path = schema, []
         for part in parts:

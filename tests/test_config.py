@@ -330,5 +330,5 @@ def test_no_key_of_a_composed_config_is_taken_for_a_misspelling(experiment):
         for k, v in node.items():
             yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
 
-    typed = [f"{k}=1" for k in keys(cfg)]
+    typed = [f"{k}=1" for k in keys(cfg)] + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+x.y=1", "-m"]
     assert len(typed) > 100 and unknown_key(typed, C.TrainConfig) is None
