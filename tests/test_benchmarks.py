@@ -38,13 +38,13 @@ def test_throughput_benchmark_runs_whisper_against_the_seq2seq_trainer(tmp_path)
     num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)
     done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--model", "whisper_scratch",
                            "--num-train", num_train, "--num-test", num_test, "--max-steps", "2", "--batch-size", "4",
-                           "--logging-steps", "1", "--systems", "speechkit,trainer,speechkit_ungrouped",
+                           "--logging-steps", "1", "--systems", "speechkit_ungrouped,trainer",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "throughput-whisper_scratch-cpu.json").read_text())
     assert summary["spec"]["seq2seq"] and summary["spec"]["batch_duration_s"] is None  # 4 clips a batch, both
-    for system in ("speechkit", "trainer", "speechkit_ungrouped"):
+    for system in ("speechkit_ungrouped", "trainer"):  # speechkit itself runs the seq2seq path in test_whisper.py
         r = summary["results"][system]
         assert r["steps"] == 2 and r["audio_s_per_s"] > 0 and r["final_loss"] > 0
         assert 0.2 < r["padding"] < 1  # every clip is padded to the 4 s window
-    assert set(summary["ratios"]) >= {"audio_s_per_s", "final_loss"} and "ratios_grouped" in summary
+    assert r["clips"] == int(num_train)
