@@ -153,6 +153,10 @@ def _check_task_and_model(cfg: DictConfig) -> None:
     if _get(cfg, "model.freeze_encoder") is True and not family.has_encoder:
         _refuse("model.freeze_encoder", True, f"false for a {kind} model (no encoder-decoder: "
                                               "model.freeze_feature_encoder freezes a convolutional front end)")
+    weight = _get(cfg, "task.whisper_ctc_weight")
+    if weight not in (_ABSENT, None, 0) and heads != ["seq2seq"]:
+        _refuse("task.whisper_ctc_weight", weight, f"0 for a {kind} model (an auxiliary CTC loss is for a "
+                                                   "sequence-to-sequence model; a CTC model's loss is CTC already)")
     if heads == ["seq2seq"]:  # speech recognition by generation (Whisper)
         if _get(cfg, "task.decoder.type") == "kenlm":
             _refuse("task.decoder.type", "kenlm", f"greedy for a {kind} model (an n-gram LM decodes a CTC model's "

@@ -152,6 +152,7 @@ def test_diarize_py_on_a_file_and_a_folder(demo_run, tmp_path):
         sorted(f"{w.stem}.rttm" for w in source[:2])
 
 
+@pytest.mark.slow
 def test_diarize_py_takes_a_recording_whose_name_has_spaces_and_accents(demo_run, tmp_path):
     """RTTM's fields are separated by spaces: the file id is written with `_` for them, the output keeps the name."""
     from pyannote.database.util import load_rttm

@@ -82,6 +82,7 @@ def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
     assert asr(first["id"])["text"] == first["hypothesis"]
 
 
+@pytest.mark.slow
 def test_the_hallucination_probe_scores_a_ctc_model_too(demo_run, tmp_path):
     """evaluate.py hallucination_probe=3 on the demo's CTC model: three silent and three noise clips, the words the
     (near-random) model emits on them counted apart from the WER, and listed in report.html."""
