@@ -152,6 +152,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_and_post_wav(model_dir, wav) -> dict:
+    """`serve.py model_dir=...` started on a free port, one WAV posted to /invocations, the JSON answer; the server
+    stopped whatever happens."""
+    import json
+    import sys
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", server, seconds=120)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=open(wav, "rb").read(), headers={"Content-Type": "audio/wav"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
     """Until `url` answers 200, or `proc` exits, or `seconds` pass."""
     import time

@@ -277,25 +277,10 @@ def test_a_resumed_classifier_run_ends_with_the_same_weights(tmp_path):
 def test_serve_answers_a_classifier_with_its_top_labels(commands_run):
     """serve.py on a classifier's model/: the handler picks the audio-classification pipeline and answers the top
     labels with their scores, the first the one speechkit's evaluation predicted for that clip."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    from conftest import REPO, free_port, wait_http
+    from conftest import serve_and_post_wav
 
     run_dir, _ = commands_run
     row = read_csv(run_dir / "predictions.csv")[0]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={run_dir / 'model'}",
-                               f"port={port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", server, seconds=120)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=open(row["id"], "rb").read(), headers={"Content-Type": "audio/wav"})
-        with urllib.request.urlopen(request, timeout=60) as r:
-            answer = json.loads(r.read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    answer = serve_and_post_wav(run_dir / "model", row["id"])
     assert [x["label"] for x in answer["labels"]][0] == row["prediction"] and len(answer["labels"]) == 3
     assert answer["labels"][0]["score"] == pytest.approx(float(row["score"]), abs=1e-3)

@@ -155,26 +155,11 @@ def test_the_handler_and_serve_answer_a_whisper_model(whisper_run):
 def test_serve_py_answers_a_whisper_model_over_http(whisper_run):
     """serve.py on a Whisper model/: a WAV posted to /invocations comes back as the text speechkit's evaluation
     gave for that clip."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    from conftest import REPO, free_port, wait_http
+    from conftest import serve_and_post_wav
 
     run_dir, _ = whisper_run
     clip = predictions(run_dir)[0]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={run_dir / 'model'}",
-                               f"port={port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", server, seconds=120)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=open(clip["id"], "rb").read(), headers={"Content-Type": "audio/wav"})
-        with urllib.request.urlopen(request, timeout=60) as r:
-            answer = json.loads(r.read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    answer = serve_and_post_wav(run_dir / "model", clip["id"])
     assert answer["text"].strip() == clip["hypothesis"]
 
 
