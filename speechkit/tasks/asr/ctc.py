@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def pad_labels(items: List[dict], batch: dict) -> dict:
-    """Label ids padded with -100, which CTC ignores."""
+    """Label ids padded with -100, which the CTC loss ignores (and so does a decoder's cross-entropy)."""
     longest = max(len(x["labels"]) for x in items)
     labels = torch.full((len(items), longest), -100, dtype=torch.long)
     for row, x in enumerate(items):

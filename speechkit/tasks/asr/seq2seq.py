@@ -26,6 +26,7 @@ import torch
 
 from speechkit import data
 from speechkit.config import ConfigError, DecoderType
+from speechkit.tasks.asr.ctc import pad_labels
 from speechkit.tasks.scoring import gather_predictions
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,8 @@ class Seq2SeqLabels:
         self.decoder_start = decoder_start
 
     def __call__(self, items: List[dict], batch: dict) -> dict:
-        ids = [x["labels"][1:] if x["labels"] and x["labels"][0] == self.decoder_start else x["labels"]
-               for x in items]
-        labels = torch.full((len(ids), max(len(i) for i in ids)), -100, dtype=torch.long)
-        for row, i in enumerate(ids):
-            labels[row, : len(i)] = torch.tensor(i, dtype=torch.long)
-        return {"labels": labels}
+        return pad_labels([{"labels": x["labels"][1:] if x["labels"] and x["labels"][0] == self.decoder_start
+                            else x["labels"]} for x in items], batch)
 
 
 class Seq2Seq:
