@@ -100,7 +100,7 @@ class Transcriber:
                               "recognition one")
         self.task, self.model = task, model.to(self.accelerator.device).eval()
         self.rate = task.sampling_rate
-        self.output = (CtcFrames if task.kind.name == "ctc" else Generated)(self)
+        self.output = READERS[task.kind.name](self)  # how the model's kind of head reads and joins windows
         self.chunk_s, self.stride_s = self.output.window(cfg.chunk_length_s, cfg.stride_length_s)
 
     def transcribe(self, path: str) -> dict:
@@ -259,6 +259,9 @@ class Generated:
                 words.append({"word": word, "start": round(at, 3), "end": round(at + length, 3)})
                 at += length
         return {"text": " ".join(s["text"] for s in segments), "words": words, "segments": segments}
+
+
+READERS = {"ctc": CtcFrames, "seq2seq": Generated}  # speech recognition's head kind -> its windows' reader
 
 
 def join_overlapping(sequences: List[List[int]]) -> List[Tuple[int, int, int]]:
