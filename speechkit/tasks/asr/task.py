@@ -70,6 +70,7 @@ class SpeechRecognition(Task):
         self.normalize = (lambda t: normalizer(t).text) if normalizer else None  # the transcripts' normalization
         self.kind = None  # Ctc or Seq2Seq, once the model's head is known (model_config, restore)
         self.probe: Optional[dict] = None  # the last evaluation's probe hypotheses
+        self._probe_clips: Optional[ProbeClips] = None
 
     @classmethod
     def scores(cls, cfg) -> List[Score]:
@@ -219,9 +220,11 @@ class SpeechRecognition(Task):
         per clip, in all and by kind of clip, join the evaluation's metrics."""
         from speechkit.data.samplers import eval_loader
 
-        window = self.family.longest_clip(self.config, self.sampling_rate)
-        clips = ProbeClips(self.cfg.hallucination_probe, min(PROBE_S, window / self.sampling_rate) if window
-                           else PROBE_S, self.sampling_rate)
+        if self._probe_clips is None:  # the same clips at every evaluation: made once
+            window = self.family.longest_clip(self.config, self.sampling_rate)
+            self._probe_clips = ProbeClips(self.cfg.hallucination_probe, min(PROBE_S, window / self.sampling_rate)
+                                           if window else PROBE_S, self.sampling_rate)
+        clips = self._probe_clips
         # Not prepared by accelerate (a checkpoint saves the state of every prepared loader): every process reads all
         # the probe's clips, and duplicates gathered from several processes count once (by row).
         from accelerate.utils import send_to_device
