@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import SMALL_DEMO, TINY, compose, run_cli, speak, write_metadata
 from speechkit.commands import train
+from speechkit.config import ConfigError, RunError
 
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
         "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
@@ -163,8 +164,64 @@ def test_resume_auto_without_checkpoint_starts_fresh_and_bad_path_is_refused(tmp
     cfg = _resume_cfg(tmp_path / "r", "trainer.resume=auto", "trainer.max_steps=1")
     train.run(cfg)
     assert (tmp_path / "r" / "checkpoints" / "step-1").is_dir()
-    with pytest.raises(FileNotFoundError, match="trainer.resume"):
+    with pytest.raises(RunError, match=r"trainer.resume: .*nowhere is not a complete checkpoint"):
         train.run(_resume_cfg(tmp_path / "s", f"trainer.resume={tmp_path / 'nowhere'}", "trainer.max_steps=1"))
+
+
+def _short_run(run_dir, *extra):
+    return _resume_cfg(run_dir, "trainer.max_steps=4", "trainer.save_steps=2", "trainer.eval_steps=null",
+                       "trainer.eval_at_epoch_end=false", *extra)
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_skipped_for_the_newest_intact_one(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    train.run(_short_run(run_dir))
+    ckpts = run_dir / "checkpoints"
+    manifest = json.loads((ckpts / "step-4" / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= manifest.keys()
+    weights = ckpts / "step-4" / "model.safetensors"
+    assert manifest["model.safetensors"]["size"] == weights.stat().st_size
+    uninterrupted = {k: v.clone() for k, v in load_file(weights).items()}  # copied: load_file maps the file
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:  # a copy cut short
+        f.truncate(size // 3)
+
+    with caplog.at_level("INFO"):
+        train.run(_short_run(run_dir, "trainer.resume=auto"))
+    said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(said) == 1 and f"step-4 is damaged (model.safetensors has {size // 3} bytes of {size})" in said[0]
+    assert "skipped for step-2" in said[0]
+    assert any(r.getMessage().startswith(f"Resumed from {ckpts / 'step-2'} at step 2") for r in caplog.records)
+    again = load_file(weights)  # step-4 made again from step-2: intact, and the same weights as the first time
+    assert again.keys() == uninterrupted.keys() and all(torch.equal(again[k], uninterrupted[k]) for k in again)
+
+    flipped = bytearray((ckpts / "step-2" / "optimizer.bin").read_bytes())  # one byte changed, the size kept
+    flipped[len(flipped) // 2] ^= 0xFF
+    (ckpts / "step-2" / "optimizer.bin").write_bytes(bytes(flipped))
+    with pytest.raises(RunError, match=r"checkpoint .*step-2 is damaged \(optimizer.bin does not match its checksum"):
+        train.run(_short_run(run_dir, f"trainer.resume={ckpts / 'step-2'}"))
+    with open(weights, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(RunError) as refused:  # none intact: refused, naming each
+        train.run(_short_run(run_dir, "trainer.resume=auto"))
+    assert str(refused.value).startswith(f"trainer.resume=auto: no intact checkpoint in {ckpts}: step-4 is damaged "
+                                         "(model.safetensors has 10 bytes of")
+    assert "; step-2 is damaged (optimizer.bin does not match its checksum)" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_resume_with_another_schedule_is_refused_naming_each_key(tmp_path):
+    run_dir = tmp_path / "run"
+    train.run(_short_run(run_dir, "trainer.max_steps=2"))
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    with pytest.raises(ConfigError) as refused:  # the same step count: only comparing it would let this through
+        train.run(_short_run(run_dir, "trainer.max_steps=2", "trainer.resume=auto", "trainer.batch_duration_s=6",
+                             "trainer.learning_rate=0.002"))
+    said = str(refused.value)
+    assert said.startswith(f"trainer.resume: {run_dir / 'checkpoints' / 'step-2'} was made with another schedule (")
+    assert "trainer.batch_duration_s=8.0 then, 6.0 now" in said and "trainer.learning_rate=" in said
+    assert "trainer.max_steps" not in said and "trainer.batch_size" not in said and "\n" not in said
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before  # nothing changed
 
 
 def test_non_finite_losses_are_skipped_and_counted(tmp_path):

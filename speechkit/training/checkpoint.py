@@ -2,17 +2,28 @@
 killed mid-save leaves at worst a `.tmp-*` folder that resume never looks at.
 
 A checkpoint is what `accelerate` saves (model, optimizer, grad scaler, RNG states, registered objects such as
-the LR scheduler) plus `trainer_state.json` (step, position in the epoch, best WER), written last.
+the LR scheduler), `manifest.json` (each of those files' size and SHA-256) and `trainer_state.json` (step, position
+in the epoch, best WER, the schedule it was made for), written last. A checkpoint is complete when its state file
+is there, intact when every file matches the manifest: a copy or sync cut short, or a bit flipped on disk, is found
+at resume (which then takes the newest intact one and names the damaged ones), not as a traceback halfway through
+loading it.
+
+Trust: accelerate keeps the scheduler, the sampler and the random states as pickles, and loading a pickle can run
+code. A checkpoint folder (or the S3 prefix a SageMaker job resumes from) is therefore code: resume only from
+folders you or your own jobs wrote. The manifest detects damage, not tampering (whoever can write the pickles can
+write the manifest). The weights speechkit ships (model/, checkpoints/best/) are safetensors and load without
+unpickling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
@@ -21,6 +32,7 @@ from speechkit.config import RunError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -37,16 +49,80 @@ def complete_checkpoints(root: str) -> List[str]:
 
 
 def resolve_resume(resume: Optional[str], root: str) -> Optional[str]:
-    """trainer.resume: null (start fresh), "auto" (newest complete checkpoint, if any) or a checkpoint path."""
+    """trainer.resume: null (start fresh), "auto" (newest intact checkpoint, if any; damaged newer ones are named
+    and skipped) or a checkpoint path (refused in one line when incomplete or damaged)."""
     if not resume:
         return None
     if resume == "auto":
         found = complete_checkpoints(root)
-        return found[-1] if found else None
+        damaged = []
+        for path in reversed(found):
+            problem = damage(path)
+            if problem is None:
+                for name, why in damaged:
+                    log.warning("trainer.resume=auto: checkpoint %s is damaged (%s); skipped for %s, the newest "
+                                "intact one (the damaged folder is left as it is)", name, why, os.path.basename(path))
+                return path
+            damaged.append((os.path.basename(path), problem))
+        if damaged:
+            raise RunError(f"trainer.resume=auto: no intact checkpoint in {root}: "
+                           + "; ".join(f"{name} is damaged ({why})" for name, why in damaged)
+                           + ". Copy them again from where they came from, or start fresh with trainer.resume=null")
+        return None
     path = os.path.expanduser(resume)
     if not os.path.isfile(os.path.join(path, STATE_FILE)):
-        raise FileNotFoundError(f"trainer.resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+        raise RunError(f"trainer.resume: {path} is not a complete checkpoint (no {STATE_FILE}); give a "
+                       "checkpoints/step-N folder, or trainer.resume=auto for the newest one in the run dir")
+    problem = damage(path)
+    if problem:
+        raise RunError(f"trainer.resume: checkpoint {path} is damaged ({problem}); copy it again, or give "
+                       "another checkpoint")
     return path
+
+
+def damage(path: str) -> Optional[str]:
+    """What is wrong with the checkpoint at `path` (a file missing, cut short or changed, an unreadable state
+    file), or None when it is intact. A checkpoint of an earlier release has no manifest: its state file is read,
+    its files are taken as they are."""
+    try:
+        load_state(path)
+    except (OSError, ValueError) as err:
+        return f"{STATE_FILE} unreadable: {err}"
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return None
+    try:
+        with open(manifest_path) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"{MANIFEST} unreadable: {err}"
+    for name, want in sorted(files.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        size = os.path.getsize(file)
+        if size != want["size"]:
+            return f"{name} has {size} bytes of {want['size']}"
+        if _sha256(file) != want["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _manifest(folder: str) -> Dict[str, dict]:
+    """Size and SHA-256 of every file under `folder` (the state file and the manifest aside)."""
+    files = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            file = os.path.join(base, name)
+            rel = os.path.relpath(file, folder)
+            if rel not in (STATE_FILE, MANIFEST):
+                files[rel] = {"size": os.path.getsize(file), "sha256": _sha256(file)}
+    return files
+
+
+def _sha256(file: str) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Optional[int]) -> str:
@@ -59,16 +135,20 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
     failure = None
     try:
         accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
-        if accelerator.is_main_process:
-            _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
     except Exception as err:  # a full disk, a quota (safetensors reports it as its own error, not an OSError)
         failure = err
-    # All processes learn whether any of them failed (this is also the barrier before the rename): one failing
-    # alone must not leave the others waiting.
-    failed = torch.tensor([failure is not None], dtype=torch.float32, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        failed = accelerator.reduce(failed, "sum")
-    if failed.item():
+    # All processes learn whether any of them failed (this is also the barrier before the manifest and the rename,
+    # so every process's files are there): one failing alone must not leave the others waiting.
+    failed = _any_failed(accelerator, failure)
+    if not failed and accelerator.is_main_process:
+        try:
+            _write_json(os.path.join(tmp, MANIFEST), {"files": _manifest(tmp)})
+            _write_json(os.path.join(tmp, STATE_FILE), state)  # last: its presence marks the folder complete
+        except Exception as err:
+            failure = err
+    if not failed:
+        failed = _any_failed(accelerator, failure)
+    if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes, the previous checkpoint stays
         previous = complete_checkpoints(root)
@@ -89,6 +169,13 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
         log.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _any_failed(accelerator: Accelerator, failure: Optional[BaseException]) -> bool:
+    failed = torch.tensor([failure is not None], dtype=torch.float32, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")
+    return bool(failed.item())
 
 
 def load_state(path: str) -> dict:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import PreTrainedModel
 
-from speechkit.config import FinalModel, TrainerConfig
+from speechkit.config import ConfigError, FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.data.samplers import eval_loader, train_batch_sampler
 from speechkit.data.streaming import StreamedBatches
@@ -47,6 +47,8 @@ class TrainerState:
     best_step: Optional[int] = None
     skipped_nonfinite: int = 0
     total_steps: int = 0
+    schedule: Optional[dict] = None  # the keys that decide which batch and learning rate come at each step
+
 
     @classmethod
     def read(cls, saved: dict) -> "TrainerState":
@@ -185,14 +187,13 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     accelerator.register_for_checkpointing(scheduler)
 
     dirs = RunDir(run_dir)
-    state = TrainerState(total_steps=total_steps)
+    state = TrainerState(total_steps=total_steps, schedule=schedule_keys(cfg, accelerator, train_set, total_steps))
     resume_from = checkpoint.resolve_resume(cfg.resume, dirs.checkpoints)
     if resume_from:
+        saved = TrainerState.read(checkpoint.load_state(resume_from))
+        check_same_schedule(resume_from, saved, state)  # before loading anything: a refusal changes nothing
         accelerator.load_state(resume_from)
-        state = TrainerState.read(checkpoint.load_state(resume_from))
-        if state.total_steps != total_steps:
-            raise ValueError(f"trainer.resume: {resume_from} was made for {state.total_steps} steps, this run "
-                             f"has {total_steps}; keep trainer.num_epochs/max_steps/batch_size as they were")
+        state = saved
         batches.restore(state.data)
         log.info("Resumed from %s at step %d (%s)", resume_from, state.global_step, batches.describe())
     elif cfg.resume == "auto":
@@ -207,6 +208,32 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     return Run(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches, eval_loader=evaluation,
                eval_set=eval_set, state=state, dirs=dirs, metrics=MetricsFile(dirs.metrics, accelerator),
                sampling_rate=sampling_rate)
+
+
+def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total_steps: int) -> dict:
+    """What decides the batch and the learning rate of every step: a resumed run must have each of them as the
+    checkpoint was made, or it would continue a different run than the one it claims to."""
+    names = ["seed", "max_steps", "num_epochs", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
+             "group_by_length", "optimizer", "learning_rate", "weight_decay", "scheduler", "warmup_steps"]
+    names.remove("num_epochs" if cfg.max_steps else "max_steps")  # max_steps, when set, decides the length
+    names.remove("batch_size" if cfg.batch_duration_s else "batch_duration_s")  # batches by duration, or by count
+    keys = {f"trainer.{k}": getattr(cfg, k) for k in names}
+    keys = {k: getattr(v, "value", v) for k, v in keys.items()}
+    keys["processes"] = accelerator.num_processes
+    keys["training examples"] = None if isinstance(train_set, StreamedBatches) else len(train_set)
+    keys["total steps"] = total_steps
+    return keys
+
+
+def check_same_schedule(path: str, saved: TrainerState, now: TrainerState) -> None:
+    """Refuse (one line naming every key that changed) a resume whose schedule is not the checkpoint's. A
+    checkpoint of an earlier release kept only its total step count."""
+    before = saved.schedule or {"total steps": saved.total_steps}
+    changed = [f"{key}={before[key]} then, {now.schedule[key]} now" for key in before
+               if key in now.schedule and before[key] != now.schedule[key]]
+    if changed:
+        raise ConfigError(f"trainer.resume: {path} was made with another schedule ({'; '.join(changed)}); keep "
+                          "these as they were to continue it, or train into a new run dir (hydra.run.dir)")
 
 
 # ------------------------------------------------------------------------------------------------------- loop
