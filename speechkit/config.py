@@ -509,10 +509,17 @@ class InferenceConfig:
     """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed."""
 
     max_body_mb: float = 6.0  # a larger request is refused (6 MB is SageMaker's real-time payload limit)
+    # Longer audio is refused (413) from its sample count or header, before decoding: a few MB of FLAC or of JSON at
+    # a low rate can be hours. 5 minutes is what wav2vec2-base transcribes on a CPU well inside SageMaker's 60 s
+    # invocation limit; null: no limit.
+    max_audio_s: Optional[float] = 300.0
     chunk_length_s: Optional[float] = 20.0  # audio longer than this is transcribed in overlapping chunks
     stride_length_s: Optional[float] = 4.0  # overlap on each side of a chunk; null: chunk_length_s / 6
     read_timeout_s: float = 30.0  # serve.py: a request whose body takes longer to arrive is answered 408
     threads: int = 2  # serve.py: requests transcribed at once (the others queue); more only grows memory
+    # serve.py: requests that may wait for a thread; one more is answered 503 with Retry-After (the seconds the
+    # queue ahead of it is expected to take), so a burst is told to come back rather than piling up without bound
+    queue: int = 16
     # details: {"text", "duration_s", "chunked"}; transcript: the bare transcript as a JSON string, as the AWS
     # recipe's endpoint answers (for clients written against it).
     response: ResponseShape = ResponseShape.details

@@ -76,7 +76,7 @@ RANGES: Dict[str, Check] = {
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
     "inference.max_body_mb": POSITIVE, "inference.chunk_length_s": _or_null(POSITIVE),
     "inference.stride_length_s": _or_null(NON_NEGATIVE), "inference.read_timeout_s": POSITIVE,
-    "inference.threads": POSITIVE_INT,
+    "inference.threads": POSITIVE_INT, "inference.max_audio_s": _or_null(POSITIVE), "inference.queue": NON_NEGATIVE,
     "endpoint.instance_count": POSITIVE_INT,
     # transcribe.py
     "chunk_length_s": POSITIVE, "stride_length_s": NON_NEGATIVE,

@@ -423,6 +423,29 @@ def test_handler_refuses_with_a_clear_error(handler, body, content_type, status,
     assert err.value.status_code == status and words in str(err.value)
 
 
+def test_audio_over_max_audio_s_is_refused_from_its_count_or_header_before_decoding(handler, clip, monkeypatch):
+    """A small body can hold hours: JSON at a low rate, or compressed audio. 300 s by default."""
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    inference, model = handler
+    low_rate = json.dumps({"speech_array": [0.0] * 301_000, "sampling_rate": 1000}).encode()  # 1.5 MB, 301 s
+    flac = AudioEncoder(torch.zeros(1, 8000 * 600), sample_rate=8000).to_tensor("flac").numpy().tobytes()
+    assert len(low_rate) < inference.max_body_bytes() and len(flac) < 200_000  # ten minutes in 120 KB
+    for body, kind, said in ((low_rate, "application/json", "audio of 301.0 s"), (flac, "audio/flac", "600.0 s")):
+        with pytest.raises(inference.InferenceError) as err:
+            inference.transform(body, kind, "application/json", model)
+        assert err.value.status_code == 413 and said in err.value.message
+        assert "over the limit of 300 s (SPEECHKIT_MAX_AUDIO_S / inference.max_audio_s)" in err.value.message
+    path, at_16k = clip  # 2.9 s of speech: within the default, over a limit of 2 s
+    assert json.loads(inference.transform(path.read_bytes(), "audio/wav", "application/json", model))["text"]
+    monkeypatch.setenv("SPEECHKIT_MAX_AUDIO_S", "2")
+    with pytest.raises(inference.InferenceError, match="over the limit of 2 s"):
+        inference.transform(path.read_bytes(), "audio/wav", "application/json", model)
+    monkeypatch.setenv("SPEECHKIT_MAX_AUDIO_S", "none")  # no limit
+    assert inference.input_fn(low_rate, "application/json")["array"].size == 301_000
+
+
 def test_handler_refuses_a_header_only_wav_and_an_unknown_accept(handler, tmp_path):
     inference, model = handler
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
@@ -452,10 +475,12 @@ def test_handler_never_unpickles_or_trusts_remote_code():
 # ------------------------------------------------------------------------------------------ local server
 @pytest.fixture(scope="module")
 def served(container_run):
-    """`python serve.py` on a free local port, with a 1 MB body limit and a 2 s read timeout."""
+    """`python serve.py` on a free local port, with a 1 MB body limit, a 2 s read timeout, one inference thread
+    and room for one more request in its queue."""
     port = free_port()
     server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={container_run['model']}",
-                               f"port={port}", "inference.max_body_mb=1", "inference.read_timeout_s=2"],
+                               f"port={port}", "inference.max_body_mb=1", "inference.read_timeout_s=2",
+                               "inference.threads=1", "inference.queue=1"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -548,6 +573,34 @@ def test_a_slow_sender_is_timed_out(served):
     assert time.time() - began < 20
     conn.close()
     assert urllib.request.urlopen(f"{served['base']}/ping", timeout=10).status == 200
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(served):
+    """Four requests of 290 s of audio at once (about a second of work each here, 62 KB of FLAC each): one is
+    transcribed, one waits, two are told when to come back; the queue then serves again."""
+    import concurrent.futures
+
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    flac = AudioEncoder(torch.zeros(1, 16000 * 290), sample_rate=16000).to_tensor("flac").numpy().tobytes()
+
+    def post(_):
+        request = urllib.request.Request(f"{served['base']}/invocations", data=flac, method="POST",
+                                         headers={"Content-Type": "audio/flac"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.status, None, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Retry-After"), json.loads(err.read())
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = sorted(pool.map(post, range(4)), key=lambda a: a[0])
+    assert [a[0] for a in answers] == [200, 200, 503, 503], answers
+    for _, retry, body in answers[2:]:
+        assert retry.isdigit() and int(retry) >= 1
+        assert body["error"] == f"busy: 1 requests are waiting (inference.queue); retry in {retry} s"
+    assert post(0)[0] == 200  # nothing stuck: the queue emptied
 
 
 def test_load_benchmark_runs_and_reports(container_run, clip, tmp_path):

@@ -17,8 +17,9 @@ remote code: bodies are parsed as JSON or decoded as audio by FFmpeg, and the mo
 through the transformers Auto class of its head (SERVED).
 
 Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
-SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none: never chunk), SPEECHKIT_STRIDE_LENGTH_S (4;
-none: chunk/6), SPEECHKIT_RESPONSE (details; or transcript), SPEECHKIT_DEVICE (cuda when available, else cpu).
+SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_MAX_AUDIO_S (300; none: no limit), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none:
+never chunk), SPEECHKIT_STRIDE_LENGTH_S (4; none: chunk/6), SPEECHKIT_RESPONSE (details; or transcript),
+SPEECHKIT_DEVICE (cuda when available, else cpu).
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def _env_float(name: str, default: Optional[float]) -> Optional[float]:
 
 def max_body_bytes() -> int:
     return int((_env_float("SPEECHKIT_MAX_BODY_MB", 6.0) or 6.0) * 1024 * 1024)
+
+
+def max_audio_s() -> Optional[float]:
+    """The longest audio a request may hold (a few MB of compressed audio, or of JSON at a low rate, can be hours).
+    Checked from the sample count or the file's header before decoding, and decoding stops there regardless."""
+    return _env_float("SPEECHKIT_MAX_AUDIO_S", 300.0)
+
+
+def _too_long(seconds: float, limit: float, at_least: bool = False) -> InferenceError:
+    more = "more than " if at_least else ""
+    return InferenceError(f"audio of {more}{seconds:.1f} s is over the limit of {limit:g} s (SPEECHKIT_MAX_AUDIO_S / "
+                          "inference.max_audio_s): send it in shorter parts", 413)
 
 
 def _media_type(value: Optional[str]) -> str:
@@ -173,6 +186,9 @@ def _from_json(body: bytes) -> dict:
         raise InferenceError("speech_array must be a list of numbers (one channel)")
     if not samples:
         raise InferenceError("empty audio: speech_array has no samples")
+    limit = max_audio_s()
+    if limit and len(samples) / rate > limit:  # from the count, before any sample is looked at
+        raise _too_long(len(samples) / rate, limit)
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples):
         raise InferenceError("speech_array must hold numbers only (one channel: a flat list)")
     try:
@@ -188,14 +204,23 @@ def _from_json(body: bytes) -> dict:
 def _from_audio_bytes(body: bytes) -> dict:
     from torchcodec.decoders import AudioDecoder
 
+    limit = max_audio_s()
     try:
         decoder = AudioDecoder(body, num_channels=1)
-        samples = decoder.get_all_samples()
+        declared = decoder.metadata.duration_seconds_from_header
+        if limit and declared and declared > limit:  # refused from the header, nothing decoded
+            raise _too_long(declared, limit)
+        # Decoded up to just past the limit at most: a header that says less (or nothing) cannot make it more.
+        samples = decoder.get_samples_played_in_range(stop_seconds=limit + 1) if limit else decoder.get_all_samples()
+    except InferenceError:
+        raise
     except Exception as err:  # FFmpeg's errors come in several types; all mean "not audio we can read"
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if "No audio frames" in str(err):
+        if "No audio frames" in str(err) or "No samples" in str(err):
             raise InferenceError(f"empty audio: the file holds no samples ({detail})") from None
         raise InferenceError(f"the body is not audio that can be decoded ({detail})") from None
+    if limit and samples.duration_seconds > limit:
+        raise _too_long(limit, limit, at_least=True)
     return {"array": samples.data.numpy().reshape(-1).astype(np.float32, copy=False),
             "sampling_rate": int(samples.sample_rate)}
 
