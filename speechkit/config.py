@@ -9,6 +9,7 @@ touched or any model is built.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -558,6 +559,23 @@ class ServeConfig:
 
 
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")
+# Secrets by their shape, wherever they are typed: credentials in a URL (scheme://user:pass@host), a Hugging Face
+# token, an AWS access key id, an AWS secret access key (40 characters of base64 with upper and lower case and
+# digits that is not a path: no leading "/", at most three "/", no all-lowercase folder name between them).
+_SECRET_SHAPES = re.compile(r"(?<=://)[^/@\s]+(?=@)|\bhf_[A-Za-z0-9]{20,}|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"
+                            r"|(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+
+
+def _is_secret_shape(found: str) -> bool:
+    if len(found) != 40 or "://" in found:
+        return True  # a URL's credentials, a token or a key id
+    words = found.split("/")
+    return not found.startswith("/") and len(words) <= 4 and all(
+        any(test(c) for c in found) for test in (str.isupper, str.islower, str.isdigit)) and not any(
+        len(w) >= 3 and w.isalpha() and w.islower() for w in words)  # a path's folder name: "train", "data"
+
+
+REDACTED = "<redacted>"
 
 
 def is_secret_key(key: str) -> bool:
@@ -565,15 +583,40 @@ def is_secret_key(key: str) -> bool:
     return any(w in str(key).lower() for w in _SECRET_WORDS)
 
 
+def redact(text: str) -> str:
+    """`text` with every secret-looking part (by its shape, see _SECRET_SHAPES) replaced by <redacted>."""
+    return _SECRET_SHAPES.sub(lambda m: REDACTED if _is_secret_shape(m.group()) else m.group(), text)
+
+
+def redact_override(override: str) -> str:
+    """A command-line override (`key=value`) as it may be written out: its value redacted by the key's name or by
+    the value's shape."""
+    key, eq, value = override.partition("=")
+    if eq and is_secret_key(key) and value not in ("", "null"):
+        return f"{key}={REDACTED}"
+    return redact(override)
+
+
+_SECRET_ASSIGNMENT = re.compile(r"([\w.+~/-]*(?:%s)[\w.]*)(=|: )(?!<redacted>|null\b|None\b|''|\"\")([^,\s'\"\]]+)"
+                                % "|".join(_SECRET_WORDS), re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """A written file's text (YAML, a command line, override lists) with secrets redacted: the value of every
+    `key=value` or `key: value` whose key looks secret, and every secret-shaped value."""
+    return redact(_SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
+
+
 def public_config(cfg: DictConfig) -> dict:
-    """The resolved config as plain data with any secret-looking value redacted: what is saved and logged."""
+    """The resolved config as plain data with any secret-looking value redacted (by key name and by value shape):
+    what is saved and logged."""
 
     def scrub(node):
         if isinstance(node, dict):
-            return {k: "<redacted>" if is_secret_key(k) and v not in (None, "") else scrub(v) for k, v in node.items()}
+            return {k: REDACTED if is_secret_key(k) and v not in (None, "") else scrub(v) for k, v in node.items()}
         if isinstance(node, list):
             return [scrub(v) for v in node]
-        return node
+        return redact(node) if isinstance(node, str) else node
 
     return scrub(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 

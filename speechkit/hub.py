@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from huggingface_hub import EvalResult as HubEvalResult, HfApi, ModelCard, ModelCardData
 
-from speechkit.config import HubConfig, TrainConfig, is_secret_key
+from speechkit.config import HubConfig, TrainConfig, redact_override
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult
 
@@ -28,9 +28,8 @@ def typed_overrides() -> List[str]:
 
 
 def command_line(overrides: List[str]) -> str:
-    """`python train.py <overrides>`, values of secret-looking keys redacted."""
-    shown = [f"{o.split('=', 1)[0]}=<redacted>" if "=" in o and is_secret_key(o.split("=", 1)[0]) else o
-             for o in overrides]
+    """`python train.py <overrides>`, secrets redacted (by key name and by shape)."""
+    shown = [redact_override(o) for o in overrides]
     return " ".join(["python train.py", *map(shlex.quote, shown)])
 
 

@@ -1,7 +1,10 @@
-"""Sweep summary: a Hydra callback (registered in conf/hydra/default.yaml) that ends every multirun with one line
+"""Hydra callbacks (registered in conf/hydra/default.yaml): secrets redacted from Hydra's own copies of the config
+(RedactHydraFiles), and the sweep summary.
+
+Sweep summary: a Hydra callback (registered in conf/hydra/default.yaml) that ends every multirun with one line
 per job: the overrides that vary between jobs, the job's objective (what train.py's main returns and optuna
-minimises: the shipped model's eval WER, or 1 - accuracy (1 - mAP) for a classifier) and its run dir. It works with any launcher and sweeper (basic, joblib, submitit, optuna) because it only uses Hydra's own
-hooks:
+minimises: the shipped model's eval WER, or 1 - accuracy (1 - mAP) for a classifier) and its run dir. It works with
+any launcher and sweeper (basic, joblib, submitit, optuna) because it only uses Hydra's own hooks:
 
 - on_job_end runs inside the job's process (a joblib worker, a SLURM node...) and writes `job_result.json` into
   the job's run dir: the only place every launcher has in common;
@@ -23,6 +26,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from speechkit.config import redact_override, redact_text
+
 log = logging.getLogger(__name__)
 RESULT_FILE = "job_result.json"
 
@@ -31,18 +36,40 @@ def _is_multirun(config: DictConfig) -> bool:
     return config.hydra.mode == RunMode.MULTIRUN
 
 
+class RedactHydraFiles(Callback):
+    """Hydra writes the run's config and the overrides as typed into <run dir>/.hydra/ (config.yaml, hydra.yaml,
+    overrides.yaml), then calls on_job_start: which rewrites them with every secret redacted, by key name and by
+    shape (speechkit.config.redact_text), as speechkit's own config.yaml is written."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = config.hydra.output_subdir
+        if subdir is None:
+            return
+        folder = Path(config.hydra.runtime.output_dir) / subdir
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            path = folder / name
+            if path.is_file():
+                text = path.read_text()
+                clean = redact_text(text)
+                if clean != text:
+                    tmp = path.with_name(f".{name}.tmp")
+                    tmp.write_text(clean)
+                    os.replace(tmp, path)
+
+
 class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
         run_dir = config.hydra.runtime.output_dir
-        result: Dict[str, Any] = {"job": int(config.hydra.job.num), "overrides": list(job_return.overrides or []),
+        result: Dict[str, Any] = {"job": int(config.hydra.job.num),
+                                  "overrides": [redact_override(o) for o in job_return.overrides or []],
                                   "run_dir": run_dir, "status": job_return.status.name.lower(), "objective": None}
         if job_return.status == JobStatus.COMPLETED:
             value = job_return._return_value  # the property re-raises a failed job's error; this one did not fail
             result["objective"] = float(value) if isinstance(value, (int, float)) else None
         else:
-            result["error"] = repr(job_return._return_value)
+            result["error"] = redact_text(repr(job_return._return_value))
         with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
             json.dump(result, f)
 

@@ -71,16 +71,21 @@ def checkout_stays_clean():
     assert not new, f"the tests wrote into the checkout: {new[:10]}"
 
 
+TYPED_SECRETS = ["logger.tracking_uri=https://bob:S3cr3t-pw@mlflow.example.com/api",
+                 "logger.entity=hf_FakeHubToken0123456789abcdefXYZ"]
+
+
 @pytest.fixture(scope="session")
 def asr_demo_run(tmp_path_factory):
     """`python train.py experiment=demo ...` for a few steps, as a user would type it: a tiny speech recognition
-    model, shared by the tests that need one."""
+    model, shared by the tests that need one. Two secrets are typed in it (unused with logger=none), which no file
+    of the run may hold (test_logger)."""
     run_dir = tmp_path_factory.mktemp("demo_run")
     done = run_cli("train.py", "experiment=demo", *SMALL_DEMO, *TINY, "trainer.batch_size=4",
                    "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
                    "trainer.progress_bar=false", "trainer.max_steps=3",
                    "trainer.learning_rate=1e-6",  # stays near its random init: transcripts are non-empty noise
-                   f"hydra.run.dir={run_dir}")
+                   *TYPED_SECRETS, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir, done
 

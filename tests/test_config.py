@@ -332,3 +332,100 @@ def test_no_key_of_a_composed_config_is_taken_for_a_misspelling(experiment):
 
     typed = [f"{k}=1" for k in keys(cfg)] + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+x.y=1", "-m"]
     assert len(typed) > 100 and unknown_key(typed, C.TrainConfig) is None
+
+
+# --------------------------------------------------------------------------------------- the Hub out of reach
+@pytest.fixture(scope="module")
+def stand_in_hub():
+    """An HTTP server on 127.0.0.1 answering the Hub's access check (/api/<kind>s/<owner>/<name>/auth-check) the
+    way the Hub does, by the repo's name: `public-*` 200, `gated-*` 403 GatedRepo, `badtoken-*` 401, anything else
+    404 RepoNotFound."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.rstrip("/").split("/")[-2]
+            status, headers = {"public": (200, {}), "gated": (403, {"X-Error-Code": "GatedRepo"}),
+                               "badtoken": (401, {"X-Error-Message": "Invalid credentials in Authorization header"})
+                               }.get(name.split("-")[0], (404, {"X-Error-Code": "RepoNotFound"}))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _online(endpoint: str, tmp_path, *overrides, offline: bool = False):
+    """train.py with the Hub at `endpoint`, an empty cache, and offline mode as asked."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": str(int(offline)),
+           "HF_DATASETS_OFFLINE": str(int(offline))}
+    env.pop("HF_TOKEN", None)
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("overrides,offline,status,said", [
+    ("experiment=demo model=wav2vec2_base model.name_or_path=someone/gone-model", False, 2,
+     "config error: model.name_or_path: no model 'someone/gone-model' on the Hub ({hub}): check the id; a private "
+     "repo needs `hf auth login`"),
+    ("dataset=hub dataset.path=someone/gated-data model=tiny", False, 1,
+     "error: dataset.path: someone/gated-data is gated: accept its conditions on {hub}/datasets/someone/gated-data "
+     "with your account, then `hf auth login`"),
+    ("experiment=demo model=wav2vec2_base model.name_or_path=someone/badtoken-model", False, 1,
+     "error: model.name_or_path: the Hub refused the token for someone/badtoken-model (401)"),
+    ("dataset=fleurs_es model=tiny", True, 1,
+     "error: dataset.path: google/fleurs is not in this machine's Hugging Face cache"),
+])
+def test_a_hub_repo_that_cannot_be_read_is_refused_in_one_line_naming_the_key(stand_in_hub, overrides, offline,
+                                                                              status, said, tmp_path):
+    done = _online(stand_in_hub, tmp_path, *overrides.split(), offline=offline)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == status and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("speechkit: " + said.format(hub=stand_in_hub)), lines[0]
+    assert not (tmp_path / "run" / "drop_report.jsonl").exists()  # refused before any data work
+
+
+def test_the_hub_out_of_reach_is_told_apart_and_a_cached_repo_still_used(tmp_path, monkeypatch, caplog):
+    import socket
+
+    from huggingface_hub import constants
+
+    from speechkit.config import RunError
+    from speechkit.hub_access import check_repo
+
+    with socket.socket() as s:  # a port nothing listens on: connections refused, as with the network down
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    done = _online(closed, tmp_path, "experiment=demo", "model=wav2vec2_base")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"speechkit: error: model.name_or_path: the Hub ({closed}) cannot be reached to read "
+                               "facebook/wav2vec2-base (ConnectError: "), lines[0]
+    assert lines[0].endswith("it is not in this machine's cache: point model.name_or_path at a local folder, or run "
+                             "with HF_HUB_OFFLINE=1 after filling the cache where the network is on")
+
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RunError, match="cannot be reached"):
+        check_repo("model.name_or_path", "facebook/wav2vec2-base", "model")
+    (tmp_path / "hub" / "models--facebook--wav2vec2-base" / "snapshots" / "abc").mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        check_repo("model.name_or_path", "facebook/wav2vec2-base", "model")  # in the cache: used, with advice
+    assert "facebook/wav2vec2-base is read from this machine's cache; set HF_HUB_OFFLINE=1" in caplog.text

@@ -90,13 +90,43 @@ def test_wandb_offline_run_holds_config_and_eval_wer(tmp_path, monkeypatch):
             assert b"local-secret-key" not in blob and b"hf_supersecret" not in blob, path
 
 
-def test_secret_looking_keys_are_redacted():
+def test_secret_looking_keys_and_values_are_redacted():
     from omegaconf import OmegaConf
-    from speechkit.config import public_config
+    from speechkit.config import public_config, redact, redact_override
 
-    cfg = OmegaConf.create({"a": {"hf_token": "hf_x", "api_key": "k", "ok": 1, "token_count": None}})
+    cfg = OmegaConf.create({"a": {"hf_token": "hf_x", "api_key": "k", "ok": 1, "token_count": None,
+                                  "uri": "https://bob:pw@mlflow.example.com/x", "path": "s3://bucket/key"}})
     assert public_config(cfg) == {"a": {"hf_token": "<redacted>", "api_key": "<redacted>", "ok": 1,
-                                        "token_count": None}}
+                                        "token_count": None, "uri": "https://<redacted>@mlflow.example.com/x",
+                                        "path": "s3://bucket/key"}}
+    secrets = ["https://bob:pw@host/x", "https://ghp0123token@github.com/a/b", "hf_abcdefghijklmnopqrstuvwxyz012345",
+               "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+    assert [redact(s) for s in secrets] == ["https://<redacted>@host/x", "https://<redacted>@github.com/a/b",
+                                            "<redacted>", "<redacted>", "<redacted>"]
+    kept = ["s3://bucket/key", "git@github.com:a/b.git", "openai/whisper-large-v3-turbo", "outputs/train/2026-11-22",
+            "LibriSpeech/train/clean100/Speaker123456", "0123456789abcdef0123456789abcdef01234567",  # a git sha
+            "/data/LibriSpeech/Train/Clean100/Spkr123", "hf_short"]
+    assert [redact(s) for s in kept] == kept
+    assert redact_override("+x.password=hunter2") == "+x.password=<redacted>"
+    assert redact_override("model.name_or_path=facebook/wav2vec2-base") == "model.name_or_path=facebook/wav2vec2-base"
+
+
+def test_secrets_typed_on_the_command_line_reach_no_file_of_the_run(asr_demo_run):
+    """The demo run was typed with URL credentials and a Hub token (conftest.TYPED_SECRETS): config.yaml keeps the
+    host, Hydra's own copies (.hydra/) and the model card's command line keep the keys, none keeps the secrets."""
+    from conftest import TYPED_SECRETS
+
+    run_dir, _ = asr_demo_run
+    config = (run_dir / "config.yaml").read_text()
+    assert "tracking_uri: https://<redacted>@mlflow.example.com/api" in config and "entity: <redacted>" in config
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "- logger.tracking_uri=https://<redacted>@mlflow.example.com/api" in overrides
+    assert "- logger.entity=<redacted>" in overrides
+    assert "logger.entity=<redacted>" in (run_dir / "model" / "README.md").read_text()
+    for secret in ("S3cr3t-pw", TYPED_SECRETS[1].split("=")[1]):
+        assert secret in " ".join(TYPED_SECRETS)
+        for path in run_dir.rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
 
 
 def _tracked_run(tmp_path, backend):

@@ -120,6 +120,20 @@ def launched(aws, tmp_path_factory):
     return {"done": done, "job": job, "run_dir": run_dir, "aws": aws}
 
 
+def test_a_secret_typed_for_a_job_is_refused_before_anything_is_sent(aws, tmp_path):
+    """A job's hyperparameters (the typed overrides) are readable by whoever may describe it: a value shaped like a
+    credential is refused in one line naming its key, and no job is created."""
+    done = run_cli("train.py", *OVERRIDES, "logger.tracking_uri=https://bob:S3cr3t@mlflow.example.com",
+                   "sagemaker.base_job_name=typed-secret", f"hydra.run.dir={tmp_path / 'r'}", timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("speechkit: config error: logger.tracking_uri: its value holds a secret")
+    assert not any(r["TrainingJobName"].startswith("typed-secret")
+                   for r in recorded(aws["recording"], "SageMaker.CreateTrainingJob"))
+    assert not (tmp_path / "r" / "sagemaker_job.json").exists()
+    assert all(b"S3cr3t" not in p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file())
+
+
 def test_no_token_from_the_environment_reaches_the_job(aws, tmp_path):
     """A Hub token and a wandb key in the environment that submits the job appear in none of its hyperparameters,
     its environment, or anything uploaded for it."""

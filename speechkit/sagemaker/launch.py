@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit.config import ConfigError, Distribution, SageMakerConfig, Source, TrainConfig, check_required
+from speechkit.config import (ConfigError, Distribution, SageMakerConfig, Source, TrainConfig, check_required,
+                              redact_override)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,12 @@ def launch(raw_cfg: DictConfig, overrides: Optional[List[str]] = None) -> str:
     sm = cfg.sagemaker
     require(sm, "role", "bucket", "instance_type", "instance_count", "max_run_s")
     overrides = task_overrides() if overrides is None else list(overrides)
+    for override in overrides:  # hyperparameters are shown to anyone who may describe the job, and kept in its record
+        if redact_override(override) != override:
+            raise ConfigError(f"{override.partition('=')[0]}: its value holds a secret (by its key's name or its "
+                              "shape: URL credentials, a Hub or AWS token), and a SageMaker job's hyperparameters "
+                              "are readable by anyone who may describe the job: give the job its credentials through "
+                              "its IAM role (e.g. from AWS Secrets Manager), not on the command line")
 
     from sagemaker.core.training.configs import (CheckpointConfig, Compute, InputData, MetricDefinition,
                                                  SourceCode, StoppingCondition)
