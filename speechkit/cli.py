@@ -18,6 +18,7 @@ from typing import Any, List, Optional
 
 from omegaconf import DictConfig
 
+from speechkit import hub_access
 from speechkit.config import ConfigError, RunError, check_required
 
 # Keys the per-task configs moved (old key, or prefix of keys -> new one). Typed on a command line, the old one is
@@ -158,6 +159,7 @@ def run_or_exit(module: str, cfg: DictConfig) -> Any:
     try:
         check_required(cfg)
         check_values(cfg)
+        hub_access.check(cfg)  # a Hub repo out of reach, mistyped or gated: said now, not after loading the rest
         return importlib.import_module(module).run(cfg)
     except ConfigError as err:  # say what to change; exit status 2, as for a bad command line
         print(f"speechkit: config error: {err}", file=sys.stderr)

@@ -133,6 +133,8 @@ BAD_VALUES = [
     ("inspect_data.py", "top_chars=-1"), ("serve.py", "port=70000"), ("serve.py", "inference.max_body_mb=0"),
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
+    ("serve.py", "inference.max_audio_s=0"),
+    ("serve.py", "inference.queue=-1"),
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
     ("train.py", "task.decoder.type=kenlm task.decoder.order=1"),
     ("train.py", "task.decoder.type=kenlm task.decoder.discount=1.5"),

@@ -69,13 +69,17 @@ def test_fp16_on_cpu_is_an_error_not_a_silent_fallback():
 
 
 def test_cli_refuses_rocm_before_touching_data(tmp_path):
-    done = run_cli("train.py", "experiment=rocm_fleurs_es", "hw=rocm", f"hydra.run.dir={tmp_path}")
+    data, model = tmp_path / "fleurs", tmp_path / "xlsr"  # local copies (empty: reading either would fail), so
+    data.mkdir()                                           # that the Hub is not asked first
+    model.mkdir()
+    done = run_cli("train.py", "experiment=rocm_fleurs_es", "hw=rocm", f"dataset.path={data}",
+                   f"model.name_or_path={model}", f"hydra.run.dir={tmp_path / 'run'}")
     if torch.version.hip:
         pytest.fail("this test expects a non-ROCm torch build")  # CI and dev machines run CPU torch
     assert done.returncode == 2
     assert "hw=rocm needs a ROCm build of torch" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "vocab.json").exists()
+    assert not (tmp_path / "run" / "vocab.json").exists()
 
 
 def test_data_loading_and_optimizer_follow_the_device():

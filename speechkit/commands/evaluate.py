@@ -8,7 +8,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, hub_access
+from speechkit import data
 from speechkit.data.samplers import eval_loader
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
@@ -26,7 +26,6 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     model_dir = saved_model_dir(cfg.model_dir)
     os.makedirs(cfg.run_dir, exist_ok=True)
     accelerator = make_accelerator(cfg.hw)
-    hub_access.check(raw_cfg)  # the model's and the data set's Hub repos, before loading either
     task, model = load_model_dir(model_dir, multi_label=cfg.multi_label, collar_s=cfg.collar_s,
                                  skip_overlap=cfg.skip_overlap, dataset=cfg.dataset,
                                  whisper_normalizer=cfg.whisper_normalizer, hallucination_probe=cfg.hallucination_probe)

@@ -19,7 +19,7 @@ from typing import Dict
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, hub_access
+from speechkit import data
 from speechkit.config import InspectConfig, check_required
 from speechkit.plots import duration_histogram
 from speechkit.rundir import RunDir
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 def run(raw_cfg: DictConfig) -> dict:
     check_required(raw_cfg)
-    hub_access.check(raw_cfg)
     cfg: InspectConfig = OmegaConf.to_object(raw_cfg)
     ds, rate, run = cfg.dataset, cfg.sampling_rate, RunDir(cfg.run_dir)
     os.makedirs(run.root, exist_ok=True)

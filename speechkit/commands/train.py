@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data, hub, hub_access
+from speechkit import data, hub
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.data import streaming
 from speechkit.hardware import make_accelerator
@@ -37,7 +37,6 @@ def run(raw_cfg: DictConfig) -> float | str:
     accelerator = make_accelerator(cfg.hw, cfg.trainer.gradient_accumulation_steps, tracker_name(cfg.logger),
                                    find_unused_parameters=cfg.model.layerdrop != 0,  # null: the checkpoint's, maybe > 0
                                    logging_dir=tracker_dir(cfg.logger, cfg.run_dir))
-    hub_access.check(raw_cfg)  # a Hub repo out of reach, mistyped or gated: said now, not after loading the rest
     run_dir = _agree_on_run_dir(cfg.run_dir, accelerator)
     os.makedirs(run_dir, exist_ok=True)
     public = public_config(raw_cfg)
