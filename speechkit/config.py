@@ -558,7 +558,11 @@ class ServeConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
-_SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "access_key", "credential",
+                 "credentials")
+# A key's last part holding one of those as a word of its own (hf_token, wandb_api_key, secret_access_key), not
+# inside another word (max_new_tokens, tokenizer)
+_SECRET_KEY = re.compile(r"(?:^|_)(?:%s)(?:$|_)" % "|".join(_SECRET_WORDS))
 # Secrets by their shape, wherever they are typed: credentials in a URL (scheme://user:pass@host), a Hugging Face
 # token, an AWS access key id, an AWS secret access key (40 characters of base64 with upper and lower case and
 # digits that is not a path: no leading "/", at most three "/", no all-lowercase folder name between them).
@@ -580,7 +584,7 @@ REDACTED = "<redacted>"
 
 def is_secret_key(key: str) -> bool:
     """A config key whose value must never be written out (tokens, passwords, API keys)."""
-    return any(w in str(key).lower() for w in _SECRET_WORDS)
+    return bool(_SECRET_KEY.search(str(key).lower().lstrip("+~").rsplit(".", 1)[-1]))
 
 
 def redact(text: str) -> str:
@@ -597,14 +601,14 @@ def redact_override(override: str) -> str:
     return redact(override)
 
 
-_SECRET_ASSIGNMENT = re.compile(r"([\w.+~/-]*(?:%s)[\w.]*)(=|: )(?!<redacted>|null\b|None\b|''|\"\")([^,\s'\"\]]+)"
-                                % "|".join(_SECRET_WORDS), re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"([\w.+~-]+)(=|: )(?!<redacted>|null\b|None\b|''|\"\")([^,\s'\"\]]+)")
 
 
 def redact_text(text: str) -> str:
     """A written file's text (YAML, a command line, override lists) with secrets redacted: the value of every
     `key=value` or `key: value` whose key looks secret, and every secret-shaped value."""
-    return redact(_SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
+    return redact(_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}" if is_secret_key(m.group(1))
+                                  else m.group(0), text))
 
 
 def public_config(cfg: DictConfig) -> dict:
