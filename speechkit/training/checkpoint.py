@@ -80,6 +80,11 @@ def resolve_resume(resume: Optional[str], root: str) -> Optional[str]:
     return path
 
 
+def newest_intact(root: str) -> Optional[str]:
+    """The name of the newest checkpoint under `root` that matches its manifest (what a resume would take)."""
+    return next((os.path.basename(p) for p in reversed(complete_checkpoints(root)) if damage(p) is None), None)
+
+
 def damage(path: str) -> Optional[str]:
     """What is wrong with the checkpoint at `path` (a file missing, cut short or changed, an unreadable state
     file), or None when it is intact. A checkpoint of an earlier release has no manifest: its state file is read,
@@ -151,11 +156,10 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
     if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes, the previous checkpoint stays
-        previous = complete_checkpoints(root)
         why = (getattr(failure, "strerror", None) or str(failure).strip().splitlines()[0][:200]) if failure \
             else "it failed in another process"
         raise RunError(f"checkpoint step-{step} could not be written to {root} ({why}); the newest "
-                       f"complete checkpoint, {os.path.basename(previous[-1]) if previous else 'none'}, is intact: "
+                       f"complete checkpoint, {newest_intact(root) or 'none'}, is intact: "
                        "free some space, then continue with trainer.resume=auto") from failure
     if accelerator.is_main_process:
         if os.path.isdir(final):  # the same step saved again after a resume
@@ -198,11 +202,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_dir(accelerator: Accelerator, src_writer, final: str, checkpoints: str) -> None:
+    """`final` (checkpoints/best/, model/) written whole by the main process through `src_writer(tmp_path)` and
+    renamed into place. A failure (a full disk) leaves the previous folder as it was, stops every process (none
+    left waiting for another) with one line, and names the newest checkpoint to continue from."""
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            replace_dir(src_writer, final)
+        except Exception as err:  # OSError, or safetensors' own error for a full disk
+            failure = err
+    if _any_failed(accelerator, failure):
+        why = (getattr(failure, "strerror", None) or str(failure).strip().splitlines()[0][:200]) if failure \
+            else "it failed in the main process"
+        raise RunError(f"{final} could not be written ({why}); the newest intact checkpoint is "
+                       f"{newest_intact(checkpoints) or 'none'}: free some space, then continue with "
+                       "trainer.resume=auto, which writes it") from failure
+
+
 def replace_dir(src_writer, final: str) -> None:
-    """Write a directory through `src_writer(tmp_path)`, then move it into place in one rename."""
+    """Write a directory through `src_writer(tmp_path)`, then move it into place in one rename; a failed write
+    leaves no temporary folder and the previous `final` untouched."""
     tmp = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
     shutil.rmtree(tmp, ignore_errors=True)
-    src_writer(tmp)
+    try:
+        src_writer(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if os.path.isdir(final):
         old = final + ".old"

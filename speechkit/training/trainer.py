@@ -241,6 +241,9 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
     """Optimizer steps until `state.total_steps`, with logging windows, evaluations and checkpoints on schedule."""
     model, optimizer, scheduler, state = run.model, run.optimizer, run.scheduler, run.state
     total_steps = state.total_steps
+    if state.global_step >= total_steps:  # resumed from the last checkpoint (model/ was not written): ship only
+        log.info("All %d steps were trained before this resume: writing the model only", total_steps)
+        return
     model.train()
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
                     disable=not (cfg.progress_bar and accelerator.is_main_process))
@@ -336,10 +339,8 @@ def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: fl
     if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
         state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
         weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
-        if accelerator.is_main_process:
-            checkpoint.replace_dir(lambda path: accelerator.unwrap_model(run.model).save_pretrained(
-                path, state_dict=weights), run.dirs.best)
-        accelerator.wait_for_everyone()
+        checkpoint.write_dir(accelerator, lambda path: accelerator.unwrap_model(run.model).save_pretrained(
+            path, state_dict=weights), run.dirs.best, run.dirs.checkpoints)
     if accelerator.is_main_process:
         training_curves(run.dirs.metrics, run.dirs.curves, {s.key: s.name for s in task.scores(task.cfg)},
                         state.best_step)
@@ -359,12 +360,11 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
                                f"{sorted(set(missing) - trained_only)}, unexpected {sorted(unexpected)}")
         del best
     weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
-    if accelerator.is_main_process:
-        def write(path):
-            unwrapped.save_pretrained(path, state_dict=weights)
-            task.save(path)
-        checkpoint.replace_dir(write, run.dirs.model)
-    accelerator.wait_for_everyone()
+
+    def write(path):
+        unwrapped.save_pretrained(path, state_dict=weights)
+        task.save(path)
+    checkpoint.write_dir(accelerator, write, run.dirs.model, run.dirs.checkpoints)
     result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
     return result
