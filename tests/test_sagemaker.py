@@ -347,17 +347,26 @@ def clip(tmp_path_factory):
     return path, decode(str(path), 16000)
 
 
-def test_handler_json_request(handler, clip):
+@pytest.fixture(scope="module")
+def stock(container_run):
+    """The stock transformers pipeline on the shipped model folder: what the handler's answers are checked against
+    (not the handler's own pipeline object)."""
+    from transformers import pipeline
+
+    return pipeline("automatic-speech-recognition", model=str(container_run["model"]), device="cpu")
+
+
+def test_handler_json_request(handler, clip, stock):
     inference, model = handler
     _, at_16k = clip
     body = json.dumps({"speech_array": at_16k.tolist(), "sampling_rate": 16000})
     out = json.loads(inference.transform(body, "application/json", "application/json", model))
-    direct = model["pipeline"]({"raw": at_16k, "sampling_rate": 16000})["text"]
+    direct = stock({"raw": at_16k, "sampling_rate": 16000})["text"]
     assert out["text"] == direct and out["text"]  # a near-random model still spells something
     assert out["duration_s"] == pytest.approx(at_16k.size / 16000, abs=1e-3) and out["chunked"] is False
 
 
-def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, clip, monkeypatch):
+def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, clip, stock, monkeypatch):
     from omegaconf import OmegaConf
 
     from speechkit.commands.serve import settings_env
@@ -370,14 +379,14 @@ def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, c
     assert env["SPEECHKIT_RESPONSE"] == "transcript"
     monkeypatch.setenv("SPEECHKIT_RESPONSE", env["SPEECHKIT_RESPONSE"])
     answer = json.loads(inference.transform(body, "application/json", "application/json", model))
-    assert answer == model["pipeline"]({"raw": at_16k, "sampling_rate": 16000})["text"]  # a JSON string
+    assert answer == stock({"raw": at_16k, "sampling_rate": 16000})["text"]  # a JSON string
 
 
-def test_handler_wav_and_flac_bytes_are_resampled(handler, clip, tmp_path):
+def test_handler_wav_and_flac_bytes_are_resampled(handler, clip, stock, tmp_path):
     inference, model = handler
     path, at_16k = clip
     out = json.loads(inference.transform(path.read_bytes(), "audio/wav", None, model))
-    assert out["text"] == model["pipeline"]({"raw": at_16k, "sampling_rate": 16000})["text"]
+    assert out["text"] == stock({"raw": at_16k, "sampling_rate": 16000})["text"]
     assert out["duration_s"] == pytest.approx(at_16k.size / 16000, abs=2e-3)
     # FLAC at 44.1 kHz: decoded, resampled to 16 kHz, same duration.
     audio, rate = sf.read(path, dtype="float32")
@@ -391,7 +400,7 @@ def test_handler_wav_and_flac_bytes_are_resampled(handler, clip, tmp_path):
     assert json.loads(inference.transform(flac.read_bytes(), "audio/x-audio", "*/*", model))["text"] == out["text"]
 
 
-def test_handler_transcribes_long_audio_in_overlapping_chunks(handler, clip, monkeypatch):
+def test_handler_transcribes_long_audio_in_overlapping_chunks(handler, clip, stock, monkeypatch):
     inference, model = handler
     _, at_16k = clip
     long = np.concatenate([at_16k] * 3)  # ~7 s
@@ -404,8 +413,7 @@ def test_handler_transcribes_long_audio_in_overlapping_chunks(handler, clip, mon
     finally:
         hook.remove()
     assert out["chunked"] is True and len(calls) >= 4  # one forward pass per ~1 s of new audio per chunk
-    assert out["text"] == model["pipeline"]({"raw": long, "sampling_rate": 16000}, chunk_length_s=2.0,
-                                            stride_length_s=0.5)["text"]
+    assert out["text"] == stock({"raw": long, "sampling_rate": 16000}, chunk_length_s=2.0, stride_length_s=0.5)["text"]
 
 
 @pytest.mark.parametrize("body,content_type,status,words", [
@@ -446,7 +454,8 @@ def test_audio_over_max_audio_s_is_refused_from_its_count_or_header_before_decod
     low_rate = json.dumps({"speech_array": [0.0] * 301_000, "sampling_rate": 1000}).encode()  # 1.5 MB, 301 s
     flac = AudioEncoder(torch.zeros(1, 8000 * 600), sample_rate=8000).to_tensor("flac").numpy().tobytes()
     assert len(low_rate) < inference.max_body_bytes() and len(flac) < 200_000  # ten minutes in 120 KB
-    for body, kind, said in ((low_rate, "application/json", "audio of 301.0 s"), (flac, "audio/flac", "600.0 s")):
+    for body, kind, said in ((low_rate, "application/json", "audio of at least 301.0 s"),  # counted before parsing
+                             (flac, "audio/flac", "audio of 600.0 s")):  # from the header
         with pytest.raises(inference.InferenceError) as err:
             inference.transform(body, kind, "application/json", model)
         assert err.value.status_code == 413 and said in err.value.message
@@ -456,6 +465,9 @@ def test_audio_over_max_audio_s_is_refused_from_its_count_or_header_before_decod
     monkeypatch.setenv("SPEECHKIT_MAX_AUDIO_S", "2")
     with pytest.raises(inference.InferenceError, match="over the limit of 2 s"):
         inference.transform(path.read_bytes(), "audio/wav", "application/json", model)
+    small = json.dumps({"speech_array": [0.0] * 40000, "sampling_rate": 16000}).encode()  # parsed, then counted
+    with pytest.raises(inference.InferenceError, match=r"^audio of 2\.5 s is over the limit of 2 s"):
+        inference.input_fn(small, "application/json")
     monkeypatch.setenv("SPEECHKIT_MAX_AUDIO_S", "none")  # no limit
     assert inference.input_fn(low_rate, "application/json")["array"].size == 301_000
 
@@ -539,13 +551,17 @@ def test_serve_answers_ping_and_invocations_over_http(served, clip):
     status, err = post(b"{\"sampling_rate\": 16000}", "application/json")
     assert status == 400 and "speech_array" in err["error"]
     status, err = post(json.dumps({"speech_array": [0.1] * 100, "sampling_rate": 16000}).encode(), "application/json")
-    from transformers import AutoConfig
+    # model=tiny's convolutions (kernels 10, 8, 4, 4; strides 5, 4, 4, 4) see 10 + 7*5 + 3*20 + 3*80 = 345 samples:
+    # the model itself makes one frame of 345 and cannot take 344.
+    import torch
+    from transformers import AutoModelForCTC
 
-    from speechkit.models import family_of
-
-    config = AutoConfig.from_pretrained(served["model"])
-    shortest = family_of(config.model_type).receptive_field(config, 16000)  # 345 for the tiny test model
-    assert status == 400 and f"shorter than the model's receptive field ({shortest} samples" in err["error"]
+    ctc = AutoModelForCTC.from_pretrained(served["model"]).eval()
+    with torch.no_grad():
+        assert ctc(torch.zeros(1, 345)).logits.shape[1] == 1
+        with pytest.raises(RuntimeError):
+            ctc(torch.zeros(1, 344))
+    assert status == 400 and "shorter than the model's receptive field (345 samples, 22 ms)" in err["error"]
 
 
 def test_random_bytes_under_every_content_type_never_get_a_500(served):
