@@ -1,17 +1,28 @@
-"""Fault injection: training killed with SIGKILL at random moments, some of them inside checkpoint writes, resumed
-with `trainer.resume=auto` each time until the run ends; its final weights compared with those of the same run left
-alone.
+"""Fault injection: training killed with SIGKILL at random moments, some of them inside checkpoint writes, a
+checkpoint damaged on disk, the disk full while the model is written at the end; then a hostile-client pass over
+serve.py. Each training fault is answered by `trainer.resume=auto`, and the final weights are compared with those of
+the same run left alone.
 
 A run is `python train.py experiment=demo` on a small demo corpus with a checkpoint every step. The campaign:
 
 1. the reference: the run, uninterrupted;
 2. the faulted run: started, killed after a random delay (seeded), or, every other kill, the moment a checkpoint's
    hidden `.tmp-step-N` folder appears (the write under way); restarted with `trainer.resume=auto`; again, `--kills`
-   times; then left to finish;
-3. the shipped weights of both, tensor by tensor, bit for bit.
+   times. After the first kill the newest checkpoint's weights are cut to half their size (a copy or sync cut
+   short): the restart must name it and go on from the one before;
+3. the last run is left to finish, but the moment its final checkpoint is in place its file size limit drops to
+   1 MB (as a disk filling up would): writing model/ fails, and the run must stop with one line, its checkpoints
+   intact; a last `trainer.resume=auto` writes model/ without training again;
+4. the shipped weights of both, tensor by tensor, bit for bit;
+5. the hostile pass: serve.py on the reference model, normal requests alone (the quiet run), then normal requests
+   alongside hostile ones (JSON nested thousands deep, NaN and Infinity, a 5000-digit integer, 33 minutes of audio in
+   4 MB of JSON, an hour of FLAC in a few hundred KB, an oversized Content-Length, random bytes under every content
+   type): every answer must be 2xx, 4xx or 503, the normal requests' p99 within 2x of the quiet run, and the
+   server's memory flat.
 
 Prints and writes (<out>/faults.json, .md) the campaign's figures: runs, kills, kills inside a checkpoint write,
-the steps each restart resumed from, and whether the faulted run continued exactly.
+damaged checkpoints skipped, the full-disk fault, the steps each restart resumed from, whether the faulted run
+continued exactly, and the hostile pass.
 
     python benchmarks/faults.py                       # 6 kills, 40 steps
     python benchmarks/faults.py --kills 20 --steps 30 --seed 3
@@ -24,14 +35,22 @@ import json
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import free_port, percentile, post, rss_mb  # noqa: E402  (benchmarks/serve_load.py)
+
+FULL_DISK_BYTES = 1024 * 1024  # the file size limit of the full-disk fault: logs still grow, weights cannot
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-test", type=int, default=8)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--work", default=None, help="where the runs go (default: a folder under --out)")
+    p.add_argument("--hostile-rounds", type=int, default=10,
+                   help="hostile pass: rounds of the hostile requests (each round sends every kind once)")
+    p.add_argument("--normal-requests", type=int, default=60, help="hostile pass: normal requests per phase")
     return p.parse_args(argv)
 
 
@@ -58,8 +80,12 @@ def command(args, run_dir: Path, resume: bool) -> List[str]:
 
 
 def start(cmd: List[str], log_path: Path) -> subprocess.Popen:
+    def ignore_file_size_signal():  # a write past the file size limit then fails (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
     log = open(log_path, "a")
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=ignore_file_size_signal)
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -67,10 +93,24 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def complete_steps(run_dir: Path) -> List[int]:
+    return sorted(int(m.group(1)) for p in (run_dir / "checkpoints").glob("step-*")
+                  if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / "trainer_state.json").exists())
+
+
 def newest_step(run_dir: Path) -> int:
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step-*")
-             if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / "trainer_state.json").exists()]
-    return max(steps, default=0)
+    return max(complete_steps(run_dir), default=0)
+
+
+def damage_newest(run_dir: Path) -> Optional[int]:
+    """Cut the newest checkpoint's weights to half their size, as a partial copy leaves them; its step."""
+    steps = complete_steps(run_dir)
+    if len(steps) < 2:  # nothing older to fall back on: leave it
+        return None
+    weights = run_dir / "checkpoints" / f"step-{steps[-1]}" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    return steps[-1]
 
 
 def campaign(args) -> dict:
@@ -94,18 +134,33 @@ def campaign(args) -> dict:
     step_s = (steps[-1]["time"] - steps[0]["time"]) / max(len(steps) - 1, 1)
 
     faulted, log_path = work / "faulted", work / "faulted.log"
-    kills, in_write, resumed_from, runs = [], 0, [], 0
+    kills, in_write, resumed_from, runs, skipped = [], 0, [], 0, []
+    full_disk = {"injected": False}
+
+    def said_since(before: str) -> str:  # what the run just ended wrote to the log; its resume step recorded
+        said = log_path.read_text()[len(before):]
+        resumed = re.search(r"Resumed from \S+ at step (\d+)", said)
+        if runs > 1:
+            resumed_from.append(int(resumed.group(1)) if resumed else 0)
+        skipped.extend(re.findall(r"checkpoint (step-\d+) is damaged", said))
+        return said
+
     while True:
         runs += 1
-        resumed_from.append(newest_step(faulted))
+        log_before = log_path.read_text() if log_path.exists() else ""
         proc = start(command(args, faulted, resume=runs > 1), log_path)
         if len(kills) >= args.kills:
-            if proc.wait() != 0:
+            full_disk = fill_the_disk_at_the_end(proc, faulted, args.steps)
+            failed = proc.wait() != 0
+            said = said_since(log_before)
+            full_disk["refused"] = [line for line in said.splitlines() if line.startswith("speechkit: error:")]
+            full_disk["injected"] &= failed  # the limit came after the model was written: nothing was refused
+            if failed and not full_disk["injected"]:
                 raise SystemExit(f"the last run failed: see {log_path}")
             break
         inside = len(kills) % 2 == 1  # every other kill waits for a checkpoint write under way
         # a random moment of this run's share of what is left to train, so that every kill finds training to stop
-        share = (args.steps - resumed_from[-1]) * step_s / (args.kills - len(kills))
+        share = (args.steps - newest_step(faulted)) * step_s / (args.kills - len(kills))
         deadline = time.time() + (600 if inside else startup + rng.uniform(0.0, share))
         while proc.poll() is None and time.time() < deadline:
             if inside and any((faulted / "checkpoints").glob(".tmp-step-*")):
@@ -117,9 +172,19 @@ def campaign(args) -> dict:
             break
         during = any((faulted / "checkpoints").glob(".tmp-step-*"))
         kill(proc)
+        said_since(log_before)
         in_write += during
         kills.append({"after_s": round(time.time() - t0, 2), "inside_checkpoint_write": during,
                       "newest_complete_step": newest_step(faulted)})
+        if len(kills) == 1:
+            kills[-1]["damaged_after"] = damage_newest(faulted)
+    if full_disk["injected"]:  # the model could not be written: resume writes it, training nothing again
+        runs += 1
+        log_before = log_path.read_text()
+        if start(command(args, faulted, resume=True), log_path).wait() != 0:
+            raise SystemExit(f"the run after the full disk failed: see {log_path}")
+        full_disk["trained_again"] = f"All {args.steps} steps were trained before this resume" not in \
+            said_since(log_before)
 
     from safetensors.torch import load_file
 
@@ -129,30 +194,173 @@ def campaign(args) -> dict:
         json.loads((faulted / "checkpoints" / f"step-{args.steps}" / "trainer_state.json").read_text())
     return {"command": " ".join(["python benchmarks/faults.py", *sys.argv[1:]]), "steps": args.steps,
             "seed": args.seed, "runs": runs, "kills": len(kills), "kills_inside_checkpoint_write": in_write,
-            "resumed_from_steps": resumed_from[1:], "exact_continuation": bool(exact and same_state),
-            "reference_run_s": round(reference_s, 1), "campaign_s": round(time.time() - t0, 1), "kill_log": kills}
+            "damaged_checkpoints_skipped": sorted(set(skipped)), "full_disk_at_the_end": full_disk,
+            "resumed_from_steps": resumed_from, "exact_continuation": bool(exact and same_state),
+            "reference_run_s": round(reference_s, 1), "campaign_s": round(time.time() - t0, 1), "kill_log": kills,
+            "reference_model": str(reference / "model")}
+
+
+def fill_the_disk_at_the_end(proc: subprocess.Popen, run_dir: Path, steps: int) -> dict:
+    """The moment the run writes its final checkpoint (before model/ is written), its file size limit drops to
+    FULL_DISK_BYTES: whatever it writes from then on cannot grow past it."""
+    final = run_dir / "checkpoints" / f"step-{steps}" / "trainer_state.json"
+    started = time.time()
+    while proc.poll() is None:
+        if final.exists() and final.stat().st_mtime >= started:  # written by this run, not left by an earlier one
+            try:
+                resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (FULL_DISK_BYTES, FULL_DISK_BYTES))
+            except ProcessLookupError:
+                break
+            return {"injected": True}
+        time.sleep(0.002)
+    return {"injected": False}
+
+
+# ------------------------------------------------------------------------------------------- hostile clients
+def hostile_bodies(rng: random.Random) -> List[tuple]:
+    """(name, body, content type) of requests that are not valid input, each of which must get a 4xx."""
+    import numpy as np
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    hour_of_flac = AudioEncoder(torch.zeros(1, 8000 * 3600), sample_rate=8000).to_tensor("flac").numpy().tobytes()
+    bodies = [
+        ("nested JSON", b"[" * 5000 + b"]" * 5000, "application/json"),
+        ("NaN rate", b'{"speech_array": [0.1], "sampling_rate": NaN}', "application/json"),
+        ("Infinity rate", b'{"speech_array": [0.1], "sampling_rate": Infinity}', "application/json"),
+        ("5000-digit rate", b'{"speech_array": [0.1], "sampling_rate": ' + b"1" * 5000 + b"}", "application/json"),
+        ("33 min of JSON at 1 kHz", b'{"sampling_rate": 1000, "speech_array": [' + b"0," * 1999999 + b"0]}",
+         "application/json"),
+        ("an hour of FLAC", hour_of_flac, "audio/flac"),
+        ("text/plain", b"hello", "text/plain"),
+        ("empty WAV", b"", "audio/wav"),
+    ]
+    for kind in ("application/json", "audio/wav", "audio/mpeg", "audio/ogg"):
+        bodies.append((f"random bytes as {kind}", np.random.default_rng(rng.randrange(2**32)).integers(
+            0, 256, rng.choice([16, 300, 4096]), dtype=np.uint8).tobytes(), kind))
+    return bodies
+
+
+def oversized_content_length(port: int) -> int:
+    """A request declaring 100 MB: refused from its header, before any of it is read."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "audio/wav")
+        conn.putheader("Content-Length", str(100 * 1024 * 1024))
+        conn.endheaders()
+        return conn.getresponse().status
+    except OSError as err:
+        return type(err).__name__
+    finally:
+        conn.close()
+
+
+def hostile_pass(args, model_dir: Path, work: Path) -> dict:
+    subprocess.run(["espeak-ng", "-w", str(work / "clip.wav"), "the quick brown fox jumps over the lazy dog"],
+                   check=True)
+    clip = (work / "clip.wav").read_bytes()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
+    url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise SystemExit("serve.py did not come up: see " + str(work / "serve.log"))
+                time.sleep(0.5)
+
+        def normal(_):
+            return post(url, clip, "audio/wav", 120)
+
+        for _ in range(3):
+            normal(0)  # warm-up
+        quiet = [normal(i) for i in range(args.normal_requests)]
+        before = rss_mb(server.pid)
+        bodies = hostile_bodies(random.Random(args.seed))
+        hostile = []
+
+        def attack(_):
+            for round_ in range(args.hostile_rounds):
+                for name, body, kind in bodies:
+                    hostile.append((name, post(url, body, kind, 120)[0]))
+                hostile.append(("100 MB Content-Length", oversized_content_length(port)))
+
+        with ThreadPoolExecutor(3) as pool:
+            attackers = [pool.submit(attack, i) for i in range(2)]
+            loud = list(pool.map(normal, range(args.normal_requests)))
+            for a in attackers:
+                a.result()
+        after = rss_mb(server.pid)
+        alive = server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    statuses = Counter(str(s) for _, s in hostile)
+    by_kind = {}
+    for name, status in hostile:
+        by_kind.setdefault(name, Counter())[str(status)] += 1
+    allowed = lambda s: isinstance(s, int) and (200 <= s < 300 or 400 <= s < 500 or s == 503)  # noqa: E731
+    quiet_p99, loud_p99 = percentile([t for _, t in quiet], 0.99), percentile([t for _, t in loud], 0.99)
+    return {"hostile_requests": len(hostile), "hostile_statuses": dict(statuses),
+            "hostile_by_kind": {k: dict(v) for k, v in by_kind.items()},
+            "every_answer_2xx_4xx_503": all(allowed(s) for _, s in hostile)
+            and all(allowed(s) for s, _ in quiet + loud),
+            "normal_statuses": dict(Counter(str(s) for s, _ in quiet + loud)),
+            "normal_p99_quiet_s": round(quiet_p99, 4), "normal_p99_under_attack_s": round(loud_p99, 4),
+            "p99_ratio": round(loud_p99 / quiet_p99, 2), "server_rss_mb": [round(before), round(after)],
+            "server_alive": alive}
 
 
 def table(r: dict) -> str:
+    disk = r["full_disk_at_the_end"]
     rows = [("runs (started processes)", r["runs"]), ("kills (SIGKILL)", r["kills"]),
             ("kills inside a checkpoint write", r["kills_inside_checkpoint_write"]),
+            ("damaged checkpoints named and skipped", ", ".join(r["damaged_checkpoints_skipped"]) or "-"),
+            ("disk full while model/ is written: stopped in one line, resumed without training again",
+             ("yes" if disk.get("refused") and not disk.get("trained_again") else "NO") if disk["injected"]
+             else "not injected (the run ended first)"),
             ("steps the restarts resumed from", ", ".join(map(str, r["resumed_from_steps"])) or "-"),
             ("final weights bit-identical to the uninterrupted run", "yes" if r["exact_continuation"] else "NO"),
             ("campaign time (s)", r["campaign_s"])]
-    return f"`{r['command']}`: {r['steps']} steps, a checkpoint after each\n\n| | |\n|---|---|\n" + \
+    text = f"`{r['command']}`: {r['steps']} steps, a checkpoint after each\n\n| | |\n|---|---|\n" + \
         "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    h = r.get("hostile")
+    if h:
+        text += (f"\nHostile pass over serve.py: {h['hostile_requests']} hostile requests "
+                 f"({len(h['hostile_by_kind'])} kinds) alongside normal ones\n\n| | |\n|---|---|\n"
+                 f"| every answer 2xx, 4xx or 503 | {'yes' if h['every_answer_2xx_4xx_503'] else 'NO'} |\n"
+                 f"| hostile answers | {', '.join(f'{k}: {v}' for k, v in sorted(h['hostile_statuses'].items()))} |\n"
+                 f"| normal requests' p99, quiet → under attack | {h['normal_p99_quiet_s'] * 1000:.0f} ms → "
+                 f"{h['normal_p99_under_attack_s'] * 1000:.0f} ms ({h['p99_ratio']}x) |\n"
+                 f"| server memory before → after the attack | {h['server_rss_mb'][0]} → {h['server_rss_mb'][1]} MB |\n"
+                 f"| server still up | {'yes' if h['server_alive'] else 'NO'} |\n")
+    return text
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = campaign(args)
+    if args.hostile_rounds:
+        model = Path(result["reference_model"])
+        result["hostile"] = hostile_pass(args, model, model.parents[1])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.json").write_text(json.dumps(result, indent=2))
     text = table(result)
     (out / "faults.md").write_text(text)
     print(text, flush=True)
-    return 0 if result["exact_continuation"] else 1
+    disk, hostile = result["full_disk_at_the_end"], result.get("hostile")
+    ok = result["exact_continuation"] and (not disk["injected"] or (disk["refused"] and not disk["trained_again"])) \
+        and (hostile is None or (hostile["every_answer_2xx_4xx_503"] and hostile["server_alive"]))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

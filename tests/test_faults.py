@@ -19,13 +19,32 @@ pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (R
 def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):
     num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)
     done = subprocess.run([sys.executable, "benchmarks/faults.py", "--kills", "2", "--steps", "6", "--num-train",
-                           num_train, "--num-test", num_test, "--out", str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                           num_train, "--num-test", num_test, "--hostile-rounds", "1", "--normal-requests", "8",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "faults.json").read_text())
-    assert result["kills"] == 2 and result["runs"] == 3 and result["exact_continuation"] is True
+    # two kills, the last run stopped by the full disk, one more to write model/
+    assert result["kills"] == 2 and result["runs"] == 4 and result["exact_continuation"] is True
     assert result["kills_inside_checkpoint_write"] >= 1  # the second kill waits for a write under way
+    damaged = result["kill_log"][0]["damaged_after"]  # cut short after the first kill, named and skipped
+    assert damaged and result["damaged_checkpoints_skipped"][0] == f"step-{damaged}"
+    assert result["resumed_from_steps"][0] == damaged - 1
+    disk = result["full_disk_at_the_end"]
+    assert disk["injected"] and not disk["trained_again"] and result["resumed_from_steps"][-1] == 6
+    (refused,) = disk["refused"]
+    assert refused.startswith("speechkit: error: ") and "/model could not be written (" in refused
+    assert refused.endswith("the newest intact checkpoint is step-6: free some space, then continue with "
+                            "trainer.resume=auto, which writes it")
+    hostile = result["hostile"]
+    assert hostile["every_answer_2xx_4xx_503"] and hostile["server_alive"]
+    assert hostile["hostile_requests"] == 26  # 2 clients x 13 kinds
+    assert hostile["hostile_by_kind"]["nested JSON"] == {"400": 2}
+    assert hostile["hostile_by_kind"]["33 min of JSON at 1 kHz"] == {"413": 2}
+    assert hostile["hostile_by_kind"]["an hour of FLAC"] == {"413": 2}
+    assert hostile["hostile_by_kind"]["100 MB Content-Length"] == {"413": 2}
+    assert hostile["normal_statuses"] == {"200": 16}
     assert "| final weights bit-identical to the uninterrupted run | yes |" in done.stdout
+    assert "| every answer 2xx, 4xx or 503 | yes |" in done.stdout
 
 
 def _train(run_dir, *extra, file_limit=None):
