@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -154,9 +154,33 @@ def make_accelerator(hw: HardwareConfig, gradient_accumulation_steps: int = 1, l
     )
     if not accelerator.is_main_process:
         _main_process_logs_only()
-    log.info("Hardware: %s (%s) on %s, mixed precision %s, %d process(es)", chosen.backend.value, chosen.reason,
-             accelerator.device, chosen.precision.value, accelerator.num_processes)
+    in_force, not_applied = distribution(accelerator)
+    log.info("Hardware: %s (%s) on %s, mixed precision %s, %d process(es), distribution %s", chosen.backend.value,
+             chosen.reason, accelerator.device, chosen.precision.value, accelerator.num_processes, in_force)
+    if not_applied:
+        log.warning(not_applied)
     return accelerator
+
+
+_IN_FORCE = {"NO": "none (one process)", "MULTI_CPU": "DDP (data parallel on CPUs, gloo)",
+             "MULTI_GPU": "DDP (data parallel)", "MULTI_XPU": "DDP (data parallel)", "FSDP": "FSDP (sharded)",
+             "DEEPSPEED": "DeepSpeed"}
+
+
+def distribution(accelerator: Accelerator) -> Tuple[str, Optional[str]]:
+    """The distribution in force, and a sentence when the launch asked for another one (`accelerate launch
+    --config_file accelerate/fsdp.yaml` sets ACCELERATE_USE_FSDP; deepspeed.yaml ACCELERATE_USE_DEEPSPEED) that
+    accelerate did not apply, saying why and what it means for the checkpoints."""
+    kind = accelerator.distributed_type.name
+    in_force = _IN_FORCE.get(kind, kind)
+    asked = next((name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                  if os.environ.get(var, "").lower() in ("1", "true", "yes")), None)
+    if asked is None or kind == asked.upper():
+        return in_force, None
+    why = (f"{asked} shards the training state across GPUs, and accelerate applies it on GPUs only (this run is on "
+           f"{accelerator.device.type}{', hw=cpu' if accelerator.device.type == 'cpu' else ''})")
+    return in_force, (f"The launch asked for {asked} (its accelerate config), but it is not applied: {why}. Training "
+                      f"runs as {in_force}: every process holds the whole model, checkpoints hold full weights")
 
 
 def _main_process_logs_only() -> None:

@@ -51,9 +51,22 @@ def offline_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts without accelerate's process-wide state. It is a singleton that keeps the first test's
+    device and precision: on a machine with a GPU, a test that builds `Accelerator(cpu=True)` (hw=cpu) followed by
+    one on hw=auto (the GPU, in fp16) would otherwise be refused by accelerate ("AcceleratorState has already been
+    initialized and cannot be changed")."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def _checkout_files() -> set:
     """Every file under the checkout that is not a cache Python itself writes (git's own files excepted)."""
-    skip = {".git", "__pycache__", ".pytest_cache", ".venv"}
+    skip = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv"}  # tools' own caches
     found = set()
     for root, dirs, files in os.walk(REPO):
         dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
@@ -125,6 +138,16 @@ def run_cli(script: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> su
     """Run train.py / evaluate.py in a real subprocess, as a user would."""
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def jiwer_wer(run_dir: Path) -> float:
+    """The WER of a run's predictions.csv, computed by jiwer from its references and hypotheses (not by speechkit)."""
+    import jiwer
+
+    with open(run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, run_dir
+    return jiwer.wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
 
 
 def speak(text: str, path: Path, voice: str = "en-us") -> Path:

@@ -38,6 +38,26 @@ def test_auto_picks_what_this_machine_has_and_says_so(caplog):
     assert f"Hardware: {chosen.backend.value} (auto:" in caplog.text
 
 
+def test_the_log_names_the_distribution_in_force_and_an_asked_one_not_applied(caplog, monkeypatch):
+    """A launch config asking for FSDP (as `accelerate launch --config_file accelerate/fsdp.yaml` does, through
+    ACCELERATE_USE_FSDP) on the CPU: accelerate runs without it, and the log says so instead of staying silent."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(hw("hw=cpu"))
+    with caplog.at_level(logging.INFO, logger="speechkit.hardware"):
+        make_accelerator(cfg)
+    assert "1 process(es), distribution none (one process)" in caplog.text and "not applied" not in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level(logging.INFO, logger="speechkit.hardware"):
+        make_accelerator(cfg)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == ("The launch asked for FSDP (its accelerate config), but it is not applied: FSDP shards the "
+                       "training state across GPUs, and accelerate applies it on GPUs only (this run is on cpu, "
+                       "hw=cpu). Training runs as none (one process): every process holds the whole model, "
+                       "checkpoints hold full weights")
+
+
 def test_rocm_is_refused_on_a_torch_without_hip():
     from omegaconf import OmegaConf
 
@@ -89,12 +109,15 @@ def test_data_loading_and_optimizer_follow_the_device():
 
     from speechkit.hardware import loader_settings, optimizer_settings
 
+    from accelerate.state import AcceleratorState
+
     accelerator = make_accelerator(OmegaConf.to_object(hw("hw=cpu")))
-    if accelerator.device.type == "cpu":
-        assert loader_settings(accelerator) == {"num_workers": 0, "pin_memory": False}
-        assert optimizer_settings(accelerator) == {"fused": True}
-        assert loader_settings(accelerator, 2) == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4,
-                                                   "persistent_workers": True}
+    assert accelerator.device.type == "cpu"  # hw=cpu, even where a GPU is there
+    assert loader_settings(accelerator) == {"num_workers": 0, "pin_memory": False}
+    assert optimizer_settings(accelerator) == {"fused": True}
+    assert loader_settings(accelerator, 2) == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4,
+                                               "persistent_workers": True}
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one device per process
     gpu = make_accelerator(OmegaConf.to_object(hw())) if torch.cuda.is_available() else None
     if gpu is not None:
         settings = loader_settings(gpu)

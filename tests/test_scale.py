@@ -195,6 +195,7 @@ def test_two_processes_eval_every_utterance_once_and_write_artifacts_once(ddp_ru
     run_dir, done = ddp_run
     log = (run_dir / "train.log").read_text()
     assert log.count("2 process(es)") == 2  # "Hardware: ..." and "Training ...": once each, main process only
+    assert "2 process(es), distribution DDP (data parallel on CPUs, gloo)" in log and "not applied" not in log
     for step in range(1, 7):
         assert log.count(f"train step={step}/6 ") == 1
     assert done.stdout.count("Final eval on 'test'") == 1
