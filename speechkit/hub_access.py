@@ -2,8 +2,8 @@
 
 A data set (`dataset.path`, with `dataset.source=hub`) and a checkpoint (`model.name_or_path`, or evaluate.py's
 `model_dir`) that are not local folders come from the Hub. When one cannot be read, `datasets` and `transformers`
-find out only after loading everything else and retrying for half a minute, and say so in a traceback. Here one request per repo (the Hub's own
-access check, with a timeout) tells the cases apart, in one line naming the key:
+find out only after loading everything else and retrying for half a minute, and say so in a traceback. Here one
+request per repo (the Hub's own access check, with a timeout) tells the cases apart, in one line naming the key:
 
 - the Hub out of reach (no network, a proxy in the way): point the key at a local folder, or run with
   `HF_HUB_OFFLINE=1` on a filled cache; a repo already in the cache is used as it is, with that advice logged;

@@ -64,12 +64,17 @@ def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], bes
     for ax in (loss_ax, lr_ax, err_ax):
         ax.grid(alpha=0.3)
     best = [r for r in evals if r["step"] == best_step]
-    if best:
-        fig.suptitle("best eval: " + ", ".join(f"{names[k]} {best[-1][k]:.4f}" for k in scores)
-                     + f" at step {best_step}")
+    title = ("best eval: " + ", ".join(f"{names[k]} {best[-1][k]:.4f}" for k in scores)
+             + f" at step {best_step}") if best else ""
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    # What the picture shows, in words (the PNG's Description text, for a screen reader or a program)
+    description = (f"Training curves over {len(train)} logged steps and {len(evals)} evaluations: train loss"
+                   f"{', eval loss' if eval_losses else ''}; learning rate; eval scores: "
+                   f"{', '.join(names[k] for k in scores) or 'none yet'}" + (f"; {title}" if title else ""))
     tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100, metadata={"Description": description})
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path

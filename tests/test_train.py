@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMALL_DEMO, TINY, compose, run_cli, speak, write_metadata
+from conftest import SMALL_DEMO, TINY, compose, jiwer_wer, run_cli, speak, write_metadata
 from speechkit.commands import train
 from speechkit.config import ConfigError, RunError
 
@@ -116,7 +116,7 @@ def test_drop_report_and_counts_in_a_real_run(tmp_path):
     cfg = compose("train", ["dataset=audiofolder", f"dataset.path={data}", "model=tiny", *TINY, *FAST,
                             "trainer.max_steps=2", f"run_dir={run_dir}"])
     wer = train.run(cfg)
-    assert 0.0 <= wer
+    assert wer == pytest.approx(jiwer_wer(run_dir)) and len((run_dir / "predictions.csv").read_text().splitlines()) == 2
     report = [json.loads(line) for line in (run_dir / "drop_report.jsonl").read_text().splitlines()]
     assert sorted((Path(r["file"]).name, r["reason"]) for r in report) == [
         ("0.wav", "empty_transcript"), ("bad.wav", "unreadable_audio"), ("gone.wav", "missing_file")]
