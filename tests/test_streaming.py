@@ -203,3 +203,71 @@ def test_a_loader_worker_reads_the_stream_as_the_main_process_does(tmp_path, fol
     for a, b in zip(batches(0), batches(1)):
         assert a["position"] == b["position"] and a["dropped"] == b["dropped"]
         assert torch.equal(a["input_values"], b["input_values"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_a_stream_whose_source_fails_mid_run_stops_in_one_line_and_resumes_exactly(fleurs, tmp_path):
+    """The training split in two parquet shards. While `python train.py` trains on the one it reads first, the data
+    of the other is damaged (its footer intact; as a bad block, or a remote read failing after datasets' retries):
+    the run stops in one line saying where the stream stood when it next opens that shard (here: at the start of
+    the next epoch, datasets having read the small shard whole before it was damaged), its checkpoints intact; with
+    the shard back, trainer.resume=auto ends with the weights of a run that never failed. Damaged before the run,
+    it is refused in one line while the transcripts are read, before any training."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from datasets import Dataset
+
+    from conftest import REPO
+    from speechkit.config import RunError
+    from speechkit.data import columns
+    from speechkit.data.audio import audio_ref
+
+    copy = tmp_path / "fleurs"
+    shutil.copytree(fleurs, copy)
+    split = copy / "es_419" / "train"
+    whole = Dataset.from_parquet(str(split / "0000.parquet"))
+    (split / "0000.parquet").unlink()
+    for i in range(2):  # 4 rows, then 3 (the two near-silent ones among them)
+        whole.shard(2, i, contiguous=True).to_parquet(str(split / f"000{i}.parquet"))
+    overrides = [*_hub(copy), "trainer.max_steps=6", "trainer.save_steps=1", "trainer.save_total_limit=null",
+                 "dataset.shuffle_buffer=1", "trainer.batch_duration_s=null", "trainer.batch_size=1", "hw=cpu"]
+
+    reference = compose("train", [*overrides, f"run_dir={tmp_path / 'reference'}"])
+    stream = streaming.open_stream(OmegaConf.to_object(reference).dataset,
+                                   make_task(OmegaConf.to_object(reference)).target, "train", reference.trainer.seed)
+    stream.set_epoch(0)
+    first = audio_ref(next(iter(stream))[columns.AUDIO])  # the first row the stream reads, by its file name
+    in_first_shard = any(first.endswith(name) for name in whole.shard(2, 0, contiguous=True)["path"])
+    later = split / ("0001.parquet" if in_first_shard else "0000.parquet")
+    train.run(reference)
+    good = later.read_bytes()
+    damaged = good[:4] + bytes(len(good) // 2) + good[4 + len(good) // 2:]  # its data pages overwritten
+
+    run_dir = tmp_path / "failed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_step = run_dir / "checkpoints" / "step-1" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first_step.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    later.write_bytes(damaged)  # three rows of the first shard still to train on before the stream gets here
+    out, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and re.match(r"speechkit: error: the training stream failed after stream at epoch "
+                                             r"\d+, window \d+, batch \d+ \(OSError: ", lines[-1]), err[-3000:]
+    assert lines[-1].endswith("the checkpoints are intact: continue with trainer.resume=auto once the data can be "
+                              "read again (the stream goes on from the checkpoint's position)")
+    assert "Traceback" not in err
+    done = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+    assert 1 <= done[-1] < 6  # it trained for a while, then stopped
+
+    with pytest.raises(RunError, match=r"^dataset.path: the 'train' split could not be read through \(OSError"):
+        train.run(compose("train", [*overrides, f"run_dir={tmp_path / 'refused'}"]))  # damaged from the start
+
+    later.write_bytes(good)
+    train.run(compose("train", [*overrides, f"run_dir={run_dir}", "trainer.resume=auto"]))
+    a = load_file(tmp_path / "reference" / "model" / "model.safetensors")
+    b = load_file(run_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
