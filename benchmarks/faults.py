@@ -8,8 +8,8 @@ A run is `python train.py experiment=demo` on a small demo corpus with a checkpo
 1. the reference: the run, uninterrupted;
 2. the faulted run: started, killed after a random delay (seeded), or, every other kill, the moment a checkpoint's
    hidden `.tmp-step-N` folder appears (the write under way); restarted with `trainer.resume=auto`; again, `--kills`
-   times. After the first kill the newest checkpoint's weights are cut to half their size (a copy or sync cut
-   short): the restart must name it and go on from the one before;
+   times. The first kill comes after the second checkpoint, and then the newest checkpoint's weights are cut to
+   half their size (a copy or sync cut short): the restart must name it and go on from the one before;
 3. the last run is left to finish, but the moment its final checkpoint is in place its file size limit drops to
    1 MB (as a disk filling up would): writing model/ fails, and the run must stop with one line, its checkpoints
    intact; a last `trainer.resume=auto` writes model/ without training again;
@@ -65,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="where the runs go (default: a folder under --out)")
     p.add_argument("--hostile-rounds", type=int, default=10,
                    help="hostile pass: rounds of the hostile requests (each round sends every kind once)")
-    p.add_argument("--normal-requests", type=int, default=60, help="hostile pass: normal requests per phase")
+    p.add_argument("--hostile-clients", type=int, default=2, help="hostile pass: clients sending hostile requests, "
+                   "back to back, beside one normal client")
+    p.add_argument("--normal-requests", type=int, default=200, help="hostile pass: normal requests per phase")
     return p.parse_args(argv)
 
 
@@ -159,9 +161,15 @@ def campaign(args) -> dict:
                 raise SystemExit(f"the last run failed: see {log_path}")
             break
         inside = len(kills) % 2 == 1  # every other kill waits for a checkpoint write under way
+        waited = 0.0
+        if not kills:  # the first kill comes once two checkpoints exist: the newest is then damaged, not the only one
+            began = time.time()
+            while proc.poll() is None and newest_step(faulted) < 2:
+                time.sleep(0.005)
+            waited = time.time() - began
         # a random moment of this run's share of what is left to train, so that every kill finds training to stop
-        share = (args.steps - newest_step(faulted)) * step_s / (args.kills - len(kills))
-        deadline = time.time() + (600 if inside else startup + rng.uniform(0.0, share))
+        share = (args.steps - max(newest_step(faulted), 2 if not kills else 0)) * step_s / (args.kills - len(kills))
+        deadline = time.time() + (600 if inside else max(startup - waited, 0.0) + rng.uniform(0.0, share))
         while proc.poll() is None and time.time() < deadline:
             if inside and any((faulted / "checkpoints").glob(".tmp-step-*")):
                 break
@@ -293,8 +301,8 @@ def hostile_pass(args, model_dir: Path, work: Path) -> dict:
                     hostile.append((name, post(url, body, kind, 120)[0]))
                 hostile.append(("100 MB Content-Length", oversized_content_length(port)))
 
-        with ThreadPoolExecutor(3) as pool:
-            attackers = [pool.submit(attack, i) for i in range(2)]
+        with ThreadPoolExecutor(args.hostile_clients + 1) as pool:
+            attackers = [pool.submit(attack, i) for i in range(args.hostile_clients)]
             loud = list(pool.map(normal, range(args.normal_requests)))
             for a in attackers:
                 a.result()
@@ -309,7 +317,8 @@ def hostile_pass(args, model_dir: Path, work: Path) -> dict:
         by_kind.setdefault(name, Counter())[str(status)] += 1
     allowed = lambda s: isinstance(s, int) and (200 <= s < 300 or 400 <= s < 500 or s == 503)  # noqa: E731
     quiet_p99, loud_p99 = percentile([t for _, t in quiet], 0.99), percentile([t for _, t in loud], 0.99)
-    return {"hostile_requests": len(hostile), "hostile_statuses": dict(statuses),
+    return {"hostile_clients": args.hostile_clients, "hostile_requests": len(hostile),
+            "hostile_statuses": dict(statuses),
             "hostile_by_kind": {k: dict(v) for k, v in by_kind.items()},
             "every_answer_2xx_4xx_503": all(allowed(s) for _, s in hostile)
             and all(allowed(s) for s, _ in quiet + loud),
@@ -335,7 +344,8 @@ def table(r: dict) -> str:
     h = r.get("hostile")
     if h:
         text += (f"\nHostile pass over serve.py: {h['hostile_requests']} hostile requests "
-                 f"({len(h['hostile_by_kind'])} kinds) alongside normal ones\n\n| | |\n|---|---|\n"
+                 f"({len(h['hostile_by_kind'])} kinds) from {h['hostile_clients']} client(s) sending back to back, "
+                 "beside one normal client\n\n| | |\n|---|---|\n"
                  f"| every answer 2xx, 4xx or 503 | {'yes' if h['every_answer_2xx_4xx_503'] else 'NO'} |\n"
                  f"| hostile answers | {', '.join(f'{k}: {v}' for k, v in sorted(h['hostile_statuses'].items()))} |\n"
                  f"| normal requests' p99, quiet → under attack | {h['normal_p99_quiet_s'] * 1000:.0f} ms → "
