@@ -51,7 +51,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, schema in (("train", C.TrainConfig), ("evaluate", C.EvaluateConfig), ("inspect", C.InspectConfig),
                          ("transcribe", C.TranscribeConfig), ("diarize", C.DiarizeConfig), ("deploy", C.DeployConfig),
-                         ("serve", C.ServeConfig)):
+                         ("serve", C.ServeConfig), ("export", C.ExportConfig)):
         cs.store(name=f"{name}_schema", node=schema)
     for name, entry in TASKS.items():
         cs.store(group="task", name=f"{name}_schema", node=entry.schema)
@@ -76,7 +76,7 @@ def moved(argv: List[str]) -> Optional[str]:
 
 SCRIPTS = {"train.py": "TrainConfig", "evaluate.py": "EvaluateConfig", "inspect_data.py": "InspectConfig",
            "transcribe.py": "TranscribeConfig", "diarize.py": "DiarizeConfig", "deploy.py": "DeployConfig",
-           "serve.py": "ServeConfig"}  # each script's primary schema (speechkit/config.py)
+           "serve.py": "ServeConfig", "export.py": "ExportConfig"}  # each script's primary schema (speechkit/config.py)
 
 
 def unknown_key(argv: List[str], schema) -> Optional[str]:

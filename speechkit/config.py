@@ -460,6 +460,32 @@ class EvaluateConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+# ---------------------------------------------------------------------------------------- export.py
+class ExportFormat(str, Enum):
+    onnx = "onnx"  # model/onnx/model.onnx, run by onnxruntime
+
+
+class Quantize(str, Enum):
+    none = "none"  # float32 weights
+    int8 = "int8"  # dynamic int8 quantization of the linear layers (onnxruntime's quantize_dynamic)
+
+
+@dataclass
+class ExportConfig:
+    model_dir: str = MISSING  # a run's model/ folder; the export goes into <model_dir>/onnx/
+    format: ExportFormat = ExportFormat.onnx
+    quantize: Quantize = Quantize.none
+    # The parity gate scores the exported model against the PyTorch one on this data set and split; null: the run's
+    # own (its config.yaml beside model/, and its dataset.eval_split)
+    dataset: Optional[DatasetConfig] = None
+    split: Optional[str] = None
+    # The largest absolute WER difference accepted; null: 0.002 for float32, 0.02 for int8
+    tolerance: Optional[float] = None
+    batch_size: int = 8
+    hw: HardwareConfig = field(default_factory=lambda: HardwareConfig(backend=Backend.cpu,
+                                                                      mixed_precision=Precision.no))
+
+
 class ResponseShape(str, Enum):
     details = "details"
     transcript = "transcript"

@@ -77,7 +77,7 @@ RANGES: Dict[str, Check] = {
     "inference.max_body_mb": POSITIVE, "inference.chunk_length_s": _or_null(POSITIVE),
     "inference.stride_length_s": _or_null(NON_NEGATIVE), "inference.read_timeout_s": POSITIVE,
     "inference.threads": POSITIVE_INT, "inference.max_audio_s": _or_null(POSITIVE), "inference.queue": NON_NEGATIVE,
-    "endpoint.instance_count": POSITIVE_INT,
+    "endpoint.instance_count": POSITIVE_INT, "tolerance": _or_null(NON_NEGATIVE),
     # transcribe.py
     "chunk_length_s": POSITIVE, "stride_length_s": NON_NEGATIVE,
 }

@@ -134,7 +134,7 @@ BAD_VALUES = [
     ("serve.py", "inference.chunk_length_s=-20"), ("serve.py", "inference.stride_length_s=-1"),
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
     ("serve.py", "inference.max_audio_s=0"),
-    ("serve.py", "inference.queue=-1"),
+    ("serve.py", "inference.queue=-1"), ("export.py", "tolerance=-0.1"), ("export.py", "model_dir=/no/such/model"),
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
     ("train.py", "task.decoder.type=kenlm task.decoder.order=1"),
     ("train.py", "task.decoder.type=kenlm task.decoder.discount=1.5"),
@@ -169,7 +169,8 @@ BAD_VALUES = [
 ]
 REQUIRED = {"evaluate.py": ["model_dir=/no/such/model"], "serve.py": ["model_dir=/no/such/model"],
             "diarize.py": ["model_dir=/no/such/model", "audio=/no"],
-            "deploy.py": ["model_dir=/no/such/model"], "transcribe.py": ["model_dir=/no/such/model", "audio=/no"]}
+            "deploy.py": ["model_dir=/no/such/model"], "transcribe.py": ["model_dir=/no/such/model", "audio=/no"],
+            "export.py": ["model_dir=/no/such/model"]}
 
 
 def _refusal(script: str, overrides: str, tmp_path):
@@ -199,7 +200,8 @@ def test_the_table_covers_every_constrained_key():
         ("train", ["task=diarization", "run_dir=/x"]), ("evaluate", ["model_dir=/m", "run_dir=/x"]),
         ("inspect", ["run_dir=/x"]),
         ("serve", ["model_dir=/m"]), ("deploy", ["model_dir=/m", "run_dir=/x"]),
-        ("transcribe", ["model_dir=/m", "audio=/a"]), ("diarize", ["model_dir=/m", "audio=/a"]))]
+        ("transcribe", ["model_dir=/m", "audio=/a"]), ("diarize", ["model_dir=/m", "audio=/a"]),
+        ("export", ["model_dir=/m"]))]
     for key in RANGES:  # no constraint on a key that no config has (a typo would silently check nothing)
         assert any(OmegaConf.select(c, key, default="absent") != "absent" for c in composed), key
 
