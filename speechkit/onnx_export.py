@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -53,9 +54,20 @@ def export(model, path: str) -> str:
     batch = torch.export.Dim("batch", min=1, max=1024)
     samples = torch.export.Dim("samples", min=SHORTEST, max=LONGEST)
     tmp = path + ".tmp"
-    torch.onnx.export(_Logits(model), example, tmp, input_names=list(INPUTS), output_names=["logits"],
-                      dynamic_shapes=({0: batch, 1: samples}, {0: batch, 1: samples}), dynamo=True,
-                      external_data=False, verbose=False)
+    # The exporter and its graph optimizer narrate every step (hundreds of lines for wav2vec2): errors only
+    chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(_Logits(model).eval(), example, tmp, input_names=list(INPUTS),
+                              output_names=["logits"], dynamic_shapes=({0: batch, 1: samples}, {0: batch, 1: samples}),
+                              dynamo=True, external_data=False, verbose=False)
+    finally:
+        for logger, level in zip(chatty, levels):
+            logger.setLevel(level)
     os.replace(tmp, path)
     return path
 
