@@ -659,6 +659,13 @@ class RunError(RuntimeError):
     """A run that cannot go on for a reason outside the config (a full disk); the message says what to do."""
 
 
+def first_line(exc: BaseException, empty: Optional[str] = None, limit: int = 200) -> str:
+    """An exception's message as one line fit for a one-line error: its first line, cut at `limit` characters;
+    `empty` (default: the exception's type name) when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else (type(exc).__name__ if empty is None else empty)
+
+
 def check_required(cfg: DictConfig) -> None:
     """Fail early, naming every required value that was left as ??? ."""
     missing = sorted(OmegaConf.missing_keys(cfg))

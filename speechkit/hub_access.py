@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from speechkit.config import ConfigError, RunError
+from speechkit.config import ConfigError, RunError, first_line
 from speechkit.validation import is_hub_id
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def check_repo(key: str, repo: str, kind: str) -> None:
         raise RunError(f"{key}: the Hub answered {status} for {repo}: try again later, or point {key} at a local "
                        "folder") from None
     except Exception as err:  # the network: DNS, refused or dropped connections, a proxy, a timeout
-        why = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160] if str(err).strip() else 'no answer'}"
+        why = f"{type(err).__name__}: {first_line(err, 'no answer', 160)}"
         proxy = next((f" through the proxy in {v}" for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
                       if os.environ.get(v)), "")
         if cached:

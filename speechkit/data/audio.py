@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from speechkit.config import first_line
+
 
 class AudioError(Exception):
     """A clip that cannot be used; `reason` is a short machine-readable tag for the drop report."""
@@ -46,12 +48,12 @@ def decode(value: Any, sampling_rate: int) -> np.ndarray:
     try:
         decoder = AudioDecoder(data if data is not None else path, sample_rate=sampling_rate, num_channels=1)
     except Exception as exc:  # FFmpeg's errors come in several types; all mean "not audio we can read"
-        raise AudioError("unreadable_audio", f"{audio_ref(value)}: {_first_line(exc)}") from None
+        raise AudioError("unreadable_audio", f"{audio_ref(value)}: {first_line(exc)}") from None
     try:
         array = decoder.get_all_samples().data
     except Exception as exc:  # a valid header with no frames behind it: an empty recording
         reason = "empty_audio" if "No audio frames" in str(exc) else "unreadable_audio"
-        raise AudioError(reason, f"{audio_ref(value)}: {_first_line(exc)}") from None
+        raise AudioError(reason, f"{audio_ref(value)}: {first_line(exc)}") from None
     array = array.numpy().reshape(-1).astype(np.float32, copy=False)
     if array.size == 0:
         raise AudioError("empty_audio", f"{audio_ref(value)} has no samples")
@@ -66,17 +68,13 @@ def open_recording(path: str, sampling_rate: int):
     try:
         return AudioDecoder(path, sample_rate=sampling_rate, num_channels=1)
     except Exception as exc:  # FFmpeg's errors come in several types: all mean "not audio we can read"
-        raise ValueError(f"{path}: not readable audio ({_first_line(exc)})") from None
+        raise ValueError(f"{path}: not readable audio ({first_line(exc)})") from None
 
 
 def read_range(decoder, start_s: float, stop_s: float) -> np.ndarray:
     """The samples of an open recording played from `start_s` to `stop_s`, mono float32."""
     samples = decoder.get_samples_played_in_range(start_s, stop_s).data
     return samples.mean(dim=0).numpy().astype(np.float32, copy=False)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _from_array(array: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

@@ -13,6 +13,8 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+from speechkit.config import first_line
+
 Turn = Tuple[float, float, str]  # (start s, end s, speaker)
 PAST_END_TOLERANCE_S = 0.5  # a turn ending this little past the recording's end is cut to it, not refused
 
@@ -47,7 +49,7 @@ def read_turns(value: str, audio: str) -> List[Turn]:
     try:
         by_uri = load_rttm(value)
     except Exception as err:  # pandas' parse errors, wrong column counts
-        raise BadReference("unreadable_rttm", f"{value}: {str(err).splitlines()[0][:200]}") from None
+        raise BadReference("unreadable_rttm", f"{value}: {first_line(err)}") from None
     if uri not in by_uri:
         raise BadReference("rttm_mismatch", f"{value} names recording(s) {sorted(by_uri)[:5]}, not '{uri}' (the "
                                             "audio file's name)")

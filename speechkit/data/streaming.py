@@ -31,7 +31,7 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from speechkit.config import ConfigError, DatasetConfig, RunError
+from speechkit.config import ConfigError, DatasetConfig, RunError, first_line
 from speechkit.data import columns
 from speechkit.data.audio import AudioError, audio_ref, decode
 from speechkit.data.checking import DropReport, RowCheck
@@ -68,9 +68,9 @@ def target_rows(cfg: DatasetConfig, target: str, split: str) -> Dataset:
             values = [r[target] for r in tqdm(rows.select_columns([target]), desc=f"Reading the {target}s ({split})",
                                               unit=" rows")]
         except Exception as err:  # a damaged shard, a remote read failing after datasets' retries
-            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no message"
             raise RunError(f"dataset.path: the '{split}' split could not be read through ({type(err).__name__}: "
-                           f"{detail}); datasets' log above names the file; nothing was trained yet") from err
+                           f"{first_line(err, 'no message')}); datasets' log above names the file; nothing was "
+                           "trained yet") from err
         files = [""] * len(values)
     else:
         values = list(rows[target])

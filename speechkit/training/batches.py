@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, send_to_device
 
-from speechkit.config import ConfigError, RunError
+from speechkit.config import ConfigError, RunError, first_line
 from speechkit.data.checking import DropReport
 from speechkit.data.streaming import StreamedBatches, loader as stream_loader
 
@@ -97,10 +97,10 @@ class StreamBatches:
             except (ConfigError, RunError):
                 raise
             except Exception as err:  # the source itself failed (a shard gone, the network after datasets' retries)
-                detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no message"
                 raise RunError(f"the training stream failed after {self.describe()} ({type(err).__name__}: "
-                               f"{detail}); the checkpoints are intact: continue with trainer.resume=auto once the "
-                               "data can be read again (the stream goes on from the checkpoint's position)") from err
+                               f"{first_line(err, 'no message')}); the checkpoints are intact: continue with "
+                               "trainer.resume=auto once the data can be read again (the stream goes on from the "
+                               "checkpoint's position)") from err
             self.pending += batch.pop("dropped")
             self.at = tuple(batch.pop("position"))
             self.ended |= batch.pop("end_of_epoch")

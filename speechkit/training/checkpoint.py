@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import torch
 from accelerate import Accelerator
 
-from speechkit.config import RunError
+from speechkit.config import RunError, first_line
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -156,8 +156,7 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
     if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes, the previous checkpoint stays
-        why = (getattr(failure, "strerror", None) or str(failure).strip().splitlines()[0][:200]) if failure \
-            else "it failed in another process"
+        why = _why(failure, "it failed in another process")
         raise RunError(f"checkpoint step-{step} could not be written to {root} ({why}); the newest "
                        f"complete checkpoint, {newest_intact(root) or 'none'}, is intact: "
                        "free some space, then continue with trainer.resume=auto") from failure
@@ -173,6 +172,14 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
         log.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _why(failure: Optional[BaseException], elsewhere: str) -> str:
+    """What went wrong writing, in a few words: the OS's reason (e.g. "File too large"), or the error's first line;
+    `elsewhere` when this process's write went fine and another's did not."""
+    if failure is None:
+        return elsewhere
+    return getattr(failure, "strerror", None) or first_line(failure)
 
 
 def _any_failed(accelerator: Accelerator, failure: Optional[BaseException]) -> bool:
@@ -213,8 +220,7 @@ def write_dir(accelerator: Accelerator, src_writer, final: str, checkpoints: str
         except Exception as err:  # OSError, or safetensors' own error for a full disk
             failure = err
     if _any_failed(accelerator, failure):
-        why = (getattr(failure, "strerror", None) or str(failure).strip().splitlines()[0][:200]) if failure \
-            else "it failed in the main process"
+        why = _why(failure, "it failed in the main process")
         raise RunError(f"{final} could not be written ({why}); the newest intact checkpoint is "
                        f"{newest_intact(checkpoints) or 'none'}: free some space, then continue with "
                        "trainer.resume=auto, which writes it") from failure
