@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, percentile, post, rss_mb  # noqa: E402  (benchmarks/serve_load.py)
+from serve_load import percentile, post, rss_mb, start_server  # noqa: E402  (benchmarks/serve_load.py)
 
 FULL_DISK_BYTES = 1024 * 1024  # the file size limit of the full-disk fault: logs still grow, weights cannot
 
@@ -270,21 +269,9 @@ def hostile_pass(args, model_dir: Path, work: Path) -> dict:
     subprocess.run(["espeak-ng", "-w", str(work / "clip.wav"), "the quick brown fox jumps over the lazy dog"],
                    check=True)
     clip = (work / "clip.wav").read_bytes()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
-    url = f"http://127.0.0.1:{port}/invocations"
+    server, base = start_server(model_dir, log=work / "serve.log")
+    port, url = int(base.rsplit(":", 1)[1]), f"{base}/invocations"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit("serve.py did not come up: see " + str(work / "serve.log"))
-                time.sleep(0.5)
-
         def normal(_):
             return post(url, clip, "audio/wav", 120)
 

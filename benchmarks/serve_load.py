@@ -51,6 +51,26 @@ def post(url: str, body: bytes, content_type: str, timeout: float) -> tuple:
     return status, time.perf_counter() - began
 
 
+def start_server(model_dir, log=None, seconds: float = 180) -> tuple:
+    """`python serve.py model_dir=...` on a free local port (its stderr into the file `log`, if given), once it
+    answers /ping: (the process, its base URL)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
+                              cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=open(log, "w") if log else subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/ping", timeout=5).read()
+            return server, base
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise SystemExit("serve.py did not come up" + (f": see {log}" if log else ""))
+            time.sleep(0.5)
+
+
 def percentile(values, q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -66,20 +86,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={args.model_dir}", f"port={port}"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(args.model_dir)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/ping", timeout=5).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit("serve.py did not come up")
-                time.sleep(0.5)
         body = Path(args.audio).read_bytes()
         post(f"{base}/invocations", body, "audio/wav", args.timeout)  # warm-up, not counted
         before = rss_mb(server.pid)

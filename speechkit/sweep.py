@@ -1,10 +1,10 @@
 """Hydra callbacks (registered in conf/hydra/default.yaml): secrets redacted from Hydra's own copies of the config
 (RedactHydraFiles), and the sweep summary.
 
-Sweep summary: a Hydra callback (registered in conf/hydra/default.yaml) that ends every multirun with one line
-per job: the overrides that vary between jobs, the job's objective (what train.py's main returns and optuna
-minimises: the shipped model's eval WER, or 1 - accuracy (1 - mAP) for a classifier) and its run dir. It works with
-any launcher and sweeper (basic, joblib, submitit, optuna) because it only uses Hydra's own hooks:
+The sweep summary ends every multirun with one line per job: the overrides that vary between jobs, the job's
+objective (what train.py's main returns and optuna minimises: the shipped model's eval WER, or 1 - accuracy (1 - mAP)
+for a classifier) and its run dir. It works with any launcher and sweeper (basic, joblib, submitit, optuna) because
+it only uses Hydra's own hooks:
 
 - on_job_end runs inside the job's process (a joblib worker, a SLURM node...) and writes `job_result.json` into
   the job's run dir: the only place every launcher has in common;

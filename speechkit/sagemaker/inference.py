@@ -172,14 +172,15 @@ def _too_long_before_parsing(body: bytes) -> None:
     before its first `]` (plus one). Refused only when even that lower bound is over the limit."""
     limit = max_audio_s()
     last = body.rfind(b'"sampling_rate"')  # json.loads keeps the last of repeated keys
-    rate = _RATE.match(body, last) if last >= 0 else None
+    found = _RATE.match(body, last) if last >= 0 else None
+    rate = int(found.group(1)) if found else 0
     array = _ARRAY.search(body)
-    if not (limit and rate and array and 1000 <= int(rate.group(1)) <= 384000):
+    if not (limit and array and 1000 <= rate <= 384000):
         return
     end = body.find(b"]", array.end())
     samples = body.count(b",", array.end(), end if end >= 0 else len(body)) + 1
-    if samples / int(rate.group(1)) > limit:
-        raise _too_long(samples / int(rate.group(1)), limit, "at least ")
+    if samples / rate > limit:
+        raise _too_long(samples / rate, limit, "at least ")
 
 
 def _from_json(body: bytes) -> dict:

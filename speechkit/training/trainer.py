@@ -49,7 +49,6 @@ class TrainerState:
     total_steps: int = 0
     schedule: Optional[dict] = None  # the keys that decide which batch and learning rate come at each step
 
-
     @classmethod
     def read(cls, saved: dict) -> "TrainerState":
         """A checkpoint's trainer_state.json, written by this release or an earlier one (which kept a split's epoch
