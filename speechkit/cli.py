@@ -81,10 +81,11 @@ SCRIPTS = {"train.py": "TrainConfig", "evaluate.py": "EvaluateConfig", "inspect_
 
 def unknown_key(argv: List[str], schema) -> Optional[str]:
     """The refusal of the first `key=value` whose key no schema has, with the closest keys it may have meant, or
-    None. Only what is certain is refused: a key under a free-form mapping (model.architecture.*), a task key any
+    whose key takes one of a few names (an Enum) and the value is none of them; or None. Only what is certain is refused: a key under a free-form mapping (model.architecture.*), a task key any
     task's schema has, `+key=` (an addition), Hydra's own keys and group choices are left to Hydra."""
     import dataclasses
     import difflib
+    import enum
     import typing
 
     from speechkit.tasks import TASKS
@@ -129,6 +130,10 @@ def unknown_key(argv: List[str], schema) -> Optional[str]:
                 return f"{arg}: {key} is not a key{hint}"
             path.append(part)
             node = tasks if path == ["task"] and node is schema else inner(known[part])
+        value = arg.split("=", 1)[1]
+        if isinstance(node, type) and issubclass(node, enum.Enum) and path == parts \
+                and value not in {m.value for m in node} and value not in ("null", "") and "${" not in value:
+            return f"{arg}: {key} is one of {', '.join(m.value for m in node)}"
     return None
 
 

@@ -437,6 +437,19 @@ class TrainConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+class Runtime(str, Enum):
+    torch = "torch"  # the Hugging Face weights, in PyTorch
+    onnx = "onnx"  # model/onnx/model.onnx (export.py), run by onnxruntime
+    onnx_int8 = "onnx_int8"  # model/onnx/model.int8.onnx (export.py quantize=int8)
+
+
+@dataclass
+class RuntimeConfig:
+    """What runs a saved model: PyTorch, or its ONNX export (served only as export.py's parity gate left it)."""
+
+    runtime: Runtime = Runtime.torch
+
+
 @dataclass
 class EvaluateConfig:
     model_dir: str = MISSING
@@ -454,6 +467,7 @@ class EvaluateConfig:
     # hallucination probe's clips of silence and noise (task.hallucination_probe)
     whisper_normalizer: bool = False
     hallucination_probe: int = 0
+    inference: RuntimeConfig = field(default_factory=RuntimeConfig)  # inference.runtime=onnx: the ONNX export
     dataset: DatasetConfig = MISSING
     hw: HardwareConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -513,7 +527,11 @@ class TranscribeConfig:
     chunk_length_s: float = 20.0  # seconds of audio the model hears at once
     stride_length_s: float = 4.0  # of which context on each side, whose frames are dropped
     batch_size: int = 4  # windows per forward pass
+    # Find speech first (silero-vad) and transcribe only its regions, merged up to chunk_length_s and batched;
+    # timestamps are mapped back to the recording. false: every window of the recording, silences included
+    vad: bool = False
     progress_bar: bool = True
+    inference: RuntimeConfig = field(default_factory=RuntimeConfig)  # inference.runtime=onnx: the ONNX export
     hw: HardwareConfig = MISSING
 
 
@@ -532,8 +550,9 @@ class DiarizeConfig:
 
 
 @dataclass
-class InferenceConfig:
-    """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed."""
+class InferenceConfig(RuntimeConfig):
+    """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed, and what
+    runs the model (runtime: torch, onnx, onnx_int8)."""
 
     max_body_mb: float = 6.0  # a larger request is refused (6 MB is SageMaker's real-time payload limit)
     # Longer audio is refused (413) from its sample count or header, before decoding: a few MB of FLAC or of JSON at

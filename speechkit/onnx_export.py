@@ -3,10 +3,16 @@
 of the linear layers).
 
 `OnnxModel` wraps an onnxruntime session as the module the task's evaluation runs, so the exported model is scored
-by exactly the code that scores the PyTorch one (the same batches, decoding and scores): that is the parity gate.
+by exactly the code that scores the PyTorch one (the same batches, decoding and scores): that is the parity gate;
+evaluate.py and transcribe.py run it the same way with `inference.runtime=onnx`.
 
-Exported so far: CTC speech recognition models (wav2vec2, HuBERT, WavLM, MMS, XLSR: `input_values` and
-`attention_mask` in, `logits` out, batch and length axes dynamic). Other heads are refused in one line.
+Exported: the models whose head gives logits in one forward pass, whatever their family: CTC speech recognition
+(wav2vec2, HuBERT, WavLM, MMS, XLSR, w2v-BERT), audio classification (wav2vec2-like, AST) and diarization frames.
+The graph's inputs are the family's model inputs (speechkit/models/base.py: ModelInputs) with the batch axis, and
+the length axis where the family takes any length (AST's filter bank is a fixed window), dynamic; its output is
+`logits`. Whisper (encoder, and a decoder that generates) is refused in one line.
+
+The file names are the inference handler's (speechkit/sagemaker/inference.py), which serves these files too.
 """
 
 from __future__ import annotations
@@ -14,45 +20,50 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
+from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
+                                           WEIGHTS, InferenceError, checked_onnx_file, sha256)
 
 log = logging.getLogger(__name__)
-FOLDER = "onnx"  # <model_dir>/onnx/
-FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}
-PARITY = "parity.json"
-INPUTS = ("input_values", "attention_mask")
-SHORTEST = 400  # samples the exported length axis starts at (the released wav2vec2 models' receptive field)
-LONGEST = 16000 * 600  # 10 minutes at 16 kHz
+FILES = {"none": ONNX_FILES["onnx"], "int8": ONNX_FILES["onnx_int8"]}  # export.py's quantize= -> file
+EXPORTED_HEADS = ("ctc", "classification", "frames")
+LONGEST_S = 600  # the length axis's upper bound: 10 minutes of audio
 
 
 class _Logits(torch.nn.Module):
-    """The model's logits alone, from the two inputs (what the graph holds)."""
+    """The model's logits alone, from its inputs in `names`' order (what the graph holds)."""
 
-    def __init__(self, model):
+    def __init__(self, model, names):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, list(names)
 
-    def forward(self, input_values, attention_mask):
-        return self.model(input_values, attention_mask=attention_mask).logits
-
-
-def check_exportable(head: str) -> None:
-    if head != "ctc":
-        raise ConfigError(f"model_dir: a {head} model; export.py exports CTC speech recognition models so far")
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs))).logits
 
 
-def export(model, path: str) -> str:
-    """`model` (a CTC model, in eval mode) as ONNX at `path`, through a temporary file (a reader never sees half)."""
+def check_exportable(head: str, key: str = "model_dir") -> None:
+    """Refused in one line naming `key` (model_dir for export.py, inference.runtime=... for what runs an export)."""
+    if head not in EXPORTED_HEADS:
+        raise ConfigError(f"{key}: a {head} model (Whisper); export.py exports CTC, classification and "
+                          "diarization models so far (Whisper's generating decoder is not exported yet)")
+
+
+def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
+    """`model` (in eval mode) as ONNX at `path`, through a temporary file (a reader never sees half). `example`:
+    a batch of the model's inputs (at least two clips: an axis of size one would be fixed); `lengths`: (shortest,
+    longest) of the length axis (axis 1), or None where it is fixed."""
     model = model.eval()
-    example = (torch.zeros(2, 16000), torch.ones(2, 16000, dtype=torch.long))
+    example = {k: v.long() if k == "attention_mask" else v for k, v in example.items()}  # int64, as fed
     batch = torch.export.Dim("batch", min=1, max=1024)
-    samples = torch.export.Dim("samples", min=SHORTEST, max=LONGEST)
+    length = torch.export.Dim("length", min=lengths[0], max=lengths[1]) if lengths else None
+    dynamic = tuple({0: batch, **({1: length} if length is not None else {})} for _ in example)
     tmp = path + ".tmp"
     # The exporter and its graph optimizer narrate every step (hundreds of lines for wav2vec2): errors only
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -62,8 +73,10 @@ def export(model, path: str) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(_Logits(model).eval(), example, tmp, input_names=list(INPUTS),
-                              output_names=["logits"], dynamic_shapes=({0: batch, 1: samples}, {0: batch, 1: samples}),
+            warnings.filterwarnings("ignore", message="# The axis name")  # axes of one constraint share a name
+            torch.onnx.export(_Logits(model, example).eval(), tuple(example.values()), tmp,
+                              input_names=list(example), output_names=["logits"],
+                              dynamic_shapes=(dynamic,),  # one entry: the wrapper's *inputs
                               dynamo=True, external_data=False, verbose=False)
     finally:
         for logger, level in zip(chatty, levels):
@@ -83,9 +96,35 @@ def quantize_int8(source: str, path: str) -> str:
     return path
 
 
+def served_file(model_dir: str, runtime: str) -> str:
+    """The checked ONNX file of `inference.runtime` (onnx, onnx_int8), refused in one line (ConfigError) when it is
+    missing, failed its parity check or is older than the weights: the handler's own check."""
+    try:
+        return checked_onnx_file(model_dir, runtime)
+    except InferenceError as err:
+        raise ConfigError(err.message) from None
+
+
+def for_runtime(model, model_dir: str, runtime: str):
+    """What runs `model` (a saved model, loaded) under inference.runtime: itself (torch), or its checked ONNX export
+    in its place (onnx, onnx_int8)."""
+    if runtime == "torch":
+        return model
+    from speechkit.models import head_of
+
+    check_exportable(head_of(model.config), f"inference.runtime={runtime} (use inference.runtime=torch)")
+    return OnnxModel(served_file(model_dir, runtime), model)
+
+
+@dataclass
+class OnnxOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+
+
 class OnnxModel(torch.nn.Module):
     """An onnxruntime session in the place of the PyTorch model it was exported from: its config and length
-    arithmetic are the reference model's, its logits the session's."""
+    arithmetic are the reference model's, its logits the session's (on the CPU)."""
 
     def __init__(self, path: str, reference, threads: Optional[int] = None):
         super().__init__()
@@ -95,16 +134,23 @@ class OnnxModel(torch.nn.Module):
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
         self.config = reference.config
         self.main_input_name = reference.main_input_name
-        self._lengths = reference._get_feat_extract_output_lengths
+        if hasattr(reference, "_get_feat_extract_output_lengths"):
+            self._get_feat_extract_output_lengths = reference._get_feat_extract_output_lengths
+        # where the model is, for code that asks its parameters (the session's inputs and outputs are on the CPU)
+        self.placed = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
-    def _get_feat_extract_output_lengths(self, lengths):
-        return self._lengths(lengths)
-
-    def forward(self, input_values, attention_mask=None, labels=None, **_):
-        if attention_mask is None:
-            attention_mask = torch.ones(input_values.shape, dtype=torch.long)
-        logits = self.session.run(["logits"], {"input_values": input_values.float().cpu().numpy(),
-                                               "attention_mask": attention_mask.long().cpu().numpy()})[0]
-        return CausalLMOutput(loss=None, logits=torch.from_numpy(np.ascontiguousarray(logits)))
+    def forward(self, labels=None, **inputs):
+        main = inputs[self.main_input_name]
+        feed = {}
+        for name in self.names:
+            value = inputs.get(name)
+            if name == "attention_mask":
+                value = torch.ones(main.shape[:2], dtype=torch.long) if value is None else value
+                feed[name] = value.long().cpu().numpy()
+            else:
+                feed[name] = value.float().cpu().numpy()
+        logits = self.session.run(["logits"], feed)[0]
+        return OnnxOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)))

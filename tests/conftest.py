@@ -180,15 +180,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_and_post_wav(model_dir, wav) -> dict:
-    """`serve.py model_dir=...` started on a free port, one WAV posted to /invocations, the JSON answer; the server
-    stopped whatever happens."""
+def serve_and_post_wav(model_dir, wav, *overrides: str) -> dict:
+    """`serve.py model_dir=... <overrides>` started on a free port, one WAV posted to /invocations, the JSON answer;
+    the server stopped whatever happens."""
     import json
     import sys
     import urllib.request
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}",
+                               *overrides],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", server, seconds=120)

@@ -2,6 +2,7 @@
 stock pipeline, evaluate; the AudioSet recipe's Hub path on a local copy; refusals that name the key or file."""
 
 import csv
+import shutil
 import re
 import json
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
 from speechkit.commands import train
+from speechkit.data.audio import decode
 
 pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
 
@@ -101,7 +103,7 @@ def multi_label_folder(tmp_path_factory):
     return root
 
 
-def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_folder, tmp_path):
+def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_folder, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = compose("train", ["task=audio_classification", "task.multi_label=true", "dataset=audiofolder",
                             f"dataset.path={multi_label_folder}", "dataset.columns.label=tags", "model=ast_tiny",
@@ -123,6 +125,19 @@ def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_
     assert len(scores) == 4 and sum(s["score"] for s in scores) != pytest.approx(1.0)  # sigmoid: independent labels
     ours = next(r for r in read_csv(run_dir / "predictions.csv") if r["id"].endswith("test/0.wav"))
     assert scores[0]["label"] == ours["prediction"]
+
+    # Exported (AST's filter bank is a fixed window: only the batch axis is dynamic), scored by mAP, and served with
+    # the sigmoid the pipeline uses.
+    from speechkit.commands import export
+    from speechkit.sagemaker import inference
+
+    figures = export.run(compose("export", [f"model_dir={run_dir / 'model'}"]))
+    assert figures["passed"] and figures["metric"] == "mAP" and figures["max_logit_difference"] < 1e-4
+    monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx")
+    served = inference.predict_fn({"array": decode(str(multi_label_folder / "test" / "0.wav"), 16000),
+                                   "sampling_rate": 16000}, inference.model_fn(str(run_dir / "model")))
+    assert [x["label"] for x in served["labels"]] == [x["label"] for x in scores]
+    assert [x["score"] for x in served["labels"]] == pytest.approx([x["score"] for x in scores], abs=1e-4)
 
 
 def test_audioset_recipe_composes_as_published():
@@ -284,3 +299,29 @@ def test_serve_answers_a_classifier_with_its_top_labels(commands_run):
     answer = serve_and_post_wav(run_dir / "model", row["id"])
     assert [x["label"] for x in answer["labels"]][0] == row["prediction"] and len(answer["labels"]) == 3
     assert answer["labels"][0]["score"] == pytest.approx(float(row["score"]), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_classifier_exports_through_the_parity_gate_and_serves_the_same_labels(commands_run, tmp_path, monkeypatch):
+    """export.py on a classifier: scored by accuracy (and macro-F1) on the run's own eval split, kept, and the
+    handler's ONNX path (softmax in numpy) answers the labels and scores the PyTorch pipeline answers."""
+    from speechkit.sagemaker import inference
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(commands_run[0], run_dir)
+    done = run_cli("export.py", f"model_dir={run_dir / 'model'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    parity = json.loads((run_dir / "model" / "onnx" / "parity.json").read_text())["model.onnx"]
+    assert parity["passed"] and parity["metric"] == "accuracy" and parity["changed_predictions"] == 0
+    assert parity["exported"] == parity["pytorch"] and "eval_accuracy" in parity["pytorch"]
+    assert "| accuracy | " in done.stdout
+
+    row = read_csv(run_dir / "predictions.csv")[0]
+    clip = {"array": decode(row["id"], 16000), "sampling_rate": 16000}
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        monkeypatch.setenv("SPEECHKIT_RUNTIME", runtime)
+        answers[runtime] = inference.predict_fn(clip, inference.model_fn(str(run_dir / "model")))
+    assert [x["label"] for x in answers["onnx"]["labels"]] == [x["label"] for x in answers["torch"]["labels"]]
+    for a, b in zip(answers["onnx"]["labels"], answers["torch"]["labels"]):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)

@@ -1,5 +1,7 @@
 """Composition of the real config tree, and the errors a user gets for a bad config."""
 
+from enum import Enum
+
 import pytest
 from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
@@ -135,6 +137,8 @@ BAD_VALUES = [
     ("serve.py", "inference.read_timeout_s=0"), ("serve.py", "inference.threads=0"),
     ("serve.py", "inference.max_audio_s=0"),
     ("serve.py", "inference.queue=-1"), ("export.py", "tolerance=-0.1"), ("export.py", "model_dir=/no/such/model"),
+    ("serve.py", "inference.runtime=tensorrt"), ("evaluate.py", "inference.runtime=onnx_fp16"),
+    ("transcribe.py", "inference.runtime=int8"),
     ("deploy.py", "endpoint.instance_count=0"), ("train.py", "task=audio_classification task.max_length_s=0"),
     ("train.py", "task.decoder.type=kenlm task.decoder.order=1"),
     ("train.py", "task.decoder.type=kenlm task.decoder.discount=1.5"),
@@ -330,11 +334,12 @@ def test_no_key_of_a_composed_config_is_taken_for_a_misspelling(experiment):
 
     cfg = OmegaConf.to_container(compose("train", [f"experiment={experiment}", "run_dir=/x"]), resolve=False)
 
-    def keys(node, prefix=""):
+    def keys(node, prefix=""):  # key=its composed value (a name where the key takes one of a few), else 1
         for k, v in node.items():
-            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [
+                f"{prefix}{k}={v.value if isinstance(v, Enum) else v if isinstance(v, str) else 1}"]
 
-    typed = [f"{k}=1" for k in keys(cfg)] + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+x.y=1", "-m"]
+    typed = [*keys(cfg), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+x.y=1", "-m"]
     assert len(typed) > 100 and unknown_key(typed, C.TrainConfig) is None
 
 

@@ -308,3 +308,22 @@ def test_inspect_data_counts_recordings_by_speakers(tmp_path):
     assert {k: v for k, v in listed.items() if v} == dict(counted)
     assert sum(v for (_, split), v in counted.items() if split == "train") == 12
     assert {label for label, _ in counted} == {"2 speakers", "3 speakers"}  # the demo's conversations: 2 or 3
+
+
+@pytest.mark.slow
+def test_a_diarizer_exports_through_the_parity_gate_and_evaluates_the_same(demo_run, tmp_path):
+    """export.py on a diarizer (per-frame speaker logits): scored by DER on the run's eval split and kept;
+    evaluate.py inference.runtime=onnx then scores what PyTorch scores."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(demo_run[0], run_dir)
+    done = run_cli("export.py", f"model_dir={run_dir / 'model'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    parity = json.loads((run_dir / "model" / "onnx" / "parity.json").read_text())["model.onnx"]
+    assert parity["passed"] and parity["metric"] == "DER" and parity["max_logit_difference"] < 1e-4
+    assert parity["exported"]["eval_der"] == parity["pytorch"]["eval_der"]
+
+    scored = {runtime: evaluate.run(compose("evaluate", [
+        f"model_dir={run_dir / 'model'}", "dataset=demo_diarization", "dataset.demo.num_train=12",
+        "dataset.demo.num_test=3", "split=test", "hw=cpu", f"inference.runtime={runtime}",
+        f"run_dir={tmp_path / runtime}"])).metrics["eval_der"] for runtime in ("torch", "onnx")}
+    assert scored["onnx"] == scored["torch"] == parity["pytorch"]["eval_der"]

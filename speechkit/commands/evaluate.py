@@ -12,6 +12,7 @@ from speechkit import data
 from speechkit.data.samplers import eval_loader
 from speechkit.config import EvaluateConfig, check_required
 from speechkit.hardware import loader_settings, make_accelerator
+from speechkit.onnx_export import for_runtime
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult, write_results
 from speechkit.tasks import load_model_dir
@@ -29,6 +30,8 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     task, model = load_model_dir(model_dir, multi_label=cfg.multi_label, collar_s=cfg.collar_s,
                                  skip_overlap=cfg.skip_overlap, dataset=cfg.dataset,
                                  whisper_normalizer=cfg.whisper_normalizer, hallucination_probe=cfg.hallucination_probe)
+    runtime = cfg.inference.runtime.value
+    model = for_runtime(model, model_dir, runtime)  # the ONNX export in its place, checked before any data is read
 
     report = data.DropReport()
     with accelerator.main_process_first():
@@ -38,11 +41,15 @@ def run(raw_cfg: DictConfig) -> EvalResult:
     rows = task.check_eval_rows(rows, cfg.split, report)
     dataset = task.dataset(rows, training=False)
     loader = eval_loader(dataset, task.collator(False), cfg.batch_size, **loader_settings(accelerator))
-    model, loader = accelerator.prepare(model, loader)
+    if runtime == "torch":
+        model, loader = accelerator.prepare(model, loader)
+    else:  # onnxruntime on the CPU: nothing of the model for accelerate to place
+        loader = accelerator.prepare(loader)
     result = task.evaluate(model, loader, dataset, accelerator)
 
     if accelerator.is_main_process:
-        written = write_results(task, result, rows, cfg.run_dir, f"{cfg.dataset.name}/{cfg.split}: {model_dir}")
+        written = write_results(task, result, rows, cfg.run_dir, f"{cfg.dataset.name}/{cfg.split}: {model_dir}"
+                                + (f" ({runtime})" if runtime != "torch" else ""))
         report.write(RunDir(cfg.run_dir).drop_report)
         print(task.examples(result, cfg.num_examples))
         dropped = report.counts()

@@ -2,10 +2,12 @@
 <model_dir>/onnx/, kept only if it scores as the PyTorch model does.
 
 The parity gate: both models score the same split through the task's own evaluation (by default the run's eval
-split, from the run's config.yaml); the figures (WER and CER of each, their difference, the largest logit
-difference, the transcripts that changed) are printed side by side and written to <model_dir>/onnx/parity.json.
-A WER difference above `tolerance` (null: 0.002 for float32, 0.02 for int8) refuses the export: its file is
-removed and the run ends with exit 1, naming the difference.
+split, from the run's config.yaml); the figures (the task's scores for each: WER and CER, accuracy and macro-F1 or
+mAP, DER; the difference of the first, the largest logit difference, the predictions that changed) are printed side
+by side and written to <model_dir>/onnx/parity.json, one record per exported file, with the hashes of the file and
+of the weights it was made from (what the handler checks before it serves it). A difference above `tolerance`
+(null: 0.002 absolute for float32, 0.02 for int8) refuses the export: its file is removed and the run ends with
+exit 1, naming the difference.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from speechkit.rundir import RunDir
 from speechkit.tasks import load_model_dir
 
 log = logging.getLogger(__name__)
-TOLERANCE = {"none": 0.002, "int8": 0.02}  # absolute WER
+# the largest absolute difference of the task's first score (WER, accuracy or mAP, DER) an export may make
+TOLERANCE = {"none": 0.002, "int8": 0.02}
 
 
 def run(raw_cfg: DictConfig) -> dict:
@@ -42,37 +45,67 @@ def run(raw_cfg: DictConfig) -> dict:
     export.check_exportable(head_of(model.config))
     model.eval()
 
-    # 1. The graph, float32; int8 made from it.
-    folder = os.path.join(model_dir, export.FOLDER)
-    os.makedirs(folder, exist_ok=True)
-    path = export.export(model, os.path.join(folder, export.FILES["none"]))
-    if cfg.quantize.value == "int8":
-        path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]))
-    log.info("Exported %s (%.1f MB)", path, os.path.getsize(path) / 2**20)
-
-    # 2. The parity gate: the same split, batches and scoring for both.
+    # 1. The split the gate scores (read first: its clips are the exporter's example too).
     report = data.DropReport()
     rows = data.load_splits(dataset, {split: False}, task.sampling_rate, report, task.target,
                             task.family.receptive_field(model.config, task.sampling_rate),
                             task.family.longest_clip(model.config, task.sampling_rate))[split]
     rows = task.check_eval_rows(rows, split, report)
     eval_set = task.dataset(rows, training=False)
-    loader = eval_loader(eval_set, task.collator(False), cfg.batch_size, **loader_settings(accelerator))
+    collator = task.collator(False)
+    loader = eval_loader(eval_set, collator, cfg.batch_size, **loader_settings(accelerator))
+
+    # 2. The graph, float32; int8 made from it.
+    folder = os.path.join(model_dir, export.FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    example = {k: v for k, v in collator.model_inputs(collator([eval_set[i % len(eval_set)] for i in range(2)])).items()
+               if k != "labels"}  # the inputs alone (a CTC model is given its labels for its own loss)
+    path = export.export(model, example, os.path.join(folder, export.FILES["none"]), _lengths(task, model, example))
+    if cfg.quantize.value == "int8":
+        path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]))
+    log.info("Exported %s (%.1f MB)", path, os.path.getsize(path) / 2**20)
+
+    # 3. The parity gate: the same split, batches and scoring for both.
     exported = export.OnnxModel(path, model)
     with torch.no_grad():
         reference = task.evaluate(model, loader, eval_set, accelerator)
         result = task.evaluate(exported, loader, eval_set, accelerator)
         largest = _largest_logit_difference(task, model, exported, loader)
-    figures = _figures(cfg, path, model_dir, dataset, split, reference, result, largest)
-    with open(os.path.join(folder, export.PARITY), "w") as f:
-        json.dump(figures, f, indent=1)
+    figures = _figures(cfg, task, path, model_dir, dataset, split, reference, result, largest)
+    _record(folder, os.path.basename(path), figures)
     print(_table(figures), flush=True)
     if not figures["passed"]:
         os.remove(path)
-        raise RunError(f"the export differs from the PyTorch model by {figures['wer_difference']:.4f} WER on "
-                       f"{dataset.name}/{split}, above tolerance={figures['tolerance']}: {path} removed (the figures "
-                       f"are in {os.path.join(folder, export.PARITY)})")
+        raise RunError(f"the export differs from the PyTorch model by {figures['difference']:.4f} "
+                       f"{figures['metric']} on {dataset.name}/{split}, above tolerance={figures['tolerance']}: "
+                       f"{path} removed (the figures are in {os.path.join(folder, export.PARITY)})")
     return figures
+
+
+def _lengths(task, model, example: dict):
+    """The length axis's bounds: a waveform from the model's receptive field to 10 minutes, filter-bank frames
+    from two to 10 minutes' worth; None where the family's input is a fixed window (AST)."""
+    if task.inputs.window:
+        return None
+    rate = task.sampling_rate
+    if example[model.main_input_name].dim() == 2:  # samples
+        return task.family.receptive_field(model.config, rate), export.LONGEST_S * rate
+    return 2, export.LONGEST_S * 100  # filter-bank frames of 10 ms
+
+
+def _record(folder: str, name: str, figures: dict) -> None:
+    """parity.json keeps one record per exported file (model.onnx, model.int8.onnx); this one replaces its own."""
+    path = os.path.join(folder, export.PARITY)
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except (OSError, ValueError):
+        records = {}
+    records = records if isinstance(records, dict) and "passed" not in records else {}
+    records[name] = figures
+    with open(path + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _parity_split(cfg: ExportConfig, model_dir: str):
@@ -89,39 +122,47 @@ def _parity_split(cfg: ExportConfig, model_dir: str):
 
 
 def _largest_logit_difference(task, model, exported, loader) -> float:
-    """The largest absolute logit difference over the frames each clip really has."""
+    """The largest absolute logit difference, over the frames each clip really has where the logits are per frame."""
     largest = 0.0
+    lengths = getattr(model, "_get_feat_extract_output_lengths", None)
     for batch in loader:
         inputs = task.collator().model_inputs(batch)
         a, b = model(**inputs).logits, exported(**inputs).logits
-        frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
-        for i, n in enumerate(frames.tolist()):
-            largest = max(largest, float((a[i, :n] - b[i, :n]).abs().max()))
+        if a.dim() == 3 and lengths is not None and "attention_mask" in batch:
+            for i, n in enumerate(lengths(batch["attention_mask"].sum(-1)).tolist()):
+                largest = max(largest, float((a[i, :n] - b[i, :n]).abs().max()))
+        else:
+            largest = max(largest, float((a - b).abs().max()))
     return largest
 
 
-def _figures(cfg, path, model_dir, dataset, split, reference, result, largest) -> dict:
+def _figures(cfg, task, path, model_dir, dataset, split, reference, result, largest) -> dict:
+    """Both models' scores (the task's, the first of which the tolerance is on), the predictions that changed,
+    sizes, and the hashes the handler checks before it serves the file."""
     tolerance = cfg.tolerance if cfg.tolerance is not None else TOLERANCE[cfg.quantize.value]
-    changed = sum(p["hypothesis"] != q["hypothesis"] for p, q in zip(reference.predictions, result.predictions))
-    difference = abs(result.metrics["eval_wer"] - reference.metrics["eval_wer"])
-    weights = os.path.join(model_dir, "model.safetensors")
-    return {"format": cfg.format.value, "quantize": cfg.quantize.value, "file": path,
+    scores = task.scores(task.cfg)
+    first = scores[0]
+    changed = sum(p != q for p, q in zip(reference.predictions, result.predictions))
+    difference = float(abs(result.metrics[first.key] - reference.metrics[first.key]))
+    weights = os.path.join(model_dir, export.WEIGHTS)
+    return {"format": cfg.format.value, "quantize": cfg.quantize.value, "file": path, "sha256": export.sha256(path),
+            "weights_sha256": export.sha256(weights) if os.path.isfile(weights) else None,
             "size_mb": round(os.path.getsize(path) / 2**20, 2),
             "pytorch_size_mb": round(os.path.getsize(weights) / 2**20, 2) if os.path.isfile(weights) else None,
-            "dataset": dataset.name, "split": split, "utterances": len(result.rows),
-            "pytorch": {"wer": reference.metrics["eval_wer"], "cer": reference.metrics["eval_cer"]},
-            "exported": {"wer": result.metrics["eval_wer"], "cer": result.metrics["eval_cer"]},
-            "wer_difference": difference, "tolerance": tolerance, "max_logit_difference": largest,
-            "changed_transcripts": changed, "passed": difference <= tolerance}
+            "dataset": dataset.name, "split": split, "utterances": len(result.rows), "unit": task.unit,
+            "scores": {s.key: s.name for s in scores if s.key in reference.metrics},
+            "pytorch": {s.key: reference.metrics[s.key] for s in scores if s.key in reference.metrics},
+            "exported": {s.key: result.metrics[s.key] for s in scores if s.key in result.metrics},
+            "metric": first.name, "difference": difference, "tolerance": tolerance, "max_logit_difference": largest,
+            "changed_predictions": changed, "passed": difference <= tolerance}
 
 
 def _table(f: dict) -> str:
     kind = "ONNX" + (" int8" if f["quantize"] == "int8" else "")
-    return (f"Parity on {f['dataset']}/{f['split']} ({f['utterances']} utterances):\n"
-            f"| | PyTorch | {kind} |\n|---|---|---|\n"
-            f"| WER | {f['pytorch']['wer']:.4f} | {f['exported']['wer']:.4f} |\n"
-            f"| CER | {f['pytorch']['cer']:.4f} | {f['exported']['cer']:.4f} |\n"
+    lines = [f"| {name} | {f['pytorch'][key]:.4f} | {f['exported'][key]:.4f} |" for key, name in f["scores"].items()]
+    return (f"Parity on {f['dataset']}/{f['split']} ({f['utterances']} {f['unit']}):\n"
+            f"| | PyTorch | {kind} |\n|---|---|---|\n" + "\n".join(lines) + "\n"
             f"| size | {f['pytorch_size_mb']} MB | {f['size_mb']} MB |\n"
-            f"WER difference {f['wer_difference']:.4f} (tolerance {f['tolerance']}), largest logit difference "
-            f"{f['max_logit_difference']:.2e}, {f['changed_transcripts']} transcript(s) changed: "
+            f"{f['metric']} difference {f['difference']:.4f} (tolerance {f['tolerance']}), largest logit difference "
+            f"{f['max_logit_difference']:.2e}, {f['changed_predictions']} prediction(s) changed: "
             + ("kept" if f["passed"] else "REFUSED"))

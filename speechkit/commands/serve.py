@@ -36,7 +36,7 @@ def settings_env(cfg) -> dict:
             "SPEECHKIT_CHUNK_LENGTH_S": none(cfg.chunk_length_s),
             "SPEECHKIT_STRIDE_LENGTH_S": none(cfg.stride_length_s), "SPEECHKIT_RESPONSE": cfg.response.value,
             "SPEECHKIT_READ_TIMEOUT_S": str(cfg.read_timeout_s), "SPEECHKIT_INFERENCE_THREADS": str(cfg.threads),
-            "SPEECHKIT_QUEUE": str(cfg.queue)}
+            "SPEECHKIT_QUEUE": str(cfg.queue), "SPEECHKIT_RUNTIME": cfg.runtime.value}
 
 
 def create_app(model_dir: str) -> Starlette:
@@ -44,7 +44,7 @@ def create_app(model_dir: str) -> Starlette:
         model = inference.model_fn(model_dir)
     except inference.InferenceError as err:  # not a model the handler serves
         raise ConfigError(f"model_dir: {err.message}") from None
-    log.info("Loaded %s (%d Hz)", model_dir, model["sampling_rate"])
+    log.info("Loaded %s (%d Hz, runtime %s)", model_dir, model["sampling_rate"], model.get("runtime", "torch"))
     # Requests are decoded and transcribed by a fixed, small set of threads (the rest wait their turn): the model's
     # own intra-op threads use the cores anyway, and every new thread would grow the allocator's arenas, so memory
     # crept up under load with the default pool of 40.

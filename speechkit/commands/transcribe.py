@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from speechkit.data.audio import open_recording, read_range
 from speechkit.config import ConfigError, TranscribeConfig, check_required
 from speechkit.hardware import make_accelerator
+from speechkit.onnx_export import for_runtime
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.asr import SpeechRecognition
 from speechkit.tasks.asr.seq2seq import TIME_PRECISION
@@ -98,7 +99,10 @@ class Transcriber:
         if not isinstance(task, SpeechRecognition):
             raise ConfigError(f"model_dir: {model_dir} is a {task.name} model; transcribe.py needs a speech "
                               "recognition one")
-        self.task, self.model = task, model.to(self.accelerator.device).eval()
+        # the PyTorch model, or its checked ONNX export in its place (inference.runtime=onnx, onnx_int8)
+        runtime = cfg.inference.runtime.value
+        model = model.eval().to(self.accelerator.device) if runtime == "torch" else model.eval()
+        self.task, self.model = task, for_runtime(model, model_dir, runtime)
         self.rate = task.sampling_rate
         self.output = READERS[task.kind.name](self)  # how the model's kind of head reads and joins windows
         self.chunk_s, self.stride_s = self.output.window(cfg.chunk_length_s, cfg.stride_length_s)

@@ -19,11 +19,19 @@ through the transformers Auto class of its head (SERVED).
 Settings come from the environment (set on the SageMaker model by deploy.py, and by serve.py):
 SPEECHKIT_MAX_BODY_MB (6), SPEECHKIT_MAX_AUDIO_S (300; none: no limit), SPEECHKIT_CHUNK_LENGTH_S (20; 0/none:
 never chunk), SPEECHKIT_STRIDE_LENGTH_S (4; none: chunk/6), SPEECHKIT_RESPONSE (details; or transcript),
-SPEECHKIT_DEVICE (cuda when available, else cpu).
+SPEECHKIT_DEVICE (cuda when available, else cpu), SPEECHKIT_RUNTIME (torch; onnx or onnx_int8: the model's export in
+<model_dir>/onnx/, made and checked by export.py, run by onnxruntime).
+
+With an ONNX runtime the model runs without torch: features by the feature extractor in numpy, the graph by
+onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. torch is still imported for
+audio files and for JSON at another rate (FFmpeg's decoder and resampler come through torchcodec); JSON at the
+model's own rate touches no torch at all. The ONNX file is served only if export.py's parity record says it passed
+and was made from the weights the folder holds now, so what is served is what was scored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -96,16 +104,20 @@ def served_as(config) -> Optional[tuple]:
 
 
 def model_fn(model_dir: str, context: Any = None) -> dict:
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
+    from transformers import AutoConfig
 
-    device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     served = served_as(config)
     if served is None:
         raise InferenceError(f"{model_dir} holds a {config.architectures}: served are speech recognition (CTC, "
                              "Whisper) and audio classification models", 500)
+    if runtime() != "torch":
+        return onnx_model_fn(model_dir, config, served)
+    import torch
+    import transformers
+    from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
+
+    device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     task, auto = served
     model = getattr(transformers, auto).from_pretrained(model_dir, local_files_only=True,
                                                         use_safetensors=True).to(device).eval()
@@ -133,8 +145,141 @@ def shortest_clip(model, feature_extractor) -> int:
     if model.main_input_name == "input_values" and hasattr(model, "_get_feat_extract_output_lengths"):
         frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
         return int(torch.nonzero(frames >= 1)[0, 0]) + 1
+    return filter_bank_shortest(feature_extractor)
+
+
+def filter_bank_shortest(feature_extractor) -> int:
     rate = int(feature_extractor.sampling_rate)
     return int(0.025 * rate) + (getattr(feature_extractor, "stride", 1) - 1) * int(0.010 * rate)
+
+
+# ------------------------------------------------------------------------------------- model_fn: ONNX
+# What export.py writes (speechkit/onnx_export.py takes these names from here: they are stated once)
+ONNX_FOLDER = "onnx"  # <model_dir>/onnx/
+ONNX_FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}  # inference.runtime -> its file there
+PARITY_FILE = "parity.json"  # {file name: the parity gate's figures, with the hashes of the file and the weights}
+WEIGHTS = "model.safetensors"
+RUNTIMES = ("torch", *ONNX_FILES)
+
+
+def runtime() -> str:
+    value = os.environ.get("SPEECHKIT_RUNTIME", "torch")
+    if value not in RUNTIMES:
+        raise InferenceError(f"SPEECHKIT_RUNTIME={value} (inference.runtime): one of {', '.join(RUNTIMES)}", 500)
+    return value
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checked_onnx_file(model_dir: str, runtime: str) -> str:
+    """The ONNX file `runtime` names, served only as export.py left it: there, its parity record passed, the file
+    the one that was scored and the weights beside it the ones it was made from (a retrained model/ with a stale
+    export is refused, not served)."""
+    name = ONNX_FILES[runtime]
+    path = os.path.join(model_dir, ONNX_FOLDER, name)
+    export = f"python export.py model_dir={model_dir}" + (" quantize=int8" if runtime == "onnx_int8" else "")
+    if not os.path.isfile(path):
+        raise InferenceError(f"inference.runtime={runtime}: {path} is not there; export the model first: {export}",
+                             500)
+    parity = os.path.join(model_dir, ONNX_FOLDER, PARITY_FILE)
+    try:
+        with open(parity) as f:
+            record = json.load(f).get(name) or {}
+    except (OSError, ValueError, AttributeError):
+        record = {}
+    if not record.get("passed"):
+        raise InferenceError(f"inference.runtime={runtime}: {parity} has no passed parity check of {name}; export "
+                             f"it again: {export}", 500)
+    weights = os.path.join(model_dir, WEIGHTS)
+    if record.get("sha256") != sha256(path) or (
+            os.path.isfile(weights) and record.get("weights_sha256") != sha256(weights)):
+        raise InferenceError(f"inference.runtime={runtime}: {path} is not the file export.py checked against the "
+                             f"weights beside it (one of them changed since); export it again: {export}", 500)
+    return path
+
+
+def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
+    """The model's ONNX export in an onnxruntime session, with the feature extractor and tokenizer it was trained
+    with; no torch."""
+    import onnxruntime as ort
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    task, auto = served
+    if auto == "AutoModelForSpeechSeq2Seq":
+        raise InferenceError(f"inference.runtime={runtime()}: {model_dir} is a Whisper model; export.py exports "
+                             "CTC, classification and diarization models so far: serve it with runtime=torch", 500)
+    path = checked_onnx_file(model_dir, runtime())
+    wanted = "CUDAExecutionProvider" if os.environ.get("SPEECHKIT_DEVICE", "cpu").startswith("cuda") else None
+    providers = [p for p in (wanted, "CPUExecutionProvider") if p in ort.get_available_providers()]
+    session = ort.InferenceSession(path, providers=providers)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) \
+        if task != "audio-classification" else None
+    inputs = [i.name for i in session.get_inputs()]
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if "input_values" in inputs and kernels:  # a waveform encoder: its convolutions' receptive field
+        shortest = 1
+        for kernel, stride in zip(reversed(kernels), reversed(strides)):
+            shortest = (shortest - 1) * stride + kernel
+    else:
+        shortest = filter_bank_shortest(feature_extractor)
+    return {"session": session, "inputs": inputs, "task": task, "config": config,
+            "feature_extractor": feature_extractor, "tokenizer": tokenizer, "runtime": runtime(),
+            "sampling_rate": int(feature_extractor.sampling_rate), "min_samples": shortest, "window_s": None}
+
+
+def onnx_outputs(model: dict, clip: np.ndarray) -> np.ndarray:
+    """The graph's first output (logits) for one clip, features made by the feature extractor (numpy)."""
+    features = model["feature_extractor"](clip, sampling_rate=model["sampling_rate"], return_tensors="np",
+                                          return_attention_mask=True)
+    feed = {name: np.asarray(features[name], dtype=np.int64 if name == "attention_mask" else np.float32)
+            for name in model["inputs"]}
+    return model["session"].run(None, feed)[0][0]
+
+
+def onnx_transcript(model: dict, array: np.ndarray, chunk_s: Optional[float], stride_s: float) -> str:
+    """A CTC model's transcript: the clip whole, or in the stock pipeline's chunks (the same windows, whose
+    `stride_s` of context on each side is heard but whose frames are dropped, in the same arithmetic, so both
+    runtimes answer alike), the frames' argmax joined and decoded once by the tokenizer."""
+    rate, align = model["sampling_rate"], getattr(model["config"], "inputs_to_logits_ratio", 1)
+    if not chunk_s:
+        ids = onnx_outputs(model, array).argmax(-1)
+    else:
+        chunk = int(round(chunk_s * rate / align) * align)
+        stride = int(round(stride_s * rate / align) * align)
+        parts = []
+        for start in range(0, array.size, chunk - 2 * stride):
+            window = array[start:start + chunk]
+            left = 0 if start == 0 else stride
+            last = start + chunk >= array.size
+            right = 0 if last else stride
+            if window.size > left:
+                frames = onnx_outputs(model, window).argmax(-1)
+                n = int(round(window.size / align))  # the pipeline's rescale_stride
+                parts.append(frames[int(round(left / window.size * n)):n - int(round(right / window.size * n))])
+            if last:
+                break
+        ids = np.concatenate(parts)
+    # as the stock pipeline decodes CTC: the blank (pad) separates repeats before it is dropped, so it is not skipped
+    return model["tokenizer"].decode(ids.tolist())
+
+
+def onnx_labels(model: dict, array: np.ndarray, top: int = 5) -> list:
+    """A classifier's top labels: softmax of the logits (sigmoid for a multi-label model), best first."""
+    logits = onnx_outputs(model, array).astype(np.float64)
+    if model["config"].problem_type == "multi_label_classification":
+        scores = 1 / (1 + np.exp(-logits))
+    else:
+        scores = np.exp(logits - logits.max())
+        scores /= scores.sum()
+    best = np.argsort(-scores)[:top]
+    return [{"label": model["config"].id2label[int(i)], "score": float(scores[i])} for i in best]
 
 
 # --------------------------------------------------------------------------------------------- input_fn
@@ -281,12 +426,18 @@ def predict_fn(data: dict, model: dict, context: Any = None) -> dict:
         if stride is not None and stride * 2 >= chunk:
             stride = chunk / 6
         kwargs = {"chunk_length_s": chunk, "stride_length_s": stride}
+    onnx = "session" in model
     if model.get("task") == "audio-classification":  # the top labels with their scores, best first
-        scores = model["pipeline"]({"raw": array, "sampling_rate": rate}, top_k=5)
+        scores = onnx_labels(model, array) if onnx else model["pipeline"]({"raw": array, "sampling_rate": rate},
+                                                                          top_k=5)
         return {"labels": [{"label": x["label"], "score": round(float(x["score"]), 6)} for x in scores],
                 "duration_s": round(duration, 3)}
-    result = model["pipeline"]({"raw": array, "sampling_rate": rate}, **kwargs)
-    return {"text": result["text"], "duration_s": round(duration, 3), "chunked": bool(kwargs)}
+    if onnx:
+        chunk, stride = kwargs.get("chunk_length_s"), kwargs.get("stride_length_s")
+        text = onnx_transcript(model, array, chunk, stride if stride is not None else (chunk or 0) / 6)
+    else:
+        text = model["pipeline"]({"raw": array, "sampling_rate": rate}, **kwargs)["text"]
+    return {"text": text, "duration_s": round(duration, 3), "chunked": bool(kwargs)}
 
 
 # -------------------------------------------------------------------------------------------- output_fn
