@@ -545,6 +545,9 @@ class DiarizeConfig:
     output_dir: Optional[str] = None  # null: beside each input
     asr_model_dir: Optional[str] = None  # a speech recognition model: each speaker's words, in text, JSON and SRT
     batch_size: int = 8  # windows per forward pass
+    # Find speech first (silero-vad): turns are kept inside speech only, and the ASR model (asr_model_dir)
+    # transcribes the speech regions alone (transcribe.py vad=true)
+    vad: bool = False
     progress_bar: bool = True
     hw: HardwareConfig = MISSING
 

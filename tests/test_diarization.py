@@ -327,3 +327,31 @@ def test_a_diarizer_exports_through_the_parity_gate_and_evaluates_the_same(demo_
         "dataset.demo.num_test=3", "split=test", "hw=cpu", f"inference.runtime={runtime}",
         f"run_dir={tmp_path / runtime}"])).metrics["eval_der"] for runtime in ("torch", "onnx")}
     assert scored["onnx"] == scored["torch"] == parity["pytorch"]["eval_der"]
+
+
+@pytest.mark.slow
+def test_diarize_py_with_vad_keeps_turns_inside_speech(demo_run, tmp_path):
+    """vad=true: a demo conversation with 8 s of silence put in its middle; no turn of the RTTM falls in it, and
+    every turn lies inside the speech the detector found (a tiny model's false alarms in silence are cut: without
+    the detector, this model gives one turn across the whole recording)."""
+    from pyannote.database.util import load_rttm
+
+    from speechkit.data.audio import decode
+    from speechkit.vad import SpeechDetector
+
+    run_dir, _ = demo_run
+    audio = decode(str(sorted(_corpus().glob("test/*.wav"))[0]), 16000)
+    half = audio.size // 2
+    pause = (half / 16000, half / 16000 + 8.0)
+    path = tmp_path / "paused.wav"
+    sf.write(path, np.concatenate([audio[:half], np.zeros(8 * 16000, np.float32), audio[half:]]), 16000)
+    done = run_cli("diarize.py", f"model_dir={run_dir / 'model'}", f"audio={path}", f"output_dir={tmp_path}",
+                   "hw=cpu", "vad=true", "progress_bar=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    turns = [(s.start, s.end) for s, _ in load_rttm(str(tmp_path / "paused.rttm"))["paused"].itertracks()]
+    regions = SpeechDetector().speech(str(path), 1e9).regions
+    assert turns and regions
+    for start, end in turns:
+        assert end <= pause[0] + 0.5 or start >= pause[1] - 0.5, (start, end)  # the margin around speech
+        inside = sum(max(0.0, min(end, b) - max(start, a)) for a, b in regions)  # regions that touch: one turn
+        assert inside == pytest.approx(end - start, abs=2e-3), (start, end)

@@ -150,6 +150,34 @@ def test_a_missing_or_stale_export_is_refused_naming_export_py(run_copy, tmp_pat
     assert not (tmp_path / "eval" / "predictions.csv").exists()  # refused before any data was read
 
 
+def test_deploy_packs_the_checked_export_and_the_endpoint_loads_it(run_copy, tmp_path, monkeypatch):
+    """deploy.py inference.runtime=onnx_int8: model.tar.gz holds the int8 export and its parity record (not the
+    float32 file), onnxruntime is in code/requirements.txt, and the handler, unpacked as the container unpacks it,
+    serves it (the hashes travel with it); a runtime with no export is refused before anything is uploaded."""
+    import tarfile
+
+    from speechkit.commands.deploy import pack
+    from speechkit.config import ConfigError
+    from speechkit.sagemaker import inference
+
+    model_dir = run_copy / "model"
+    tarball = pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx_int8")
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        requirements = tar.extractfile("code/requirements.txt").read().decode().split()
+        tar.extractall(tmp_path / "opt_ml_model", filter="data")
+    assert {"onnx/model.int8.onnx", "onnx/parity.json", "model.safetensors", "code/inference.py"} <= names
+    assert "onnx/model.onnx" not in names and "onnxruntime==1.32.0" in requirements
+    monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx_int8")
+    assert inference.model_fn(str(tmp_path / "opt_ml_model"))["runtime"] == "onnx_int8"
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(ConfigError, match="export the model first: python export.py"):
+        pack(str(bare), str(tmp_path / "bare.tar.gz"), "onnx")
+    assert not (tmp_path / "bare.tar.gz").exists()
+
+
 def test_an_export_that_scores_differently_is_refused_and_removed(run_copy, monkeypatch, tmp_path):
     """A deliberately broken export (the exported head's logits negated, as a converted model with a wrong head
     would be): the gate refuses it, removes its file, and keeps the figures."""

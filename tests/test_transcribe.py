@@ -117,7 +117,8 @@ def test_windows_cover_a_recording_once_whatever_the_rounding_of_their_bounds(ch
     parts = list(windows(open_recording(str(tmp_path / "a.wav"), 16000), 16000, chunk_s, stride_s))
     assert parts[0][0] == 0.0 and parts[-1][1] == pytest.approx(seconds, abs=1e-3)
     assert all(a[1] == pytest.approx(b[0]) for a, b in zip(parts, parts[1:]))
-    assert all(samples.size <= round(chunk_s * 16000) + 1 for _, _, samples in parts)
+    assert all(samples.size <= round(chunk_s * 16000) + 1 for _, _, _, samples in parts)
+    assert all(left == pytest.approx(max(0.0, start - stride_s)) for start, _, left, _ in parts)
 
 
 def test_a_folder_tree_keeps_every_recordings_outputs_apart(model_dir, recording, tmp_path):
@@ -138,3 +139,68 @@ def test_a_folder_tree_keeps_every_recordings_outputs_apart(model_dir, recording
     assert written == ["a/x.json", "a/y.flac.json", "a/y.wav.json", "b/x.json"]
     durations = {name: json.loads((out / name).read_text())["duration_s"] for name in written}
     assert durations["a/x.json"] == pytest.approx(2 * durations["b/x.json"], abs=0.01)  # each its own recording
+
+
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory):
+    """Two spoken sentences apart, in about 30 s, two thirds of it silence: 3 s, a sentence, 20 s, a sentence,
+    2 s, at espeak's 22.05 kHz (the detector hears it at 16 kHz). Returns the file and where each sentence is."""
+    root = tmp_path_factory.mktemp("paused")
+    parts, spoken, at = [], [], 3.0
+    first, rate = sf.read(speak(SENTENCES[0], root / "a.wav"), dtype="float32")
+    second, _ = sf.read(speak(SENTENCES[1], root / "b.wav"), dtype="float32")
+    for silence_s, audio in ((3.0, first), (20.0, second)):
+        parts += [np.zeros(int(silence_s * rate), np.float32), audio]
+        at = sum(p.size for p in parts) / rate
+        spoken.append((at - audio.size / rate, at))
+    parts.append(np.zeros(2 * rate, np.float32))
+    sf.write(root / "paused.wav", np.concatenate(parts), rate)
+    return root / "paused.wav", spoken
+
+
+def test_vad_transcribes_the_speech_alone_and_its_timestamps_land_where_it_was_said(model_dir, paused, tmp_path):
+    """vad=true: the detector finds the two sentences (its 0.2 s margin around each), only they are transcribed,
+    every word is placed inside the sentence it came from (none in the 20 s pause) and the JSON says where the
+    speech was; a recording with no speech gives an empty transcript, not an error."""
+    path, spoken = paused
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={path}", f"output_dir={tmp_path}", "hw=cpu",
+                   "progress_bar=false", "vad=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "paused.json").read_text())
+    regions = result["speech_regions"]
+    assert len(regions) == 2 and result["duration_s"] == pytest.approx(spoken[1][1] + 2, abs=0.05)
+    for (start, end), (said_from, said_to) in zip(regions, spoken):
+        assert said_from - 0.45 <= start <= said_from + 0.1 and said_to - 0.1 <= end <= said_to + 0.45
+    assert result["words"] and result["text"].strip()
+    for w in result["words"]:
+        assert any(start - 1e-3 <= w["start"] <= w["end"] <= end + 1e-3 for start, end in regions), w
+    assert {any(start <= w["start"] < end for w in result["words"]) for start, end in regions} == {True}
+    assert result["speech_s"] == pytest.approx(sum(b - a for a, b in regions), abs=1e-3)
+
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.random.default_rng(0).normal(0, 1e-4, 5 * 16000).astype(np.float32), 16000)
+    done = run_cli("transcribe.py", f"model_dir={model_dir}", f"audio={silence}", f"output_dir={tmp_path}",
+                   "hw=cpu", "progress_bar=false", "vad=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    quiet = json.loads((tmp_path / "silence.json").read_text())
+    assert quiet["text"] == "" and quiet["words"] == [] and quiet["speech_regions"] == []
+    assert quiet["duration_s"] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_the_detector_reads_a_recording_block_by_block_as_one_call_would(paused, tmp_path):
+    """The speech probabilities read in 16 s blocks from the file, the LSTM state and context carried across them,
+    are silero-vad's own for the whole recording at once (bit for bit, at its own 16 kHz: resampled block by block,
+    the samples at a block's edges may differ in their last bits)."""
+    from importlib.resources import files
+
+    from silero_vad.sequence_vad import SileroVADSequence
+    from speechkit.data.audio import decode
+    from speechkit.vad import MODEL_FILE, SpeechDetector
+
+    path = tmp_path / "16k.wav"
+    sf.write(path, decode(str(paused[0]), 16000), 16000, subtype="FLOAT")
+    probabilities, total = SpeechDetector().probabilities(str(path))
+    audio = decode(str(path), 16000)
+    whole = SileroVADSequence(str(files("silero_vad.data") / MODEL_FILE)).audio_forward(audio)
+    assert total == audio.size and total > 512 * 512  # more than one block
+    assert np.array_equal(probabilities, whole)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from conftest import SMALL_DEMO, TINY_WHISPER, WHISPER_DEMO, WHISPER_FAST, compose, speak, write_metadata
 from hub_fixtures import FLEURS_KEPT, make_fleurs, make_whisper_checkpoint
 from speechkit.commands import evaluate, train, transcribe
+from speechkit.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,23 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
     assert out["text"] == " ".join(s["text"] for s in out["segments"])
     assert " ".join(w["word"] for w in out["words"]) == " ".join(out["text"].split())
     assert (tmp_path / "out" / "long.srt").read_text().strip() and (tmp_path / "out" / "long.vtt").is_file()
+
+    # vad=true: the speech regions alone, each generated on its own; segments inside them, in order
+    transcribe.run(compose("transcribe", [f"model_dir={run_dir / 'model'}", f"audio={long}", "vad=true",
+                                          f"output_dir={tmp_path / 'vad'}", "hw=cpu", "progress_bar=false"]))
+    out = json.loads((tmp_path / "vad" / "long.json").read_text())
+    regions = out["speech_regions"]
+    assert len(regions) >= len(clips) and out["speech_s"] < duration
+    starts = [s["start"] for s in out["segments"]]
+    assert starts == sorted(starts) and out["text"] == " ".join(s["text"] for s in out["segments"])
+    # a segment lies in the window its regions were merged into: from a region's start, at most the model's 4 s
+    assert all(any(a - 1e-3 <= s["start"] and s["end"] <= a + 4.0 + 1e-3 for a, _ in regions)
+               for s in out["segments"])
+
+    # Whisper has no ONNX export yet: asked for one, refused in one line
+    with pytest.raises(ConfigError, match="inference.runtime=onnx .*Whisper"):
+        transcribe.run(compose("transcribe", [f"model_dir={run_dir / 'model'}", f"audio={long}",
+                                              "inference.runtime=onnx", "hw=cpu"]))
 
 
 def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_path):

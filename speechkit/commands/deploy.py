@@ -1,7 +1,8 @@
 """`python deploy.py model_dir=<run>/model sagemaker.role=... sagemaker.bucket=...`: a SageMaker real-time endpoint for a model.
 
 Packs model.tar.gz as SageMaker's Hugging Face/PyTorch inference containers expect it (the model and processor
-files at the top, code/inference.py and code/requirements.txt beside them), uploads it to
+files at the top, code/inference.py and code/requirements.txt beside them; with inference.runtime=onnx or onnx_int8
+the checked export and its parity record in onnx/, and onnxruntime in the requirements), uploads it to
 s3://<sagemaker.bucket>/<sagemaker.prefix>/models/<name>/, and creates the model, the endpoint config and the endpoint (all named
 <name>) with the SageMaker Python SDK 3 resources.
 """
@@ -27,25 +28,37 @@ log = logging.getLogger(__name__)
 HANDLER = Path(inference.__file__)  # shipped as code/inference.py: it imports nothing of speechkit
 # What the handler imports, pinned as speechkit pins them (pyproject.toml); installed by the inference container.
 HANDLER_REQUIREMENTS = ("torch", "torchcodec", "transformers", "numpy")
+ONNX_REQUIREMENTS = ("onnxruntime",)  # and, with inference.runtime=onnx or onnx_int8, what runs the export
 
 
-def handler_requirements() -> List[str]:
-    pins = {re.split(r"[=<>!~ ]", r, maxsplit=1)[0].lower(): r for r in launch.requirements()}
-    return [pins[name] for name in HANDLER_REQUIREMENTS if name in pins]
+def handler_requirements(runtime: str = "torch") -> List[str]:
+    pins = {re.split(r"[=<>!~ ]", r, maxsplit=1)[0].lower(): r for r in launch.requirements(["onnx"])}
+    names = HANDLER_REQUIREMENTS + (ONNX_REQUIREMENTS if runtime != "torch" else ())
+    return [pins[name] for name in names if name in pins]
 
 
-def pack(model_dir: str, tarball: str) -> str:
-    """model.tar.gz: every file of model_dir at the top, code/inference.py, code/requirements.txt."""
+def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
+    """model.tar.gz: every file of model_dir at the top, code/inference.py, code/requirements.txt; with an ONNX
+    runtime, also the export it serves and its parity record (onnx/), checked first as the handler checks them."""
     files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
     names = {p.name for p in files}
     if "config.json" not in names or not names & {"model.safetensors", "model.safetensors.index.json"}:
         raise ConfigError(f"model_dir: {model_dir} is not a saved model (needs config.json and model.safetensors); "
                           "point it at a run's model/ folder")
+    packed = [(path, path.name) for path in files]
+    if runtime != "torch":
+        try:  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
+            export = Path(inference.checked_onnx_file(model_dir, runtime))
+        except inference.InferenceError as err:
+            raise ConfigError(err.message) from None
+        parity = export.with_name(inference.PARITY_FILE)
+        packed += [(export, f"{inference.ONNX_FOLDER}/{export.name}"),
+                   (parity, f"{inference.ONNX_FOLDER}/{parity.name}")]
     requirements = Path(tarball).with_name("requirements.txt")
-    requirements.write_text("\n".join(handler_requirements()) + "\n")
+    requirements.write_text("\n".join(handler_requirements(runtime)) + "\n")
     with tarfile.open(tarball, "w:gz") as tar:
-        for path in files:
-            tar.add(path, arcname=path.name)
+        for path, name in packed:
+            tar.add(path, arcname=name)
         tar.add(HANDLER, arcname="code/inference.py")
         tar.add(requirements, arcname="code/requirements.txt")
     return tarball
@@ -75,7 +88,7 @@ def run(raw_cfg: DictConfig) -> str:
     image = inference_image(cfg, region)
 
     os.makedirs(cfg.run_dir, exist_ok=True)
-    tarball = pack(model_dir, os.path.join(cfg.run_dir, "model.tar.gz"))
+    tarball = pack(model_dir, os.path.join(cfg.run_dir, "model.tar.gz"), cfg.inference.runtime.value)
     key_prefix = "/".join(p for p in (sm.prefix, "models", name) if p)
     model_data = session.upload_data(path=tarball, bucket=sm.bucket, key_prefix=key_prefix)
     log.info("Uploaded %s to %s", tarball, model_data)

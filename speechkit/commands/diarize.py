@@ -8,6 +8,8 @@ the ROCm recipe prints pyannote's (`start=0.0s stop=1.0s speaker_SPEAKER_00`) an
 With `asr_model_dir`, the recording is also transcribed (speechkit/commands/transcribe.py: word timestamps, the
 model's LM if it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the
 speakers' turns with their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`.
+With `vad=true`, silero-vad (speechkit/vad.py) finds the speech: turns are cut to it (the model's false alarms in
+silence dropped), and the ASR model transcribes the speech regions alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from speechkit.data.references import Turn, write_rttm
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.diarization import Diarization
 from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stems, write_texts
+from speechkit.vad import SpeechDetector, describe, keep_speech
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,9 @@ def recipe_lines(turns: List[Turn]) -> str:
     return "\n".join(f"start={a:.1f}s stop={b:.1f}s speaker_{who}" for a, b, who in turns)
 
 
-def diarize_file(task: Diarization, model, path: str, progress_bar: bool = True) -> tuple:
-    """(turns, duration in seconds) of one recording, read window by window."""
+def diarize_file(task: Diarization, model, path: str, progress_bar: bool = True, vad=None) -> tuple:
+    """(turns, duration in seconds) of one recording, read window by window; with a speech detector (`vad`), the
+    turns cut to its speech regions."""
     rate = task.sampling_rate
     decoder = open_recording(path, rate)
     seconds = decoder.metadata.duration_seconds_from_header or decoder.metadata.duration_seconds
@@ -61,6 +65,10 @@ def diarize_file(task: Diarization, model, path: str, progress_bar: bool = True)
         turns = task.diarize(model, read, total, progress=progress)
     finally:
         bar.close()
+    if vad is not None:
+        speech = vad.speech(path, seconds)
+        log.info(describe(speech, path))
+        turns = keep_speech(turns, speech.regions)
     return turns, seconds
 
 
@@ -111,9 +119,10 @@ def run(raw_cfg: DictConfig) -> dict:
     transcriber = None
     if cfg.asr_model_dir:
         transcriber = Transcriber(saved_model_dir(cfg.asr_model_dir), TranscribeConfig(
-            model_dir=cfg.asr_model_dir, audio=cfg.audio, progress_bar=cfg.progress_bar, hw=cfg.hw))
+            model_dir=cfg.asr_model_dir, audio=cfg.audio, progress_bar=cfg.progress_bar, vad=cfg.vad, hw=cfg.hw))
+    vad = (transcriber.vad if transcriber else SpeechDetector()) if cfg.vad else None
     def work(path):
-        return (*diarize_file(task, model, path, cfg.progress_bar),
+        return (*diarize_file(task, model, path, cfg.progress_bar, vad),
                 transcriber.transcribe(path) if transcriber else None)
 
     done, failed = [], []

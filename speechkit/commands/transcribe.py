@@ -12,6 +12,12 @@ middle plus `stride_length_s` of context on each side. Windows go through the mo
   consecutive windows' tokens are joined where they agree over their overlap. Segments (in the JSON) are timed by
   Whisper's own timestamp tokens where the checkpoint predicts them, else by the windows; words are spread over
   their segment.
+
+With `vad=true`, silero-vad (speechkit/vad.py) first finds the speech; consecutive speech regions are merged into
+windows of up to `chunk_length_s` (the short pauses inside them included) and only those are transcribed, in
+batches, each on its own (no context across a pause), its words placed back at the region's start in the
+recording. A recording with no speech gives an empty transcript. The JSON then holds `speech_regions` and
+`speech_s`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from speechkit.onnx_export import for_runtime
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.asr import SpeechRecognition
 from speechkit.tasks.asr.seq2seq import TIME_PRECISION
+from speechkit.vad import SpeechDetector, describe
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -69,8 +76,9 @@ def find_audio(spec: str) -> List[str]:
     return sorted(found)
 
 
-def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tuple[float, float, np.ndarray]]:
-    """(start of the new part, its end, the window's samples) along a recording, read window by window."""
+def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tuple[float, float, float, np.ndarray]]:
+    """(start of the new part, its end, the window's start, its samples) along a recording, read window by
+    window."""
     step = chunk_s - 2 * stride_s
     start = 0.0
     while True:
@@ -81,7 +89,7 @@ def windows(decoder, rate: int, chunk_s: float, stride_s: float) -> Iterator[Tup
             return
         # the recording ends inside this window (short of it by more than a sample's rounding): no next one
         ended = stop < start + step + stride_s - 1.5 / rate
-        yield start, stop if ended else start + step, samples
+        yield start, stop if ended else start + step, left, samples
         if ended:
             return
         start += step
@@ -106,18 +114,31 @@ class Transcriber:
         self.rate = task.sampling_rate
         self.output = READERS[task.kind.name](self)  # how the model's kind of head reads and joins windows
         self.chunk_s, self.stride_s = self.output.window(cfg.chunk_length_s, cfg.stride_length_s)
+        self.vad = SpeechDetector() if cfg.vad else None
 
     def transcribe(self, path: str) -> dict:
         began = time.perf_counter()
         decoder = open_recording(path, self.rate)
-        header = decoder.metadata.duration_seconds_from_header
-        step = self.chunk_s - 2 * self.stride_s
-        bar = tqdm(total=math.ceil(header / step) if header else None, desc=os.path.basename(path), unit="window",
-                   leave=False, dynamic_ncols=True, disable=not self.cfg.progress_bar)
-        parts, batch, duration = [], [], 0.0
-        for start, end, samples in windows(decoder, self.rate, self.chunk_s, self.stride_s):
-            batch.append((start, end, max(0.0, start - self.stride_s), samples))
-            duration = end
+        if self.vad is not None:  # the speech regions alone, merged into windows of up to chunk_s
+            speech = self.vad.speech(path, self.chunk_s)
+            spans = [(start, end, start) for start, end in speech.windows(self.chunk_s)]
+            spans = ((start, end, left, read_range(decoder, start, end)) for start, end, left in spans)
+            count, duration = len(speech.regions), speech.duration_s
+            log.info(describe(speech, path))
+        else:
+            header = decoder.metadata.duration_seconds_from_header
+            count = math.ceil(header / (self.chunk_s - 2 * self.stride_s)) if header else None
+            spans = windows(decoder, self.rate, self.chunk_s, self.stride_s)
+        bar = tqdm(total=count, desc=os.path.basename(path), unit="window", leave=False, dynamic_ncols=True,
+                   disable=not self.cfg.progress_bar)
+        parts, batch, starts = [], [], []
+        for start, end, left, samples in spans:
+            if samples.size == 0:
+                continue
+            batch.append((start, end, left, samples))
+            starts.append(start)
+            if self.vad is None:
+                duration = end
             if len(batch) == self.cfg.batch_size:
                 parts += self.output.read(batch)
                 bar.update(len(batch))
@@ -126,12 +147,17 @@ class Transcriber:
             parts += self.output.read(batch)
             bar.update(len(batch))
         bar.close()
-        if not parts:
+        if not parts and self.vad is None:
             raise ValueError(f"{path}: no audio samples")
-        result = self.output.join(parts)
+        # windows that overlap (joined over their context), or speech regions apart (each read alone, then placed)
+        result = self.output.join(parts, starts if self.vad is not None else None)
         seconds = time.perf_counter() - began
+        extra = {"speech_s": round(speech.speech_s, 3), "speech_regions": [[round(a, 3), round(b, 3)]
+                                                                           for a, b in speech.regions]} \
+            if self.vad is not None else {}
         return {"file": path, "text": result.pop("text"), "duration_s": round(duration, 3),
-                "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 4), **result}
+                "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 4),
+                **extra, **result}
 
 
 class CtcFrames:
@@ -165,7 +191,17 @@ class CtcFrames:
             out.append(row[first:min(last, valid)])
         return out
 
-    def join(self, parts: List[np.ndarray]) -> dict:
+    def join(self, parts: List[np.ndarray], starts: Optional[List[float]] = None) -> dict:
+        """The recording's frames decoded once; or, for speech regions apart (`starts`: where each begins), each
+        region decoded alone and its words placed at its start."""
+        if starts is not None:
+            texts, words = [], []
+            for frames, at in zip(parts, starts):
+                region = self.join([frames])
+                texts.append(region["text"])
+                words += [{**w, "start": round(w["start"] + at, 3), "end": round(w["end"] + at, 3)}
+                          for w in region["words"]]
+            return {"text": " ".join(t for t in texts if t), "words": words}
         if self.lm is not None:  # beam search with the LM over the whole recording's frames
             text, _, offsets, *_ = self.lm.decode_beams(np.concatenate(parts))[0]
             spans = [(word, start, end) for word, (start, end) in offsets]
@@ -238,8 +274,12 @@ class Generated:
             out += [(token, opened, max(end, opened)) for token in pending]
         return out
 
-    def join(self, parts: List[tuple]) -> dict:
-        merged = join_overlapping([[token for token, _, _ in timed] for _, _, timed in parts])
+    def join(self, parts: List[tuple], starts: Optional[List[float]] = None) -> dict:
+        """Windows joined where they overlap; speech regions apart (`starts` given) one after the other (their
+        times are the recording's already)."""
+        sequences = [[token for token, _, _ in timed] for _, _, timed in parts]
+        merged = join_overlapping(sequences) if starts is None else [
+            (token, k, j) for k, sequence in enumerate(sequences) for j, token in enumerate(sequence)]
         groups: List[Tuple[Tuple[float, float], List[int]]] = []
         for token, window, position in merged:
             _, seg_start, seg_end = parts[window][2][position]
