@@ -81,8 +81,9 @@ SCRIPTS = {"train.py": "TrainConfig", "evaluate.py": "EvaluateConfig", "inspect_
 
 def unknown_key(argv: List[str], schema) -> Optional[str]:
     """The refusal of the first `key=value` whose key no schema has, with the closest keys it may have meant, or
-    whose key takes one of a few names (an Enum) and the value is none of them; or None. Only what is certain is refused: a key under a free-form mapping (model.architecture.*), a task key any
-    task's schema has, `+key=` (an addition), Hydra's own keys and group choices are left to Hydra."""
+    whose key takes one of a few names (an Enum) and the value is none of them; or None. Only what is certain is
+    refused: a key under a free-form mapping (model.architecture.*), a task key any task's schema has, `+key=` (an
+    addition), Hydra's own keys and group choices are left to Hydra."""
     import dataclasses
     import difflib
     import enum
