@@ -51,11 +51,12 @@ def post(url: str, body: bytes, content_type: str, timeout: float) -> tuple:
     return status, time.perf_counter() - began
 
 
-def start_server(model_dir, log=None, seconds: float = 180) -> tuple:
-    """`python serve.py model_dir=...` on a free local port (its stderr into the file `log`, if given), once it
-    answers /ping: (the process, its base URL)."""
+def start_server(model_dir, log=None, seconds: float = 180, overrides=()) -> tuple:
+    """`python serve.py model_dir=... <overrides>` on a free local port (its stderr into the file `log`, if given),
+    once it answers /ping: (the process, its base URL)."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}"],
+    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"model_dir={model_dir}", f"port={port}",
+                               *overrides],
                               cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=open(log, "w") if log else subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -83,10 +84,11 @@ def main(argv=None) -> dict:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=25, help="per client")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--runtime", default="torch", help="inference.runtime: torch, onnx or onnx_int8 (export.py's)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
-    server, base = start_server(args.model_dir)
+    server, base = start_server(args.model_dir, overrides=[f"inference.runtime={args.runtime}"])
     try:
         body = Path(args.audio).read_bytes()
         post(f"{base}/invocations", body, "audio/wav", args.timeout)  # warm-up, not counted
@@ -103,14 +105,15 @@ def main(argv=None) -> dict:
         server.wait(timeout=30)
     latencies = [t for _, t in results]
     statuses = Counter(str(s) for s, _ in results)
-    summary = {"clients": args.clients, "requests": len(results), "seconds": seconds,
+    summary = {"runtime": args.runtime, "clients": args.clients, "requests": len(results), "seconds": seconds,
                "requests_per_s": len(results) / seconds, "statuses": dict(statuses),
                "errors": sum(n for s, n in statuses.items() if s != "200"),
                "latency_s": {"p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9),
                              "p99": percentile(latencies, 0.99), "max": max(latencies)},
                "server_rss_mb": {"before": before, "after": after}, "server_alive": alive}
     lat = summary["latency_s"]
-    table = (f"`python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}`: "
+    table = (f"`python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests} "
+             f"--runtime {args.runtime}`: "
              f"{len(results)} requests of {Path(args.audio).name}\n\n"
              "| requests/s | p50 | p90 | p99 | max | errors | server RSS before → after |\n"
              "|---|---|---|---|---|---|---|\n"

@@ -137,8 +137,11 @@ class OnnxModel(torch.nn.Module):
         self.names = [i.name for i in self.session.get_inputs()]
         self.config = reference.config
         self.main_input_name = reference.main_input_name
-        if hasattr(reference, "_get_feat_extract_output_lengths"):
-            self._get_feat_extract_output_lengths = reference._get_feat_extract_output_lengths
+        # the reference's length arithmetic, which reads its config alone: taken from its class, so that the
+        # PyTorch weights are not kept alive beside the session
+        self._lengths = getattr(type(reference), "_get_feat_extract_output_lengths", None)
+        if self._lengths is not None:
+            self._get_feat_extract_output_lengths = lambda lengths, *a, **k: self._lengths(self, lengths, *a, **k)
         # where the model is, for code that asks its parameters (the session's inputs and outputs are on the CPU)
         self.placed = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 

@@ -48,3 +48,27 @@ def test_throughput_benchmark_runs_whisper_against_the_seq2seq_trainer(tmp_path)
         assert r["steps"] == 2 and r["audio_s_per_s"] > 0 and r["final_loss"] > 0
         assert 0.2 < r["padding"] < 1  # every clip is padded to the 4 s window
     assert r["clips"] == int(num_train)
+
+
+def test_inference_benchmark_measures_each_runtime_side_by_side(asr_demo_run, tmp_path):
+    """benchmarks/inference.py on the session's tiny demo run (copied: the exports go into its model/): every
+    runtime transcribed, served and sized, the parity figures kept, the targets judged; tiny settings."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(asr_demo_run[0], run_dir)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "benchmarks/inference.py", "--only", "demo", "--demo-run", str(run_dir),
+                           "--speech-s", "12", "--clip-s", "2", "--requests", "2", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "inference.json").read_text())
+    demo = summary["results"]["demo"]
+    assert set(demo["runtimes"]) == {"torch", "onnx", "onnx_int8"}
+    for runtime, r in demo["runtimes"].items():
+        assert r["transcribe"]["real_time_factor"] > 0 and r["serve"]["errors"] == 0, runtime
+        assert r["size_mb"] > 0 and r["transcribe"]["peak_rss_mb"] > 100
+    assert demo["export"]["none"]["passed"] and demo["export"]["int8"]["passed"]
+    assert demo["vad"]["speech_s"] < demo["recording"]["seconds"]  # the pauses are not transcribed
+    assert "demo VAD >= 1.5x faster" in summary["targets"] and "| demo | onnx_int8 |" in done.stdout
+    assert (out / "inference.md").read_text() in done.stdout
