@@ -171,15 +171,16 @@ def targets(results: dict) -> dict:
     base, demo = results.get("wav2vec2_base"), results.get("demo")
     if base:
         speedup = base["ratios"]["int8_speedup"]
-        out["wav2vec2_base int8 >= 2x torch RTF"] = (speedup, speedup >= 2)
-        out["wav2vec2_base int8 file <= 35% of fp32"] = (base["ratios"]["int8_size_fraction"],
-                                                         base["ratios"]["int8_size_fraction"] <= 0.35)
+        out["wav2vec2_base: ONNX int8 >= 2x the RTF of torch fp32"] = (speedup, speedup >= 2)
+        out["wav2vec2_base: int8 file <= 35% of the fp32 weights"] = (base["ratios"]["int8_size_fraction"],
+                                                                      base["ratios"]["int8_size_fraction"] <= 0.35)
     if demo:
-        out["demo int8 WER within 0.02 of fp32 (parity split)"] = (
-            demo["export"]["int8"]["difference"], demo["export"]["int8"]["difference"] <= 0.02)
-        out["demo VAD >= 1.5x faster"] = (demo["ratios"]["vad_speedup"], demo["ratios"]["vad_speedup"] >= 1.5)
-        out["demo VAD WER no worse"] = (demo["ratios"]["vad_wer_difference"],
-                                        demo["ratios"]["vad_wer_difference"] <= 0)
+        out["demo: int8 WER within 0.02 of fp32 (parity split)"] = (
+            round(demo["export"]["int8"]["difference"], 4), demo["export"]["int8"]["difference"] <= 0.02)
+        out["demo: VAD WER no worse (long recording)"] = (demo["ratios"]["vad_wer_difference"],
+                                                          demo["ratios"]["vad_wer_difference"] <= 0)
+    for name, f in results.items():  # the recording is one third silence
+        out[f"{name}: VAD >= 1.5x faster"] = (f["ratios"]["vad_speedup"], f["ratios"]["vad_speedup"] >= 1.5)
     return {k: {"value": v, "met": bool(m)} for k, (v, m) in out.items()}
 
 

@@ -70,5 +70,5 @@ def test_inference_benchmark_measures_each_runtime_side_by_side(asr_demo_run, tm
         assert r["size_mb"] > 0 and r["transcribe"]["peak_rss_mb"] > 100
     assert demo["export"]["none"]["passed"] and demo["export"]["int8"]["passed"]
     assert demo["vad"]["speech_s"] < demo["recording"]["seconds"]  # the pauses are not transcribed
-    assert "demo VAD >= 1.5x faster" in summary["targets"] and "| demo | onnx_int8 |" in done.stdout
+    assert "demo: VAD >= 1.5x faster" in summary["targets"] and "| demo | onnx_int8 |" in done.stdout
     assert (out / "inference.md").read_text() in done.stdout

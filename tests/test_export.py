@@ -2,7 +2,9 @@
 kept only when the parity gate finds it scores as the PyTorch model does; a broken export is refused."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +102,36 @@ def test_the_handler_and_serve_run_the_export_as_they_run_pytorch(run_copy, clip
 
     served = serve_and_post_wav(model_dir, long_wav, "inference.runtime=onnx")
     assert served["text"] == answers["torch"][1]["text"]
+
+
+def test_the_handler_serves_the_export_without_torch(run_copy, clip_16k, monkeypatch):
+    """The ONNX path needs no torch: in a process where torch and torchcodec cannot be imported (as if not
+    installed), a JSON request at the model's rate goes through input_fn, predict_fn and output_fn and answers what
+    the PyTorch model answers."""
+    import subprocess
+    import sys
+
+    from speechkit.sagemaker import inference
+
+    model_dir = str(run_copy / "model")
+    body = json.dumps({"speech_array": clip_16k.tolist(), "sampling_rate": 16000})
+    monkeypatch.setenv("SPEECHKIT_RUNTIME", "torch")
+    want = inference.predict_fn(inference.input_fn(body, "application/json"), inference.model_fn(model_dir))
+    script = (
+        "import sys\n"
+        "for name in ('torch', 'torchcodec', 'torchaudio', 'torchvision'):\n"
+        "    sys.modules[name] = None  # import torch now raises ImportError\n"
+        f"sys.path.insert(0, {str(Path(inference.__file__).parent)!r})\n"
+        "import inference\n"
+        f"model = inference.model_fn({model_dir!r})\n"
+        "answer = inference.predict_fn(inference.input_fn(sys.stdin.read(), 'application/json'), model)\n"
+        "print(inference.output_fn(answer, 'application/json'))\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None]\n")
+    done = subprocess.run([sys.executable, "-c", script], input=body, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SPEECHKIT_RUNTIME": "onnx"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["text"] == want["text"] and got["duration_s"] == want["duration_s"]
 
 
 def test_evaluate_and_transcribe_run_the_export(run_copy, long_wav, tmp_path):

@@ -95,8 +95,11 @@ SERVED = [("automatic-speech-recognition", "AutoModelForCTC", "MODEL_FOR_CTC_MAP
 def served_as(config) -> Optional[tuple]:
     """(pipeline, Auto class) a saved model is served by, from its config's architectures; None: not one this
     serves."""
-    from transformers.models.auto import modeling_auto
+    import importlib
 
+    # the module itself (a plain table of names): through transformers' lazy `models.auto` it is a stand-in that
+    # needs torch, and the ONNX runtime serves without torch
+    modeling_auto = importlib.import_module("transformers.models.auto.modeling_auto")
     for task, auto, mapping in SERVED:
         if set(config.architectures or ()) & set(getattr(modeling_auto, mapping).values()):
             return task, auto
