@@ -10,7 +10,8 @@ speechkit run): export.py (float32, then quantize=int8) with the parity gate's f
 `transcribe.py` on a long recording made of the demo corpus' held-out clips, its speech in stretches of about 20 s
 with 10 s pauses (one third silence), as real-time factor, peak memory (the process' max RSS) and WER against the
 clips' transcripts; `transcribe.py vad=true` on the same recording (PyTorch float32); `serve.py` under
-benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime's model file. Writes
+benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime's model file; and the graph alone
+(PyTorch, its conv feature encoder alone, ONNX fp32 and int8) on one batch, run in turn, warm-up runs shown. Writes
 <out>/inference.json and inference.md and prints the table.
 
 Targets on the CPU (README, "Deployment: ONNX, int8, VAD"): wav2vec2-base ONNX int8 >= 2x the real-time factor of
@@ -127,6 +128,39 @@ def served(model_dir: Path, clip: Path, runtime: str, args, out: Path) -> dict:
             "server_rss_mb": round(summary["server_rss_mb"]["after"])}
 
 
+def model_alone(model_dir: Path, batch: int, seconds: float, runs: int = 4) -> dict:
+    """The graph alone, in one process: PyTorch fp32 (and its conv feature encoder alone), ONNX fp32 and int8 on one
+    batch of `batch` windows of `seconds` of noise, each run `runs` times (the first ones include warming up):
+    every run's seconds."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCTC
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (batch, int(seconds * 16000))).astype(np.float32)
+    model = AutoModelForCTC.from_pretrained(model_dir).eval()
+    times = {}
+
+    def timed(key, f):
+        times[key] = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            f()
+            times[key].append(round(time.perf_counter() - began, 3))
+
+    with torch.no_grad():
+        timed("torch", lambda: model(torch.from_numpy(x)))
+        encoder = getattr(getattr(model, model.base_model_prefix), "feature_extractor", None)
+        if encoder is not None:
+            timed("torch conv feature encoder", lambda: encoder(torch.from_numpy(x)))
+    for runtime in ("onnx", "onnx_int8"):
+        session = ort.InferenceSession(str(model_dir / FILES[runtime]), providers=["CPUExecutionProvider"])
+        feed = {i.name: x if i.name == "input_values" else np.ones(x.shape, np.int64) for i in session.get_inputs()}
+        timed(runtime, lambda: session.run(None, feed))
+    return {"batch": batch, "seconds": seconds, "runs_s": times,
+            "steady_s": {k: min(v) for k, v in times.items()}}
+
+
 def one_model(name: str, run_dir: Path, args, out: Path) -> dict:
     model_dir = run_dir / "model"
     figures = {"model": name, "model_dir": str(model_dir), "export": {}, "runtimes": {}}
@@ -155,6 +189,8 @@ def one_model(name: str, run_dir: Path, args, out: Path) -> dict:
             "serve": served(model_dir, clip, runtime, args, out)}
     print(f"[{name}] torch, vad=true ...", flush=True)
     figures["vad"] = transcribed(model_dir, audio, "torch", True, out, reference)
+    print(f"[{name}] the graph alone, one batch of {args.batch} x 20 s ...", flush=True)
+    figures["model_alone"] = model_alone(model_dir, args.batch, 20.0)
     r = figures["runtimes"]
     rtf = {k: v["transcribe"]["real_time_factor"] for k, v in r.items()}
     figures["ratios"] = {
@@ -207,6 +243,15 @@ def table(results: dict, met: dict, cpu: str) -> str:
                          f"{e['utterances']} clips | {e['metric']} {e['pytorch'][key]:.4f} | "
                          f"{e['exported'][key]:.4f} | "
                          f"{e['difference']:.4f} | {e['max_logit_difference']:.2e} | {e['changed_predictions']} |")
+    lines += ["", "| model | the graph alone, one batch: each run in turn (s) | steady | against torch |",
+              "|---|---|---|---|"]
+    for name, f in results.items():
+        a = f["model_alone"]
+        for key, runs in a["runs_s"].items():
+            steady, torch_s = a["steady_s"][key], a["steady_s"]["torch"]
+            versus = f"{steady / torch_s:.0%} of its time" if "encoder" in key else f"{torch_s / steady:.2f}x"
+            lines.append(f"| {name} | {key}, {a['batch']} x {a['seconds']:g} s: {', '.join(f'{t:.2f}' for t in runs)} "
+                         f"| {steady:.2f} | {versus} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'NO'} |" for k, v in met.items()]
     return "\n".join(lines) + "\n"
@@ -227,6 +272,7 @@ def main(argv=None) -> dict:
     p.add_argument("--base-run", help="a wav2vec2-base run dir (default: made into <out>, one training step)")
     p.add_argument("--speech-s", type=float, default=120.0, help="seconds of speech in the long recording")
     p.add_argument("--clip-s", type=float, default=8.0, help="seconds of the recording each serve.py request sends")
+    p.add_argument("--batch", type=int, default=4, help="windows in the graph-alone batch (transcribe.py's batch_size)")
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--requests", type=int, default=10, help="per client")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "inference"))
