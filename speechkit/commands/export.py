@@ -43,6 +43,9 @@ def run(raw_cfg: DictConfig) -> dict:
     accelerator = make_accelerator(cfg.hw)
     task, model = load_model_dir(model_dir)
     export.check_exportable(head_of(model.config))
+    if task.family.onnx_refused:
+        raise ConfigError(f"model_dir: a {task.family.name} model; {task.family.onnx_refused} (serve it with "
+                          "inference.runtime=torch)")
     model.eval()
 
     # 1. The split the gate scores (read first: its clips are the exporter's example too).
@@ -60,7 +63,7 @@ def run(raw_cfg: DictConfig) -> dict:
     os.makedirs(folder, exist_ok=True)
     example = {k: v for k, v in collator.model_inputs(collator([eval_set[i % len(eval_set)] for i in range(2)])).items()
                if k != "labels"}  # the inputs alone (a CTC model is given its labels for its own loss)
-    path = export.export(model, example, os.path.join(folder, export.FILES["none"]), _lengths(task, model, example))
+    path = export.export(model, example, os.path.join(folder, export.FILES["none"]), _lengths(task, model))
     if cfg.quantize.value == "int8":
         path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]))
     log.info("Exported %s (%.1f MB)", path, os.path.getsize(path) / 2**20)
@@ -82,15 +85,11 @@ def run(raw_cfg: DictConfig) -> dict:
     return figures
 
 
-def _lengths(task, model, example: dict):
-    """The length axis's bounds: a waveform from the model's receptive field to 10 minutes, filter-bank frames
-    from two to 10 minutes' worth; None where the family's input is a fixed window (AST)."""
+def _lengths(task, model):
+    """The length axis's bounds, as the model family states them (None where its input is a fixed window: AST)."""
     if task.inputs.window:
         return None
-    rate = task.sampling_rate
-    if example[model.main_input_name].dim() == 2:  # samples
-        return task.family.receptive_field(model.config, rate), export.LONGEST_S * rate
-    return 2, export.LONGEST_S * 100  # filter-bank frames of 10 ms
+    return task.family.input_lengths(model.config, task.sampling_rate, export.LONGEST_S)
 
 
 def _record(folder: str, name: str, figures: dict) -> None:
@@ -101,7 +100,9 @@ def _record(folder: str, name: str, figures: dict) -> None:
             records = json.load(f)
     except (OSError, ValueError):
         records = {}
-    records = records if isinstance(records, dict) and "passed" not in records else {}
+    if isinstance(records, dict) and "passed" in records:  # the first layout: one record, of the file it names
+        records = {os.path.basename(str(records.get("file", ""))): records} if records.get("file") else {}
+    records = records if isinstance(records, dict) else {}
     records[name] = figures
     with open(path + ".tmp", "w") as f:
         json.dump(records, f, indent=1)

@@ -121,6 +121,7 @@ class ModelFamily:
     processor: str = "Wav2Vec2Processor"  # the transformers class a CTC model's tokenizer and features ship as
     has_feature_encoder: bool = False  # a convolutional encoder model.freeze_feature_encoder can freeze
     has_encoder: bool = False  # an encoder-decoder model: model.freeze_encoder trains the decoder only
+    onnx_refused: str = ""  # why export.py cannot export this family yet ("": it can)
 
     # ------------------------------------------------------------------------------------------- building
     def has_head(self, model_type: str, head: str) -> bool:
@@ -226,6 +227,11 @@ class ModelFamily:
     def receptive_field(self, config, sampling_rate: int) -> int:
         """The shortest clip (samples) the model can take."""
         raise NotImplementedError
+
+    def input_lengths(self, config, sampling_rate: int, longest_s: float) -> Tuple[int, int]:
+        """(shortest, longest) of the length axis of the model's main input (axis 1), for clips from the receptive
+        field to `longest_s` seconds: samples, for a waveform encoder (what an ONNX export's dynamic axis spans)."""
+        return self.receptive_field(config, sampling_rate), int(longest_s * sampling_rate)
 
     def frame_hop(self, config) -> int:
         """Samples of audio per output frame."""

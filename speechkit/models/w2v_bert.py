@@ -15,6 +15,9 @@ class W2vBert(ModelFamily):
     name = "w2v-BERT 2.0"
     model_types = ("wav2vec2-bert",)
     heads = ("ctc", "classification", "frames")
+    # transformers 5.23's attention reshapes its transposed output, which torch.export (torch 2.13) cannot trace
+    # with a dynamic length
+    onnx_refused = "torch.export cannot trace w2v-BERT's attention with a dynamic length yet"
     processor = "Wav2Vec2BertProcessor"
 
     def new_feature_extractor(self, config, sampling_rate: int):
@@ -36,6 +39,12 @@ class W2vBert(ModelFamily):
         has no frame its mask keeps, and its normalisation divides by zero."""
         window, hop = self._window_hop(sampling_rate)
         return window + (self._stride(config) - 1) * hop
+
+    def input_lengths(self, config, sampling_rate: int, longest_s: float):
+        """Input frames (filter-bank frames stacked `stride` at a time): from two (an axis of one would be fixed by
+        the exporter) to `longest_s` seconds' worth."""
+        _, hop = self._window_hop(sampling_rate)
+        return 2, int(longest_s * sampling_rate) // hop // self._stride(config)
 
     def output_frames(self, config, samples: int, sampling_rate: int) -> int:
         """Filter-bank frames, stacked `stride` at a time, then the adapter's strided convolutions (padding
