@@ -60,6 +60,19 @@ def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) 
     a batch of the model's inputs (at least two clips: an axis of size one would be fixed); `lengths`: (shortest,
     longest) of the length axis (axis 1), or None where it is fixed."""
     model = model.eval()
+    # Attention as plain matmuls and a softmax: SDPA exports with a NaN-safe softmax (IsNaN and Where over every
+    # attention map) that cost onnxruntime about a quarter of wav2vec2-base's time (benchmarks/inference.py)
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    try:
+        return _export(model, example, path, lengths)
+    finally:
+        if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(attention)
+
+
+def _export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
     example = {k: v.long() if k == "attention_mask" else v for k, v in example.items()}  # int64, as fed
     batch = torch.export.Dim("batch", min=1, max=1024)
     length = torch.export.Dim("length", min=lengths[0], max=lengths[1]) if lengths else None
