@@ -144,6 +144,7 @@ class OnnxModel(torch.nn.Module):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.enable_mem_pattern = False  # see the handler's onnx_model_fn: half the peak memory, same speed
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

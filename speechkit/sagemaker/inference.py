@@ -220,7 +220,11 @@ def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
     path = checked_onnx_file(model_dir, runtime())
     wanted = "CUDAExecutionProvider" if os.environ.get("SPEECHKIT_DEVICE", "cpu").startswith("cuda") else None
     providers = [p for p in (wanted, "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(path, providers=providers)
+    options = ort.SessionOptions()
+    # No memory pattern: planned for each input shape, it holds every activation buffer of the largest request at
+    # once (wav2vec2-base int8 on 4 x 20 s: 3.4 GB peak with it, 1.8 GB without, the same speed)
+    options.enable_mem_pattern = False
+    session = ort.InferenceSession(path, options, providers=providers)
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) \
         if task != "audio-classification" else None
