@@ -121,9 +121,9 @@ class Transcriber:
         decoder = open_recording(path, self.rate)
         if self.vad is not None:  # the speech regions alone, merged into windows of up to chunk_s
             speech = self.vad.speech(path, self.chunk_s)
-            spans = [(start, end, start) for start, end in speech.windows(self.chunk_s)]
-            spans = ((start, end, left, read_range(decoder, start, end)) for start, end, left in spans)
-            count, duration = len(speech.regions), speech.duration_s
+            merged = speech.windows(self.chunk_s)
+            spans = ((start, end, start, read_range(decoder, start, end)) for start, end in merged)
+            count, duration = len(merged), speech.duration_s
             log.info(describe(speech, path))
         else:
             header = decoder.metadata.duration_seconds_from_header
