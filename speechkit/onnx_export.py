@@ -6,8 +6,9 @@ of the linear layers).
 by exactly the code that scores the PyTorch one (the same batches, decoding and scores): that is the parity gate;
 evaluate.py and transcribe.py run it the same way with `inference.runtime=onnx`.
 
-Exported: the models whose head gives logits in one forward pass, whatever their family: CTC speech recognition
-(wav2vec2, HuBERT, WavLM, MMS, XLSR, w2v-BERT), audio classification (wav2vec2-like, AST) and diarization frames.
+Exported: the models whose head gives logits in one forward pass: CTC speech recognition (wav2vec2, HuBERT, WavLM,
+MMS, XLSR), audio classification (wav2vec2-like, AST) and diarization frames; a family that cannot be exported yet
+says why (its `onnx_refused`: w2v-BERT).
 The graph's inputs are the family's model inputs (speechkit/models/base.py: ModelInputs) with the batch axis, and
 the length axis where the family takes any length (AST's filter bank is a fixed window), dynamic; its output is
 `logits`. Whisper (encoder, and a decoder that generates) is refused in one line.
@@ -29,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
 from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
-                                           WEIGHTS, InferenceError, checked_onnx_file, sha256)
+                                           WEIGHTS, InferenceError, checked_onnx_file, onnx_session, sha256)
 
 log = logging.getLogger(__name__)
 FILES = {"none": ONNX_FILES["onnx"], "int8": ONNX_FILES["onnx_int8"]}  # export.py's quantize= -> file
@@ -48,11 +49,18 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs))).logits
 
 
-def check_exportable(head: str, key: str = "model_dir") -> None:
-    """Refused in one line naming `key` (model_dir for export.py, inference.runtime=... for what runs an export)."""
+def check_exportable(config, key: str = "model_dir") -> None:
+    """A model whose head or family export.py cannot export, refused in one line naming `key` (model_dir for
+    export.py, inference.runtime=... for what runs an export)."""
+    from speechkit.models import family_of, head_of
+
+    head, family = head_of(config), family_of(config.model_type)
     if head not in EXPORTED_HEADS:
         raise ConfigError(f"{key}: a {head} model (Whisper); export.py exports CTC, classification and "
                           "diarization models so far (Whisper's generating decoder is not exported yet)")
+    if family.onnx_refused:
+        raise ConfigError(f"{key}: a {family.name} model; {family.onnx_refused} (serve it with "
+                          "inference.runtime=torch)")
 
 
 def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
@@ -63,12 +71,13 @@ def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) 
     # Attention as plain matmuls and a softmax: SDPA exports with a NaN-safe softmax (IsNaN and Where over every
     # attention map) that cost onnxruntime about a quarter of wav2vec2-base's time (benchmarks/inference.py)
     attention = getattr(model.config, "_attn_implementation", None)
-    if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+    switch = attention not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
         model.set_attn_implementation("eager")
     try:
         return _export(model, example, path, lengths)
     finally:
-        if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        if switch:
             model.set_attn_implementation(attention)
 
 
@@ -123,9 +132,7 @@ def for_runtime(model, model_dir: str, runtime: str):
     in its place (onnx, onnx_int8)."""
     if runtime == "torch":
         return model
-    from speechkit.models import head_of
-
-    check_exportable(head_of(model.config), f"inference.runtime={runtime} (use inference.runtime=torch)")
+    check_exportable(model.config, f"inference.runtime={runtime} (use inference.runtime=torch)")
     return OnnxModel(served_file(model_dir, runtime), model)
 
 
@@ -139,15 +146,9 @@ class OnnxModel(torch.nn.Module):
     """An onnxruntime session in the place of the PyTorch model it was exported from: its config and length
     arithmetic are the reference model's, its logits the session's (on the CPU)."""
 
-    def __init__(self, path: str, reference, threads: Optional[int] = None):
+    def __init__(self, path: str, reference):
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.enable_mem_pattern = False  # see the handler's onnx_model_fn: half the peak memory, same speed
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path)
         self.names = [i.name for i in self.session.get_inputs()]
         self.config = reference.config
         self.main_input_name = reference.main_input_name

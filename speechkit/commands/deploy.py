@@ -46,11 +46,10 @@ def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
         raise ConfigError(f"model_dir: {model_dir} is not a saved model (needs config.json and model.safetensors); "
                           "point it at a run's model/ folder")
     packed = [(path, path.name) for path in files]
-    if runtime != "torch":
-        try:  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
-            export = Path(inference.checked_onnx_file(model_dir, runtime))
-        except inference.InferenceError as err:
-            raise ConfigError(err.message) from None
+    if runtime != "torch":  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
+        from speechkit.onnx_export import served_file
+
+        export = Path(served_file(model_dir, runtime))
         parity = export.with_name(inference.PARITY_FILE)
         packed += [(export, f"{inference.ONNX_FOLDER}/{export.name}"),
                    (parity, f"{inference.ONNX_FOLDER}/{parity.name}")]

@@ -207,24 +207,30 @@ def checked_onnx_file(model_dir: str, runtime: str) -> str:
     return path
 
 
+def onnx_session(path: str, device: str = "cpu"):
+    """An onnxruntime session of `path` (on CUDA where `device` says so and onnxruntime has it), as the handler,
+    export.py's parity gate, evaluate.py and transcribe.py run an export."""
+    import onnxruntime as ort
+
+    wanted = "CUDAExecutionProvider" if device.startswith("cuda") else None
+    providers = [p for p in (wanted, "CPUExecutionProvider") if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    # No memory pattern: planned for each input shape, it holds every activation buffer of the largest request at
+    # once (wav2vec2-base int8 on 4 x 20 s: 3.4 GB peak with it, 1.8 GB without, the same speed)
+    options.enable_mem_pattern = False
+    return ort.InferenceSession(path, options, providers=providers)
+
+
 def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
     """The model's ONNX export in an onnxruntime session, with the feature extractor and tokenizer it was trained
     with; no torch."""
-    import onnxruntime as ort
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     task, auto = served
     if auto == "AutoModelForSpeechSeq2Seq":
         raise InferenceError(f"inference.runtime={runtime()}: {model_dir} is a Whisper model; export.py exports "
                              "CTC, classification and diarization models so far: serve it with runtime=torch", 500)
-    path = checked_onnx_file(model_dir, runtime())
-    wanted = "CUDAExecutionProvider" if os.environ.get("SPEECHKIT_DEVICE", "cpu").startswith("cuda") else None
-    providers = [p for p in (wanted, "CPUExecutionProvider") if p in ort.get_available_providers()]
-    options = ort.SessionOptions()
-    # No memory pattern: planned for each input shape, it holds every activation buffer of the largest request at
-    # once (wav2vec2-base int8 on 4 x 20 s: 3.4 GB peak with it, 1.8 GB without, the same speed)
-    options.enable_mem_pattern = False
-    session = ort.InferenceSession(path, options, providers=providers)
+    session = onnx_session(checked_onnx_file(model_dir, runtime()), os.environ.get("SPEECHKIT_DEVICE", "cpu"))
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) \
         if task != "audio-classification" else None
