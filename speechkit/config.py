@@ -91,6 +91,12 @@ class DemoCorpusConfig:
     # Conversations instead (speaker diarization, column `rttm`): each recording has one of these numbers of speakers
     speakers: List[int] = field(default_factory=list)
     turns: int = 6  # conversations: sentences per recording
+    # sentences: a shifted test set instead (dataset=demo_en_shifted): the test split's sentences spoken by these
+    # voices only (none of `voices`), as splits test (clean), test_noisy (white noise at shifted_snr_db) and
+    # test_reverb (a simulated room of shifted_rt60_s); no train split
+    shifted_voices: List[str] = field(default_factory=list)
+    shifted_snr_db: float = 10.0
+    shifted_rt60_s: float = 0.6
     cache_dir: str = "${oc.env:SPEECHKIT_CACHE,'~/.cache/speechkit'}/demo"
 
 
@@ -384,6 +390,80 @@ class TrainerConfig:
     progress_bar: bool = True
 
 
+# --------------------------------------------------------------------------------------- conf/augment
+@dataclass
+class SpeedConfig:
+    """Kaldi-style speed perturbation: each training clip resampled by one of `factors` (tempo and pitch change
+    together, as sox's `speed`), drawn per clip and epoch; 1.0 leaves a clip as it is."""
+
+    factors: List[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]; empty: off
+
+
+@dataclass
+class NoiseConfig:
+    """Noise added to a share of the training clips at a signal-to-noise ratio drawn from [snr_db_min, snr_db_max]:
+    recordings from `path` (a folder searched recursively, e.g. MUSAN's noise/ and music/), else noise speechkit
+    makes itself: colored noise (white to brown) and babble (other training clips mixed together)."""
+
+    prob: float = 0.0  # share of the clips that get noise; 0: off
+    snr_db_min: float = 5.0
+    snr_db_max: float = 20.0
+    path: Optional[str] = None  # a folder of noise recordings (any format FFmpeg reads); null: made noise
+    babble_share: float = 0.3  # made noise only: the share of noisy clips whose noise is babble, the rest colored
+    babble_speakers: int = 3  # other training clips mixed into one babble
+
+
+@dataclass
+class ReverbConfig:
+    """A share of the training clips convolved with a room impulse response: simulated (exponentially decaying
+    noise, an RT60 drawn from [rt60_s_min, rt60_s_max]) or one from `path` (a folder of impulse responses)."""
+
+    prob: float = 0.0  # 0: off
+    rt60_s_min: float = 0.2
+    rt60_s_max: float = 0.8
+    path: Optional[str] = None  # a folder of room impulse responses (e.g. the RIRS_NOISES corpus); null: simulated
+
+
+@dataclass
+class GainConfig:
+    """A share of the training clips made louder or quieter by a gain drawn from [db_min, db_max] (clipped at full
+    scale)."""
+
+    prob: float = 0.0  # 0: off
+    db_min: float = -6.0
+    db_max: float = 6.0
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment's time and frequency masks during training, in each family's own terms: wav2vec2-like encoders
+    and Whisper mask their own features as their config says (mask_time_*, mask_feature_*; Whisper's
+    apply_spec_augment), AST masks its filter bank frames and bins. null keeps what the model's config has."""
+
+    enabled: bool = False
+    time_prob: Optional[float] = None  # share of time steps that start a mask (wav2vec2-like, Whisper)
+    time_length: Optional[int] = None  # frames per time mask
+    feature_prob: Optional[float] = None  # share of feature channels that start a mask (wav2vec2-like, Whisper)
+    feature_length: Optional[int] = None  # channels per feature mask
+    # AST: masks per clip, each up to time_length frames (null: a fifth of the window, as AST's AudioSet recipe has
+    # 192 of 1024) and up to feature_length mel bins (null: 3/8 of them, the recipe's 48 of 128)
+    time_masks: int = 2
+    feature_masks: int = 2
+
+
+@dataclass
+class AugmentConfig:
+    """Training clips changed on the fly (speechkit/data/augment.py), each draw from (trainer.seed, epoch, clip):
+    the same in every run, worker process and resume. Evaluation never augments. Applied in this order: speed,
+    reverberation, noise, gain; SpecAugment inside the model."""
+
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    reverb: ReverbConfig = field(default_factory=ReverbConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    gain: GainConfig = field(default_factory=GainConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
 # ---------------------------------------------------------------------------------------- conf/logger
 class LoggerBackend(str, Enum):
     none = "none"  # console, train.log and metrics.jsonl only
@@ -431,6 +511,7 @@ class TrainConfig:
     hw: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # conf/augment: none unless chosen
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
     hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

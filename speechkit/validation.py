@@ -71,6 +71,16 @@ RANGES: Dict[str, Check] = {
     "task.decoder.num_beams": POSITIVE_INT, "task.decoder.max_new_tokens": _or_null(POSITIVE_INT),
     "task.hallucination_probe": NON_NEGATIVE, "hallucination_probe": NON_NEGATIVE,
     "task.whisper_ctc_weight": BETA,
+    # conf/augment
+    "augment.speed.factors": (lambda v: all(0.5 <= f <= 2.0 for f in v), "a list of speed factors in [0.5, 2]"),
+    "augment.noise.prob": PROBABILITY, "augment.reverb.prob": PROBABILITY, "augment.gain.prob": PROBABILITY,
+    "augment.noise.babble_share": PROBABILITY, "augment.noise.babble_speakers": POSITIVE_INT,
+    "augment.reverb.rt60_s_min": POSITIVE, "augment.reverb.rt60_s_max": (lambda v: 0 < v <= 5,
+                                                                         "a number of seconds in (0, 5]"),
+    "augment.specaugment.time_prob": _or_null(PROBABILITY), "augment.specaugment.feature_prob": _or_null(PROBABILITY),
+    "augment.specaugment.time_length": _or_null(POSITIVE_INT),
+    "augment.specaugment.feature_length": _or_null(POSITIVE_INT),
+    "augment.specaugment.time_masks": NON_NEGATIVE, "augment.specaugment.feature_masks": NON_NEGATIVE,
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -186,6 +196,17 @@ def check_values(cfg: DictConfig) -> None:
     low, high = _get(cfg, "dataset.filters.min_duration_s"), _get(cfg, "dataset.filters.max_duration_s")
     if low is not _ABSENT and high not in (_ABSENT, None) and high <= low:
         _refuse("dataset.filters.max_duration_s", high, f"greater than dataset.filters.min_duration_s ({low})")
+    for low_key, high_key in (("augment.noise.snr_db_min", "augment.noise.snr_db_max"),
+                              ("augment.reverb.rt60_s_min", "augment.reverb.rt60_s_max"),
+                              ("augment.gain.db_min", "augment.gain.db_max")):
+        low, high = _get(cfg, low_key), _get(cfg, high_key)
+        if low is not _ABSENT and high is not _ABSENT and high < low:
+            _refuse(high_key, high, f"at least {low_key} ({low})")
+    shifted, voices = _get(cfg, "dataset.demo.shifted_voices"), _get(cfg, "dataset.demo.voices")
+    if shifted not in (_ABSENT, None) and voices not in (_ABSENT, None) and set(shifted) & set(voices):
+        both = sorted(set(shifted) & set(voices))[0]
+        _refuse("dataset.demo.shifted_voices", list(shifted), f"voices none of dataset.demo.voices (the training "
+                                                               f"voices; {both} is one)")
     for prefix in ("inference.", ""):  # serve.py/deploy.py's handler, transcribe.py
         chunk, stride = _get(cfg, prefix + "chunk_length_s"), _get(cfg, prefix + "stride_length_s")
         if chunk not in (_ABSENT, None) and stride not in (_ABSENT, None) and 2 * stride >= chunk:
@@ -218,6 +239,11 @@ def check_values(cfg: DictConfig) -> None:
         path = _get(cfg, "dataset.path")
         if path and not os.path.isdir(os.path.expanduser(path)):
             _refuse("dataset.path", path, "an existing folder (audio files and metadata.csv) for dataset=audiofolder")
+    # (their files are checked readable as training starts: speechkit/data/augment.py)
+    for key, instead in (("augment.noise.path", "noise made on the fly"), ("augment.reverb.path", "simulated rooms")):
+        folder, prob = _get(cfg, key), _get(cfg, key.rsplit(".", 1)[0] + ".prob")
+        if isinstance(folder, str) and prob and not os.path.isdir(os.path.expanduser(folder)):
+            _refuse(key, folder, f"null ({instead}) or an existing folder of audio files")
     text = _get(cfg, "task.decoder.text_file")
     if text not in (_ABSENT, None) and not os.path.isfile(os.path.expanduser(text)):
         _refuse("task.decoder.text_file", text, "null (the training transcripts) or an existing text file")

@@ -147,6 +147,18 @@ BAD_VALUES = [
     ("train.py", "task=diarization task.max_speakers=9"), ("train.py", "task=diarization task.min_turn_s=-1"),
     ("train.py", "task=diarization task.collar_s=-0.25"), ("evaluate.py", "collar_s=-1"),
     ("diarize.py", "batch_size=0"), ("diarize.py", "asr_model_dir=/no/such/model"),
+    ("train.py", "augment.speed.factors=[0.9,0]"), ("train.py", "augment.noise.prob=2"),
+    ("train.py", "augment.reverb.prob=-1"), ("train.py", "augment.gain.prob=1.1"),
+    ("train.py", "augment.noise.babble_share=3"), ("train.py", "augment.noise.babble_speakers=0"),
+    ("train.py", "augment.reverb.rt60_s_min=0"), ("train.py", "augment.reverb.rt60_s_max=9"),
+    ("train.py", "augment.specaugment.time_prob=2"), ("train.py", "augment.specaugment.feature_prob=-1"),
+    ("train.py", "augment.specaugment.time_length=0"), ("train.py", "augment.specaugment.feature_length=0"),
+    ("train.py", "augment.specaugment.time_masks=-1"), ("train.py", "augment.specaugment.feature_masks=-2"),
+    ("train.py", "augment.noise.snr_db_min=20 augment.noise.snr_db_max=5"),
+    ("train.py", "augment.gain.db_min=3 augment.gain.db_max=-3"),
+    ("train.py", "augment=noise augment.noise.path=/no/such/noise"),
+    ("train.py", "augment=reverb augment.reverb.path=/no/such/rirs"),
+    ("evaluate.py", "dataset=demo_en_shifted dataset.demo.shifted_voices=[en-us]"),
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "task.vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
@@ -240,7 +252,8 @@ def test_each_default_is_stated_once():
     from speechkit.tasks import TASKS
 
     schemas = {"dataset": C.DatasetConfig, "model": C.ModelConfig, "hw": C.HardwareConfig,
-               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig}
+               "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "paths": C.PathsConfig,
+               "augment": C.AugmentConfig}
     files = [(p, schemas[p.parent.name]) for group in schemas for p in sorted((CONF / group).glob("*.yaml"))]
     files += [(CONF / "task" / f"{name}.yaml", entry.schema) for name, entry in TASKS.items()]  # one schema each
     files += [(CONF / f"{name}.yaml", schema) for name, schema in (

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from speechkit import data, hub
 from speechkit.config import Backend, TrainConfig, check_required, public_config
 from speechkit.data import streaming
+from speechkit.data.augment import Augmenter
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
 from speechkit.models import family_of
@@ -45,6 +46,7 @@ def run(raw_cfg: DictConfig) -> float | str:
     start_tracking(cfg.logger, accelerator, public, run_dir)
     task = make_task(cfg)
     config, _ = task.model_config(cfg.model)  # the checkpoint's config only: a model unfit for the task stops here
+    augment = Augmenter(cfg.augment, cfg.model.sampling_rate)  # its folders checked before any data is read
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With
     # dataset.streaming the training split is checked as it streams (speechkit/data/streaming.py): only its targets are
@@ -77,11 +79,13 @@ def run(raw_cfg: DictConfig) -> float | str:
 
     # 3. Model with the task's head, and the processor that ships with it.
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
-    model = task.build_model(cfg.model, run_dir)
+    model = task.build_model(cfg.model, run_dir, cfg.augment.specaugment)
     eval_set = task.dataset(eval_rows, training=False)
     train_set = streaming.training_batches(ds, cfg.trainer, task, clip_samples, accelerator, report,
-                                           RunDir(run_dir).drop_report) if ds.streaming else \
-        task.dataset(train_rows, training=True)
+                                           RunDir(run_dir).drop_report, augment) if ds.streaming else \
+        task.dataset(train_rows, training=True, augment=augment)
+    log.info("Augmentation (conf/augment): %s%s", augment.describe(),
+             "; SpecAugment in the model" if cfg.augment.specaugment.enabled else "")
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
     result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)

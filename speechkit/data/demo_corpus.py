@@ -4,6 +4,10 @@
   sentences are new combinations of words the model has heard, never sentences it trained on.
 - Spoken commands (audio classification, column `label`), when `dataset.demo.words` is set: each clip is one command
   word; the test split is spoken by voices (`dataset.demo.test_voices`) the training split never heard.
+- A shifted test set, when `dataset.demo.shifted_voices` is set (dataset=demo_en_shifted): the sentence corpus's test
+  sentences spoken by voices its training split never uses, as three splits: `test` (clean), `test_noisy` (white
+  noise at `shifted_snr_db`) and `test_reverb` (a simulated room of `shifted_rt60_s`), to see how a model trained
+  on the sentences does on other voices, in noise and in a room.
 - Conversations (speaker diarization, column `rttm`), when `dataset.demo.speakers` is set: each recording is
   `dataset.demo.turns` turns of sentences between 2 or 3 (as listed) voices, with pauses and some overlapping
   speech, written with its RTTM (who spoke when, from where each turn's speech starts and ends); the test split's
@@ -154,7 +158,17 @@ def _demo_fields(cfg: DatasetConfig) -> dict:
         fields.update(words=list(d.words), test_voices=list(d.test_voices))
     if d.speakers:
         fields.update(speakers=list(d.speakers), turns=d.turns)
+    if d.shifted_voices:
+        fields.update(shifted_voices=list(d.shifted_voices), shifted_snr_db=d.shifted_snr_db,
+                      shifted_rt60_s=d.shifted_rt60_s)
     return fields
+
+
+SHIFTED_SPLITS = ("test", "test_noisy", "test_reverb")
+
+
+def splits_of(cfg: DatasetConfig) -> Tuple[str, ...]:
+    return SHIFTED_SPLITS if cfg.demo.shifted_voices else ("train", "test")
 
 
 def target_column(cfg: DatasetConfig) -> str:
@@ -174,6 +188,8 @@ def ensure_corpus(cfg: DatasetConfig) -> str:
     with _building(cfg, target) as tmp:
         if cfg.demo.speakers:
             _write_conversations(cfg, tmp)
+        elif cfg.demo.shifted_voices:
+            _write_shifted(cfg, tmp)
         else:
             _write_utterances(cfg, tmp)
     return target
@@ -194,7 +210,7 @@ def _building(cfg: DatasetConfig, target: str):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
     try:
-        for split in ("train", "test"):
+        for split in splits_of(cfg):
             os.makedirs(os.path.join(tmp, split))
         yield tmp
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
@@ -212,9 +228,9 @@ def _building(cfg: DatasetConfig, target: str):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_metadata(root: str, header: List[str], rows: List[tuple]) -> None:
+def _write_metadata(root: str, header: List[str], rows: List[tuple], splits=("train", "test")) -> None:
     """<root>/<split>/metadata.csv from (split, cell, cell...) rows."""
-    for split in ("train", "test"):
+    for split in splits:
         with open(os.path.join(root, split, "metadata.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
@@ -234,6 +250,42 @@ def _write_utterances(cfg: DatasetConfig, tmp: str) -> None:
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         results = list(tqdm(pool.map(synthesize, enumerate(rows)), total=len(rows), desc="Synthesizing demo corpus"))
     _write_metadata(tmp, ["file_name", target_column(cfg)], results)
+
+
+def _write_shifted(cfg: DatasetConfig, tmp: str) -> None:
+    """The test sentences (with their speeds and pitches) by the shifted voices, then each clip again with white
+    noise and reverberated, every draw seeded by the clip."""
+    import numpy as np
+    import soundfile
+
+    from speechkit.data.augment import add_noise, colored_noise, reverberate, simulated_rir
+
+    d = cfg.demo
+    rng = random.Random(d.seed + 1)
+    rows = [(split, sentence, rng.choice(list(d.shifted_voices)), speed, pitch)
+            for split, sentence, _, speed, pitch in plan(cfg) if split == "test"]
+    results = []
+
+    def synthesize(job):
+        i, (_, sentence, voice, speed, pitch) = job
+        name = f"{i:05d}.wav"
+        clean = os.path.join(tmp, "test", name)
+        espeak(sentence, voice, speed, pitch, clean)
+        audio, rate = soundfile.read(clean, dtype="float32")
+        draw = np.random.default_rng([d.seed, i])
+        noisy = add_noise(audio, colored_noise(draw, audio.size, 0.0), d.shifted_snr_db)
+        soundfile.write(os.path.join(tmp, "test_noisy", name), np.clip(noisy, -1, 1), rate, subtype="PCM_16")
+        wet = reverberate(audio, simulated_rir(draw, d.shifted_rt60_s, d.shifted_rt60_s, rate))
+        soundfile.write(os.path.join(tmp, "test_reverb", name), np.clip(wet, -1, 1), rate, subtype="PCM_16")
+        return name, sentence
+
+    log.info("Synthesizing the %s shifted test set (%d sentences x %d splits)", cfg.name, len(rows),
+             len(SHIFTED_SPLITS))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        done = list(tqdm(pool.map(synthesize, enumerate(rows)), total=len(rows), desc="Synthesizing shifted set"))
+    for split in SHIFTED_SPLITS:
+        results += [(split, name, sentence) for name, sentence in done]
+    _write_metadata(tmp, ["file_name", target_column(cfg)], results, SHIFTED_SPLITS)
 
 
 # ------------------------------------------------------------------------------------------- conversations

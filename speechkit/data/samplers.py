@@ -5,7 +5,7 @@ speechkit/tasks/base.py; what the training loop iterates is speechkit/training/b
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,14 +19,16 @@ class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
     run can replay an epoch and skip what it had seen.
     Shuffled indices are cut into mega-batches of 50 batches, each sorted by length and cut into batches; the
     full batches are then shuffled and a short remainder batch, if any, comes last.
-    With shuffle=False (evaluation), batches simply follow the length order.
+    With shuffle=False (evaluation), batches simply follow the length order. `lengths_at(epoch)`: the lengths an
+    epoch's clips have where they change from epoch to epoch (speed perturbation), grouped by instead.
     """
 
     MEGA_BATCH = 50
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 group_by_length: bool = True):
+                 group_by_length: bool = True, lengths_at: Optional[Callable[[int], np.ndarray]] = None):
         self.lengths = np.asarray(lengths)
+        self.lengths_at = lengths_at
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -49,7 +51,8 @@ class ClipCountBatchSampler(torch.utils.data.Sampler[List[int]]):
         order = rng.permutation(n)
         if self.group_by_length:
             mega = bs * self.MEGA_BATCH
-            order = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            lengths = self.lengths_at(self.epoch) if self.lengths_at else self.lengths
+            order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
                                     for chunk in (order[i:i + mega] for i in range(0, n, mega))])
         batches = [order[i:i + bs].tolist() for i in range(0, n, bs)]
         # The one short batch (if any) always comes last. Under several processes accelerate's BatchSamplerShard
@@ -69,9 +72,14 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
     Clips are sorted by length and cut once into buckets of similar length (within BUCKET_WIDTH of the bucket's
     longest clip, and a whole number of batches each); every epoch shuffles the clips inside each bucket, cuts them
     into that bucket's batches and shuffles the order of all batches. The batches change from epoch to epoch but
-    their number does not (the trainer counts steps before it starts), the order depends only on (seed, epoch) so a
-    resumed run replays an epoch and skips what it had seen, and padding stays within the bucket width. Batches vary
-    in size, which `batch_size = None` tells accelerate: under several processes it deals them out round by round.
+    their number does not (the trainer counts steps before it starts; but see lengths_at below), the order depends
+    only on (seed, epoch) so a resumed run replays an epoch and skips what it had seen, and padding stays within the
+    bucket width. Batches vary in size, which `batch_size = None` tells accelerate: under several processes it deals
+    them out round by round.
+
+    With `lengths_at(epoch)` (speed perturbation: a clip's length changes from epoch to epoch), the buckets are cut
+    anew every epoch from the lengths the clips have in it: the budget and the padding hold exactly, and the number
+    of batches moves a little from epoch to epoch (the trainer counts epoch 0's).
     """
 
     BUCKET_WIDTH = 0.05  # clips of a bucket are at least 95 % as long as its longest: padding under 5 % per batch
@@ -79,30 +87,42 @@ class DurationBatchSampler(torch.utils.data.Sampler[List[int]]):
     batch_size = None  # variable-size batches (accelerate's BatchSamplerShard reads this)
     drop_last = False
 
-    def __init__(self, lengths: Sequence[int], max_samples: int, seed: int = 0):
+    def __init__(self, lengths: Sequence[int], max_samples: int, seed: int = 0,
+                 lengths_at: Optional[Callable[[int], np.ndarray]] = None):
         self.lengths = np.asarray(lengths)
+        self.max_samples = int(max_samples)
+        self.lengths_at = lengths_at
         self.seed = seed
         self.epoch = 0
-        order = np.argsort(-self.lengths, kind="stable")
-        self.buckets = []  # (clip indices, clips per batch), longest clips first
-        start, n = 0, len(order)
+        self._cut = (None, self._buckets(self.lengths))  # (epoch it was cut for; None: every epoch), buckets
+
+    def _buckets(self, lengths: np.ndarray) -> List[Tuple[np.ndarray, int]]:
+        """(clip indices, clips per batch) of each bucket, longest clips first."""
+        order = np.argsort(-lengths, kind="stable")
+        buckets, start, n = [], 0, len(order)
         while start < n:
-            longest = int(self.lengths[order[start]])
-            per_batch = max(1, int(max_samples) // max(longest, 1))
+            longest = int(lengths[order[start]])
+            per_batch = max(1, self.max_samples // max(longest, 1))
             end = start
-            while end < n and self.lengths[order[end]] >= longest * (1 - self.BUCKET_WIDTH):
+            while end < n and lengths[order[end]] >= longest * (1 - self.BUCKET_WIDTH):
                 end += 1
             # A whole number of batches; a bucket too small for one full batch borrows the next (shorter) clips.
             take = (end - start) // per_batch * per_batch or per_batch
-            self.buckets.append((order[start:start + take], per_batch))
+            buckets.append((order[start:start + take], per_batch))
             start += take
-        self.num_batches = sum(math.ceil(len(ix) / per) for ix, per in self.buckets)
+        return buckets
+
+    @property
+    def buckets(self) -> List[Tuple[np.ndarray, int]]:
+        if self.lengths_at is not None and self._cut[0] != self.epoch:
+            self._cut = (self.epoch, self._buckets(np.asarray(self.lengths_at(self.epoch))))
+        return self._cut[1]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_batches
+        return sum(math.ceil(len(ix) / per) for ix, per in self.buckets)
 
     def __iter__(self) -> Iterator[List[int]]:
         rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch])
@@ -123,18 +143,21 @@ def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) 
 
 
 def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
-                  seed, group_by_length: bool = True, padded_to: Optional[int] = None) -> torch.utils.data.Sampler:
+                  seed, group_by_length: bool = True, padded_to: Optional[int] = None,
+                  lengths_at: Optional[Callable[[int], np.ndarray]] = None) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
     training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike.
     `padded_to`: a model of a fixed input window (Whisper) is fed every clip padded to that many samples, so a
     duration budget is a number of clips (the budget over the window); they are still grouped by their own duration,
-    which keeps transcripts of similar length together (less padding in the decoder)."""
+    which keeps transcripts of similar length together (less padding in the decoder). `lengths_at`: a split's
+    lengths by epoch where speed perturbation changes them."""
     if batch_duration_s and padded_to:
         return ClipCountBatchSampler(lengths, clips_per_budget(batch_duration_s, sampling_rate, padded_to),
-                                     seed=seed, group_by_length=group_by_length)
+                                     seed=seed, group_by_length=group_by_length, lengths_at=lengths_at)
     if batch_duration_s:
-        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed)
-    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length)
+        return DurationBatchSampler(lengths, int(batch_duration_s * sampling_rate), seed=seed, lengths_at=lengths_at)
+    return ClipCountBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length,
+                                 lengths_at=lengths_at)
 
 
 def clips_per_budget(batch_duration_s: float, sampling_rate: int, padded_to: int) -> int:
@@ -144,10 +167,11 @@ def clips_per_budget(batch_duration_s: float, sampling_rate: int, padded_to: int
 
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
                         sampling_rate: int, seed: int, group_by_length: bool = True,
-                        padded_to: Optional[int] = None) -> torch.utils.data.Sampler:
+                        padded_to: Optional[int] = None,
+                        lengths_at: Optional[Callable[[int], np.ndarray]] = None) -> torch.utils.data.Sampler:
     """batch_sampler's batches, each index tagged with its epoch (EpochTagged)."""
     return EpochTagged(batch_sampler(lengths, batch_size, batch_duration_s, sampling_rate, seed, group_by_length,
-                                     padded_to))
+                                     padded_to, lengths_at))
 
 
 class EpochTagged(torch.utils.data.Sampler[List[Tuple[int, int]]]):

@@ -85,10 +85,11 @@ def target_rows(cfg: DatasetConfig, target: str, split: str) -> Dataset:
 
 
 def training_batches(cfg: DatasetConfig, trainer_cfg, task, clip_samples: Tuple[int, Optional[int]],
-                     accelerator: Accelerator, report: DropReport, report_path: str) -> "StreamedBatches":
+                     accelerator: Accelerator, report: DropReport, report_path: str,
+                     augment=None) -> "StreamedBatches":
     """The training split as streamed batches for `task`, as trainer_cfg batches (by duration or by count); their
     drops join `report`, written to `report_path`. `clip_samples`: the shortest and the longest clip the model
-    takes (the checking pass's)."""
+    takes (the checking pass's); `augment`: what changes each clip (speechkit/data/augment.py), or None."""
     rate = task.sampling_rate
     stream = open_stream(cfg, task.target, cfg.train_split, trainer_cfg.seed, accelerator.process_index,
                          accelerator.num_processes)
@@ -97,6 +98,7 @@ def training_batches(cfg: DatasetConfig, trainer_cfg, task, clip_samples: Tuple[
                               trainer_cfg.batch_size, trainer_cfg.batch_duration_s, trainer_cfg.seed, task.crop,
                               trainer_cfg.group_by_length, task.padded_to)
     batches.report, batches.report_path = report, report_path
+    batches.augment = augment if augment is not None and augment.active else None
     return batches
 
 
@@ -116,6 +118,7 @@ class StreamedBatches(torch.utils.data.IterableDataset):
         self.start: Position = (0, 0, 0)
         self.report: Optional[DropReport] = None  # the checking pass's report, which the stream's drops join
         self.report_path: Optional[str] = None
+        self.augment = None  # speechkit/data/augment.py: Augmenter; each clip changed before it is batched
 
     def __iter__(self):
         epoch, window, skip = self.start
@@ -153,6 +156,11 @@ class StreamedBatches(torch.utils.data.IterableDataset):
         """The window's usable clips as the task's items, and drop-report rows for the others (first epoch only)."""
         items, dropped = [], []
         target = self.check.target
+        heard: List[np.ndarray] = []  # the window's clips so far (the current one last): babble for the next ones
+
+        def other(rng):
+            return heard[int(rng.integers(len(heard) - 1))]
+
         for k, row in enumerate(chunk):
             index = window * self.window + k  # the row's place in this epoch's stream (of this process)
             audio, error = None, ("", "")
@@ -171,8 +179,13 @@ class StreamedBatches(torch.utils.data.IterableDataset):
                     dropped.append({"split": self.split, "row": index, "file": file,
                                     "reason": reason, "detail": detail})
                 continue
+            factor = 1.0
+            if self.augment:
+                heard.append(audio)
+                audio, factor = self.augment(audio, self.seed, epoch, index, other if len(heard) > 1 else None)
             audio, begin = random_crop(audio, self.crop, self.seed, epoch, index)
-            items.append({"input_values": audio, "index": index, "offset": begin, "labels": labels})
+            items.append({"input_values": audio, "index": index, "offset": begin, "speed": factor, "labels": labels,
+                          "draw": (self.seed, epoch, index)})
         return items, dropped
 
     def _batches(self, items: List[dict], epoch: int, window: int) -> List[List[int]]:

@@ -4,9 +4,35 @@ cuts every clip to `max_length` frames of 10 ms; AudioSet's mean and std). Class
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
-from speechkit.models.base import ModelFamily
+from speechkit.models.base import ModelFamily, ModelInputs
+
+class MaskedFilterBank(ModelInputs):
+    """AST's input with SpecAugment in training: `time_masks` spans of up to `time_length` frames and
+    `feature_masks` bands of up to `feature_length` mel bins set to 0 (the normalized filter bank's mean)."""
+
+    def __init__(self, feature_extractor, spec):
+        super().__init__(feature_extractor, False, AudioSpectrogramTransformer().input_window(feature_extractor))
+        self.spec = spec
+
+    def mask(self, batch: dict, draws: List[tuple]) -> None:
+        from speechkit.data.augment import SPECAUGMENT, draws as stream
+
+        features = batch[self.name]  # (clips, frames, bins)
+        frames, bins = features.shape[1], features.shape[2]
+        longest_t = self.spec.time_length or frames // 5
+        longest_f = self.spec.feature_length or bins * 3 // 8
+        for b, draw in enumerate(draws):
+            rng = stream(*draw, SPECAUGMENT)
+            for _ in range(self.spec.time_masks):
+                width = int(rng.integers(0, min(longest_t, frames) + 1))
+                start = int(rng.integers(0, frames - width + 1))
+                features[b, start:start + width, :] = 0
+            for _ in range(self.spec.feature_masks):
+                width = int(rng.integers(0, min(longest_f, bins) + 1))
+                start = int(rng.integers(0, bins - width + 1))
+                features[b, :, start:start + width] = 0
 
 
 class AudioSpectrogramTransformer(ModelFamily):
@@ -23,6 +49,14 @@ class AudioSpectrogramTransformer(ModelFamily):
 
     def uses_attention_mask(self, config) -> bool:
         return False  # one fixed-size window: nothing is padded that a mask would hide
+
+    def spec_augment(self, config, spec) -> dict:
+        return {}  # AST has no masking of its own: its filter bank is masked as it is fed (MaskedFilterBank)
+
+    def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
+        if specaugment is not None and specaugment.enabled:
+            return MaskedFilterBank(feature_extractor, specaugment)
+        return super().inputs(config, feature_extractor)
 
     def input_window(self, feature_extractor) -> Optional[int]:
         """max_length frames of 10 ms."""

@@ -18,7 +18,7 @@ imported.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -107,6 +107,10 @@ class ModelInputs:
             batch["attention_mask"] = features["attention_mask"]
         return batch
 
+    def mask(self, batch: dict, draws: List[tuple]) -> None:
+        """A training batch's input masked in place (SpecAugment where the family masks its input: AST), each clip
+        from its own (seed, epoch, row); nothing by default."""
+
     def model_inputs(self, batch: dict) -> dict:
         inputs = {self.name: batch[self.name]}
         if self.pass_attention_mask and "attention_mask" in batch:
@@ -127,11 +131,11 @@ class ModelFamily:
     def has_head(self, model_type: str, head: str) -> bool:
         return head in self.heads and model_type in architectures_of(head)
 
-    def build(self, cfg: ModelConfig, config, head: str, **head_config):
-        """The model with a fresh `head` (head_config: its size, labels ...), the recipe's knobs set on the
-        checkpoint's (or the architecture's) config, the feature encoder frozen and gradient checkpointing on as
-        model.* says."""
-        settings = {**self._knobs(cfg, config), **head_config}
+    def build(self, cfg: ModelConfig, config, head: str, specaugment=None, **head_config):
+        """The model with a fresh `head` (head_config: its size, labels ...), the recipe's knobs and SpecAugment's
+        masks (augment.specaugment, where the model masks its own features) set on the checkpoint's (or the
+        architecture's) config, the feature encoder frozen and gradient checkpointing on as model.* says."""
+        settings = {**self._knobs(cfg, config), **self.spec_augment(config, specaugment), **head_config}
         if cfg.name_or_path:
             log.info("Loading %s with a new %s head", cfg.name_or_path, head)
             model = auto_class(head).from_pretrained(cfg.name_or_path, revision=cfg.revision,
@@ -175,6 +179,24 @@ class ModelFamily:
                               "field")
         return {**knobs, **overrides}
 
+    def spec_augment(self, config, spec) -> dict:
+        """augment.specaugment (SpecAugmentConfig) as the model's own config settings: wav2vec2-like encoders,
+        w2v-BERT and Whisper mask time steps and feature channels themselves (mask_time_*, mask_feature_*; Whisper
+        only with apply_spec_augment). A family that masks its input instead (AST) returns none here and masks in
+        `inputs`."""
+        if spec is None or not spec.enabled:
+            return {}
+        settings = {"mask_time_prob": spec.time_prob, "mask_time_length": spec.time_length,
+                    "mask_feature_prob": spec.feature_prob, "mask_feature_length": spec.feature_length}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        if hasattr(config, "apply_spec_augment"):
+            settings["apply_spec_augment"] = True
+        absent = sorted(k for k in settings if not hasattr(config, k))
+        if absent:
+            raise ConfigError(f"augment.specaugment: a {config.model_type} model has no {absent[0]} setting; "
+                              "use augment=none or another model")
+        return settings
+
     def load(self, model_dir: str, head: str):
         """A saved model (a run's model/, or a Hub id) with its head."""
         return auto_class(head).from_pretrained(model_dir)
@@ -204,7 +226,9 @@ class ModelFamily:
     def new_feature_extractor(self, config, sampling_rate: int):
         raise NotImplementedError
 
-    def inputs(self, config, feature_extractor) -> ModelInputs:
+    def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
+        """What turns clips into the model's input; `specaugment`: a training run's augment.specaugment, for a
+        family that masks its input features (AST)."""
         return ModelInputs(feature_extractor, self.uses_attention_mask(config), self.input_window(feature_extractor))
 
     def uses_attention_mask(self, config) -> bool:

@@ -53,6 +53,8 @@ class Collator:
         if not items:
             return None
         batch = self.inputs([x["input_values"] for x in items])
+        if "draw" in items[0]:  # a training batch: SpecAugment where the family masks its input
+            self.inputs.mask(batch, [x["draw"] for x in items])
         batch["index"] = torch.tensor([x["index"] for x in items])
         if "labels" in items[0]:
             batch.update(self.targets(items, batch))
@@ -84,7 +86,7 @@ class Task:
         is bound (build_model, restore): `config` is its transformers config, `family` its family, `inputs` what
         turns clips into its input."""
         self.cfg, self.dataset_cfg, self.model_cfg = cfg, dataset, model
-        self.family = self.config = self.feature_extractor = self.inputs = None
+        self.family = self.config = self.feature_extractor = self.inputs = self.specaugment = None
         self._collator: Optional[Collator] = None
 
     @property
@@ -118,11 +120,13 @@ class Task:
         """The model's config (no weights) and the head it gets: refused before any data when it has none."""
         return checked_model_config(model_cfg, self.heads, self.name)
 
-    def build_model(self, model_cfg, run_dir: str):
-        """The model with the task's head, and what ships with it (`prepare`)."""
+    def build_model(self, model_cfg, run_dir: str, specaugment=None):
+        """The model with the task's head, and what ships with it (`prepare`); `specaugment`: augment.specaugment,
+        the masks the model (or its input) gets in training."""
         config, head = self.model_config(model_cfg)
         family = family_of(config.model_type)
-        model = family.build(model_cfg, config, head, **self.head_config())
+        model = family.build(model_cfg, config, head, specaugment, **self.head_config())
+        self.specaugment = specaugment
         self.bind(model, family.feature_extractor(model.config, model_cfg))
         self.prepare(model, run_dir)
         return model
@@ -131,7 +135,7 @@ class Task:
         """The model this task now trains or scores, and what turns clips into its input."""
         self.config, self.feature_extractor = model.config, feature_extractor
         self.family = family_of(model.config.model_type)
-        self.inputs = self.family.inputs(model.config, feature_extractor)
+        self.inputs = self.family.inputs(model.config, feature_extractor, self.specaugment)
         self._collator = None
 
     def prepare(self, model, run_dir: str) -> None:
@@ -174,10 +178,13 @@ class Task:
         """Each checked row's target, as the dataset's items carry it (`labels`)."""
         raise NotImplementedError
 
-    def dataset(self, rows, training: bool):
+    def dataset(self, rows, training: bool, augment=None):
+        """The torch dataset of checked rows; a training one is cropped where the task crops and changed by
+        `augment` (speechkit/data/augment.py: Augmenter) when given."""
         from speechkit.data import SpeechDataset
 
-        return SpeechDataset(rows, self.sampling_rate, self.targets(rows), crop=self.crop if training else None)
+        return SpeechDataset(rows, self.sampling_rate, self.targets(rows), crop=self.crop if training else None,
+                             augment=augment if training else None)
 
     def target_of(self, value, audio: str = ""):
         """A streamed training row's target for its normalized text, label or turns (`audio`: its file), or why it

@@ -55,10 +55,11 @@ def require_pyannote() -> None:
 
 # ------------------------------------------------------------------------------------------ frames & loss
 def frame_targets(turns: List[Turn], speakers: List[str], offset_s: float, frames: int, hop_s: float,
-                  max_speakers: int) -> torch.Tensor:
-    """(frames, max_speakers): 1 where the speaker (in `speakers` order) talks at the frame's centre."""
+                  max_speakers: int, speed: float = 1.0) -> torch.Tensor:
+    """(frames, max_speakers): 1 where the speaker (in `speakers` order) talks at the frame's centre. `speed`: the
+    clip was sped up by this factor (speed perturbation), so its times are the recording's divided by it."""
     target = torch.zeros(frames, max_speakers)
-    centres = offset_s + (np.arange(frames) + 0.5) * hop_s
+    centres = (offset_s + (np.arange(frames) + 0.5) * hop_s) * speed
     for start, end, who in turns:
         active = (centres >= start) & (centres < end)
         if active.any():
@@ -95,7 +96,7 @@ class FrameTargets:
         lengths = [min(self.frames(len(x["input_values"])), width) for x in items]
         labels = torch.stack([
             frame_targets(x["labels"], sorted({w for _, _, w in x["labels"]}), x.get("offset", 0) / self.rate, width,
-                          self.hop_s, self.max_speakers) for x in items])
+                          self.hop_s, self.max_speakers, x.get("speed", 1.0)) for x in items])
         return {"labels": labels, "frame_mask": torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]}
 
 

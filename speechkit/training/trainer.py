@@ -158,7 +158,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     # Workers and pinned memory as suits the device. Loaders draw worker seeds from their own generators, not the
     # global one, so starting an iterator (as a resumed run does mid-epoch) leaves the dropout/masking random
     # stream exactly as an uninterrupted run has it.
-    loading = loader_settings(accelerator, cfg.num_workers)
+    loading = loader_settings(accelerator, cfg.num_workers, augmenting=train_set.augment is not None)
     evaluation = eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
     optimizer = make_optimizer(cfg, model, optimizer_settings(accelerator))
     if cfg.fast_paths:
@@ -172,7 +172,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         batches = StreamBatches(train_set, task.collator(True), loading, cfg.seed, accelerator)
     else:
         sampler = train_batch_sampler(train_set.lengths, cfg.batch_size, cfg.batch_duration_s, sampling_rate,
-                                      cfg.seed, cfg.group_by_length, task.padded_to)
+                                      cfg.seed, cfg.group_by_length, task.padded_to, train_set.lengths_at)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=task.collator(True),
                                              generator=torch.Generator().manual_seed(cfg.seed), **loading)
         model, optimizer, loader, evaluation = accelerator.prepare(model, optimizer, loader, evaluation)
@@ -221,6 +221,7 @@ def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total
     keys["processes"] = accelerator.num_processes
     keys["training examples"] = None if isinstance(train_set, StreamedBatches) else len(train_set)
     keys["total steps"] = total_steps
+    keys["augmentation"] = train_set.augment.describe() if train_set.augment is not None else "none"
     return keys
 
 

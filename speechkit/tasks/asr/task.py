@@ -154,8 +154,8 @@ class SpeechRecognition(Task):
         window in a batch's duration (trainer.batch_duration_s)."""
         return self.family.input_window(self.feature_extractor)
 
-    def dataset(self, rows, training: bool):
-        dataset = super().dataset(rows, training)
+    def dataset(self, rows, training: bool, augment=None):
+        dataset = super().dataset(rows, training, augment)
         if self.padded_to and training:
             window = self.padded_to / self.sampling_rate
             log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
