@@ -387,6 +387,10 @@ class TrainerConfig:
     save_total_limit: Optional[int] = 2  # the best checkpoint is kept on top of these
     resume: Optional[str] = None  # "auto": newest complete checkpoint in the run dir; or a checkpoint path
     final_model: FinalModel = FinalModel.best
+    # Weight averaging (speechkit/training/averaging.py), each scored at the end beside final_model's weights and
+    # shipped only when it scores better: an exponential moving average of the weights (e.g. 0.999; null: off) ...
+    ema_decay: Optional[float] = None
+    average_last: Optional[int] = None  # ... and the mean of the last N checkpoints (e.g. 5; null: off)
     progress_bar: bool = True
 
 

@@ -44,6 +44,8 @@ RANGES: Dict[str, Check] = {
     "trainer.max_grad_norm": POSITIVE, "trainer.num_workers": _or_null(NON_NEGATIVE),
     "trainer.logging_steps": POSITIVE_INT, "trainer.eval_steps": _or_null(POSITIVE_INT),
     "trainer.save_steps": _or_null(POSITIVE_INT), "trainer.save_total_limit": _or_null(NON_NEGATIVE),
+    "trainer.ema_decay": _or_null(OPEN_UNIT),
+    "trainer.average_last": _or_null((lambda v: v >= 2, "an integer >= 2 (checkpoints averaged)")),
     "trainer.tri_stage.hold_ratio": BETA, "trainer.tri_stage.final_lr_ratio": PROBABILITY,
     # conf/model
     "model.sampling_rate": POSITIVE_INT, "model.attention_dropout": _or_null(PROBABILITY),
@@ -226,6 +228,15 @@ def check_values(cfg: DictConfig) -> None:
                     "null with dataset.streaming=true and a Hub source (carving needs the whole split; stream a data "
                     "set with its own splits)")
 
+    average = _get(cfg, "trainer.average_last")
+    if average not in (_ABSENT, None):
+        keep, every = _get(cfg, "trainer.save_total_limit"), _get(cfg, "trainer.save_steps")
+        if every is None:
+            _refuse("trainer.save_steps", None, f"a number of steps with trainer.average_last={average} (it averages "
+                                                "checkpoints)")
+        if keep is not None and keep < average:
+            _refuse("trainer.save_total_limit", keep, f"null or at least trainer.average_last ({average}): the "
+                                                      "checkpoints to average must be kept")
     if _get(cfg, "hub.push") is True and not _get(cfg, "hub.repo_id"):
         _refuse("hub.repo_id", _get(cfg, "hub.repo_id"), "a Hub repo id (owner/name) when hub.push=true")
 

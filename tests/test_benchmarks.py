@@ -74,3 +74,23 @@ def test_inference_benchmark_measures_each_runtime_side_by_side(asr_demo_run, tm
     assert set(demo["model_alone"]["runs_s"]) == {"torch", "torch conv feature encoder", "onnx", "onnx_int8"}
     assert "demo: VAD >= 1.5x faster" in summary["targets"] and "| demo | onnx_int8 |" in done.stdout
     assert (out / "inference.md").read_text() in done.stdout
+
+
+def test_augment_benchmark_trains_both_systems_and_scores_the_shifted_set(tmp_path):
+    from conftest import TINY
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "benchmarks/augment.py", "--augment", "[speed,noise]", "--out", str(out),
+                           *SMALL_DEMO, *TINY, "trainer.max_steps=2", "trainer.logging_steps=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "augment.json").read_text())
+    assert set(report["systems"]) == {"none", "[speed,noise]"}
+    for r in report["systems"].values():
+        assert r["steps"] == 2 and r["train_wall_s"] > 0 and 0 <= r["data_wait"] < 1
+        for split in ("held_out", "shifted_test", "shifted_test_noisy", "shifted_test_reverb"):
+            assert r[split]["utterances"] == 6 and 0 <= r[split]["cer"]
+    assert "Augmentation (conf/augment): speed x0.9/1/1.1; noise on 50%" in (out / "speed+noise.train.log").read_text()
+    assert set(report["targets_met"]) == {"shifted_cer_cut>=0.30", "held_out_cer_change<=0.005", "wall_ratio<=1.2",
+                                          "data_wait<0.05"}
+    assert "shifted CER cut" in done.stdout

@@ -147,6 +147,8 @@ BAD_VALUES = [
     ("train.py", "task=diarization task.max_speakers=9"), ("train.py", "task=diarization task.min_turn_s=-1"),
     ("train.py", "task=diarization task.collar_s=-0.25"), ("evaluate.py", "collar_s=-1"),
     ("diarize.py", "batch_size=0"), ("diarize.py", "asr_model_dir=/no/such/model"),
+    ("train.py", "trainer.ema_decay=1.5"), ("train.py", "trainer.average_last=1"),
+    ("train.py", "trainer.average_last=4 trainer.save_total_limit=2"),
     ("train.py", "augment.speed.factors=[0.9,0]"), ("train.py", "augment.noise.prob=2"),
     ("train.py", "augment.reverb.prob=-1"), ("train.py", "augment.gain.prob=1.1"),
     ("train.py", "augment.noise.babble_share=3"), ("train.py", "augment.noise.babble_speakers=0"),

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
@@ -130,7 +130,8 @@ def _sha256(file: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Optional[int]) -> str:
+def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Optional[int],
+         extra: Optional[Callable[[str], None]] = None) -> str:
     final = os.path.join(root, f"step-{step}")
     tmp = os.path.join(root, f".tmp-step-{step}")
     if accelerator.is_main_process:
@@ -140,6 +141,8 @@ def save(accelerator: Accelerator, root: str, step: int, state: dict, keep: Opti
     failure = None
     try:
         accelerator.save_state(tmp)  # every process writes its own files (its RNG states) into tmp
+        if extra is not None and accelerator.is_main_process:
+            extra(tmp)  # what the trainer keeps beside accelerate's state (the weight average)
     except Exception as err:  # a full disk, a quota (safetensors reports it as its own error, not an OSError)
         failure = err
     # All processes learn whether any of them failed (this is also the barrier before the manifest and the rename,

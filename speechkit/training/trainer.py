@@ -30,6 +30,7 @@ from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult
 from speechkit.training import checkpoint
+from speechkit.training.averaging import WeightAverage, average_of, swap_in
 from speechkit.training.batches import SplitBatches, StreamBatches, anywhere
 from speechkit.training.optim import make_optimizer, make_scheduler
 
@@ -145,6 +146,7 @@ class Run:
     dirs: RunDir
     metrics: MetricsFile
     sampling_rate: int
+    ema: Optional[WeightAverage] = None  # trainer.ema_decay: the moving average of the weights
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -185,6 +187,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     scheduler = make_scheduler(cfg, optimizer, total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
+    ema = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     dirs = RunDir(run_dir)
     state = TrainerState(total_steps=total_steps, schedule=schedule_keys(cfg, accelerator, train_set, total_steps))
     resume_from = checkpoint.resolve_resume(cfg.resume, dirs.checkpoints)
@@ -192,6 +195,8 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
         saved = TrainerState.read(checkpoint.load_state(resume_from))
         check_same_schedule(resume_from, saved, state)  # before loading anything: a refusal changes nothing
         accelerator.load_state(resume_from)
+        if ema is not None:
+            ema.load(resume_from)
         state = saved
         batches.restore(state.data)
         log.info("Resumed from %s at step %d (%s)", resume_from, state.global_step, batches.describe())
@@ -206,14 +211,15 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
              cfg.scheduler.value, loading if steps_per_epoch else f"a stream, {train_set.window} rows a window")
     return Run(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches, eval_loader=evaluation,
                eval_set=eval_set, state=state, dirs=dirs, metrics=MetricsFile(dirs.metrics, accelerator),
-               sampling_rate=sampling_rate)
+               sampling_rate=sampling_rate, ema=ema)
 
 
 def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total_steps: int) -> dict:
     """What decides the batch and the learning rate of every step: a resumed run must have each of them as the
     checkpoint was made, or it would continue a different run than the one it claims to."""
     names = ["seed", "max_steps", "num_epochs", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
-             "group_by_length", "optimizer", "learning_rate", "weight_decay", "scheduler", "warmup_steps"]
+             "group_by_length", "optimizer", "learning_rate", "weight_decay", "scheduler", "warmup_steps",
+             "ema_decay"]
     names.remove("num_epochs" if cfg.max_steps else "max_steps")  # max_steps, when set, decides the length
     names.remove("batch_size" if cfg.batch_duration_s else "batch_duration_s")  # batches by duration, or by count
     keys = {f"trainer.{k}": getattr(cfg, k) for k in names}
@@ -245,6 +251,7 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
         log.info("All %d steps were trained before this resume: writing the model only", total_steps)
         return
     model.train()
+    unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=total_steps, initial=state.global_step, desc="Training", dynamic_ncols=True,
                     disable=not (cfg.progress_bar and accelerator.is_main_process))
     # The logged loss and the non-finite flag stay on the device; the host reads them once per logging window and
@@ -276,6 +283,8 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
                     else:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                         optimizer.step()
+                        if run.ema is not None:
+                            run.ema.update(unwrapped)
                     optimizer.zero_grad(set_to_none=True)
                     nonfinite.zero_()
             if not accelerator.sync_gradients:
@@ -314,7 +323,7 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
             if (cfg.save_steps and state.global_step % cfg.save_steps == 0) or state.global_step == total_steps:
                 state.data = run.batches.position()  # in every process: a stream gathers every process's
                 checkpoint.save(accelerator, run.dirs.checkpoints, state.global_step, asdict(state),
-                                cfg.save_total_limit)
+                                cfg.save_total_limit, run.ema.save if run.ema is not None else None)
             clock.excluded += time.perf_counter() - paused
             if state.global_step >= total_steps:
                 break
@@ -359,12 +368,43 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
             raise RuntimeError(f"{run.dirs.best} does not match the model: missing "
                                f"{sorted(set(missing) - trained_only)}, unexpected {sorted(unexpected)}")
         del best
+    result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+    result = averaged(cfg, accelerator, task, run, result)  # an average of the weights, where it scores better
     weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
 
     def write(path):
         unwrapped.save_pretrained(path, state_dict=weights)
         task.save(path)
     checkpoint.write_dir(accelerator, write, run.dirs.model, run.dirs.checkpoints)
-    result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
+    return result
+
+
+def averaged(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run, result: EvalResult) -> EvalResult:
+    """The weight averages asked for (trainer.ema_decay, trainer.average_last), each scored against the weights in
+    the model now (`result`): one that scores better stays in the model, the others are swapped out again."""
+    unwrapped = accelerator.unwrap_model(run.model)
+    candidates = []
+    if run.ema is not None:
+        candidates.append((f"the moving average of the weights (decay {cfg.ema_decay:g}, "
+                           f"{run.ema.updates} updates)", run.ema.state()))
+    if cfg.average_last:
+        kept = checkpoint.complete_checkpoints(run.dirs.checkpoints)[-cfg.average_last:]
+        if len(kept) < 2:
+            log.info("trainer.average_last=%d: %d checkpoint(s) to average, none averaged", cfg.average_last,
+                     len(kept))
+        else:
+            candidates.append((f"the average of the last {len(kept)} checkpoints "
+                               f"({', '.join(os.path.basename(k) for k in kept)})", average_of(kept)))
+    chosen = f"the {cfg.final_model.value} weights"
+    for name, weights in candidates:
+        replaced = swap_in(unwrapped, weights)
+        scored = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+        better = tuple(scored.rank) < tuple(result.rank)
+        log.info("Weight averaging: %s scores eval %s against %s for %s: %s", name, scored.summary, result.summary,
+                 chosen, "shipped instead" if better else "not shipped")
+        if better:
+            result, chosen = scored, name
+        else:
+            swap_in(unwrapped, replaced)
     return result
