@@ -124,6 +124,18 @@ def whisper_demo_run(tmp_path_factory):
     return run_dir, done
 
 
+def stopped_copy(full: Path, stopped: Path, later) -> Path:
+    """`full`'s run dir as it stood before its checkpoints `later` (and best/, model/) were written: a run stopped
+    there, to be resumed."""
+    import shutil
+
+    shutil.copytree(full, stopped)
+    for name in (*later, "best"):
+        shutil.rmtree(stopped / "checkpoints" / name, ignore_errors=True)
+    shutil.rmtree(stopped / "model")
+    return stopped
+
+
 def compose(config_name: str = "train", overrides: List[str] = ()):
     """The real Hydra composition of conf/, as `python train.py <overrides>` would see it."""
     from hydra import compose as hydra_compose, initialize_config_dir

@@ -5,7 +5,6 @@ says."""
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import SMALL_DEMO, TINY, compose, run_cli, write_tone
+from conftest import SMALL_DEMO, TINY, compose, run_cli, stopped_copy, write_tone
 from speechkit.config import (AugmentConfig, ConfigError, GainConfig, NoiseConfig, ReverbConfig, SpecAugmentConfig,
                               SpeedConfig)
 from speechkit.data import augment as A
@@ -236,12 +235,13 @@ def test_specaugment_reaches_each_family_in_its_own_terms():
     assert not isinstance(ast.inputs(ASTConfig(), fe), MaskedFilterBank)  # evaluation, a saved model: no masks
 
 
+RESUME = ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=9", "trainer.batch_duration_s=8",
+          "trainer.warmup_steps=2", "trainer.logging_steps=1", "trainer.progress_bar=false", "trainer.save_steps=4",
+          "trainer.eval_steps=null", "trainer.eval_at_epoch_end=false", "trainer.save_total_limit=null"]
+
+
 def _resume_cfg(run_dir, *extra):
-    return compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, "augment=all", "trainer.max_steps=9",
-                             "trainer.batch_duration_s=8", "trainer.warmup_steps=2", "trainer.logging_steps=1",
-                             "trainer.progress_bar=false", "trainer.save_steps=4", "trainer.eval_steps=null",
-                             "trainer.eval_at_epoch_end=false", "trainer.save_total_limit=null",
-                             f"run_dir={run_dir}", *extra])
+    return compose("train", [*RESUME, "augment=all", f"run_dir={run_dir}", *extra])
 
 
 @pytest.mark.slow
@@ -255,11 +255,7 @@ def test_resume_with_augmentation_matches_an_uninterrupted_run(tmp_path, caplog)
         train.run(_resume_cfg(full))
     log = caplog.text
     assert "Augmentation (conf/augment): speed x0.9/1/1.1; reverberation" in log and "'num_workers': 1" in log
-    stopped = tmp_path / "stopped"
-    shutil.copytree(full, stopped)
-    for later in ("step-8", "step-9", "best"):
-        shutil.rmtree(stopped / "checkpoints" / later, ignore_errors=True)
-    shutil.rmtree(stopped / "model")
+    stopped = stopped_copy(full, tmp_path / "stopped", ("step-8", "step-9"))
     train.run(_resume_cfg(stopped, "trainer.resume=auto"))
     a = load_file(full / "checkpoints" / "step-9" / "model.safetensors")
     b = load_file(stopped / "checkpoints" / "step-9" / "model.safetensors")
@@ -274,15 +270,8 @@ def test_resume_with_augmentation_matches_an_uninterrupted_run(tmp_path, caplog)
                     if json.loads(line)["kind"] == "train"]
     assert plain_losses[0] != losses[0]  # the augmented batches are not the plain ones
 
-    refused = run_cli("train.py", *[o for o in _resume_cfg_overrides(stopped)], "augment=none",
-                      "trainer.resume=auto")
+    refused = run_cli("train.py", *RESUME, "augment=none", "trainer.resume=auto", f"hydra.run.dir={stopped}")
     assert refused.returncode == 2 and "augmentation=speed x0.9/1/1.1" in refused.stderr.strip().splitlines()[-1]
-
-
-def _resume_cfg_overrides(run_dir):
-    return ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=9", "trainer.batch_duration_s=8",
-            "trainer.warmup_steps=2", "trainer.progress_bar=false", "trainer.save_steps=4", "trainer.eval_steps=null",
-            "trainer.eval_at_epoch_end=false", "trainer.save_total_limit=null", f"hydra.run.dir={run_dir}"]
 
 
 @pytest.mark.slow

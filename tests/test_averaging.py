@@ -3,13 +3,12 @@ changes the shipped weights exactly when the log says it does."""
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMALL_DEMO, TINY, compose, run_cli
+from conftest import SMALL_DEMO, TINY, compose, run_cli, stopped_copy
 from speechkit.training.averaging import WeightAverage, average_of, swap_in
 
 
@@ -54,12 +53,14 @@ def test_saved_averages_load_back_and_swap_in_and_out(tmp_path):
     assert torch.equal(model.weight, before)
 
 
+RUN = ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=8", "trainer.batch_size=4",
+       "trainer.batch_duration_s=null", "trainer.warmup_steps=2", "trainer.logging_steps=1",
+       "trainer.progress_bar=false", "trainer.save_steps=2", "trainer.save_total_limit=null", "trainer.eval_steps=null",
+       "trainer.eval_at_epoch_end=false", "trainer.final_model=last", "trainer.average_last=3"]
+
+
 def _cfg(run_dir, *extra):
-    return compose("train", ["experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=8", "trainer.batch_size=4",
-                             "trainer.batch_duration_s=null", "trainer.warmup_steps=2", "trainer.logging_steps=1",
-                             "trainer.progress_bar=false", "trainer.save_steps=2", "trainer.save_total_limit=null",
-                             "trainer.eval_steps=null", "trainer.eval_at_epoch_end=false", "trainer.final_model=last",
-                             "trainer.ema_decay=0.6", "trainer.average_last=3", f"run_dir={run_dir}", *extra])
+    return compose("train", [*RUN, "trainer.ema_decay=0.6", f"run_dir={run_dir}", *extra])
 
 
 @pytest.mark.slow
@@ -86,20 +87,13 @@ def test_averages_are_scored_shipped_as_the_log_says_and_resume_exactly(tmp_path
     final = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["kind"] == "eval"
 
-    stopped = tmp_path / "stopped"  # stopped after step 4, resumed: the same average at step 8
-    shutil.copytree(full, stopped)
-    for later in ("step-6", "step-8", "best"):
-        shutil.rmtree(stopped / "checkpoints" / later, ignore_errors=True)
-    shutil.rmtree(stopped / "model")
+    stopped = stopped_copy(full, tmp_path / "stopped", ("step-6", "step-8"))  # resumed after step 4: same average
     train.run(_cfg(stopped, "trainer.resume=auto"))
     again = load_file(stopped / "checkpoints" / "step-8" / "ema.safetensors")
     assert all(torch.equal(ema[k], again[k]) for k in ema)
     assert torch.equal(load_file(stopped / "model" / "model.safetensors")[name], shipped[name])
 
-    refused = run_cli("train.py", "experiment=demo", *SMALL_DEMO, *TINY, "trainer.max_steps=8",
-                      "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.warmup_steps=2",
-                      "trainer.save_steps=2", "trainer.ema_decay=0.9", "trainer.resume=auto",
-                      f"hydra.run.dir={stopped}")
+    refused = run_cli("train.py", *RUN, "trainer.ema_decay=0.9", "trainer.resume=auto", f"hydra.run.dir={stopped}")
     assert refused.returncode == 2 and "trainer.ema_decay=0.6 then, 0.9 now" in refused.stderr
 
 
