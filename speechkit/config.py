@@ -128,6 +128,10 @@ class DatasetConfig:
     # streaming: rows read ahead, shuffled and batched together (memory holds this many clips, never the corpus)
     shuffle_buffer: int = 1000
 
+    def spoken_language(self) -> Optional[str]:
+        """The language of the speech: dataset.language, or a demo corpus's own (dataset.demo.language)."""
+        return self.language or (self.demo.language if self.source == Source.demo else None)
+
 
 # ------------------------------------------------------------------------------------------ conf/task
 # One schema per option of conf/task, each with its own knobs only; speechkit/tasks/__init__.py registers them.
@@ -468,6 +472,36 @@ class AugmentConfig:
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
 
+# --------------------------------------------------------------------------------------- conf/adapter
+class AdapterKind(str, Enum):
+    none = "none"  # every weight the model trains is trained (full fine-tuning)
+    lora = "lora"  # low-rank updates of the attention and feed-forward projections (peft), the head trained in full
+    mms = "mms"  # MMS's language adapters (wav2vec2's adapter layers, adapter_attn_dim) and the CTC head
+
+
+class AdapterShip(str, Enum):
+    merged = "merged"  # model/ holds whole weights (LoRA merged in): the stock pipeline loads it as it is
+    adapter = "adapter"  # model/ holds the adapter and the head only, to load on top of the base model it names
+
+
+@dataclass
+class AdapterConfig:
+    """Adapters (speechkit/models/adapters.py): the model's own weights frozen, small added weights trained with the
+    task's head; checkpoints then hold those and the optimizer's state only."""
+
+    name: AdapterKind = AdapterKind.none
+    ship: AdapterShip = AdapterShip.merged  # what model/ holds
+    r: int = 16  # lora: the rank of each low-rank update
+    alpha: float = 32.0  # lora: updates are scaled by alpha / r
+    dropout: float = 0.05  # lora: dropout on the input of each update
+    # lora: the modules that get updates, by the end of their names (peft's target_modules, e.g. [q_proj, v_proj]);
+    # null: the model family's attention and feed-forward projections
+    target_modules: Optional[List[str]] = None
+    attn_dim: int = 16  # mms: the adapter layers' bottleneck width (transformers' adapter_attn_dim; MMS's is 16)
+    # mms: the language code the adapter is saved under (adapter.<language>.safetensors); null: dataset.language
+    language: Optional[str] = None
+
+
 # ---------------------------------------------------------------------------------------- conf/logger
 class LoggerBackend(str, Enum):
     none = "none"  # console, train.log and metrics.jsonl only
@@ -516,6 +550,7 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # conf/augment: none unless chosen
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # conf/adapter: none unless chosen
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
     hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -11,6 +11,7 @@ from typing import List, Optional
 from huggingface_hub import EvalResult as HubEvalResult, HfApi, ModelCard, ModelCardData
 
 from speechkit.config import HubConfig, TrainConfig, redact_override
+from speechkit.models.adapters import card_section
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult
 
@@ -39,7 +40,7 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
     name = cfg.task.name
     scored = [s for s in task.scores(cfg.task) if s.key in result.metrics and s.hub_type]  # the Hub's metrics only
     ds = cfg.dataset
-    language = ds.language or (ds.demo.language if ds.source.value == "demo" else None)
+    language = ds.spoken_language()
     dataset_id = ds.path if ds.source.value == "hub" else ds.name
     results = [HubEvalResult(task_type=task.pipeline, dataset_type=dataset_id, dataset_name=ds.name,
                              dataset_config=ds.config_name, dataset_split=ds.eval_split, metric_type=s.hub_type,
@@ -53,6 +54,7 @@ def model_card(cfg: TrainConfig, result: EvalResult, overrides: List[str], preci
     rows = "\n".join(f"| {k} | {getattr(getattr(trainer, k), 'value', getattr(trainer, k))} |" for k in HYPERPARAMETERS
                      if getattr(trainer, k) is not None)
     scores = "\n".join(f"| {s.name} | {float(result.metrics[s.key]):.4f} |" for s in scored)
+    shipped_class = (task.config.architectures or ["AutoModel"])[0]  # set as model/ was saved
     origin = (f"fine-tuned from `{cfg.model.name_or_path}`" if cfg.model.name_or_path
               else f"trained from scratch (`model={cfg.model.name}`, random init)")
     content = f"""---
@@ -85,6 +87,7 @@ Trained with:
 
 The full resolved configuration (secrets redacted) is the run's `config.yaml`.
 
+{card_section(cfg.adapter, cfg.model.name_or_path, language, shipped_class)}
 ## Use
 
 ```python

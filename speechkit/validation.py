@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit.config import ConfigError, OptimizerName, Source
+from speechkit.config import AdapterKind, AdapterShip, ConfigError, OptimizerName, Source
 
 _ABSENT = object()
 Check = Tuple[Callable[[Any], bool], str]
@@ -83,6 +83,9 @@ RANGES: Dict[str, Check] = {
     "augment.specaugment.time_length": _or_null(POSITIVE_INT),
     "augment.specaugment.feature_length": _or_null(POSITIVE_INT),
     "augment.specaugment.time_masks": NON_NEGATIVE, "augment.specaugment.feature_masks": NON_NEGATIVE,
+    # conf/adapter
+    "adapter.r": POSITIVE_INT, "adapter.alpha": POSITIVE, "adapter.dropout": BETA, "adapter.attn_dim": POSITIVE_INT,
+    "adapter.target_modules": _or_null((lambda v: len(v) > 0, "a non-empty list of module names")),
     # evaluate.py, inspect_data.py, serve.py, deploy.py
     "batch_size": POSITIVE_INT, "num_examples": NON_NEGATIVE, "sampling_rate": POSITIVE_INT,
     "top_chars": NON_NEGATIVE, "port": (lambda v: 0 < v < 65536, "a TCP port in 1..65535"),
@@ -165,6 +168,15 @@ def _check_task_and_model(cfg: DictConfig) -> None:
     if _get(cfg, "model.freeze_encoder") is True and not family.has_encoder:
         _refuse("model.freeze_encoder", True, f"false for a {kind} model (no encoder-decoder: "
                                               "model.freeze_feature_encoder freezes a convolutional front end)")
+    adapter = _get(cfg, "adapter.name")
+    if adapter == AdapterKind.mms and (kind not in family.language_adapter_types or "ctc" not in heads):
+        _refuse("adapter", "mms", f"none or lora for a {kind} model with task={name} (MMS's adapter layers are "
+                                  f"those of {', '.join(family.language_adapter_types) or 'wav2vec2'} models, "
+                                  "trained with a CTC head)")
+    if adapter not in (_ABSENT, AdapterKind.none) and _get(cfg, "adapter.ship") == AdapterShip.adapter \
+            and _get(cfg, "model.name_or_path") is None:
+        _refuse("adapter.ship", "adapter", "merged for a model built from scratch (model.name_or_path is null: "
+                                           "there is no base model to load the adapter onto)")
     weight = _get(cfg, "task.whisper_ctc_weight")
     if weight not in (_ABSENT, None, 0) and heads != ["seq2seq"]:
         _refuse("task.whisper_ctc_weight", weight, f"0 for a {kind} model (an auxiliary CTC loss is for a "

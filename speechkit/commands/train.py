@@ -17,7 +17,7 @@ from speechkit.data import streaming
 from speechkit.data.augment import Augmenter
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
-from speechkit.models import family_of
+from speechkit.models import adapters, family_of
 from speechkit.rundir import RunDir
 from speechkit.tasks import make_task
 from speechkit.tasks.scoring import write_results
@@ -45,15 +45,17 @@ def run(raw_cfg: DictConfig) -> float | str:
         OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
     task = make_task(cfg)
-    config, _ = task.model_config(cfg.model)  # the checkpoint's config only: a model unfit for the task stops here
+    config, head = task.model_config(cfg.model)  # the checkpoint's config only: a model unfit for the task stops here
     augment = Augmenter(cfg.augment, cfg.model.sampling_rate)  # its folders checked before any data is read
+    adapter = adapters.make(cfg.adapter, cfg.dataset.spoken_language(), cfg.model.name_or_path)
+    family = family_of(config.model_type)
+    adapter.check(config, head, family)  # an adapter the model cannot have: refused before any data is read
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With
     # dataset.streaming the training split is checked as it streams (speechkit/data/streaming.py): only its targets are
     # read here.
     ds = cfg.dataset
     report = data.DropReport()
-    family = family_of(config.model_type)
     # the shortest clip the model takes (its receptive field), and the longest it takes whole (a fixed input window)
     clip_samples = (family.receptive_field(config, cfg.model.sampling_rate),
                     family.longest_clip(config, cfg.model.sampling_rate))
@@ -77,9 +79,10 @@ def run(raw_cfg: DictConfig) -> float | str:
              "streamed" if ds.streaming else len(train_rows), len(eval_rows), task.unit, task.describe_targets(),
              report.summary())
 
-    # 3. Model with the task's head, and the processor that ships with it.
+    # 3. Model with the task's head, and the processor that ships with it; an adapter (conf/adapter) trains in its
+    # place, the model frozen.
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
-    model = task.build_model(cfg.model, run_dir, cfg.augment.specaugment)
+    model = task.build_model(cfg.model, run_dir, cfg.augment.specaugment, adapter)
     eval_set = task.dataset(eval_rows, training=False)
     train_set = streaming.training_batches(ds, cfg.trainer, task, clip_samples, accelerator, report,
                                            RunDir(run_dir).drop_report, augment) if ds.streaming else \
@@ -88,7 +91,7 @@ def run(raw_cfg: DictConfig) -> float | str:
              "; SpecAugment in the model" if cfg.augment.specaugment.enabled else "")
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
-    result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir)
+    result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir, adapter)
     result = task.after_training(model, eval_set, accelerator, run_dir, result,  # e.g. the n-gram LM decoder
                                  cfg.trainer.eval_batch_size)
     if accelerator.is_main_process:

@@ -39,6 +39,7 @@ class AudioSpectrogramTransformer(ModelFamily):
     name = "Audio Spectrogram Transformer"
     model_types = ("audio-spectrogram-transformer",)
     heads = ("classification",)
+    lora_targets = r".*\.layers\.\d+\.(attention\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(fc1|fc2))"
 
     def new_feature_extractor(self, config, sampling_rate: int):
         """A from-scratch AST's filter bank: the architecture's mel bins and window."""

@@ -126,16 +126,23 @@ class ModelFamily:
     has_feature_encoder: bool = False  # a convolutional encoder model.freeze_feature_encoder can freeze
     has_encoder: bool = False  # an encoder-decoder model: model.freeze_encoder trains the decoder only
     onnx_refused: str = ""  # why export.py cannot export this family yet ("": it can)
+    # adapter=lora: the attention and feed-forward projections that get low-rank updates, as a regular expression
+    # peft matches against each module's full name ("": none known; adapter.target_modules names them)
+    lora_targets: str = ""
+    language_adapter_types: Tuple[str, ...] = ()  # adapter=mms: the model types with MMS's adapter layers
 
     # ------------------------------------------------------------------------------------------- building
     def has_head(self, model_type: str, head: str) -> bool:
         return head in self.heads and model_type in architectures_of(head)
 
-    def build(self, cfg: ModelConfig, config, head: str, specaugment=None, **head_config):
+    def build(self, cfg: ModelConfig, config, head: str, specaugment=None, adapter=None, **head_config):
         """The model with a fresh `head` (head_config: its size, labels ...), the recipe's knobs and SpecAugment's
         masks (augment.specaugment, where the model masks its own features) set on the checkpoint's (or the
-        architecture's) config, the feature encoder frozen and gradient checkpointing on as model.* says."""
+        architecture's) config with what `adapter` needs there (speechkit/models/adapters.py), the feature encoder
+        frozen and gradient checkpointing on as model.* says."""
         settings = {**self._knobs(cfg, config), **self.spec_augment(config, specaugment), **head_config}
+        if adapter is not None:
+            settings.update(adapter.config_settings(config))
         if cfg.name_or_path:
             log.info("Loading %s with a new %s head", cfg.name_or_path, head)
             model = auto_class(head).from_pretrained(cfg.name_or_path, revision=cfg.revision,
@@ -198,7 +205,13 @@ class ModelFamily:
         return settings
 
     def load(self, model_dir: str, head: str):
-        """A saved model (a run's model/, or a Hub id) with its head."""
+        """A saved model (a run's model/, or a Hub id) with its head; a folder that ships an adapter alone
+        (adapter.ship=adapter) is loaded onto the base model its card names."""
+        from speechkit.models.adapters import load_shipped_adapter, shipped_alone
+
+        alone = shipped_alone(model_dir)
+        if alone:
+            return load_shipped_adapter(model_dir, auto_class(head), alone)
         return auto_class(head).from_pretrained(model_dir)
 
     # ------------------------------------------------------------------------------------ what it is fed

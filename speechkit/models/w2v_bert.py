@@ -15,6 +15,8 @@ class W2vBert(ModelFamily):
     name = "w2v-BERT 2.0"
     model_types = ("wav2vec2-bert",)
     heads = ("ctc", "classification", "frames")
+    lora_targets = (r".*\.encoder\.layers\.\d+\.(self_attn\.linear_(q|k|v|out)"
+                    r"|ffn[12]\.(intermediate_dense|output_dense))")
     # transformers 5.23's attention reshapes its transposed output, which torch.export (torch 2.13) cannot trace
     # with a dynamic length
     onnx_refused = "torch.export cannot trace w2v-BERT's attention with a dynamic length yet"

@@ -15,6 +15,9 @@ class Wav2Vec2Like(ModelFamily):
     heads = ("ctc", "classification", "frames")
     processor = "Wav2Vec2Processor"
     has_feature_encoder = True
+    lora_targets = (r".*\.encoder\.layers\.\d+\.(attention\.(q_proj|k_proj|v_proj|out_proj)"
+                    r"|feed_forward\.(intermediate_dense|output_dense))")
+    language_adapter_types = ("wav2vec2",)  # transformers' adapter_attn_dim layers (HuBERT and WavLM have none)
 
     def new_feature_extractor(self, config, sampling_rate: int):
         from transformers import Wav2Vec2FeatureExtractor

@@ -23,6 +23,8 @@ class Whisper(ModelFamily):
     heads = ("seq2seq",)
     processor = "WhisperProcessor"
     has_encoder = True
+    lora_targets = (r".*\.(encoder|decoder)\.layers\.\d+\."
+                    r"((self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)")
 
     @staticmethod
     def window_s(config) -> float:

@@ -120,15 +120,18 @@ class Task:
         """The model's config (no weights) and the head it gets: refused before any data when it has none."""
         return checked_model_config(model_cfg, self.heads, self.name)
 
-    def build_model(self, model_cfg, run_dir: str, specaugment=None):
+    def build_model(self, model_cfg, run_dir: str, specaugment=None, adapter=None):
         """The model with the task's head, and what ships with it (`prepare`); `specaugment`: augment.specaugment,
-        the masks the model (or its input) gets in training."""
+        the masks the model (or its input) gets in training; `adapter`: conf/adapter's (speechkit/models/adapters.py),
+        attached last, so that what the task added to the model trains with the head."""
         config, head = self.model_config(model_cfg)
         family = family_of(config.model_type)
-        model = family.build(model_cfg, config, head, specaugment, **self.head_config())
+        model = family.build(model_cfg, config, head, specaugment, adapter, **self.head_config())
         self.specaugment = specaugment
         self.bind(model, family.feature_extractor(model.config, model_cfg))
         self.prepare(model, run_dir)
+        if adapter is not None:
+            adapter.attach(model, family)
         return model
 
     def bind(self, model, feature_extractor) -> None:

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 import torch
@@ -26,6 +26,7 @@ from speechkit.data import SpeechDataset
 from speechkit.data.samplers import eval_loader, train_batch_sampler
 from speechkit.data.streaming import StreamedBatches
 from speechkit.hardware import loader_settings, optimizer_settings
+from speechkit.models.adapters import FullModel
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
 from speechkit.tasks.scoring import EvalResult
@@ -124,10 +125,13 @@ class Throughput:
 
 
 def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
-          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str) -> EvalResult:
+          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str,
+          adapter: Optional[FullModel] = None) -> EvalResult:
     """Fine-tune `model` for `task` (speechkit/tasks/), write checkpoints/, best/ and model/ under `run_dir`; returns
-    the shipped model's eval. Three pieces, in the order they run: setup, the loop, shipping."""
-    run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir)
+    the shipped model's eval. `adapter`: what of the model trains, is checkpointed and ships (conf/adapter,
+    speechkit/models/adapters.py; the whole model by default). Three pieces, in the order they run: setup, the loop,
+    shipping."""
+    run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir, adapter or FullModel())
     loop(cfg, accelerator, task, run)
     return ship(cfg, accelerator, task, run)
 
@@ -146,12 +150,14 @@ class Run:
     dirs: RunDir
     metrics: MetricsFile
     sampling_rate: int
+    adapter: FullModel = field(default_factory=FullModel)  # what checkpoints, best/ and model/ hold
     ema: Optional[WeightAverage] = None  # trainer.ema_decay: the moving average of the weights
 
 
 # ------------------------------------------------------------------------------------------------------ setup
 def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
-          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str) -> Run:
+          train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str,
+          adapter: FullModel) -> Run:
     """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming. A stream
     (dataset.streaming) brings its own batches and is not prepared: each process already reads its own share."""
     set_seed(cfg.seed)
@@ -186,10 +192,12 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it once per process).
     scheduler = make_scheduler(cfg, optimizer, total_steps)
     accelerator.register_for_checkpointing(scheduler)
+    adapter.keep_in_checkpoints(accelerator)  # an adapter's checkpoints: its trained weights only
 
     ema = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     dirs = RunDir(run_dir)
-    state = TrainerState(total_steps=total_steps, schedule=schedule_keys(cfg, accelerator, train_set, total_steps))
+    state = TrainerState(total_steps=total_steps,
+                         schedule=schedule_keys(cfg, accelerator, train_set, total_steps, adapter))
     resume_from = checkpoint.resolve_resume(cfg.resume, dirs.checkpoints)
     if resume_from:
         saved = TrainerState.read(checkpoint.load_state(resume_from))
@@ -211,10 +219,10 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
              cfg.scheduler.value, loading if steps_per_epoch else f"a stream, {train_set.window} rows a window")
     return Run(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches, eval_loader=evaluation,
                eval_set=eval_set, state=state, dirs=dirs, metrics=MetricsFile(dirs.metrics, accelerator),
-               sampling_rate=sampling_rate, ema=ema)
+               sampling_rate=sampling_rate, adapter=adapter, ema=ema)
 
 
-def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total_steps: int) -> dict:
+def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total_steps: int, adapter) -> dict:
     """What decides the batch and the learning rate of every step: a resumed run must have each of them as the
     checkpoint was made, or it would continue a different run than the one it claims to."""
     names = ["seed", "max_steps", "num_epochs", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
@@ -228,6 +236,7 @@ def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total
     keys["training examples"] = None if isinstance(train_set, StreamedBatches) else len(train_set)
     keys["total steps"] = total_steps
     keys["augmentation"] = train_set.augment.describe() if train_set.augment is not None else "none"
+    keys["adapter"] = adapter.describe()
     return keys
 
 
@@ -348,8 +357,9 @@ def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: fl
     if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
         state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
         weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
-        checkpoint.write_dir(accelerator, lambda path: accelerator.unwrap_model(run.model).save_pretrained(
-            path, state_dict=weights), run.dirs.best, run.dirs.checkpoints)
+        checkpoint.write_dir(accelerator, lambda path: run.adapter.save_best(accelerator.unwrap_model(run.model),
+                                                                            path, weights),
+                             run.dirs.best, run.dirs.checkpoints)
     if accelerator.is_main_process:
         training_curves(run.dirs.metrics, run.dirs.curves, {s.key: s.name for s in task.scores(task.cfg)},
                         state.best_step)
@@ -361,19 +371,15 @@ def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalRe
     unwrapped = accelerator.unwrap_model(run.model)
     if cfg.final_model == FinalModel.best and os.path.isdir(run.dirs.best):
         log.info("Shipping the best weights (step %s, eval %s)", run.state.best_step, run.state.best_summary)
-        best = type(unwrapped).from_pretrained(run.dirs.best)
-        missing, unexpected = unwrapped.load_state_dict(best.state_dict(), strict=False)
-        trained_only = set(unwrapped._keys_to_ignore_on_save or ())  # weights that train but never ship
-        if unexpected or set(missing) - trained_only:
-            raise RuntimeError(f"{run.dirs.best} does not match the model: missing "
-                               f"{sorted(set(missing) - trained_only)}, unexpected {sorted(unexpected)}")
-        del best
+        run.adapter.load_best(unwrapped, run.dirs.best)
     result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     result = averaged(cfg, accelerator, task, run, result)  # an average of the weights, where it scores better
+    if run.adapter.fold(unwrapped):  # LoRA merged into the weights: what ships is scored
+        result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
     weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
 
     def write(path):
-        unwrapped.save_pretrained(path, state_dict=weights)
+        run.adapter.save(unwrapped, path, weights)
         task.save(path)
     checkpoint.write_dir(accelerator, write, run.dirs.model, run.dirs.checkpoints)
     log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
