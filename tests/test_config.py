@@ -161,6 +161,12 @@ BAD_VALUES = [
     ("train.py", "augment=noise augment.noise.path=/no/such/noise"),
     ("train.py", "augment=reverb augment.reverb.path=/no/such/rirs"),
     ("evaluate.py", "dataset=demo_en_shifted dataset.demo.shifted_voices=[en-us]"),
+    ("train.py", "adapter=lora adapter.r=0"), ("train.py", "adapter=lora adapter.alpha=0"),
+    ("train.py", "adapter=lora adapter.dropout=1"), ("train.py", "adapter=mms adapter.attn_dim=0"),
+    ("train.py", "adapter=lora adapter.target_modules=[]"),
+    ("train.py", "model=hubert_large adapter=mms"),  # HuBERT has no MMS adapter layers
+    ("train.py", "task=audio_classification dataset=demo_commands adapter=mms"),  # they are a CTC head's
+    ("train.py", "adapter=lora adapter.ship=adapter"),  # model=tiny is built from scratch: no base to name
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "task.vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),
