@@ -391,6 +391,9 @@ class TrainerConfig:
     save_total_limit: Optional[int] = 2  # the best checkpoint is kept on top of these
     resume: Optional[str] = None  # "auto": newest complete checkpoint in the run dir; or a checkpoint path
     final_model: FinalModel = FinalModel.best
+    # which evaluation picks the best checkpoint (and a weight average over the final weights): an eval_sets name;
+    # null: the run's own split (dataset.eval_split)
+    best_eval_set: Optional[str] = None
     # Weight averaging (speechkit/training/averaging.py), each scored at the end beside final_model's weights and
     # shipped only when it scores better: an exponential moving average of the weights (e.g. 0.999; null: off) ...
     ema_decay: Optional[float] = None
@@ -551,6 +554,10 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # conf/augment: none unless chosen
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # conf/adapter: none unless chosen
+    # More evaluation sets, each scored at every evaluation beside dataset.eval_split (its own lines in metrics.jsonl,
+    # curves.png, report.html and the trackers): name -> a dataset option composed at that name, scored on its
+    # eval_split, e.g. `+dataset@eval_sets.shifted=demo_en_shifted eval_sets.shifted.eval_split=test_noisy`
+    eval_sets: Dict[str, DatasetConfig] = field(default_factory=dict)
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
     hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -22,14 +22,19 @@ def pyplot():
 
 
 def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], best_step: int | None = None) -> str:
-    """Training loss, learning rate and the eval scores (the task's: {metrics key: name}, e.g. WER and CER) against
-    the optimizer step, read from metrics.jsonl, the best evaluation (`best_step`) in the title; written to
-    `out_path` (PNG) through a temporary file, so a reader never sees half a picture."""
+    """Training loss, learning rate and the eval scores (the task's: {metrics key: name}, e.g. WER and CER; each of
+    the other evaluation sets' dashed, in the same colours, with its name) against the optimizer step, read from
+    metrics.jsonl, the best evaluation (`best_step`) in the title; written to `out_path` (PNG) through a temporary
+    file, so a reader never sees half a picture."""
     plt = pyplot()
     with open(metrics_path) as f:
         records: List[dict] = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
+    sets: Dict[str, List[dict]] = {}  # eval_sets, by name, in the order they were logged
+    for r in records:
+        if r["kind"] == "eval_set":
+            sets.setdefault(r["eval_set"], []).append(r)
     eval_losses = [r for r in evals if "eval_loss" in r]  # a diarizer scores whole recordings: no loss to log
 
     fig, (loss_ax, lr_ax, err_ax) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
@@ -46,9 +51,11 @@ def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], bes
     lr_ax.set_ylabel("learning rate")
     scores = [k for k in names if evals and k in evals[-1]]
     counts = [k for k in scores if k.startswith("eval_probe")]  # words per clip, not a rate: an axis of their own
-    for key in scores:
-        if key not in counts:
-            err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=names[key])
+    for n, key in enumerate(k for k in scores if k not in counts):
+        err_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=names[key], color=f"C{n}")
+        for style, (name, records_of_set) in zip(("--", ":", "-.") * 10, sets.items()):
+            err_ax.plot([r["step"] for r in records_of_set], [r.get(key, np.nan) for r in records_of_set],
+                        "x" + style, label=f"{names[key]} ({name})", color=f"C{n}")
     err_ax.set_ylabel("eval score")
     err_ax.set_ylim(bottom=0)
     err_ax.set_xlabel("optimizer step")
@@ -72,7 +79,9 @@ def training_curves(metrics_path: str, out_path: str, names: Dict[str, str], bes
     # What the picture shows, in words (the PNG's Description text, for a screen reader or a program)
     description = (f"Training curves over {len(train)} logged steps and {len(evals)} evaluations: train loss"
                    f"{', eval loss' if eval_losses else ''}; learning rate; eval scores: "
-                   f"{', '.join(names[k] for k in scores) or 'none yet'}" + (f"; {title}" if title else ""))
+                   f"{', '.join(names[k] for k in scores) or 'none yet'}"
+                   + (f"; also on the evaluation sets {', '.join(sets)}" if sets else "")
+                   + (f"; {title}" if title else ""))
     tmp = out_path + ".tmp.png"
     fig.savefig(tmp, dpi=100, metadata={"Description": description})
     plt.close(fig)

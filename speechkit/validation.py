@@ -249,6 +249,10 @@ def check_values(cfg: DictConfig) -> None:
         if keep is not None and keep < average:
             _refuse("trainer.save_total_limit", keep, f"null or at least trainer.average_last ({average}): the "
                                                       "checkpoints to average must be kept")
+    best_set, sets = _get(cfg, "trainer.best_eval_set"), _get(cfg, "eval_sets")
+    if best_set not in (_ABSENT, None) and best_set not in (sets if sets not in (_ABSENT, None) else {}):
+        names = ", ".join(sets or {}) or "none: add one, e.g. +dataset@eval_sets.shifted=demo_en_shifted"
+        _refuse("trainer.best_eval_set", best_set, f"null (the eval split) or the name of an eval set ({names})")
     if _get(cfg, "hub.push") is True and not _get(cfg, "hub.repo_id"):
         _refuse("hub.repo_id", _get(cfg, "hub.repo_id"), "a Hub repo id (owner/name) when hub.push=true")
 

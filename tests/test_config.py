@@ -167,6 +167,7 @@ BAD_VALUES = [
     ("train.py", "model=hubert_large adapter=mms"),  # HuBERT has no MMS adapter layers
     ("train.py", "task=audio_classification dataset=demo_commands adapter=mms"),  # they are a CTC head's
     ("train.py", "adapter=lora adapter.ship=adapter"),  # model=tiny is built from scratch: no base to name
+    ("train.py", "trainer.best_eval_set=shifted"),  # no eval set of that name
     # paths that must exist, and combinations that cannot work
     ("train.py", "trainer.resume=/no/such/checkpoint"), ("train.py", "task.vocab.path=/no/such/vocab.json"),
     ("train.py", "model.name_or_path=/no/such/checkpoint"), ("evaluate.py", "model_dir=/no/such/model"),

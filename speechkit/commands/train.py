@@ -64,6 +64,9 @@ def run(raw_cfg: DictConfig) -> float | str:
         splits = data.load_splits(ds, wanted, cfg.model.sampling_rate, report, task.target, *clip_samples)
         train_rows = streaming.target_rows(ds, task.target, ds.train_split) if ds.streaming else \
             splits[ds.train_split]
+        more_rows = {name: data.load_splits(other, {other.eval_split: False}, cfg.model.sampling_rate, report,
+                                            task.target, *clip_samples)[other.eval_split]
+                     for name, other in cfg.eval_sets.items()}  # eval_sets: scored beside the eval split
     eval_rows = splits[ds.eval_split]
 
     # 2. Targets, the task's: the vocab (speech recognition), the label set (classification) or the checked
@@ -72,18 +75,21 @@ def run(raw_cfg: DictConfig) -> float | str:
                                              run_dir, accelerator.is_main_process)
     if ds.streaming:  # the training split's drops are the stream's to report, as it reads the rows
         report.rows = [r for r in report.rows if r["split"] != ds.train_split]
-    if accelerator.is_main_process:
-        report.write(RunDir(run_dir).drop_report)
-    accelerator.wait_for_everyone()
-    log.info("Data '%s': %s train / %d eval %s, %s; dropped: %s", ds.name,
-             "streamed" if ds.streaming else len(train_rows), len(eval_rows), task.unit, task.describe_targets(),
-             report.summary())
 
     # 3. Model with the task's head, and the processor that ships with it; an adapter (conf/adapter) trains in its
     # place, the model frozen.
     set_seed(cfg.trainer.seed)  # the same seed gives the same randomly initialised weights
     model = task.build_model(cfg.model, run_dir, cfg.augment.specaugment, adapter)
     eval_set = task.dataset(eval_rows, training=False)
+    more_sets = {name: task.dataset(task.check_eval_rows(rows, f"{name}/{cfg.eval_sets[name].eval_split}", report),
+                                    training=False) for name, rows in more_rows.items()}  # checked as the model sees
+    if accelerator.is_main_process:
+        report.write(RunDir(run_dir).drop_report)
+    accelerator.wait_for_everyone()
+    log.info("Data '%s': %s train / %d eval %s%s, %s; dropped: %s", ds.name,
+             "streamed" if ds.streaming else len(train_rows), len(eval_rows), task.unit,
+             "".join(f", {len(s)} in eval set {name}" for name, s in more_sets.items()), task.describe_targets(),
+             report.summary())
     train_set = streaming.training_batches(ds, cfg.trainer, task, clip_samples, accelerator, report,
                                            RunDir(run_dir).drop_report, augment) if ds.streaming else \
         task.dataset(train_rows, training=True, augment=augment)
@@ -91,9 +97,10 @@ def run(raw_cfg: DictConfig) -> float | str:
              "; SpecAugment in the model" if cfg.augment.specaugment.enabled else "")
 
     # 4. Train; model/ is written by the trainer and scored once more as shipped.
-    result = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir, adapter)
-    result = task.after_training(model, eval_set, accelerator, run_dir, result,  # e.g. the n-gram LM decoder
+    shipped = trainer.train(cfg.trainer, accelerator, task, model, train_set, eval_set, run_dir, adapter, more_sets)
+    result = task.after_training(model, eval_set, accelerator, run_dir, shipped,  # e.g. the n-gram LM decoder
                                  cfg.trainer.eval_batch_size)
+    result.eval_sets = shipped.eval_sets
     if accelerator.is_main_process:
         write_results(task, result, eval_rows, run_dir, f"{ds.name}/{ds.eval_split}: {RunDir(run_dir).model}")
         hub.write_card(cfg, result, hub.typed_overrides(), accelerator.mixed_precision, task)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -48,7 +49,10 @@ def metric_definitions(cfg: DictConfig) -> List[Tuple[str, str]]:
 
     task = OmegaConf.select(cfg, "task")
     scores = task_class(task.name).scores(task)
-    return TRAINING_METRICS + [(s.key, rf"eval step=\d+ .*\b{s.key}={_NUM}") for s in scores]
+    sets = list(OmegaConf.select(cfg, "eval_sets", default=None) or {})  # each logged as "eval[<name>] step=..."
+    return TRAINING_METRICS + [(s.key, rf"eval step=\d+ .*\b{s.key}={_NUM}") for s in scores] + [
+        (f"eval_{name}_{s.key.removeprefix('eval_')}", rf"eval\[{re.escape(name)}\] step=\d+ .*\b{s.key}={_NUM}")
+        for name in sets for s in scores]
 
 
 def task_overrides() -> List[str]:

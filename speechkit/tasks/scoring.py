@@ -26,6 +26,8 @@ class EvalResult:
     rows: List[int]
     predictions: List[dict] = field(default_factory=list)
     tables: Dict[str, List[dict]] = field(default_factory=dict)  # extra per-class tables (classification)
+    # the same model scored on the run's other evaluation sets (eval_sets), by name
+    eval_sets: Dict[str, "EvalResult"] = field(default_factory=dict)
 
 
 # forward(model, batch) -> the model's output, its loss included (the task's forward)
@@ -87,8 +89,21 @@ def write_results(task, result: EvalResult, rows, run_dir: str, title: str) -> L
     written = [run.predictions]
     durations = np.asarray(rows.select(result.rows)["num_samples"], dtype=np.float64) / task.sampling_rate \
         if result.rows else np.zeros(0)
+    sections = task.report_sections(result, ids, durations)
+    if result.eval_sets:  # the same model on the run's other evaluation sets (eval_sets)
+        from speechkit.report import table
+
+        keys = [s.key for s in task.scores(task.cfg) if s.key in result.metrics]
+        names = {s.key: s.name for s in task.scores(task.cfg)}
+        rows_of = [("(this split)", len(result.rows), *(result.metrics[k] for k in keys))]
+        rows_of += [(name, len(r.rows), *(r.metrics.get(k, float("nan")) for k in keys))
+                    for name, r in result.eval_sets.items()]
+        sections.insert(1, ("Other evaluation sets (eval_sets)", table(
+            ["set", task.unit, *(names[k] for k in keys)],
+            [(name, n, *(f"{v:.4f}" for v in values)) for name, n, *values in rows_of],
+            [False, True] + [True] * len(keys))))
     with open(run.report, "w", encoding="utf-8") as f:
-        f.write(page(title, task.report_sections(result, ids, durations)))
+        f.write(page(title, sections))
     written.append(run.report)
     per_class = result.tables.get("per_class")
     if per_class:

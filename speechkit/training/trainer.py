@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -72,9 +72,15 @@ class MetricsFile:
         self.path, self.accelerator = path, accelerator
 
     def write(self, kind: str, step: int, values: dict) -> None:
+        """`kind`: train, eval, or eval_set (one of eval_sets, named by values["eval_set"]: its scores go to the
+        trackers as eval_<name>_wer ...)."""
         if self.accelerator.trackers:  # accelerate.log is a no-op off the main process
-            self.accelerator.log({k if k.startswith(kind) or k == "epoch" else f"{kind}_{k}": v
-                                  for k, v in values.items()}, step=step)
+            if kind == "eval_set":  # eval_wer of the set "noisy": eval_noisy_wer
+                logged = {f"eval_{values['eval_set']}_{k.removeprefix('eval_')}": v for k, v in values.items()
+                          if k not in ("eval_set", "epoch")}
+            else:
+                logged = {k if k.startswith(kind) or k == "epoch" else f"{kind}_{k}": v for k, v in values.items()}
+            self.accelerator.log(logged, step=step)
         if not self.accelerator.is_main_process:
             return
         with open(self.path, "a") as f:
@@ -126,12 +132,13 @@ class Throughput:
 
 def train(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
           train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str,
-          adapter: Optional[FullModel] = None) -> EvalResult:
+          adapter: Optional[FullModel] = None, eval_sets: Optional[Dict[str, SpeechDataset]] = None) -> EvalResult:
     """Fine-tune `model` for `task` (speechkit/tasks/), write checkpoints/, best/ and model/ under `run_dir`; returns
-    the shipped model's eval. `adapter`: what of the model trains, is checkpointed and ships (conf/adapter,
-    speechkit/models/adapters.py; the whole model by default). Three pieces, in the order they run: setup, the loop,
-    shipping."""
-    run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir, adapter or FullModel())
+    the shipped model's eval (its `eval_sets`: the shipped model on each other evaluation set). `adapter`: what of
+    the model trains, is checkpointed and ships (conf/adapter, speechkit/models/adapters.py; the whole model by
+    default); `eval_sets`: more evaluation sets by name, scored at every evaluation (trainer.best_eval_set may name
+    the one that picks the best checkpoint). Three pieces, in the order they run: setup, the loop, shipping."""
+    run = setup(cfg, accelerator, task, model, train_set, eval_set, run_dir, adapter or FullModel(), eval_sets or {})
     loop(cfg, accelerator, task, run)
     return ship(cfg, accelerator, task, run)
 
@@ -151,13 +158,16 @@ class Run:
     metrics: MetricsFile
     sampling_rate: int
     adapter: FullModel = field(default_factory=FullModel)  # what checkpoints, best/ and model/ hold
+    # the other evaluation sets (eval_sets): name -> (loader, dataset), and the one that picks the best checkpoint
+    eval_sets: Dict[str, Tuple[torch.utils.data.DataLoader, SpeechDataset]] = field(default_factory=dict)
+    best_eval_set: Optional[str] = None
     ema: Optional[WeightAverage] = None  # trainer.ema_decay: the moving average of the weights
 
 
 # ------------------------------------------------------------------------------------------------------ setup
 def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
           train_set: SpeechDataset | StreamedBatches, eval_set: SpeechDataset, run_dir: str,
-          adapter: FullModel) -> Run:
+          adapter: FullModel, eval_sets: Dict[str, SpeechDataset]) -> Run:
     """Loaders, optimizer and schedule, prepared by accelerate; the state of a checkpoint when resuming. A stream
     (dataset.streaming) brings its own batches and is not prepared: each process already reads its own share."""
     set_seed(cfg.seed)
@@ -168,6 +178,8 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
     # stream exactly as an uninterrupted run has it.
     loading = loader_settings(accelerator, cfg.num_workers, augmenting=train_set.augment is not None)
     evaluation = eval_loader(eval_set, task.collator(False), cfg.eval_batch_size, cfg.seed, **loading)
+    more = {name: (accelerator.prepare(eval_loader(dataset, task.collator(False), cfg.eval_batch_size, cfg.seed,
+                                                   **loading)), dataset) for name, dataset in eval_sets.items()}
     optimizer = make_optimizer(cfg, model, optimizer_settings(accelerator))
     if cfg.fast_paths:
         applied = task.family.fast_paths(model, accelerator.device)
@@ -219,7 +231,8 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
              cfg.scheduler.value, loading if steps_per_epoch else f"a stream, {train_set.window} rows a window")
     return Run(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches, eval_loader=evaluation,
                eval_set=eval_set, state=state, dirs=dirs, metrics=MetricsFile(dirs.metrics, accelerator),
-               sampling_rate=sampling_rate, adapter=adapter, ema=ema)
+               sampling_rate=sampling_rate, adapter=adapter, eval_sets=more, best_eval_set=cfg.best_eval_set,
+               ema=ema)
 
 
 def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total_steps: int, adapter) -> dict:
@@ -227,7 +240,7 @@ def schedule_keys(cfg: TrainerConfig, accelerator: Accelerator, train_set, total
     checkpoint was made, or it would continue a different run than the one it claims to."""
     names = ["seed", "max_steps", "num_epochs", "batch_size", "batch_duration_s", "gradient_accumulation_steps",
              "group_by_length", "optimizer", "learning_rate", "weight_decay", "scheduler", "warmup_steps",
-             "ema_decay"]
+             "ema_decay", "best_eval_set"]
     names.remove("num_epochs" if cfg.max_steps else "max_steps")  # max_steps, when set, decides the length
     names.remove("batch_size" if cfg.batch_duration_s else "batch_duration_s")  # batches by duration, or by count
     keys = {f"trainer.{k}": getattr(cfg, k) for k in names}
@@ -342,20 +355,31 @@ def loop(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> None:
 
 
 def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: float) -> None:
-    """Score the eval split, log it, keep the weights in checkpoints/best/ when they are the best so far, and redraw
-    curves.png."""
+    """Score the eval split (and the other evaluation sets), log them, keep the weights in checkpoints/best/ when they
+    are the best so far, and redraw curves.png."""
     state = run.state
     result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
-    # e.g. "eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)": parsed by
-    # SageMaker's metric definitions (speechkit/sagemaker/launch.py)
+    # e.g. "eval step=20 epoch=0.25 eval_loss=1.2345 eval_wer=0.5123 eval_cer=0.2000 (80 utterances)", and
+    # "eval[noisy] step=20 ..." for an eval set: parsed by SageMaker's metric definitions (sagemaker/launch.py)
     scores = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
     log.info("eval step=%d epoch=%.2f %s (%d %s)", state.global_step, epoch_float, scores, len(result.rows),
              task.unit)
     run.metrics.write("eval", state.global_step, {"epoch": round(epoch_float, 4), **result.metrics})
-    # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...). Gathered values: the same in
-    # every process, so all of them take this branch together.
-    if state.best_rank is None or tuple(result.rank) < tuple(state.best_rank):
-        state.best_rank, state.best_summary, state.best_step = list(result.rank), result.summary, state.global_step
+    chosen = result
+    for name, scored in score_eval_sets(accelerator, task, run).items():
+        scores = " ".join(f"{k}={v:.4f}" for k, v in scored.metrics.items() if isinstance(v, float))
+        log.info("eval[%s] step=%d epoch=%.2f %s (%d %s)", name, state.global_step, epoch_float, scores,
+                 len(scored.rows), task.unit)
+        run.metrics.write("eval_set", state.global_step, {"eval_set": name, "epoch": round(epoch_float, 4),
+                                                          **scored.metrics})
+        if name == run.best_eval_set:
+            chosen = scored
+    # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...), on trainer.best_eval_set's
+    # evaluation. Gathered values: the same in every process, so all of them take this branch together.
+    if state.best_rank is None or tuple(chosen.rank) < tuple(state.best_rank):
+        where = f"eval[{run.best_eval_set}]" if run.best_eval_set else "eval"
+        state.best_rank, state.best_summary, state.best_step = list(chosen.rank), f"{where} {chosen.summary}", \
+            state.global_step
         weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
         checkpoint.write_dir(accelerator, lambda path: run.adapter.save_best(accelerator.unwrap_model(run.model),
                                                                             path, weights),
@@ -367,28 +391,44 @@ def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: fl
 
 # ------------------------------------------------------------------------------------------------------- ship
 def ship(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> EvalResult:
-    """Write model/ (the best or last weights + the task's processor) and score exactly what was shipped."""
+    """Write model/ (the best or last weights, or an average of them that scores better, + the task's processor) and
+    score exactly what was shipped, on the eval split and every other evaluation set."""
     unwrapped = accelerator.unwrap_model(run.model)
     if cfg.final_model == FinalModel.best and os.path.isdir(run.dirs.best):
-        log.info("Shipping the best weights (step %s, eval %s)", run.state.best_step, run.state.best_summary)
+        log.info("Shipping the best weights (step %s, %s)", run.state.best_step, run.state.best_summary)
         run.adapter.load_best(unwrapped, run.dirs.best)
-    result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
-    result = averaged(cfg, accelerator, task, run, result)  # an average of the weights, where it scores better
-    if run.adapter.fold(unwrapped):  # LoRA merged into the weights: what ships is scored
-        result = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+    judged = averaged(cfg, accelerator, task, run)  # an average of the weights, where it scores better
+    folded = run.adapter.fold(unwrapped)  # LoRA merged into the weights: what ships is scored after
+    result = judged if judged is not None and run.best_eval_set is None and not folded else \
+        task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+    result.eval_sets = score_eval_sets(accelerator, task, run)
     weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
 
     def write(path):
         run.adapter.save(unwrapped, path, weights)
         task.save(path)
     checkpoint.write_dir(accelerator, write, run.dirs.model, run.dirs.checkpoints)
-    log.info("Final model %s: eval %s on %d %s", run.dirs.model, result.summary, len(result.rows), task.unit)
+    log.info("Final model %s: eval %s on %d %s%s", run.dirs.model, result.summary, len(result.rows), task.unit,
+             "".join(f"; eval[{name}] {r.summary}" for name, r in result.eval_sets.items()))
     return result
 
 
-def averaged(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run, result: EvalResult) -> EvalResult:
-    """The weight averages asked for (trainer.ema_decay, trainer.average_last), each scored against the weights in
-    the model now (`result`): one that scores better stays in the model, the others are swapped out again."""
+def score_eval_sets(accelerator: Accelerator, task, run: Run) -> Dict[str, EvalResult]:
+    """The model now, scored on each other evaluation set (eval_sets)."""
+    return {name: task.evaluate(run.model, loader, dataset, accelerator)
+            for name, (loader, dataset) in run.eval_sets.items()}
+
+
+def judge(accelerator: Accelerator, task, run: Run) -> EvalResult:
+    """The evaluation that chooses between weights: trainer.best_eval_set's, else the eval split's."""
+    loader, dataset = run.eval_sets[run.best_eval_set] if run.best_eval_set else (run.eval_loader, run.eval_set)
+    return task.evaluate(run.model, loader, dataset, accelerator)
+
+
+def averaged(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> Optional[EvalResult]:
+    """The weight averages asked for (trainer.ema_decay, trainer.average_last), each judged against the weights in
+    the model now: one that scores better stays in the model, the others are swapped out again. Returns the judging
+    evaluation of the weights kept, or None when no average was asked for."""
     unwrapped = accelerator.unwrap_model(run.model)
     candidates = []
     if run.ema is not None:
@@ -402,13 +442,17 @@ def averaged(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run, resul
         else:
             candidates.append((f"the average of the last {len(kept)} checkpoints "
                                f"({', '.join(os.path.basename(k) for k in kept)})", average_of(kept)))
+    if not candidates:
+        return None
+    result = judge(accelerator, task, run)
     chosen = f"the {cfg.final_model.value} weights"
+    where = f"eval[{run.best_eval_set}]" if run.best_eval_set else "eval"  # as the log names evaluations
     for name, weights in candidates:
         replaced = swap_in(unwrapped, weights)
-        scored = task.evaluate(run.model, run.eval_loader, run.eval_set, accelerator)
+        scored = judge(accelerator, task, run)
         better = tuple(scored.rank) < tuple(result.rank)
-        log.info("Weight averaging: %s scores eval %s against %s for %s: %s", name, scored.summary, result.summary,
-                 chosen, "shipped instead" if better else "not shipped")
+        log.info("Weight averaging: %s scores %s %s against %s for %s: %s", name, where, scored.summary,
+                 result.summary, chosen, "shipped instead" if better else "not shipped")
         if better:
             result, chosen = scored, name
         else:
