@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-# speechkit_plain: speechkit with trainer.fast_paths=false; speechkit_ungrouped: with trainer.group_by_length=false
-SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped")
-VARIANTS = {"speechkit_plain": ["trainer.fast_paths=false"], "speechkit_ungrouped": ["trainer.group_by_length=false"]}
+# speechkit_plain: speechkit with trainer.fast_paths=false; speechkit_ungrouped: with trainer.group_by_length=false;
+# speechkit_lora: with adapter=lora (the model frozen, low-rank updates and the head trained)
+SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped", "speechkit_lora")
+VARIANTS = {"speechkit_plain": ["trainer.fast_paths=false"], "speechkit_ungrouped": ["trainer.group_by_length=false"],
+            "speechkit_lora": ["adapter=lora"]}
 DEFAULT_SYSTEMS = ("speechkit", "trainer")
 # Dense bf16 tensor-core peaks (TFLOP/s), for MFU; --peak-tflops for any other device.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "MI300X": 1307.0, "MI250": 362.0}
@@ -131,6 +133,8 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
     ("end_to_end_s", "launch to last step, data prep included (s)", "{:.1f}", False),
     ("train_s", "training loop (s)", "{:.1f}", False),
     ("steps", "optimizer steps", "{:d}", None),
+    ("trainable_params", "parameters trained", "{:,}", None),
+    ("total_params", "parameters in all", "{:,}", None),
     ("audio_s", "audio trained on (s)", "{:.0f}", None),
     ("final_loss", "mean loss, last quarter of the audio", "{:.3f}", None),
     ("peak_device_mb", "peak device memory (MB)", "{:.0f}", False),
@@ -142,7 +146,8 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
 def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
     against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
-    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped"}
+    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped",
+             "speechkit_lora": "speechkit_lora"}
     lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
              "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
@@ -152,7 +157,8 @@ def markdown(results: Dict[str, dict], header: str) -> str:
         cells = [fmt.format(v) if v is not None else "–" for v in values]
         for other in against:
             a, b = results["speechkit"].get(key), results[other].get(key)
-            cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s") else "")
+            cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s", "total_params")
+                         else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -178,11 +184,12 @@ def main(argv=None) -> dict:
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results}
     for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths"),
-                        ("speechkit_ungrouped", "ratios_grouped")):
+                        ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_lora", "ratios_lora")):
         if "speechkit" in results and other in results:  # speechkit / the other system
             sk, tr = results["speechkit"], results[other]
             summary[name] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
-                                                        "peak_rss_mb", "final_loss") if sk.get(k) and tr.get(k)}
+                                                        "peak_rss_mb", "final_loss", "trainable_params",
+                                                        "peak_device_mb") if sk.get(k) and tr.get(k)}
     batching = (f"both {args.batch_size} clips a batch (each padded to the model's window)" if seq2seq else
                 f"Trainer batch {args.batch_size} clips, speechkit batch {spec['batch_duration_s']:g} s of audio")
     header = (f"`{summary['command']}` on {device}: model {args.model}, {args.epochs:g} epoch(s) of "
@@ -348,9 +355,22 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
               "data_wait": sum(r["data_wait"] * r["train_s"] for r in logged) / seconds, "curve": curve,
               "first_step_at": logged[0]["time"], "last_step_at": logged[-1]["time"]}
     head, extra = ("seq2seq", {"decoder_start_token_id": 1}) if spec.get("seq2seq") else ("ctc", {})
-    result.update(device_figures(spec, lambda: build_model(cfg.model, head, vocab_size=64, pad_token_id=0, **extra),
-                                 result["audio_s_per_s"]))
+
+    def model_builder():
+        return build_model(cfg.model, head, vocab_size=64, pad_token_id=0, **extra)
+    result.update(parameter_counts(cfg, model_builder))
+    result.update(device_figures(spec, model_builder, result["audio_s_per_s"]))
     return result
+
+
+def parameter_counts(cfg, model_builder) -> dict:
+    """The parameters the system trains and has, on the model as train.py builds it (its adapter attached)."""
+    from speechkit.models import adapters, family_of
+
+    model = model_builder()
+    adapters.make(cfg.adapter, "en", cfg.model.name_or_path).attach(model, family_of(model.config.model_type))
+    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_params": sum(p.numel() for p in model.parameters())}
 
 
 def _clips(spec: dict) -> int:

@@ -11,12 +11,13 @@ from conftest import REPO, SMALL_DEMO
 pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
 
 
-def test_throughput_benchmark_reports_both_systems(tmp_path):
+def test_throughput_benchmark_reports_both_systems_and_lora_beside_them(tmp_path):
     out = tmp_path / "out"
     num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)  # the session's demo corpus, already synthesized
     done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--num-train", num_train,
                            "--num-test", num_test, "--max-steps", "2", "--batch-size", "4", "--logging-steps", "1",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--systems", "speechkit,trainer,speechkit_lora", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "throughput-tiny-cpu.json").read_text())
     assert summary["spec"]["batch_duration_s"] > 0  # speechkit's budget: 4 clips of the mean duration
@@ -28,6 +29,12 @@ def test_throughput_benchmark_reports_both_systems(tmp_path):
         assert r["peak_rss_mb"] > 100 and 0 < r["first_step_s"] <= r["end_to_end_s"]
         assert r["final_loss"] > 0
     assert set(summary["ratios"]) >= {"audio_s_per_s", "end_to_end_s", "first_step_s", "peak_rss_mb"}
+    full, lora = summary["results"]["speechkit"], summary["results"]["speechkit_lora"]
+    assert lora["steps"] == 2 and lora["audio_s_per_s"] > 0
+    # the tiny model trains all its weights; LoRA its updates and the CTC head only (and holds the updates too)
+    assert full["trainable_params"] == full["total_params"] and 0 < lora["trainable_params"] < full["total_params"]
+    assert lora["total_params"] > full["total_params"]
+    assert summary["ratios_lora"]["trainable_params"] == full["trainable_params"] / lora["trainable_params"]
     table = (out / "throughput-tiny-cpu.md").read_text()
     assert "| training throughput (audio s / s) |" in table and "speechkit / Trainer" in table
     assert table in done.stdout  # printed as well as written
