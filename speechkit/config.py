@@ -492,7 +492,7 @@ class AdapterConfig:
     """Adapters (speechkit/models/adapters.py): the model's own weights frozen, small added weights trained with the
     task's head; checkpoints then hold those and the optimizer's state only."""
 
-    name: AdapterKind = AdapterKind.none
+    name: AdapterKind = AdapterKind.none  # the option chosen (conf/adapter): none, lora or mms
     ship: AdapterShip = AdapterShip.merged  # what model/ holds
     r: int = 16  # lora: the rank of each low-rank update
     alpha: float = 32.0  # lora: updates are scaled by alpha / r
