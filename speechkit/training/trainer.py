@@ -163,6 +163,11 @@ class Run:
     best_eval_set: Optional[str] = None
     ema: Optional[WeightAverage] = None  # trainer.ema_decay: the moving average of the weights
 
+    @property
+    def judged_by(self) -> str:
+        """The evaluation that chooses between weights, as the log names it: eval, or eval[<name>]."""
+        return f"eval[{self.best_eval_set}]" if self.best_eval_set else "eval"
+
 
 # ------------------------------------------------------------------------------------------------------ setup
 def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedModel,
@@ -377,9 +382,8 @@ def evaluate_and_track(accelerator: Accelerator, task, run: Run, epoch_float: fl
     # The task's ranking wins (lowest WER, CER breaking ties; highest accuracy ...), on trainer.best_eval_set's
     # evaluation. Gathered values: the same in every process, so all of them take this branch together.
     if state.best_rank is None or tuple(chosen.rank) < tuple(state.best_rank):
-        where = f"eval[{run.best_eval_set}]" if run.best_eval_set else "eval"
-        state.best_rank, state.best_summary, state.best_step = list(chosen.rank), f"{where} {chosen.summary}", \
-            state.global_step
+        state.best_rank, state.best_summary = list(chosen.rank), f"{run.judged_by} {chosen.summary}"
+        state.best_step = state.global_step
         weights = accelerator.get_state_dict(run.model)  # in every process: gathers FSDP/ZeRO-3 shards
         checkpoint.write_dir(accelerator, lambda path: run.adapter.save_best(accelerator.unwrap_model(run.model),
                                                                             path, weights),
@@ -446,12 +450,11 @@ def averaged(cfg: TrainerConfig, accelerator: Accelerator, task, run: Run) -> Op
         return None
     result = judge(accelerator, task, run)
     chosen = f"the {cfg.final_model.value} weights"
-    where = f"eval[{run.best_eval_set}]" if run.best_eval_set else "eval"  # as the log names evaluations
     for name, weights in candidates:
         replaced = swap_in(unwrapped, weights)
         scored = judge(accelerator, task, run)
         better = tuple(scored.rank) < tuple(result.rank)
-        log.info("Weight averaging: %s scores %s %s against %s for %s: %s", name, where, scored.summary,
+        log.info("Weight averaging: %s scores %s %s against %s for %s: %s", name, run.judged_by, scored.summary,
                  result.summary, chosen, "shipped instead" if better else "not shipped")
         if better:
             result, chosen = scored, name
