@@ -46,6 +46,10 @@ class RunDir:
         return self._at("report.html")
 
     @property
+    def clips(self) -> str:  # the evaluated clips report.html plays (FLAC at the model's rate, worst first, capped)
+        return self._at("clips")
+
+    @property
     def per_class(self) -> str:  # classification: precision, recall, F1 and support of every class
         return self._at("per_class.csv")
 
