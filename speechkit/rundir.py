@@ -1,4 +1,4 @@
-"""The run dir: every file and folder a run leaves behind, named once (README, "What a run leaves behind")."""
+"""The run dir: every file and folder a run leaves behind, named once (docs/runs.md, "What a run leaves behind")."""
 
 from __future__ import annotations
 

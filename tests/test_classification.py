@@ -17,7 +17,7 @@ from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
 from speechkit.commands import train
 from speechkit.data.audio import decode
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 WORDS = ["dataset.demo.words=[up,down,stop]", "dataset.demo.num_train=24", "dataset.demo.num_test=6"]
 FAST = ["trainer.batch_size=8", "trainer.eval_batch_size=4", "trainer.warmup_steps=1", "trainer.logging_steps=1",

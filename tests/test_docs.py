@@ -376,6 +376,24 @@ def test_the_defaults_the_pages_state_are_the_schemas():
             f"{page}: `{key}` ({value}) but its default is {' or '.join(defaults)}"
 
 
+def test_the_versions_the_docs_state_are_the_pins():
+    """contributing.md's "Versions": each `name x.y[.z]` it states is what pyproject.toml pins."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for spec in project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]:
+        if "==" in spec:
+            name, version = spec.split("==")
+            pins[name.split("[")[0].lower()] = version
+    text = (REPO / "docs" / "contributing.md").read_text().split("## Versions")[1]
+    stated = re.findall(r"([a-z][a-z0-9_.-]*) \(?(\d+\.\d+(?:\.\d+)?)\b", re.sub(r"\s+", " ", text))
+    checked = [(name, version) for name, version in stated if name.lower() in pins]
+    assert len(checked) >= 20, checked
+    for name, version in checked:
+        assert (pins[name.lower()] + ".").startswith(version + "."), f"{name} {version}: pinned {pins[name.lower()]}"
+
+
 def test_the_docs_hook_reads_nothing_but_the_code():
     """docs/hooks.py adds the generated pages in memory: it writes no file into docs/."""
     source = (REPO / "docs" / "hooks.py").read_text()
