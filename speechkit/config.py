@@ -52,7 +52,7 @@ class FiltersConfig:
 class CarveConfig:
     """Carve a held-out split out of one source split (e.g. the SUPERB recipe's 80/20 split)."""
 
-    from_split: Optional[str] = None  # null: no carving
+    from_split: Optional[str] = None  # the split to hold test_ratio of out of (e.g. train); null: no carving
     test_ratio: float = 0.2  # the share of from_split's rows held out
     seed: int = 42  # the shuffle before the cut: the same seed, the same held-out rows
     train_name: str = "train"  # the name the rest gets (dataset.train_split reads it)
@@ -379,7 +379,7 @@ class TrainerConfig:
     batch_duration_s: Optional[float] = None
     eval_batch_size: int = 8  # clips per evaluation batch, per device
     gradient_accumulation_steps: int = 1  # batches whose gradients add up to one optimizer step
-    optimizer: OptimizerName = OptimizerName.adamw  # speechkit/training/optim.py
+    optimizer: OptimizerName = OptimizerName.adamw  # the optimizer (speechkit/training/optim.py)
     learning_rate: float = 1e-4  # the peak learning rate, reached after the warmup
     weight_decay: float = 0.0  # decoupled; never on biases and layer norms
     adam_beta1: float = 0.9  # adamw, adamw_8bit

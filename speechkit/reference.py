@@ -313,7 +313,8 @@ def _options_table(group: str) -> List[str]:
 
 def markdown() -> str:
     """The config reference page (docs/reference/config.md, made at build time)."""
-    out = ["# Config reference", "",
+    out = ["---", "hide:", "  - navigation", "---", "",  # the page's wide tables get the room of the site's nav
+           "# Config reference", "",
            "Every config group, option and key, generated when the site is built from the code itself: the types and "
            "defaults from the typed schemas (`speechkit/config.py`), each key's help from the comment beside it "
            "there, the allowed ranges from the checks every run makes before any work (`speechkit/validation.py`), "

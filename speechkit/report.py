@@ -36,9 +36,10 @@ audio { height: 2em; max-width: 22em; } .utt td:last-child { overflow-wrap: anyw
 .controls { margin: .5em 0; } .controls button { margin-right: .5em; }
 .tl { position: relative; margin: .3em 0 .2em 13em; } .lane { position: relative; height: 1.3em; margin: 2px 0;
 background: #f6f6f6; } .lane .who { position: absolute; left: -16em; width: 15.5em; font-size: .8em; color: #555;
-overflow: hidden; white-space: nowrap; text-align: right; } .turn { position: absolute; top: 0; bottom: 0; cursor: pointer;
-opacity: .85; } .turn:hover { opacity: 1; outline: 1px solid #333; } .playhead { position: absolute; top: 0;
-bottom: 0; width: 2px; background: #d00; pointer-events: none; } .rec { margin: 1.2em 0; }
+overflow: hidden; white-space: nowrap; text-align: right; }
+.turn { position: absolute; top: 0; bottom: 0; cursor: pointer; opacity: .85; }
+.turn:hover { opacity: 1; outline: 1px solid #333; } .rec { margin: 1.2em 0; }
+.playhead { position: absolute; top: 0; bottom: 0; width: 2px; background: #d00; pointer-events: none; }
 """
 # Sorting and filtering a table of rows (class 'rows'): each row's data-sort value and data-error flag, and the
 # timelines' playheads and clickable turns; no library, nothing fetched.

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from omegaconf import open_dict
 
-from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, run_cli, speak
+from conftest import CONF, REPO, SMALL_DEMO, TINY, run_cli, speak
 from speechkit import cli, reference
 from speechkit.config import check_required
 from speechkit.rundir import RunDir
@@ -97,7 +97,7 @@ def test_every_option_of_every_group_is_in_the_reference():
     for group in reference.GROUPS:
         for option in reference.options(group):
             assert f"| <code>{option}</code> |" in page, (group, option)
-            assert reference.option_text(group, option), f"conf/{group}/{option}.yaml: say what it is in its opening comment"
+            assert reference.option_text(group, option), f"conf/{group}/{option}.yaml: say what it is, first thing"
 
 
 # ---------------------------------------------------------------------------------------- the commands shown
