@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything speechkit needs on a Debian/Ubuntu machine with Python >= 3.11:
 #   - system packages: FFmpeg's shared libraries (audio decoding), espeak-ng (the offline demo's voices),
-#     libsndfile (soundfile), python3-venv where missing;
+#     libsndfile (soundfile), python3-venv where missing; with dev, Chromium (the tests' browser);
 #   - a virtual environment in .venv with speechkit and its pinned dependencies (pyproject.toml).
 # Usage: ./install.sh          runtime only
-#        ./install.sh dev      plus the test tools
+#        ./install.sh dev      plus the test tools and the docs site's
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +25,8 @@ command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libsndfile || missing+=(libsndfile1)
 "$python" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# dev: the tests open report.html in a real browser (headless, driven over its DevTools protocol): Debian's Chromium
+[ "$extras" = "dev" ] && ! command -v chromium >/dev/null && missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: installing system packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

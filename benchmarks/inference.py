@@ -14,7 +14,7 @@ benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime
 (PyTorch, its conv feature encoder alone, ONNX fp32 and int8) on one batch, run in turn, warm-up runs shown. Writes
 <out>/inference.json and inference.md and prints the table.
 
-Targets on the CPU (README, "Deployment: ONNX, int8, VAD"): wav2vec2-base ONNX int8 >= 2x the real-time factor of
+Targets on the CPU (docs/serving.md): wav2vec2-base ONNX int8 >= 2x the real-time factor of
 torch float32 and its file <= 35 % of the float32 weights; the demo model's int8 within 0.02 WER of float32; VAD >=
 1.5x faster, WER no worse.
 """

@@ -1,4 +1,4 @@
-"""speechkit: config-driven fine-tuning of speech models. The house, one place per concern (README, "The house"):
+"""speechkit: config-driven fine-tuning of speech models. The house, one place per concern (docs/contributing.md):
 
 - cli.py, config.py, validation.py   the one set-up path: schemas registered, moved keys refused, values checked
 - commands/                          what each top-level script runs (train, evaluate, inspect_data, transcribe, ...)

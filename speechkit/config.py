@@ -32,11 +32,11 @@ class Digits(str, Enum):
 
 @dataclass
 class TextConfig:
-    lowercase: bool = True
+    lowercase: bool = True  # transcripts lowercased before the vocab is built and before scoring
     unidecode: bool = False  # transliterate to ASCII: "canción" -> "cancion"
     # Characters deleted before the vocab is built. Apostrophes are kept by default (English "don't").
     chars_to_ignore: Optional[str] = r"[\,\?\.\!\-\;\:\"“”%‘’«»…—–()\[\]{}¿¡/\\*#&@^_`|~+=<>]"
-    digits: Digits = Digits.keep
+    digits: Digits = Digits.keep  # what is done with transcripts that hold digits
 
 
 @dataclass
@@ -52,11 +52,11 @@ class FiltersConfig:
 class CarveConfig:
     """Carve a held-out split out of one source split (e.g. the SUPERB recipe's 80/20 split)."""
 
-    from_split: Optional[str] = None  # null: no carving
-    test_ratio: float = 0.2
-    seed: int = 42
-    train_name: str = "train"
-    test_name: str = "test"
+    from_split: Optional[str] = None  # the split to hold test_ratio of out of (e.g. train); null: no carving
+    test_ratio: float = 0.2  # the share of from_split's rows held out
+    seed: int = 42  # the shuffle before the cut: the same seed, the same held-out rows
+    train_name: str = "train"  # the name the rest gets (dataset.train_split reads it)
+    test_name: str = "test"  # the name the held-out part gets (dataset.eval_split reads it)
 
 
 @dataclass
@@ -64,7 +64,7 @@ class ColumnsConfig:
     """What the data set calls each column: its audio, and each kind of target it may hold. A task reads the one it
     learns from (speech recognition `text`, classification `label`, diarization `rttm` or `segments`)."""
 
-    audio: str = "audio"
+    audio: str = "audio"  # the audio (Hub data sets; an audiofolder names its files in `file`)
     file: str = "file_name"  # audiofolder: the metadata.csv column naming each audio file (relative to the csv)
     text: str = "transcription"  # the transcript
     # each clip's class: a string, or a list of them for multi-label data such as AudioSet (a string holding several
@@ -78,13 +78,13 @@ class ColumnsConfig:
 
 @dataclass
 class DemoCorpusConfig:
-    language: str = "en"
-    voices: List[str] = field(default_factory=lambda: ["en-us"])
+    language: str = "en"  # the grammar the sentences come from (en, es)
+    voices: List[str] = field(default_factory=lambda: ["en-us"])  # espeak-ng voices the clips are spoken by
     speeds: List[int] = field(default_factory=lambda: [160])  # words per minute
     pitches: List[int] = field(default_factory=lambda: [50])  # 0..99
-    num_train: int = 400
-    num_test: int = 50
-    seed: int = 0
+    num_train: int = 400  # training clips (or recordings) synthesized
+    num_test: int = 50  # test clips (or recordings) synthesized
+    seed: int = 0  # the corpus is the same for the same settings and seed (and cached as such)
     # A spoken-command corpus instead of sentences: each clip says one of these words, its label (column `label`).
     words: List[str] = field(default_factory=list)
     test_voices: List[str] = field(default_factory=list)  # commands: voices heard in the test split only
@@ -95,21 +95,25 @@ class DemoCorpusConfig:
     # voices only (none of `voices`), as splits test (clean), test_noisy (white noise at shifted_snr_db) and
     # test_reverb (a simulated room of shifted_rt60_s); no train split
     shifted_voices: List[str] = field(default_factory=list)
-    shifted_snr_db: float = 10.0
-    shifted_rt60_s: float = 0.6
+    shifted_snr_db: float = 10.0  # shifted: the signal-to-noise ratio of the test_noisy split (dB)
+    shifted_rt60_s: float = 0.6  # shifted: the reverberation time of the test_reverb split's room (s)
+    # where the synthesized corpora are kept and reused ($SPEECHKIT_CACHE/demo)
     cache_dir: str = "${oc.env:SPEECHKIT_CACHE,'~/.cache/speechkit'}/demo"
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
-    source: Source = MISSING
+    """conf/dataset: where the audio and its targets come from (a local audio folder, a Hub data set or the offline
+    demo corpora), which splits train and score, how transcripts are normalized and which clips are left out."""
+
+    name: str = MISSING  # the data set's name in messages, run titles and the model card (its conf/dataset option)
+    source: Source = MISSING  # where the audio comes from
     path: Optional[str] = MISSING  # Hub repo id, or local directory; null for the demo
     config_name: Optional[str] = None  # Hub configuration, e.g. "es_419"
     revision: Optional[str] = None  # Hub git revision (branch, tag or commit)
     data_dir: Optional[str] = None  # sub-folder of the repo holding this data set's files (e.g. a language)
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str = "train"  # the split trained on
+    eval_split: str = "test"  # the split scored during and after training
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     carve: CarveConfig = field(default_factory=CarveConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -145,9 +149,9 @@ class VocabConfig:
     """task=asr: the character vocab (speechkit/tasks/asr/vocab.py), built from the training transcripts."""
 
     path: Optional[str] = None  # reuse an existing vocab.json instead of building one
-    include_eval_text: bool = False
-    word_delimiter: str = "|"
-    unk_token: str = "[UNK]"
+    include_eval_text: bool = False  # build the vocab from the evaluation transcripts too
+    word_delimiter: str = "|"  # the symbol that stands for a space between words
+    unk_token: str = "[UNK]"  # the symbol of a character the vocab does not have
     pad_token: str = "[PAD]"  # doubles as the CTC blank
 
 
@@ -156,24 +160,24 @@ class DecoderConfig:
     """task=asr: how the shipped model's output becomes text: a CTC model's frames (speechkit/tasks/asr/decoding.py),
     or a sequence-to-sequence model's generation (speechkit/tasks/asr/seq2seq.py)."""
 
-    type: DecoderType = DecoderType.greedy
+    type: DecoderType = DecoderType.greedy  # how frames (CTC) become text
     # sequence to sequence (Whisper): beams searched when generating (1: greedy), and the most tokens generated per
     # clip (null: the model's max_target_positions, less its prompt); both ship in its generation config
     num_beams: int = 1
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: Optional[int] = None  # sequence to sequence: the most tokens generated per clip
     order: int = 3  # n-gram order of the LM
     discount: float = 0.75  # Kneser-Ney absolute discount
     # The LM's text (normalized as the transcripts): a file of one sentence per line, or a Hub text data set; both
     # null: the training transcripts.
     text_file: Optional[str] = None
-    text_dataset: Optional[str] = None
-    text_split: str = "train"
-    text_column: str = "text"
+    text_dataset: Optional[str] = None  # a Hub text data set for the LM instead of a file
+    text_split: str = "train"  # text_dataset: the split read
+    text_column: str = "text"  # text_dataset: the column read
     alpha: float = 0.5  # LM weight
     beta: float = 1.0  # word insertion bonus
     tune: bool = False  # search alpha and beta on the evaluation split; the best pair ships
     tune_trials: int = 24  # pairs tried: the configured one, then seeded random ones (alpha 0-2, beta -1-3)
-    tune_seed: int = 0
+    tune_seed: int = 0  # tune: the seed of the random pairs tried
 
 
 class WhisperTask(str, Enum):
@@ -186,7 +190,7 @@ class AsrConfig:
     """task=asr: speech recognition, scored by WER and CER (speechkit/tasks/asr/): a CTC head over characters
     (wav2vec2-like encoders, w2v-BERT), or a sequence-to-sequence model that generates tokens (Whisper)."""
 
-    name: str = "asr"
+    name: str = "asr"  # the task (set by task=asr)
     vocab: VocabConfig = field(default_factory=VocabConfig)  # CTC: the character vocab
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ctc_loss_reduction: str = "mean"  # the CTC loss averaged over the batch ("mean") or summed ("sum")
@@ -214,7 +218,7 @@ class LabelSet(str, Enum):
 class ClassificationConfig:
     """task=audio_classification: one class per clip, or several (speechkit/tasks/classification.py)."""
 
-    name: str = "audio_classification"
+    name: str = "audio_classification"  # the task (set by task=audio_classification)
     # several labels per clip (sigmoid, mAP) instead of one (softmax, accuracy)
     multi_label: bool = False
     # training clips longer than this are cut to a random window of it (null: the model's own input window, e.g.
@@ -228,7 +232,7 @@ class DiarizationConfig:
     """task=diarization: who spoke when, speaker activity per frame, scored by DER
     (speechkit/tasks/diarization.py)."""
 
-    name: str = "diarization"
+    name: str = "diarization"  # the task (set by task=diarization)
     # speakers the model tells apart in one window (its output channels; permutation-invariant loss)
     max_speakers: int = 3
     # seconds of audio per training chunk and per inference window (windows overlap by half)
@@ -240,37 +244,40 @@ class DiarizationConfig:
     # scoring (DER): seconds around each reference boundary not scored (0.25 is the usual collar), and whether regions
     # where references overlap are left unscored
     collar_s: float = 0.25
-    skip_overlap: bool = False
+    skip_overlap: bool = False  # scoring: leave regions where reference speakers overlap unscored
 
 
 # ----------------------------------------------------------------------------------------- conf/model
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    """conf/model: the checkpoint fine-tuned (or the architecture built from scratch), the regularisation set on top
+    of its config, and what is frozen. The task gives it its head (speechkit/models/: one module per family)."""
+
+    name: str = MISSING  # the model's name in messages and the model card (its conf/model option)
     # Hub id or local directory of a pretrained checkpoint; null builds `architecture` from scratch.
     name_or_path: Optional[str] = MISSING
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # Hub git revision of the checkpoint (branch, tag or commit); null: main
     # Config fields for a randomly initialised model (used only when name_or_path is null); `model_type` names the
     # architecture (wav2vec2 when absent; hubert, wavlm, wav2vec2-bert, whisper, audio-spectrogram-transformer ...),
     # and so its family (speechkit/models/). A from-scratch Whisper's input window follows its `max_source_positions`
     # (20 ms each: 1500 for the checkpoints' 30 s, 200 for 4 s).
     architecture: Dict[str, Any] = field(default_factory=dict)
-    sampling_rate: int = 16000
+    sampling_rate: int = 16000  # audio is resampled to this rate (Hz) for the model
     # Regularisation knobs set on top of the checkpoint's (or the architecture's) config; null leaves that value as
     # the checkpoint says, as a recipe that does not set it had it.
-    attention_dropout: Optional[float] = None
-    hidden_dropout: Optional[float] = None
-    activation_dropout: Optional[float] = None
-    feat_proj_dropout: Optional[float] = None
-    final_dropout: Optional[float] = None
-    mask_time_prob: Optional[float] = None
-    layerdrop: Optional[float] = None
+    attention_dropout: Optional[float] = None  # dropout of the attention weights
+    hidden_dropout: Optional[float] = None  # dropout of the transformer layers' outputs
+    activation_dropout: Optional[float] = None  # dropout inside the feed-forward layers
+    feat_proj_dropout: Optional[float] = None  # dropout after the feature projection (wav2vec2-like)
+    final_dropout: Optional[float] = None  # dropout before the CTC head
+    mask_time_prob: Optional[float] = None  # SpecAugment-style time masking in the model (wav2vec2-like)
+    layerdrop: Optional[float] = None  # the chance of skipping each transformer layer in a training step
     # Fields of the model's config set on top of the checkpoint's (or the architecture's), for what the knobs above do
     # not name, e.g. w2v-BERT's adapter ({add_adapter: true}); a field the model does not have is refused.
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     freeze_feature_encoder: bool = True  # the convolutional encoder of wav2vec2-like models (w2v-BERT, AST: none)
     freeze_encoder: bool = False  # an encoder-decoder model (Whisper): train the decoder only
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
 
 
 # -------------------------------------------------------------------------------------------- conf/hw
@@ -297,8 +304,11 @@ class Precision(str, Enum):
 
 @dataclass
 class HardwareConfig:
-    backend: Backend = Backend.auto
-    mixed_precision: Precision = Precision.auto
+    """conf/hw: the device the run trains on and its precision (speechkit/hardware.py builds the Accelerator);
+    hw=sagemaker submits the run as a SageMaker training job instead."""
+
+    backend: Backend = Backend.auto  # the device (hw=<option> sets it)
+    mixed_precision: Precision = Precision.auto  # refused where the device cannot do it, never a silent fallback
     num_threads: Optional[int] = None  # CPU intra-op threads; null keeps torch's default
     # ROCm: where MIOpen keeps its tuned-kernel database, so the kernel search is paid once, not every run.
     miopen_cache_dir: Optional[str] = None
@@ -314,19 +324,19 @@ class SageMakerConfig:
     bucket: Optional[str] = None  # required: S3 bucket for the code, the data channel, outputs and checkpoints
     prefix: Optional[str] = "speechkit"  # key prefix inside the bucket
     instance_type: str = "ml.p3.2xlarge"  # one V100, as the AWS recipe
-    instance_count: int = 1
+    instance_count: int = 1  # machines in the training job
     gpus_per_instance: Optional[int] = None  # null: looked up for instance_type (decides the distribution)
-    volume_size_gb: int = 100
+    volume_size_gb: int = 100  # each machine's disk (GB)
     wait: bool = False  # true: wait for the job and stream its logs, else return the job name at once
     image_uri: Optional[str] = None  # explicit training image; null: the Hugging Face PyTorch image below
-    transformers_version: str = "5.3.0"
-    pytorch_version: str = "2.9.0"
-    py_version: str = "py312"
+    transformers_version: str = "5.3.0"  # the Hugging Face training image: its transformers version
+    pytorch_version: str = "2.9.0"  # ... its PyTorch version
+    py_version: str = "py312"  # ... its Python
     max_run_s: int = 86400  # one day
     spot: bool = False  # managed spot training; checkpoints are kept in S3 and the job resumes from them
     max_wait_s: Optional[int] = None  # spot only: run time plus time waiting for capacity; null: 2 x max_run_s
-    distribution: Distribution = Distribution.auto
-    base_job_name: str = "speechkit"
+    distribution: Distribution = Distribution.auto  # how the job starts its processes
+    base_job_name: str = "speechkit"  # the job name's prefix (and a folder under prefix in the bucket)
     container_hw: Backend = Backend.cuda  # the hw option the job trains with inside the container
     container_mixed_precision: Precision = Precision.auto  # auto: fp16 on CUDA; bf16 on A100/H100 instances
 
@@ -361,17 +371,20 @@ class TriStageConfig:
 
 @dataclass
 class TrainerConfig:
-    seed: int = 42
-    num_epochs: float = 10
+    """conf/trainer: the training loop (speechkit/training/): batches, optimizer and schedule, evaluation,
+    checkpoints, resuming and what ships."""
+
+    seed: int = 42  # random init, batch order, dropout and augmentation draws all follow it
+    num_epochs: float = 10  # passes over the training split (a fraction ends mid-epoch)
     max_steps: Optional[int] = None  # overrides num_epochs when set
     batch_size: int = 8  # clips per batch, per device (when batch_duration_s is null)
     # Seconds of audio per batch, per device, padding counted (clips x longest clip): batches of clips of similar
     # length from length buckets, so short clips make big batches and long ones small batches. null: batch_size.
     batch_duration_s: Optional[float] = None
-    eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    optimizer: OptimizerName = OptimizerName.adamw  # speechkit/training/optim.py
-    learning_rate: float = 1e-4
+    eval_batch_size: int = 8  # clips per evaluation batch, per device
+    gradient_accumulation_steps: int = 1  # batches whose gradients add up to one optimizer step
+    optimizer: OptimizerName = OptimizerName.adamw  # the optimizer (speechkit/training/optim.py)
+    learning_rate: float = 1e-4  # the peak learning rate, reached after the warmup
     weight_decay: float = 0.0  # decoupled; never on biases and layer norms
     adam_beta1: float = 0.9  # adamw, adamw_8bit
     adam_beta2: float = 0.999  # adamw, adamw_8bit
@@ -379,26 +392,26 @@ class TrainerConfig:
     scheduler: SchedulerName = SchedulerName.linear  # the learning rate by step (speechkit/training/optim.py)
     warmup_steps: int = 500  # every schedule starts with a linear warmup of this many steps
     tri_stage: TriStageConfig = field(default_factory=TriStageConfig)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradients clipped to this norm before each step
     group_by_length: bool = True  # batches of similar duration; order of batches still shuffled
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
     compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)
     fast_paths: bool = True  # faster computation of the same model, weights untouched (speechkit/models/fast_paths.py)
-    logging_steps: int = 10
+    logging_steps: int = 10  # optimizer steps per line of the log and of metrics.jsonl
     eval_steps: Optional[int] = None  # also evaluates at every epoch end
-    eval_at_epoch_end: bool = True
-    save_steps: Optional[int] = 500
+    eval_at_epoch_end: bool = True  # evaluate at the end of every epoch
+    save_steps: Optional[int] = 500  # a checkpoint every this many steps (and at the end); null: at the end only
     save_total_limit: Optional[int] = 2  # the best checkpoint is kept on top of these
     resume: Optional[str] = None  # "auto": newest complete checkpoint in the run dir; or a checkpoint path
-    final_model: FinalModel = FinalModel.best
-    # which evaluation picks the best checkpoint (and a weight average over the final weights): an eval_sets name;
-    # null: the run's own split (dataset.eval_split)
+    final_model: FinalModel = FinalModel.best  # which weights ship in model/
+    # which evaluation picks the best checkpoint (and judges weight averages): an eval_sets name; null: the run's own
+    # split (dataset.eval_split)
     best_eval_set: Optional[str] = None
     # Weight averaging (speechkit/training/averaging.py), each scored at the end beside final_model's weights and
     # shipped only when it scores better: an exponential moving average of the weights (e.g. 0.999; null: off) ...
     ema_decay: Optional[float] = None
     average_last: Optional[int] = None  # ... and the mean of the last N checkpoints (e.g. 5; null: off)
-    progress_bar: bool = True
+    progress_bar: bool = True  # a progress bar on the console (the log lines come either way)
 
 
 # --------------------------------------------------------------------------------------- conf/augment
@@ -417,8 +430,8 @@ class NoiseConfig:
     makes itself: colored noise (white to brown) and babble (other training clips mixed together)."""
 
     prob: float = 0.0  # share of the clips that get noise; 0: off
-    snr_db_min: float = 5.0
-    snr_db_max: float = 20.0
+    snr_db_min: float = 5.0  # the lowest signal-to-noise ratio drawn (dB)
+    snr_db_max: float = 20.0  # the highest signal-to-noise ratio drawn (dB)
     path: Optional[str] = None  # a folder of noise recordings (any format FFmpeg reads); null: made noise
     babble_share: float = 0.3  # made noise only: the share of noisy clips whose noise is babble, the rest colored
     babble_speakers: int = 3  # other training clips mixed into one babble
@@ -430,8 +443,8 @@ class ReverbConfig:
     noise, an RT60 drawn from [rt60_s_min, rt60_s_max]) or one from `path` (a folder of impulse responses)."""
 
     prob: float = 0.0  # 0: off
-    rt60_s_min: float = 0.2
-    rt60_s_max: float = 0.8
+    rt60_s_min: float = 0.2  # simulated rooms: the shortest reverberation time drawn (s)
+    rt60_s_max: float = 0.8  # simulated rooms: the longest reverberation time drawn (s)
     path: Optional[str] = None  # a folder of room impulse responses (e.g. the RIRS_NOISES corpus); null: simulated
 
 
@@ -441,8 +454,8 @@ class GainConfig:
     scale)."""
 
     prob: float = 0.0  # 0: off
-    db_min: float = -6.0
-    db_max: float = 6.0
+    db_min: float = -6.0  # the lowest gain drawn (dB)
+    db_max: float = 6.0  # the highest gain drawn (dB)
 
 
 @dataclass
@@ -451,7 +464,7 @@ class SpecAugmentConfig:
     and Whisper mask their own features as their config says (mask_time_*, mask_feature_*; Whisper's
     apply_spec_augment), AST masks its filter bank frames and bins. null keeps what the model's config has."""
 
-    enabled: bool = False
+    enabled: bool = False  # mask the training clips' features; false: the model's config decides
     time_prob: Optional[float] = None  # share of time steps that start a mask (wav2vec2-like, Whisper)
     time_length: Optional[int] = None  # frames per time mask
     feature_prob: Optional[float] = None  # share of feature channels that start a mask (wav2vec2-like, Whisper)
@@ -459,7 +472,7 @@ class SpecAugmentConfig:
     # AST: masks per clip, each up to time_length frames (null: a fifth of the window, as AST's AudioSet recipe has
     # 192 of 1024) and up to feature_length mel bins (null: 3/8 of them, the recipe's 48 of 128)
     time_masks: int = 2
-    feature_masks: int = 2
+    feature_masks: int = 2  # AST: frequency masks per clip
 
 
 @dataclass
@@ -515,11 +528,13 @@ class LoggerBackend(str, Enum):
 
 @dataclass
 class LoggerConfig:
-    backend: LoggerBackend = LoggerBackend.none
+    """conf/logger: where metrics go besides the run dir's train.log and metrics.jsonl (speechkit/logger.py)."""
+
+    backend: LoggerBackend = LoggerBackend.none  # where metrics go besides the run dir (logger=<option> sets it)
     project: str = "speechkit"  # wandb project, MLflow experiment
     entity: Optional[str] = None  # wandb: team or user; null: the API key's default
     name: Optional[str] = None  # run name; null: the run dir's name
-    tags: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)  # wandb: the run's tags
     # mlflow: where runs go; null: MLFLOW_TRACKING_URI if set, else a local store in the run dir (mlflow.db)
     tracking_uri: Optional[str] = None
 
@@ -527,7 +542,9 @@ class LoggerConfig:
 # ----------------------------------------------------------------------------------------- conf/paths
 @dataclass
 class PathsConfig:
-    root: str = "outputs"
+    """conf/paths: where runs are written."""
+
+    root: str = "outputs"  # run dirs go under it: <root>/<script>/<date>/<time>
 
 
 # ------------------------------------------------------------------------------------------------ hub
@@ -536,16 +553,18 @@ class HubConfig:
     """The shipped model/ (with its README.md model card) uploaded to the Hugging Face Hub at the end of training.
     The token is huggingface_hub's own (HF_TOKEN, or `hf auth login`), never part of the config."""
 
-    push: bool = False
+    push: bool = False  # upload model/ at the end of training (needs repo_id)
     repo_id: Optional[str] = None  # e.g. my-org/wav2vec2-base-demo; created if it does not exist
     private: bool = True  # a new repo is private unless said otherwise
     revision: Optional[str] = None  # branch to commit to; null: main
-    commit_message: str = "Upload model trained with speechkit"
+    commit_message: str = "Upload model trained with speechkit"  # the upload's commit message
 
 
 # ------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
+    """`python train.py`: the groups above composed into one run."""
+
     task: Any = MISSING  # one of the task schemas above (conf/task)
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -561,7 +580,7 @@ class TrainConfig:
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # with hw=sagemaker
     hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = "${hydra:runtime.output_dir}"
+    run_dir: str = "${hydra:runtime.output_dir}"  # where the run writes (Hydra's run dir: hydra.run.dir=...)
 
 
 class Runtime(str, Enum):
@@ -574,31 +593,34 @@ class Runtime(str, Enum):
 class RuntimeConfig:
     """What runs a saved model: PyTorch, or its ONNX export (served only as export.py's parity gate left it)."""
 
-    runtime: Runtime = Runtime.torch
+    runtime: Runtime = Runtime.torch  # what runs the model
 
 
 @dataclass
 class EvaluateConfig:
-    model_dir: str = MISSING
-    split: str = "test"
+    """`python evaluate.py model_dir=... dataset=... split=...`: a saved model scored on one split of a data set;
+    predictions.csv and report.html in its run dir."""
+
+    model_dir: str = MISSING  # a run's model/ folder, or a Hub model id
+    split: str = "test"  # the split of the data set scored
     # classifiers: score several labels per clip (mAP); null: as the model's config says (problem_type), or, where it
     # says nothing (the AST AudioSet checkpoint), as the data has it (a label column of lists)
     multi_label: Optional[bool] = None
-    batch_size: int = 8
+    batch_size: int = 8  # clips per batch
     num_examples: int = 5  # rows of the reference/hypothesis table printed at the end
     # diarization models: the DER's collar (seconds) and whether overlapped speech is left unscored; null: as the
     # model was trained with (its task.collar_s / task.skip_overlap)
     collar_s: Optional[float] = None
-    skip_overlap: Optional[bool] = None
+    skip_overlap: Optional[bool] = None  # diarization: leave overlapped speech unscored; null: as trained
     # speech recognition: WER and CER after Whisper's English text normalizer too (task.whisper_normalizer), and the
     # hallucination probe's clips of silence and noise (task.hallucination_probe)
     whisper_normalizer: bool = False
-    hallucination_probe: int = 0
+    hallucination_probe: int = 0  # speech recognition: clips of silence and of noise added (0: none)
     inference: RuntimeConfig = field(default_factory=RuntimeConfig)  # inference.runtime=onnx: the ONNX export
     dataset: DatasetConfig = MISSING
     hw: HardwareConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = "${hydra:runtime.output_dir}"
+    run_dir: str = "${hydra:runtime.output_dir}"  # where predictions.csv and report.html go
 
 
 # ---------------------------------------------------------------------------------------- export.py
@@ -613,16 +635,19 @@ class Quantize(str, Enum):
 
 @dataclass
 class ExportConfig:
+    """`python export.py model_dir=...`: the model in ONNX beside its weights, kept only if it scores as the PyTorch
+    model does on the parity split."""
+
     model_dir: str = MISSING  # a run's model/ folder; the export goes into <model_dir>/onnx/
-    format: ExportFormat = ExportFormat.onnx
-    quantize: Quantize = Quantize.none
+    format: ExportFormat = ExportFormat.onnx  # the export's format
+    quantize: Quantize = Quantize.none  # the export's weights
     # The parity gate scores the exported model against the PyTorch one on this data set and split; null: the run's
     # own (its config.yaml beside model/, and its dataset.eval_split)
     dataset: Optional[DatasetConfig] = None
-    split: Optional[str] = None
+    split: Optional[str] = None  # the split the parity gate scores; null: the run's dataset.eval_split
     # The largest absolute WER difference accepted; null: 0.002 for float32, 0.02 for int8
     tolerance: Optional[float] = None
-    batch_size: int = 8
+    batch_size: int = 8  # clips per batch of the parity gate's evaluation
     hw: HardwareConfig = field(default_factory=lambda: HardwareConfig(backend=Backend.cpu,
                                                                       mixed_precision=Precision.no))
 
@@ -641,14 +666,14 @@ class InspectConfig:
     sampling_rate: int = 16000  # the rate the model will train at: durations and the decoded cache follow it
     top_chars: int = 60  # rows of the character (or label) inventory printed (all of them go to the CSV)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = "${hydra:runtime.output_dir}"
+    run_dir: str = "${hydra:runtime.output_dir}"  # where summary.json and the rest go
 
 
 @dataclass
 class TranscribeConfig:
     """`python transcribe.py model_dir=... audio=...`: recordings of any length to text with word timestamps."""
 
-    model_dir: str = MISSING
+    model_dir: str = MISSING  # a speech recognition model: a run's model/ folder, or a Hub model id
     audio: str = MISSING  # a file, a folder (searched recursively) or a glob
     output_dir: Optional[str] = None  # null: beside each input
     chunk_length_s: float = 20.0  # seconds of audio the model hears at once
@@ -657,7 +682,7 @@ class TranscribeConfig:
     # Find speech first (silero-vad) and transcribe only its regions, merged up to chunk_length_s and batched;
     # timestamps are mapped back to the recording. false: every window of the recording, silences included
     vad: bool = False
-    progress_bar: bool = True
+    progress_bar: bool = True  # progress bars per file and over files
     inference: RuntimeConfig = field(default_factory=RuntimeConfig)  # inference.runtime=onnx: the ONNX export
     hw: HardwareConfig = MISSING
 
@@ -675,7 +700,7 @@ class DiarizeConfig:
     # Find speech first (silero-vad): turns are kept inside speech only, and the ASR model (asr_model_dir)
     # transcribes the speech regions alone (transcribe.py vad=true)
     vad: bool = False
-    progress_bar: bool = True
+    progress_bar: bool = True  # progress in seconds of audio
     hw: HardwareConfig = MISSING
 
 
@@ -703,32 +728,39 @@ class InferenceConfig(RuntimeConfig):
 
 @dataclass
 class EndpointConfig:
+    """deploy.py: the SageMaker real-time endpoint created for the model."""
+
     name: Optional[str] = None  # null: speechkit-<timestamp>
-    instance_type: str = "ml.g4dn.xlarge"
-    instance_count: int = 1
+    instance_type: str = "ml.g4dn.xlarge"  # one T4, as the AWS recipe
+    instance_count: int = 1  # machines behind the endpoint
     image_uri: Optional[str] = None  # explicit inference image; null: the Hugging Face PyTorch image below
-    transformers_version: str = "5.5.3"
-    pytorch_version: str = "2.6.0"
-    py_version: str = "py312"
+    transformers_version: str = "5.5.3"  # the Hugging Face inference image: its transformers version
+    pytorch_version: str = "2.6.0"  # ... its PyTorch version
+    py_version: str = "py312"  # ... its Python
     wait: bool = False  # wait until the endpoint is InService
 
 
 @dataclass
 class DeployConfig:
-    model_dir: str = MISSING
+    """`python deploy.py model_dir=...`: a saved model packed, uploaded to S3 and deployed to a SageMaker endpoint."""
+
+    model_dir: str = MISSING  # a run's model/ folder (or the job's model.tar.gz unpacked)
     hw: HardwareConfig = MISSING  # hw=sagemaker
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)  # region, role, bucket, prefix
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = "${hydra:runtime.output_dir}"
+    run_dir: str = "${hydra:runtime.output_dir}"  # where the packed model.tar.gz is kept
 
 
 @dataclass
 class ServeConfig:
-    model_dir: str = MISSING
-    host: str = "127.0.0.1"
-    port: int = 8080
+    """`python serve.py model_dir=...`: the inference handler served over HTTP on this machine (SageMaker's /ping
+    and /invocations)."""
+
+    model_dir: str = MISSING  # a run's model/ folder: speech recognition or audio classification
+    host: str = "127.0.0.1"  # the address listened on (0.0.0.0: every interface)
+    port: int = 8080  # the TCP port (SageMaker's is 8080)
     device: Optional[str] = None  # null: cuda when available, else cpu
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -56,7 +56,7 @@ def resolve(hw: HardwareConfig) -> Resolved:
         if not torch.version.hip:
             raise ConfigError(f"hw=rocm needs a ROCm build of torch, but this one is {_torch_build()} "
                               f"(torch {torch.__version__}, torch.version.hip is None). Install torch from the ROCm "
-                              "wheel index (see README, 'Hardware') or use the Dockerfile.rocm image.")
+                              "wheel index (see docs/hardware.md) or use the Dockerfile.rocm image.")
         if not gpu:
             raise ConfigError("hw=rocm: this ROCm torch sees no AMD GPU (check /dev/kfd and /dev/dri access, "
                               "HIP_VISIBLE_DEVICES, and that the user is in the video/render groups)")

@@ -1,7 +1,7 @@
 """Pictures a person would rather look at than a log: the training curves (`curves.png` in a training run dir), the
-confusion matrix of a classifier (`confusion.png`), who spoke when (diarization: reference turns above the model's),
-and the duration histogram of a data set (`durations.png` from inspect_data.py). PNG files only, no display
-needed."""
+confusion matrix of a classifier (`confusion.png`) and the duration histogram of a data set (`durations.png` from
+inspect_data.py). PNG files only, no display needed. (Who spoke when is drawn in report.html itself, with the
+audio: speechkit/report.py.)"""
 
 from __future__ import annotations
 
@@ -116,28 +116,6 @@ def confusion_matrix(labels: List[str], matrix: List[List[int]], path: str) -> s
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
     return path
-
-
-def diarization_timelines(recordings: List[tuple]):
-    """One panel per (name, reference turns, hypothesis turns, seconds): each speaker's turns as bars, the
-    reference's above the model's (turns: (start, end, speaker))."""
-    plt = pyplot()
-    fig, axes = plt.subplots(max(len(recordings), 1), 1, figsize=(10, 1.6 + 1.2 * max(len(recordings), 1)),
-                             squeeze=False)
-    colours = plt.get_cmap("tab10")
-    for ax, (name, reference, hypothesis, seconds) in zip(axes[:, 0], recordings):
-        rows = []
-        for side, turns in (("ref", reference), ("hyp", hypothesis)):
-            for k, who in enumerate(sorted({w for _, _, w in turns})):
-                rows.append((f"{side} {who}", [(a, b - a) for a, b, w in turns if w == who], k))
-        for y, (label, bars, k) in enumerate(reversed(rows)):
-            ax.broken_barh(bars, (y - 0.35, 0.7), color=colours(k % 10))
-        ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=7)
-        ax.set_xlim(0, seconds)
-        ax.set_title(name, fontsize=9)
-    axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
-    return fig
 
 
 def duration_histogram(durations: Dict[str, np.ndarray], path: str) -> str:

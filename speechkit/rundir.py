@@ -1,4 +1,4 @@
-"""The run dir: every file and folder a run leaves behind, named once (README, "What a run leaves behind")."""
+"""The run dir: every file and folder a run leaves behind, named once (docs/runs.md, "What a run leaves behind")."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class RunDir:
     @property
     def report(self) -> str:  # the evaluation as one self-contained web page (evaluate.py, and a run's final eval)
         return self._at("report.html")
+
+    @property
+    def clips(self) -> str:  # the evaluated clips report.html plays (FLAC at the model's rate, worst first, capped)
+        return self._at("clips")
 
     @property
     def per_class(self) -> str:  # classification: precision, recall, F1 and support of every class

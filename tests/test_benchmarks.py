@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, SMALL_DEMO
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 
 def test_throughput_benchmark_reports_both_systems_and_lora_beside_them(tmp_path):

@@ -11,12 +11,13 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
+from browser import check_report
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
 from speechkit.commands import train
 from speechkit.data.audio import decode
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 WORDS = ["dataset.demo.words=[up,down,stop]", "dataset.demo.num_train=24", "dataset.demo.num_test=6"]
 FAST = ["trainer.batch_size=8", "trainer.eval_batch_size=4", "trainer.warmup_steps=1", "trainer.logging_steps=1",
@@ -76,6 +77,11 @@ def test_evaluate_scores_the_classifier_and_the_stock_pipeline_agrees(commands_r
     assert "<h2>Per class</h2>" in page and "<h2>Confusion matrix</h2>" in page and "data:image/png;base64," in page
     wrong = sum(not int(r["correct"]) for r in predictions)
     assert f"Clips the top label got wrong ({wrong})" in page
+    # each wrong clip playable (the right ones are not copied), in a real browser from a copy of the run dir
+    assert len(list((tmp_path / "clips").glob("*.flac"))) == wrong == page.count("<audio ")
+    assert wrong > 0  # three steps from random init
+    seen = check_report(tmp_path, tmp_path / "browser")
+    assert seen["players"] == wrong and seen["tables"][0]["rows"] == wrong
 
     from transformers import pipeline
 

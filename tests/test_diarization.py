@@ -4,6 +4,7 @@ said what), the CallHome recipe's Hub layout, and bad references answered clearl
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, Dataset, Features, List as ListOf, Value
 
+from browser import check_report
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from speechkit.commands import evaluate, train
 from speechkit.commands.diarize import attribute
@@ -135,6 +137,30 @@ def test_evaluate_prints_der_and_writes_the_per_recording_table(demo_run, tmp_pa
     assert "demo_diarization/test: DER" in printed and "collar 0.5 s" in printed and "scored 3 recordings" in printed
     assert result.metrics["eval_recordings"] == 3 and result.objective == result.metrics["eval_der"]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 4
+
+    # report.html: each recording's reference and hypothesis turns on a timeline with its audio, the worst DER first;
+    # in a real browser a click on a turn plays the recording from the turn's start
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<div class='rec'") == 3 == page.count("<audio ") and "curves.png" in page
+    ders = [float(x) for x in re.findall(r"</b> DER ([0-9.]+)", page)]
+    assert ders == sorted(ders, reverse=True) and len(ders) == 3
+    seen = check_report(tmp_path, tmp_path / "browser", also="""(async function () {
+      var turn = document.querySelectorAll('.rec .turn')[1], rec = turn.closest('.rec');
+      var audio = rec.querySelector('audio');
+      audio.preload = 'auto';
+      await new Promise(function (done) {
+        if (audio.readyState >= 1) { done(); } else { audio.addEventListener('loadedmetadata', done); }
+      });
+      turn.click();
+      await new Promise(function (done) { setTimeout(done, 300); });
+      audio.pause();
+      return {start: parseFloat(turn.dataset.start), now: audio.currentTime,
+              head: parseFloat(rec.querySelector('.playhead').style.left)};
+    })()""")
+    assert seen["players"] == 3 and seen["played"]["readyState"] >= 1
+    clicked = seen["also"]
+    assert clicked["start"] <= clicked["now"] < clicked["start"] + 1.0, clicked  # played from the turn's start
+    assert clicked["head"] > 0, clicked  # the playhead follows
 
 
 @pytest.mark.slow

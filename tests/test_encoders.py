@@ -88,7 +88,7 @@ def test_an_encoder_family_trains_ships_reloads_evaluates_transcribes_serves_and
     from speechkit.commands import export
     from speechkit.config import ConfigError
 
-    if name == "w2v_bert_2":  # refused in one line, naming why (README, Deployment)
+    if name == "w2v_bert_2":  # refused in one line, naming why (docs/serving.md)
         with pytest.raises(ConfigError, match="^model_dir: a w2v-BERT 2.0 model; torch.export cannot trace"):
             export.run(compose("export", [f"model_dir={model_dir}"]))
         return

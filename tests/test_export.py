@@ -18,7 +18,7 @@ def sha256(path):
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, SMALL_DEMO, TINY, free_port
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 
 def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):

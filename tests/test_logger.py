@@ -9,7 +9,7 @@ import pytest
 from conftest import SMALL_DEMO, TINY, compose, jiwer_wer
 from speechkit.commands import train
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 
 def read_wandb_records(path):

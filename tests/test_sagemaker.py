@@ -28,7 +28,7 @@ import soundfile as sf
 
 from conftest import REPO, SMALL_DEMO, TINY, compose, free_port, run_cli, speak, wait_http
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 ROLE = "arn:aws:iam::123456789012:role/SpeechkitSageMakerRole"
 BUCKET = "speechkit-test-bucket"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, free_port, run_cli
 from speechkit.commands import evaluate
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 FAST = ["trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.warmup_steps=2", "trainer.logging_steps=1",
         "trainer.progress_bar=false", "trainer.learning_rate=1e-3"]
@@ -174,7 +174,7 @@ DDP = ["experiment=demo", "hw=cpu", *SMALL_DEMO, *TINY, *FAST,
 
 
 def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2 train.py ...`, as the README says for the CPU: two
+    """`accelerate launch --multi_gpu --num_processes 2 train.py ...`, as docs/hardware.md says for the CPU: two
     processes joined by torch.distributed (gloo, since hw=cpu)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -280,7 +280,7 @@ def test_two_process_run_resumes_exactly_as_a_requeued_slurm_job(ddp_run, tmp_pa
     ("deepspeed", "use_deepspeed", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}),
 ])
 def test_accelerate_config_files_are_read_by_accelerate_launch(name, flag, expected):
-    """The README's `accelerate launch --config_file accelerate/<name>.yaml train.py ...`: accelerate's own
+    """docs/hardware.md's `accelerate launch --config_file accelerate/<name>.yaml train.py ...`: accelerate's own
     parser and validation read each file, and the environment it would give train.py is as intended (no GPUs here
     to run them on)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from browser import check_report as check_report_in_browser
 from conftest import SMALL_DEMO, TINY, compose, jiwer_wer, run_cli, speak, write_metadata
 from speechkit.commands import train
 from speechkit.config import ConfigError, RunError
@@ -41,21 +42,23 @@ def test_run_dir_holds_every_artifact(demo_run):
 
 
 def check_report(path, predictions):
-    """report.html: one self-contained page (nothing fetched) with the scores, WER by duration, the frequent errors,
-    and each utterance aligned, its marked errors adding up to jiwer's counts."""
+    """report.html: one page (nothing fetched from the network: pictures inline, the clips and the curves linked
+    inside the run dir) with the scores, WER by duration, the frequent errors, and each utterance aligned, its marked
+    errors adding up to jiwer's counts, its clip beside it."""
     import re
 
     import jiwer
 
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert not re.search(r"""(src|href)=['"](?!data:)""", page)  # every picture inline
+    for link in re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page):
+        assert link.startswith(("data:", "clips/")) or link == "curves.png", link
     for heading in ("WER by clip duration", "Most frequent errors", "Every utterance, aligned"):
         assert f"<h2>{heading}</h2>" in page
     words = jiwer.process_words([p["reference"] for p in predictions], [p["hypothesis"] for p in predictions])
     assert f"WER {words.wer:.4f}" in page
-    rows = page.split("<table class='utt'>")[1]
-    assert rows.count("<tr>") == len(predictions)
+    rows = page.split("<table class='rows utt'")[1].split("</table>")[0]
+    assert rows.count("<tr data-sort=") == len(predictions) == rows.count("<audio ")
     assert rows.count("class='ins'") == sum(c.type == "insert" for a in words.alignments for c in a)
     assert rows.count("class='sub'") == words.substitutions
 
@@ -72,6 +75,10 @@ def test_evaluate_on_demo_test_split_and_pipeline_agree(demo_run, tmp_path):
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 6 and set(predictions[0]) == {"id", "reference", "hypothesis", "wer"}
     check_report(tmp_path / "report.html", predictions)
+    # In a real browser, from a copy of the run dir elsewhere: no script error, a clip plays, the table sorts by WER
+    seen = check_report_in_browser(tmp_path, tmp_path / "browser")
+    assert seen["players"] == 6 and seen["tables"][0]["rows"] == 6 and "curves.png" in seen["links"]
+    assert len(list((tmp_path / "clips").glob("*.flac"))) == 6  # the training run's curves, copied beside the page
 
     # The shipped folder is a plain Hugging Face model: the stock ASR pipeline transcribes a WAV path, and gives
     # exactly what speechkit's own evaluation decoded for that file.
@@ -98,6 +105,29 @@ def test_the_hallucination_probe_scores_a_ctc_model_too(demo_run, tmp_path):
     assert m["eval_utterances"] == 6 and len(result.predictions) == 6  # the probe is not part of the WER
     page = (tmp_path / "report.html").read_text()
     assert page.count("<td>silence</td>") == 3 and page.count("<td>noise</td>") == 3
+
+
+@pytest.mark.slow
+def test_the_report_keeps_the_worst_clips_up_to_its_cap(demo_run, tmp_path, monkeypatch):
+    """report.html's clips/ holds the worst utterances first until REPORT_AUDIO_S seconds of audio, and says so."""
+    import soundfile as sf
+
+    from speechkit.commands import evaluate
+    from speechkit.tasks import scoring
+
+    run_dir, _ = demo_run
+    monkeypatch.setattr(scoring, "REPORT_AUDIO_S", 4.0)
+    result = evaluate.run(compose("evaluate", [f"model_dir={run_dir / 'model'}", "dataset=demo_en", *SMALL_DEMO,
+                                               f"run_dir={tmp_path}"]))
+    clips = sorted((tmp_path / "clips").glob("*.flac"))
+    seconds = [sf.info(c).duration for c in clips]
+    assert 0 < len(clips) < 6 and sum(seconds) <= 4.0 and all(sf.info(c).samplerate == 16000 for c in clips)
+    page = (tmp_path / "report.html").read_text()
+    assert f"{len(clips)} of 6 utterances playable" in page and "left out past 4 s" in page
+    assert page.count("<audio ") == len(clips) and page.count("(clip not kept") == 6 - len(clips)
+    worst = max(float(p["wer"]) for p in result.predictions)
+    first = page.split("clips/00000-")[0].rsplit("<tr data-sort='", 1)[1]
+    assert float(first.split("'")[0]) == pytest.approx(worst, abs=1e-4)  # the first clip kept is a worst one
 
 
 def test_drop_report_and_counts_in_a_real_run(tmp_path):

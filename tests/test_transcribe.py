@@ -13,7 +13,7 @@ from speechkit.rundir import RunDir
 from speechkit.tasks import make_task
 from speechkit.tasks.asr.vocab import build_vocab, write_vocab
 
-pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (README, Tests)
+pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
 SENTENCES = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
 

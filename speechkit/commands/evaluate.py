@@ -49,7 +49,9 @@ def run(raw_cfg: DictConfig) -> EvalResult:
 
     if accelerator.is_main_process:
         written = write_results(task, result, rows, cfg.run_dir, f"{cfg.dataset.name}/{cfg.split}: {model_dir}"
-                                + (f" ({runtime})" if runtime != "torch" else ""))
+                                + (f" ({runtime})" if runtime != "torch" else ""),
+                                training_run=os.path.dirname(os.path.abspath(model_dir)) if os.path.isdir(model_dir)
+                                else None)  # a run's model/: its run dir has the training curves
         report.write(RunDir(cfg.run_dir).drop_report)
         print(task.examples(result, cfg.num_examples))
         dropped = report.counts()

@@ -2,7 +2,7 @@
 
 Each keeps the model's function and its parameters (names, shapes, values), so checkpoints and the saved `model/`
 are the stock Hugging Face ones, and each is here because `benchmarks/throughput.py`, run with and without them
-(`--systems speechkit,trainer,speechkit_plain`), measured it paying (figures in the README's Speed section):
+(`--systems speechkit,trainer,speechkit_plain`), measured it paying (figures in docs/speed.md):
 
 - **Time-major conv feature encoder** (wav2vec2 models whose conv layers have LayerNorms: the tiny one, XLSR-53;
   any device). The stock layers keep audio features as (batch, channels, time) and transpose them around every

@@ -46,7 +46,7 @@ class Wav2Vec2Like(ModelFamily):
     def fast_paths(self, model, device) -> list:
         """The time-major conv feature encoder (wav2vec2's layer-norm stacks: the tiny model, XLSR-53, MMS) and, on
         the CPU, 16-bit dropout masks. HuBERT's and WavLM's own conv layer classes are left stock: the benchmark
-        measured the time-major encoder on wav2vec2's (README, Speed)."""
+        measured the time-major encoder on wav2vec2's (docs/speed.md)."""
         from speechkit.models import fast_paths
 
         return fast_paths.apply(model, device, time_major=True)

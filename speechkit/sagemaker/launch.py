@@ -69,7 +69,7 @@ def require(sm: SageMakerConfig, *names: str) -> None:
     for name in names:
         if getattr(sm, name) in (None, ""):
             raise ConfigError(f"sagemaker.{name} is not set: hw=sagemaker needs it (e.g. `sagemaker.{name}=...`; "
-                              "see SageMakerConfig in speechkit/config.py and README, 'SageMaker')")
+                              "see SageMakerConfig in speechkit/config.py and docs/sagemaker.md)")
 
 
 def boto_session(sm: SageMakerConfig):

@@ -15,7 +15,8 @@ Facts (class attributes)
   extras(cfg)             the pip extras it needs beyond speechkit's core (a SageMaker job installs them)
 
 Training:    fit_targets, describe_targets, head_config, build_model (-> prepare), dataset (-> targets), target_of,
-             collator (-> batch_targets), forward (-> loss), evaluate, after_training, save, report_sections, examples
+             collator (-> batch_targets), forward (-> loss), evaluate, after_training, save, report_sections,
+             report_clips, examples
 A saved model:  from_model_dir (-> restore), check_eval_rows
 Inspection:  inventory
 """
@@ -224,9 +225,15 @@ class Task:
         """The task's last step on the shipped model (speech recognition: the n-gram LM); returns its evaluation."""
         return result
 
-    def report_sections(self, result, ids: List[str], durations) -> list:
-        """report.html's sections (speechkit/report.py)."""
+    def report_sections(self, result, ids: List[str], durations, audio: Optional[dict] = None, kept: str = "") -> list:
+        """report.html's sections (speechkit/report.py); `audio`: {k: clip k's file relative to the page} for the
+        clips kept playable (report_clips), `kept`: a line saying which."""
         raise NotImplementedError
+
+    def report_clips(self, result) -> List[int]:
+        """The clips (places in result.rows) report.html plays, in the order they are worth hearing: worst first.
+        The run dir keeps them from the first until speechkit/tasks/scoring.py's REPORT_AUDIO_S."""
+        return list(range(len(result.rows)))
 
     def examples(self, result, n: int) -> str:
         """A few lines of the evaluation for the console."""

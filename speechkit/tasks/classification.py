@@ -223,12 +223,17 @@ class AudioClassification(Task):
         return EvalResult(metrics=metrics, rank=(-key, -metrics["eval_macro_f1"], loss), objective=1.0 - key,
                           summary=summary, rows=rows, predictions=predictions, tables=tables)
 
-    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
-        """report.html: scores, the per-class table, the confusion matrix, the clips it got wrong."""
+    def report_sections(self, result: EvalResult, ids: List[str], durations, audio=None, kept: str = "") -> list:
+        """report.html: scores, the per-class table, the confusion matrix, the clips it got wrong (each playable)."""
         from speechkit.report import classification_sections
 
         return classification_sections(result.metrics, result.tables["per_class"], result.tables.get("confusion"),
-                                       self.labels, result.predictions, ids)
+                                       self.labels, result.predictions, ids, audio, kept)
+
+    def report_clips(self, result: EvalResult) -> List[int]:
+        """The clips the top label got wrong, the most confidently wrong first."""
+        wrong = [k for k, p in enumerate(result.predictions) if not int(p["correct"])]
+        return sorted(wrong, key=lambda k: -float(result.predictions[k]["score"]))
 
     def examples(self, result: EvalResult, n: int) -> str:
         """The per-class table, for the console."""

@@ -352,20 +352,28 @@ class Diarization(Task):
         return EvalResult(metrics=metrics, rank=(scores["der"],), objective=scores["der"], summary=summary,
                           rows=rows, predictions=predictions)
 
-    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
-        """report.html: scores, the per-recording table, and reference against hypothesis for a few recordings."""
-        from speechkit.report import esc, png, table
-        from speechkit.plots import diarization_timelines
+    def report_sections(self, result: EvalResult, ids: List[str], durations, audio=None, kept: str = "") -> list:
+        """report.html: scores, the per-recording table, and every recording's reference and hypothesis turns on one
+        timeline with its audio, the worst first."""
+        from speechkit.report import esc, table, timeline
 
         columns = ["der", "missed", "false_alarm", "confusion", "speech_s", "speakers", "found"]
         rows = [[os.path.basename(i), *(p[c] for c in columns)] for i, p in zip(ids, result.predictions)]
-        worst = sorted(range(len(ids)), key=lambda k: -result.predictions[k]["der"])[:3]
-        pictures = [(os.path.basename(ids[k]), json.loads(result.predictions[k]["reference"]),
-                     json.loads(result.predictions[k]["hypothesis"]), float(durations[k])) for k in worst]
+        audio = audio or {}
+        timelines = "".join(
+            timeline(os.path.basename(ids[k]), float(durations[k]), [tuple(t) for t in json.loads(p["reference"])],
+                     [tuple(t) for t in json.loads(p["hypothesis"])], audio.get(k),
+                     f"DER {p['der']:.3f} (missed {p['missed']:.3f}, false alarm {p['false_alarm']:.3f}, confusion "
+                     f"{p['confusion']:.3f}), {p['speakers']} speakers, {p['found']} found")
+            for k, p in ((k, result.predictions[k]) for k in self.report_clips(result)))
         return [("", f"<p>{esc(result.summary)}</p>"),
                 ("Per recording", table(["recording", *columns], rows, [False] + [True] * len(columns))),
-                ("Who spoke when: the three worst recordings (reference above, speechkit below)",
-                 png(diarization_timelines(pictures)))]
+                ("Who spoke when, per recording (reference above, speechkit below), the worst first",
+                 f"<p>{esc(kept)} Click a turn to hear it.</p>{timelines}")]
+
+    def report_clips(self, result: EvalResult) -> List[int]:
+        """Every recording, the highest DER first."""
+        return sorted(range(len(result.predictions)), key=lambda k: -float(result.predictions[k]["der"]))
 
     def examples(self, result: EvalResult, n: int) -> str:
         lines = [f"{'recording':<24} {'DER':>7} {'missed':>7} {'FA':>7} {'conf':>7} {'spk':>4} {'found':>5}"]

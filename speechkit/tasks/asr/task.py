@@ -248,13 +248,14 @@ class SpeechRecognition(Task):
     def decoder_name(self) -> str:
         return self.kind.decoder_name
 
-    def report_sections(self, result: EvalResult, ids: List[str], durations) -> list:
-        """report.html: scores, WER by duration, frequent errors, every utterance aligned (speechkit/report.py), and
-        what the model said on the hallucination probe's clips."""
+    def report_sections(self, result: EvalResult, ids: List[str], durations, audio=None, kept: str = "") -> list:
+        """report.html: scores, WER by duration, frequent errors, every utterance aligned with its clip
+        (speechkit/report.py), and what the model said on the hallucination probe's clips."""
         from speechkit.report import asr_sections, table
 
         sections = asr_sections([p["reference"] for p in result.predictions],
-                                [p["hypothesis"] for p in result.predictions], durations, ids, self.decoder_name)
+                                [p["hypothesis"] for p in result.predictions], durations, ids, self.decoder_name,
+                                audio, kept)
         if self.probe is not None:
             m = result.metrics
             sections.append((f"Hallucination probe: {m['eval_probe_words']:.2f} words per clip with nothing to "
@@ -264,6 +265,10 @@ class SpeechRecognition(Task):
                              + table(["clip", "what the model said"],
                                      [(kind, text or "(nothing)") for kind, text in self.probe["clips"]])))
         return sections
+
+    def report_clips(self, result: EvalResult) -> List[int]:
+        """Every utterance, the highest WER first."""
+        return sorted(range(len(result.predictions)), key=lambda k: -float(result.predictions[k]["wer"]))
 
     def examples(self, result: EvalResult, n: int, width: int = 48) -> str:
         """A few references beside their hypotheses, for the console."""
