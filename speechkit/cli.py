@@ -107,6 +107,17 @@ def unknown_key(argv: List[str], schema) -> Optional[str]:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return inner(args[0]) if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
 
+    def resolves(node, rest) -> bool:
+        """Whether the key parts `rest` exist below the schema `node` (anything does below a free-form value)."""
+        for part in rest:
+            known = fields_of(node)
+            if known is None:
+                return True
+            if part not in known:
+                return False
+            node = inner(known[part])
+        return True
+
     tasks = [entry.schema for entry in TASKS.values()]
     for arg in argv:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
@@ -125,7 +136,8 @@ def unknown_key(argv: List[str], schema) -> Optional[str]:
             if part not in known:
                 where = ".".join(path)
                 rest = parts[len(path) + 1:]
-                near = [".".join([*path, n, *rest]) for n in difflib.get_close_matches(part, list(known), 3, 0.6)]
+                near = [".".join([*path, n, *rest]) for n in difflib.get_close_matches(part, list(known), 3, 0.6)
+                        if resolves(inner(known[n]), rest)]  # a key that exists, whole: not adapter.path
                 hint = f"; did you mean {' or '.join(near)}?" if near \
                     else f" ({where or 'the config'} has {', '.join(sorted(known))})"
                 return f"{arg}: {key} is not a key{hint}"
