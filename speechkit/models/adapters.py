@@ -290,9 +290,12 @@ base = {auto_class}.from_pretrained("{base}", config=AutoConfig.from_pretrained(
 
 
 def save_config(model, path: str) -> None:
-    """The model's config.json alone, naming its class (`architectures`) as save_pretrained would."""
+    """The model's config.json alone, naming its class (`architectures`) as save_pretrained would, and a generating
+    model's generation config (Whisper's language and task)."""
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(path)
 
 
 def head_modules(model) -> List[str]:
@@ -337,6 +340,10 @@ def load_shipped_adapter(model_dir: str, auto_class, kind: str):
                           "(README.md, base_model)")
     config = AutoConfig.from_pretrained(model_dir)
     model = auto_class.from_pretrained(base, config=config, ignore_mismatched_sizes=True)
+    if os.path.isfile(os.path.join(model_dir, "generation_config.json")):  # the run's, not the base's
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
     if kind == "lora":
         from peft import PeftModel
 
