@@ -482,6 +482,9 @@ class AugmentConfig:
     reverberation, noise, gain; SpecAugment inside the model."""
 
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    # the share of clips that get reverberation, noise and gain grows linearly from none (the first epoch) to theirs
+    # over this many epochs: a model built from scratch finds its alignments on clean audio first; 0: theirs at once
+    warmup_epochs: float = 0.0
     reverb: ReverbConfig = field(default_factory=ReverbConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     gain: GainConfig = field(default_factory=GainConfig)

@@ -74,7 +74,7 @@ RANGES: Dict[str, Check] = {
     "task.hallucination_probe": NON_NEGATIVE, "hallucination_probe": NON_NEGATIVE,
     "task.whisper_ctc_weight": BETA,
     # conf/augment
-    "augment.speed.factors": (lambda v: all(0.5 <= f <= 2.0 for f in v), "a list of speed factors in [0.5, 2]"),
+    "augment.warmup_epochs": NON_NEGATIVE, "augment.speed.factors": (lambda v: all(0.5 <= f <= 2.0 for f in v), "a list of speed factors in [0.5, 2]"),
     "augment.noise.prob": PROBABILITY, "augment.reverb.prob": PROBABILITY, "augment.gain.prob": PROBABILITY,
     "augment.noise.babble_share": PROBABILITY, "augment.noise.babble_speakers": POSITIVE_INT,
     "augment.reverb.rt60_s_min": POSITIVE, "augment.reverb.rt60_s_max": (lambda v: 0 < v <= 5,

@@ -102,6 +102,25 @@ def test_draws_depend_on_seed_epoch_and_clip_only():
     assert without_gain.speed_of(42, 3, 17) == a.speed_of(42, 3, 17)
 
 
+def test_warmup_epochs_ramp_the_share_of_changed_clips_from_none():
+    """augment.warmup_epochs=2: the first epoch's clips get no noise, gain or reverb (speed perturbation as ever), the
+    second's half the share, the third's and later the whole share; each clip's draw as without the ramp once it is
+    full."""
+    parts = dict(speed=SpeedConfig([0.9, 1.1]), noise=NoiseConfig(prob=0.6), gain=GainConfig(prob=0.6),
+                 reverb=ReverbConfig(prob=0.6))
+    ramped, full = augmenter(warmup_epochs=2, **parts), augmenter(**parts)
+    x = tone(seconds=0.5)
+
+    def changed(a, epoch):
+        return sum(not np.array_equal(a(x, 5, epoch, row)[0], A.speed(x, a.speed_of(5, epoch, row))
+                                      if a.speed_of(5, epoch, row) != 1.0 else x) for row in range(200))
+    assert changed(ramped, 0) == 0
+    assert 0.3 * changed(full, 1) < changed(ramped, 1) < 0.8 * changed(full, 1)
+    for epoch in (2, 5):
+        assert all(np.array_equal(ramped(x, 5, epoch, row)[0], full(x, 5, epoch, row)[0]) for row in range(20))
+    assert "those shares reached over the first 2 epochs" in ramped.describe()
+
+
 def test_duration_batches_follow_each_epochs_lengths_and_stay_within_budget():
     rng = np.random.default_rng(0)
     samples = rng.integers(RATE, 4 * RATE, size=300)

@@ -149,7 +149,7 @@ BAD_VALUES = [
     ("diarize.py", "batch_size=0"), ("diarize.py", "asr_model_dir=/no/such/model"),
     ("train.py", "trainer.ema_decay=1.5"), ("train.py", "trainer.average_last=1"),
     ("train.py", "trainer.average_last=4 trainer.save_total_limit=2"),
-    ("train.py", "augment.speed.factors=[0.9,0]"), ("train.py", "augment.noise.prob=2"),
+    ("train.py", "augment.warmup_epochs=-1"), ("train.py", "augment.speed.factors=[0.9,0]"), ("train.py", "augment.noise.prob=2"),
     ("train.py", "augment.reverb.prob=-1"), ("train.py", "augment.gain.prob=1.1"),
     ("train.py", "augment.noise.babble_share=3"), ("train.py", "augment.noise.babble_speakers=0"),
     ("train.py", "augment.reverb.rt60_s_min=0"), ("train.py", "augment.reverb.rt60_s_max=9"),

@@ -65,7 +65,15 @@ class Augmenter:
                 f"colored noise, {c.noise.babble_share:.0%} babble of {c.noise.babble_speakers} training clips") + ")")
         if c.gain.prob:
             parts.append(f"gain {c.gain.db_min:+g} to {c.gain.db_max:+g} dB on {c.gain.prob:.0%}")
+        if c.warmup_epochs and (c.reverb.prob or c.noise.prob or c.gain.prob):
+            parts.append(f"those shares reached over the first {c.warmup_epochs:g} epochs")
         return "; ".join(parts) or "none"
+
+    def share(self, epoch: int) -> float:
+        """How much of each change's share (reverb, noise, gain) applies in `epoch` (0 the first):
+        augment.warmup_epochs ramps it up linearly, from none in the first epoch."""
+        warmup = self.cfg.warmup_epochs
+        return min(1.0, epoch / warmup) if warmup else 1.0
 
     @property
     def active(self) -> bool:
@@ -109,20 +117,21 @@ class Augmenter:
         factor = self.speed_of(seed, epoch, row)
         if factor != 1.0:
             audio = speed(audio, factor)
+        share = self.share(epoch)
         if c.reverb.prob:
             rng = draws(seed, epoch, row, REVERB)
-            if rng.random() < c.reverb.prob:
+            if rng.random() < c.reverb.prob * share:
                 rir = self.rirs.impulse(rng) if self.rirs else simulated_rir(rng, c.reverb.rt60_s_min,
                                                                              c.reverb.rt60_s_max, self.rate)
                 audio = reverberate(audio, rir)
         if c.noise.prob:
             rng = draws(seed, epoch, row, NOISE)
-            if rng.random() < c.noise.prob:
+            if rng.random() < c.noise.prob * share:
                 snr = rng.uniform(c.noise.snr_db_min, c.noise.snr_db_max)
                 audio = add_noise(audio, self._noise(rng, audio.size, other), snr)
         if c.gain.prob:
             rng = draws(seed, epoch, row, GAIN)
-            if rng.random() < c.gain.prob:
+            if rng.random() < c.gain.prob * share:
                 audio = audio * np.float32(10 ** (rng.uniform(c.gain.db_min, c.gain.db_max) / 20))
         return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False), factor
 
