@@ -81,7 +81,7 @@ def test_lora_trains_its_updates_and_the_head_only_resumes_exactly_and_ships_mer
 
 
 @pytest.mark.slow
-def test_an_mms_adapter_trains_its_layers_and_the_ctc_head_and_ships_beside_the_whole_model(tmp_path, caplog):
+def test_an_mms_adapter_trains_its_layers_and_the_ctc_head_resumes_exactly_and_ships_beside_the_whole_model(tmp_path, caplog):
     from transformers import Wav2Vec2ForCTC
 
     from speechkit.commands import train
@@ -101,6 +101,12 @@ def test_an_mms_adapter_trains_its_layers_and_the_ctc_head_and_ships_beside_the_
     loaded = Wav2Vec2ForCTC.from_pretrained(model_dir, target_lang="en")  # transformers' own way to an MMS adapter
     assert loaded.target_lang == "en"
     _stock_pipeline_transcribes_as_speechkit_scored(run_dir)
+
+    stopped = stopped_copy(run_dir, tmp_path / "stopped", ("step-6",))  # resumed after step 4: the same adapter
+    train.run(compose("train", [*RUN, "adapter=mms", "adapter.attn_dim=8", "trainer.resume=auto",
+                                f"run_dir={stopped}"]))
+    again = load_file(stopped / "model" / "adapter.en.safetensors")
+    assert set(again) == set(adapter) and all(torch.equal(again[k], adapter[k]) for k in adapter)
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,12 @@ def _no_head(cfg: ModelConfig, config, family: ModelFamily, heads: Iterable[str]
 
 
 def load(model_dir: str):
-    """(model, its head) of a saved model: a run's model/, or a Hub id."""
+    """(model, its head) of a saved model: a run's model/, or a Hub id; a folder that ships an adapter alone
+    (adapter.ship=adapter) is loaded onto the base model its card names (speechkit/models/adapters.py)."""
     from transformers import AutoConfig
+
+    from speechkit.models import adapters
+    from speechkit.models.base import auto_class
 
     config = AutoConfig.from_pretrained(model_dir)
     head = head_of(config)
@@ -87,4 +91,7 @@ def load(model_dir: str):
         raise ConfigError(f"model_dir: {model_dir} holds a {config.architectures or 'model of no known architecture'}"
                           "; speechkit scores CTC (speech recognition), audio-classification and frame-classification "
                           "(diarization) models")
+    alone = adapters.shipped_alone(model_dir)
+    if alone:
+        return adapters.load_shipped_adapter(model_dir, auto_class(head), alone), head
     return family_of(config.model_type).load(model_dir, head), head

@@ -205,13 +205,7 @@ class ModelFamily:
         return settings
 
     def load(self, model_dir: str, head: str):
-        """A saved model (a run's model/, or a Hub id) with its head; a folder that ships an adapter alone
-        (adapter.ship=adapter) is loaded onto the base model its card names."""
-        from speechkit.models.adapters import load_shipped_adapter, shipped_alone
-
-        alone = shipped_alone(model_dir)
-        if alone:
-            return load_shipped_adapter(model_dir, auto_class(head), alone)
+        """A saved model (a run's model/, or a Hub id) with its head."""
         return auto_class(head).from_pretrained(model_dir)
 
     # ------------------------------------------------------------------------------------ what it is fed
