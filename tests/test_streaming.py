@@ -212,6 +212,7 @@ def test_a_stream_whose_source_fails_mid_run_stops_in_one_line_and_resumes_exact
     the next epoch, datasets having read the small shard whole before it was damaged), its checkpoints intact; with
     the shard back, trainer.resume=auto ends with the weights of a run that never failed. Damaged before the run,
     it is refused in one line while the transcripts are read, before any training."""
+    import os
     import re
     import subprocess
     import sys
@@ -252,7 +253,12 @@ def test_a_stream_whose_source_fails_mid_run_stops_in_one_line_and_resumes_exact
     deadline = time.time() + 300
     while not first_step.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
-    later.write_bytes(damaged)  # three rows of the first shard still to train on before the stream gets here
+    # Replaced whole (as a sync tool does), never torn: a reader that caught the file half-written could decode
+    # rows of the two versions mixed, train on them, and no resume could match the reference. datasets reads the
+    # shards interleaved and ahead, so the failure comes in the first epoch or when the second reads the file again.
+    torn = later.with_suffix(".partial")
+    torn.write_bytes(damaged)
+    os.replace(torn, later)
     out, err = proc.communicate(timeout=300)
     lines = err.strip().splitlines()
     assert proc.returncode == 1 and re.match(r"speechkit: error: the training stream failed after stream at epoch "
