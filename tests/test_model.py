@@ -80,6 +80,15 @@ def test_unknown_architecture_field_is_named():
         build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)
 
 
+def test_architecture_fields_that_do_not_fit_together_are_refused_in_one_line():
+    """XLSR's seven convolutions given four widths: transformers' validation error becomes one line naming the key."""
+    cfg = compose("train", ["model=xlsr_53", "model.name_or_path=null", "model.architecture.conv_dim=[16,16,32,32]",
+                            "run_dir=/x"]).model
+    with pytest.raises(ConfigError, match=r"^model.architecture: not a valid Wav2Vec2Config \(Configuration for "
+                                          r"convolutional layers is incorrect.*len\(config.conv_dim\) = 4"):
+        build_model(cfg, "ctc", vocab_size=10, pad_token_id=9)
+
+
 def test_wav2vec2_models_take_a_classification_head(pretrained_dir):
     """`model=wav2vec2_base task=audio_classification`: the pretrained encoder, a fresh sequence-classification head
     with the labels in its config, the feature encoder frozen as the model config says."""

@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from speechkit.config import ConfigError, ModelConfig
+from speechkit.config import ConfigError, ModelConfig, first_line
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def head_of(config) -> Optional[str]:
 
 def base_config(cfg: ModelConfig):
     """The checkpoint's config (read from the Hub or the folder, no weights) or the architecture's."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     if cfg.name_or_path:
@@ -76,7 +77,12 @@ def base_config(cfg: ModelConfig):
     if unknown:
         raise ConfigError(f"model.architecture: unknown {type(AutoConfig.for_model(model_type)).__name__} field(s) "
                           f"{unknown}")
-    return AutoConfig.for_model(model_type, **arch)
+    try:
+        return AutoConfig.for_model(model_type, **arch)
+    except (ValueError, TypeError, StrictDataclassError) as err:  # fields that do not fit together
+        cause = err.__cause__ or err
+        raise ConfigError(f"model.architecture: not a valid {type(AutoConfig.for_model(model_type)).__name__} "
+                          f"({first_line(cause, type(cause).__name__, limit=400)})") from None
 
 
 class ModelInputs:
