@@ -186,15 +186,18 @@ def test_the_pages_show_commands_of_every_script():
     assert scripts == set(SCRIPTS), set(SCRIPTS) - scripts
 
 
-@pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
+def make_stand_ins(root: Path) -> Path:
     """Real folders for the placeholders: a run dir with a saved model's config, and an empty data folder."""
-    root = tmp_path_factory.mktemp("stand_ins")
     (root / "run" / "model").mkdir(parents=True)
     (root / "run" / "model" / "config.json").write_text('{"model_type": "wav2vec2"}')
     (root / "run" / "vocab.json").write_text('{"a": 0, "|": 1, "[UNK]": 2, "[PAD]": 3}')
     (root / "data").mkdir()
     return root
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    return make_stand_ins(tmp_path_factory.mktemp("stand_ins"))
 
 
 def composed(script: str, args, stand_ins: Path):
