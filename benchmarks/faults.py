@@ -14,7 +14,12 @@ A run is `python train.py experiment=demo` on a small demo corpus with a checkpo
    1 MB (as a disk filling up would): writing model/ fails, and the run must stop with one line, its checkpoints
    intact; a last `trainer.resume=auto` writes model/ without training again;
 4. the shipped weights of both, tensor by tensor, bit for bit;
-5. the hostile pass: serve.py on the reference model, normal requests alone (the quiet run), then normal requests
+5. the stream fault: the demo corpus as a Hub-layout parquet data set streamed (`dataset.streaming=true`, its
+   training split in four shards), the same run once uninterrupted and once with a shard replaced by a damaged copy
+   (its data pages zeroed, as a bad block leaves them) at the second checkpoint: the run must stop in one line naming
+   where the stream stood, its checkpoints intact; with the shard back, `trainer.resume=auto` must end with the
+   weights of the uninterrupted stream, bit for bit;
+6. the hostile pass: serve.py on the reference model, normal requests alone (the quiet run), then normal requests
    alongside hostile ones sent by processes of their own at the lowest CPU priority, as from other machines (JSON
    nested thousands deep, NaN and Infinity, a 5000-digit integer, 33 minutes of audio in 4 MB of JSON, an hour of
    FLAC in a few hundred KB, an oversized Content-Length, random bytes under every content type): every answer must
@@ -22,7 +27,7 @@ A run is `python train.py experiment=demo` on a small demo corpus with a checkpo
 
 Prints and writes (<out>/faults.json, .md) the campaign's figures: runs, kills, kills inside a checkpoint write,
 damaged checkpoints skipped, the full-disk fault, the steps each restart resumed from, whether the faulted run
-continued exactly, and the hostile pass.
+continued exactly, the stream fault and the hostile pass.
 
     python benchmarks/faults.py                       # 6 kills, 40 steps
     python benchmarks/faults.py --kills 20 --steps 30 --seed 3
@@ -63,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-test", type=int, default=8)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--work", default=None, help="where the runs go (default: a folder under --out)")
+    p.add_argument("--stream-steps", type=int, default=30, help="stream fault: optimizer steps of the streamed run "
+                   "(past its first epoch, so the damaged shard is read again whatever it read ahead); 0: no stream fault")
     p.add_argument("--hostile-rounds", type=int, default=10,
                    help="hostile pass: rounds of the hostile requests (each round sends every kind once)")
     p.add_argument("--hostile-clients", type=int, default=2, help="hostile pass: clients sending hostile requests, "
@@ -224,6 +231,91 @@ def fill_the_disk_at_the_end(proc: subprocess.Popen, run_dir: Path, steps: int) 
     return {"injected": False}
 
 
+# ------------------------------------------------------------------------------------------------ the stream
+STREAM_SHARDS = 4
+STREAM_FAILED = re.compile(r"speechkit: error: the training stream failed after stream at epoch \d+, window \d+, "
+                           r"batch \d+ \(\w+Error: .*\); the checkpoints are intact: continue with trainer.resume=auto")
+
+
+def stream_data(corpus: Path, where: Path) -> Path:
+    """The demo corpus (<corpus>/<split>/metadata.csv and its WAVs) as a data set in the Hub's parquet layout, the
+    clips' bytes inside: <where>/train/000N.parquet (STREAM_SHARDS shards), <where>/test/0000.parquet."""
+    import csv
+
+    from datasets import Audio, Dataset, Features, Value, disable_progress_bars
+
+    disable_progress_bars()
+    features = Features({"audio": Audio(), "text": Value("string")})
+    for split in ("train", "test"):
+        with open(corpus / split / "metadata.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        table = Dataset.from_dict({"audio": [{"bytes": (corpus / split / r["file_name"]).read_bytes(),
+                                              "path": r["file_name"]} for r in rows],
+                                   "text": [r["transcription"] for r in rows]}, features=features)
+        (where / split).mkdir(parents=True, exist_ok=True)
+        shards = STREAM_SHARDS if split == "train" else 1
+        for i in range(shards):
+            table.shard(shards, i, contiguous=True).to_parquet(str(where / split / f"{i:04d}.parquet"))
+    return where
+
+
+def stream_command(args, data: Path, run_dir: Path, resume: bool) -> List[str]:
+    return [sys.executable, str(REPO / "train.py"), "experiment=demo", "hw=cpu", "dataset=hub",
+            f"dataset.path={data}", "dataset.columns.text=text", "dataset.train_split=train",
+            "dataset.eval_split=test", "dataset.streaming=true", "dataset.shuffle_buffer=8",
+            "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.eval_batch_size=4",
+            "trainer.warmup_steps=2", "trainer.learning_rate=1e-3", "trainer.logging_steps=1",
+            f"trainer.max_steps={args.stream_steps}", "trainer.save_steps=1", "trainer.save_total_limit=2",
+            "trainer.eval_at_epoch_end=false", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}",
+            *(["trainer.resume=auto"] if resume else [])]
+
+
+def replace_whole(path: Path, content: bytes) -> None:
+    """`path` given `content` at once (as a sync tool replaces a file): a reader sees the old file or the new."""
+    part = path.with_suffix(".partial")
+    part.write_bytes(content)
+    os.replace(part, path)
+
+
+def stream_fault(args, work: Path, reference: Path) -> dict:
+    """The streamed run, uninterrupted and with a shard damaged mid-run then restored and resumed (step 5 above)."""
+    from safetensors.torch import load_file
+
+    t0 = time.time()
+    first_clip = (reference / "predictions.csv").read_text().splitlines()[1].split(",")[0]
+    data = stream_data(Path(first_clip).parents[1], work / "stream-data")
+    runs = {name: work / f"stream-{name}" for name in ("reference", "faulted")}
+    done = subprocess.run(stream_command(args, data, runs["reference"], False), cwd=REPO, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the streamed reference run failed:\n{done.stderr[-3000:]}")
+    log_path = work / "stream-faulted.log"
+    proc = start(stream_command(args, data, runs["faulted"], False), log_path)
+    while proc.poll() is None and newest_step(runs["faulted"]) < 2:
+        time.sleep(0.005)
+    shard = data / "train" / "0001.parquet"
+    good = shard.read_bytes()
+    replace_whole(shard, good[:4] + bytes(len(good) // 2) + good[4 + len(good) // 2:])  # data pages zeroed
+    damaged_at = newest_step(runs["faulted"])
+    code = proc.wait()
+    said = log_path.read_text()
+    errors = [line for line in said.splitlines() if line.startswith("speechkit: error:")]
+    stopped_at = newest_step(runs["faulted"])
+    replace_whole(shard, good)
+    resumed = start(stream_command(args, data, runs["faulted"], True), log_path).wait()
+    resumed_from = re.search(r"Resumed from \S+ at step (\d+)", log_path.read_text()[len(said):])
+    exact = False
+    if resumed == 0:
+        a, b = (load_file(d / "model" / "model.safetensors") for d in runs.values())
+        exact = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    return {"damaged_at_step": damaged_at, "exit_code": code, "stopped_at_step": stopped_at,
+            "stopped_in_one_line": code == 1 and len(errors) == 1 and bool(STREAM_FAILED.match(errors[0]))
+            and "Traceback" not in said, "error": errors[-1] if errors else None,
+            "resumed_from_step": int(resumed_from.group(1)) if resumed_from else None,
+            "exact_continuation": exact,
+            "time_s": round(time.time() - t0, 1)}
+
+
 # ------------------------------------------------------------------------------------------- hostile clients
 def hostile_bodies(rng: random.Random) -> List[tuple]:
     """(name, body, content type) of requests that are not valid input, each of which must get a 4xx."""
@@ -341,6 +433,16 @@ def table(r: dict) -> str:
             ("campaign time (s)", r["campaign_s"])]
     text = f"`{r['command']}`: {r['steps']} steps, a checkpoint after each\n\n| | |\n|---|---|\n" + \
         "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    st = r.get("stream")
+    if st:
+        text += (f"\nStream fault: the demo corpus streamed from {STREAM_SHARDS} parquet shards, "
+                 f"{r['stream_steps']} steps; a shard damaged at step {st['damaged_at_step']}\n\n| | |\n|---|---|\n"
+                 f"| the run stopped in one line, checkpoints intact | "
+                 f"{'yes' if st['stopped_in_one_line'] else 'NO'} (exit {st['exit_code']}, at step "
+                 f"{st['stopped_at_step']}) |\n"
+                 f"| the shard back, resumed from step | {st['resumed_from_step']} |\n"
+                 f"| final weights bit-identical to the uninterrupted stream | "
+                 f"{'yes' if st['exact_continuation'] else 'NO'} |\n| time (s) | {st['time_s']} |\n")
     h = r.get("hostile")
     if h:
         text += (f"\nHostile pass over serve.py: {h['hostile_requests']} hostile requests "
@@ -359,6 +461,10 @@ def table(r: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = campaign(args)
+    if args.stream_steps:
+        result["stream"], result["stream_steps"] = stream_fault(args, Path(result["reference_model"]).parents[1],
+                                                                Path(result["reference_model"]).parent), \
+            args.stream_steps
     if args.hostile_rounds:
         model = Path(result["reference_model"])
         result["hostile"] = hostile_pass(args, model, model.parents[1])
@@ -370,7 +476,9 @@ def main(argv=None) -> int:
     print(text, flush=True)
     disk, hostile = result["full_disk_at_the_end"], result.get("hostile")
     ok = result["exact_continuation"] and (not disk["injected"] or (disk["refused"] and not disk["trained_again"])) \
-        and (hostile is None or (hostile["every_answer_2xx_4xx_503"] and hostile["server_alive"]))
+        and (hostile is None or (hostile["every_answer_2xx_4xx_503"] and hostile["server_alive"])) \
+        and ("stream" not in result or (result["stream"]["stopped_in_one_line"]
+                                        and result["stream"]["exact_continuation"]))
     return 0 if ok else 1
 
 

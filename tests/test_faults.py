@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (d
 def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):
     num_train, num_test = (o.split("=")[1] for o in SMALL_DEMO)
     done = subprocess.run([sys.executable, "benchmarks/faults.py", "--kills", "2", "--steps", "6", "--num-train",
-                           num_train, "--num-test", num_test, "--hostile-rounds", "1", "--normal-requests", "8",
+                           num_train, "--num-test", num_test, "--stream-steps", "8", "--hostile-rounds", "1",
+                           "--normal-requests", "8",
                            "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "faults.json").read_text())
@@ -35,6 +36,9 @@ def test_fault_campaign_continues_exactly_after_every_kill(tmp_path):
     assert refused.startswith("speechkit: error: ") and "/model could not be written (" in refused
     assert refused.endswith("the newest intact checkpoint is step-6: free some space, then continue with "
                             "trainer.resume=auto, which writes it")
+    stream = result["stream"]  # 6 steps an epoch: the damaged shard is read again in the second at the latest
+    assert stream["exit_code"] == 1 and stream["stopped_in_one_line"] and stream["exact_continuation"] is True
+    assert 2 <= stream["damaged_at_step"] <= stream["stopped_at_step"] == stream["resumed_from_step"] < 8
     hostile = result["hostile"]
     assert hostile["every_answer_2xx_4xx_503"] and hostile["server_alive"]
     assert hostile["hostile_requests"] == 26  # 2 clients x 13 kinds
