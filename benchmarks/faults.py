@@ -78,14 +78,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def command(args, run_dir: Path, resume: bool) -> List[str]:
-    return [sys.executable, str(REPO / "train.py"), "experiment=demo", "hw=cpu",
-            f"dataset.demo.num_train={args.num_train}", f"dataset.demo.num_test={args.num_test}",
+RESUMED = re.compile(r"Resumed from \S+ at step (\d+)")
+
+
+def train_command(data: List[str], steps: int, run_dir: Path, resume: bool) -> List[str]:
+    """`train.py experiment=demo` on the CPU with the data overrides `data`: `steps` steps of 4 clips, a checkpoint
+    after each."""
+    return [sys.executable, str(REPO / "train.py"), "experiment=demo", "hw=cpu", *data,
             "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.eval_batch_size=4",
             "trainer.warmup_steps=2", "trainer.learning_rate=1e-3", "trainer.logging_steps=1",
-            f"trainer.max_steps={args.steps}", "trainer.save_steps=1", "trainer.save_total_limit=2",
+            f"trainer.max_steps={steps}", "trainer.save_steps=1", "trainer.save_total_limit=2",
             "trainer.eval_at_epoch_end=false", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}",
             *(["trainer.resume=auto"] if resume else [])]
+
+
+def command(args, run_dir: Path, resume: bool) -> List[str]:
+    return train_command([f"dataset.demo.num_train={args.num_train}", f"dataset.demo.num_test={args.num_test}"],
+                         args.steps, run_dir, resume)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two run dirs shipped the same weights, tensor by tensor, bit for bit."""
+    from safetensors.torch import load_file
+
+    x, y = (load_file(d / "model" / "model.safetensors") for d in (a, b))
+    return x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
 
 
 def start(cmd: List[str], log_path: Path) -> subprocess.Popen:
@@ -148,7 +165,7 @@ def campaign(args) -> dict:
 
     def said_since(before: str) -> str:  # what the run just ended wrote to the log; its resume step recorded
         said = log_path.read_text()[len(before):]
-        resumed = re.search(r"Resumed from \S+ at step (\d+)", said)
+        resumed = RESUMED.search(said)
         if runs > 1:
             resumed_from.append(int(resumed.group(1)) if resumed else 0)
         skipped.extend(re.findall(r"checkpoint (step-\d+) is damaged", said))
@@ -201,10 +218,7 @@ def campaign(args) -> dict:
         full_disk["trained_again"] = f"All {args.steps} steps were trained before this resume" not in \
             said_since(log_before)
 
-    from safetensors.torch import load_file
-
-    a, b = (load_file(d / "model" / "model.safetensors") for d in (reference, faulted))
-    exact = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    exact = same_weights(reference, faulted)
     same_state = json.loads((reference / "checkpoints" / f"step-{args.steps}" / "trainer_state.json").read_text()) == \
         json.loads((faulted / "checkpoints" / f"step-{args.steps}" / "trainer_state.json").read_text())
     return {"command": " ".join(["python benchmarks/faults.py", *sys.argv[1:]]), "steps": args.steps,
@@ -260,14 +274,9 @@ def stream_data(corpus: Path, where: Path) -> Path:
 
 
 def stream_command(args, data: Path, run_dir: Path, resume: bool) -> List[str]:
-    return [sys.executable, str(REPO / "train.py"), "experiment=demo", "hw=cpu", "dataset=hub",
-            f"dataset.path={data}", "dataset.columns.text=text", "dataset.train_split=train",
-            "dataset.eval_split=test", "dataset.streaming=true", "dataset.shuffle_buffer=8",
-            "trainer.batch_size=4", "trainer.batch_duration_s=null", "trainer.eval_batch_size=4",
-            "trainer.warmup_steps=2", "trainer.learning_rate=1e-3", "trainer.logging_steps=1",
-            f"trainer.max_steps={args.stream_steps}", "trainer.save_steps=1", "trainer.save_total_limit=2",
-            "trainer.eval_at_epoch_end=false", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}",
-            *(["trainer.resume=auto"] if resume else [])]
+    return train_command(["dataset=hub", f"dataset.path={data}", "dataset.columns.text=text",
+                          "dataset.train_split=train", "dataset.eval_split=test", "dataset.streaming=true",
+                          "dataset.shuffle_buffer=8"], args.stream_steps, run_dir, resume)
 
 
 def replace_whole(path: Path, content: bytes) -> None:
@@ -279,8 +288,6 @@ def replace_whole(path: Path, content: bytes) -> None:
 
 def stream_fault(args, work: Path, reference: Path) -> dict:
     """The streamed run, uninterrupted and with a shard damaged mid-run then restored and resumed (step 5 above)."""
-    from safetensors.torch import load_file
-
     t0 = time.time()
     first_clip = (reference / "predictions.csv").read_text().splitlines()[1].split(",")[0]
     data = stream_data(Path(first_clip).parents[1], work / "stream-data")
@@ -303,16 +310,12 @@ def stream_fault(args, work: Path, reference: Path) -> dict:
     stopped_at = newest_step(runs["faulted"])
     replace_whole(shard, good)
     resumed = start(stream_command(args, data, runs["faulted"], True), log_path).wait()
-    resumed_from = re.search(r"Resumed from \S+ at step (\d+)", log_path.read_text()[len(said):])
-    exact = False
-    if resumed == 0:
-        a, b = (load_file(d / "model" / "model.safetensors") for d in runs.values())
-        exact = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    resumed_from = RESUMED.search(log_path.read_text()[len(said):])
     return {"damaged_at_step": damaged_at, "exit_code": code, "stopped_at_step": stopped_at,
             "stopped_in_one_line": code == 1 and len(errors) == 1 and bool(STREAM_FAILED.match(errors[0]))
             and "Traceback" not in said, "error": errors[-1] if errors else None,
             "resumed_from_step": int(resumed_from.group(1)) if resumed_from else None,
-            "exact_continuation": exact,
+            "exact_continuation": resumed == 0 and same_weights(*runs.values()),
             "time_s": round(time.time() - t0, 1)}
 
 
@@ -461,12 +464,10 @@ def table(r: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = campaign(args)
+    model = Path(result["reference_model"])  # <work>/reference/model
     if args.stream_steps:
-        result["stream"], result["stream_steps"] = stream_fault(args, Path(result["reference_model"]).parents[1],
-                                                                Path(result["reference_model"]).parent), \
-            args.stream_steps
+        result["stream"], result["stream_steps"] = stream_fault(args, model.parents[1], model.parent), args.stream_steps
     if args.hostile_rounds:
-        model = Path(result["reference_model"])
         result["hostile"] = hostile_pass(args, model, model.parents[1])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
