@@ -70,18 +70,18 @@ def base_config(cfg: ModelConfig):
     arch = OmegaConf.to_container(cfg.architecture) if OmegaConf.is_config(cfg.architecture) else dict(cfg.architecture)
     model_type = arch.pop("model_type", "wav2vec2")
     try:
-        known = AutoConfig.for_model(model_type).to_dict()
+        default = AutoConfig.for_model(model_type)
     except ValueError:
         raise ConfigError(f"model.architecture.model_type: unknown model type '{model_type}'") from None
+    known, kind = default.to_dict(), type(default).__name__
     unknown = sorted(k for k in arch if k not in known)
     if unknown:
-        raise ConfigError(f"model.architecture: unknown {type(AutoConfig.for_model(model_type)).__name__} field(s) "
-                          f"{unknown}")
+        raise ConfigError(f"model.architecture: unknown {kind} field(s) {unknown}")
     try:
         return AutoConfig.for_model(model_type, **arch)
     except (ValueError, TypeError, StrictDataclassError) as err:  # fields that do not fit together
         cause = err.__cause__ or err
-        raise ConfigError(f"model.architecture: not a valid {type(AutoConfig.for_model(model_type)).__name__} "
+        raise ConfigError(f"model.architecture: not a valid {kind} "
                           f"({first_line(cause, type(cause).__name__, limit=400)})") from None
 
 
