@@ -18,13 +18,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from conftest import REPO, SMALL_DEMO, TINY, TINY_WHISPER, free_port, run_cli, speak, wait_http, write_metadata
+from conftest import (REPO, SMALL_DEMO, TINY, TINY_WHISPER, free_port, run_cli, serve_and_post_wav, speak,
+                      write_metadata)
 from test_docs import all_commands, composed, make_stand_ins, speechkit_command
 
 FAST = ["trainer.warmup_steps=1", "trainer.logging_steps=1", "trainer.progress_bar=false", "trainer.max_steps=2",
@@ -144,7 +144,7 @@ def runs(tmp_path_factory):
     return {"asr": train(root / "asr", "experiment=demo", *BUDGET["demo_en"]),
             "classification": train(root / "classification", "experiment=demo_commands", *BUDGET["demo_commands"]),
             "diarization": train(root / "diarization", "experiment=demo_diarization", *BUDGET["demo_diarization"]),
-            "recordings": recordings, "root": root}
+            "recordings": recordings}
 
 
 def placed(command: str, runs: dict, work: Path):
@@ -185,13 +185,13 @@ RUN = [pytest.param(command, id=f"{where} {command[:60]}") for where, command in
 @pytest.mark.parametrize("command", RUN)
 def test_the_command_runs_as_written(command, runs, tmp_path):
     script, args = placed(command, runs, tmp_path)
+    if script == "serve.py":
+        return serve(args, runs, tmp_path)
     extra = budget(script, command)
     multirun = "-m" in args or "hparams_search=" in command
     where = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else \
         [] if any(a.startswith("hydra.run.dir=") for a in args) else \
         [f"hydra.run.dir={tmp_path / 'out'}"] if script in ("train.py", "evaluate.py", "inspect_data.py") else []
-    if script == "serve.py":
-        return serve(args, runs, tmp_path)
     if command.startswith("accelerate launch"):  # its own flags kept, a free rendezvous port added
         words = shlex.split(command)
         flags = words[2:words.index("train.py")]
@@ -206,6 +206,7 @@ def test_the_command_runs_as_written(command, runs, tmp_path):
         assert made or "trainer.resume" in command, f"{command}: no model shipped"
 
 
+
 def serve(args, runs, tmp_path):
     """A server command: started on a free port (the page's port replaced), until it answers a WAV; exported first
     when it serves an ONNX runtime, as the page's preceding `export.py` does."""
@@ -215,18 +216,6 @@ def serve(args, runs, tmp_path):
         quantize = ["quantize=int8"] if runtime == "onnx_int8" else []
         done = run_cli("export.py", f"model_dir={model}", *quantize, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
-    port = free_port()
-    given = [a for a in args if not a.startswith(("port=", "host="))]
-    server = subprocess.Popen([sys.executable, str(REPO / "serve.py"), *given, f"port={port}", "host=127.0.0.1"],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", server, seconds=120)
-        body = (runs["recordings"] / "test" / "clip 0.wav").read_bytes()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, method="POST",
-                                         headers={"Content-Type": "audio/wav"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            assert answer.status == 200 and b"text" in answer.read()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
+    given = [a for a in args if not a.startswith(("model_dir=", "port=", "host="))]
+    answer = serve_and_post_wav(model, runs["recordings"] / "test" / "clip 0.wav", *given, "host=127.0.0.1")
+    assert "text" in answer, answer
