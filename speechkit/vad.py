@@ -5,9 +5,10 @@ across blocks, so memory stays flat however long the recording is. The per-frame
 regions by silero-vad's own state machine (`get_speech_timestamps_from_probs`), each region at most the model's
 window long (a longer one is split at its best pause).
 
-transcribe.py then merges consecutive regions into windows of up to `chunk_length_s` (a window spans its regions
-and the short pauses between them, WhisperX-style) and transcribes only those; diarize.py keeps the speaker turns
-inside speech.
+transcribe.py then packs consecutive regions into windows of up to `chunk_length_s` of speech, their samples back
+to back and the pauses between them left out (as faster-whisper does; each region keeps its 0.2 s margin of the
+pause, so two regions meet over 0.4 s of it), transcribes only those and maps each time back to the recording;
+diarize.py keeps the speaker turns inside speech.
 """
 
 from __future__ import annotations
@@ -44,16 +45,42 @@ class Speech:
     def speech_s(self) -> float:
         return sum(end - start for start, end in self.regions)
 
-    def windows(self, longest_s: float) -> List[Tuple[float, float]]:
-        """Consecutive regions merged while the merged span stays within `longest_s` (the pauses inside it
-        included)."""
-        out: List[Tuple[float, float]] = []
+    def windows(self, longest_s: float) -> List["Window"]:
+        """Consecutive regions packed into windows of at most `longest_s` of speech (the pauses between them left
+        out)."""
+        out: List[Window] = []
         for start, end in self.regions:
-            if out and end - out[-1][0] <= longest_s:
-                out[-1] = (out[-1][0], end)
+            if out and out[-1].duration_s + (end - start) <= longest_s:
+                out[-1].regions.append((start, end))
             else:
-                out.append((start, end))
+                out.append(Window([(start, end)]))
         return out
+
+
+@dataclass
+class Window:
+    """Speech regions heard as one stretch of audio, their samples back to back (the pauses between them left out),
+    and the way back from a time in the window to the same moment in the recording."""
+
+    regions: List[Tuple[float, float]]
+
+    @property
+    def duration_s(self) -> float:
+        return sum(end - start for start, end in self.regions)
+
+    def samples(self, decoder) -> np.ndarray:
+        """The regions' samples, read from the recording's decoder, one after the other."""
+        return np.concatenate([read_range(decoder, start, end) for start, end in self.regions])
+
+    def to_recording(self, at: float, closing: bool = False) -> float:
+        """`at` seconds into the window as seconds into the recording. A time where two regions meet is the next
+        region's start, or with `closing` (the end of a word or segment) the first one's end."""
+        offset = 0.0
+        for start, end in self.regions:
+            if at < offset + end - start or (closing and at <= offset + end - start):
+                return start + max(0.0, at - offset)
+            offset += end - start
+        return self.regions[-1][1]
 
 
 class SpeechDetector:

@@ -187,6 +187,27 @@ def test_vad_transcribes_the_speech_alone_and_its_timestamps_land_where_it_was_s
     assert quiet["duration_s"] == pytest.approx(5.0, abs=1e-3)
 
 
+def test_speech_regions_are_packed_without_their_pauses_and_mapped_back(paused):
+    """Regions are packed into windows of at most the given seconds of speech; a window's samples are its regions'
+    samples back to back, and a time in the window maps back to the recording (where two regions meet: the next
+    one's start, or the first one's end for a closing time)."""
+    from speechkit.data.audio import decode, open_recording
+    from speechkit.vad import Speech
+
+    speech = Speech([(1.0, 3.0), (10.0, 12.5), (13.0, 16.0)], 20.0)
+    first, second = speech.windows(5.0)
+    assert first.regions == [(1.0, 3.0), (10.0, 12.5)] and second.regions == [(13.0, 16.0)]
+    assert first.duration_s == 4.5
+    assert [first.to_recording(t) for t in (0.0, 0.5, 2.0, 3.5, 4.5)] == [1.0, 1.5, 10.0, 11.5, 12.5]
+    assert first.to_recording(2.0, closing=True) == 3.0 and second.to_recording(1.0) == 14.0
+
+    audio = decode(str(paused[0]), 16000)
+    samples = first.samples(open_recording(str(paused[0]), 16000))
+    assert samples.size == pytest.approx(4.5 * 16000, abs=2)
+    assert np.allclose(samples[:32000], audio[16000:48000], atol=1e-6)
+    assert np.allclose(samples[-40000:], audio[160000:200000], atol=1e-6)
+
+
 def test_the_detector_reads_a_recording_block_by_block_as_one_call_would(paused, tmp_path):
     """The speech probabilities read in 16 s blocks from the file, the LSTM state and context carried across them,
     are silero-vad's own for the whole recording at once (bit for bit, at its own 16 kHz: resampled block by block,

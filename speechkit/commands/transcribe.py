@@ -13,10 +13,10 @@ middle plus `stride_length_s` of context on each side. Windows go through the mo
   Whisper's own timestamp tokens where the checkpoint predicts them, else by the windows; words are spread over
   their segment.
 
-With `vad=true`, silero-vad (speechkit/vad.py) first finds the speech; consecutive speech regions are merged into
-windows of up to `chunk_length_s` (the short pauses inside them included) and only those are transcribed, in
-batches, each on its own (no context across a pause), its words placed back at the region's start in the
-recording. A recording with no speech gives an empty transcript. The JSON then holds `speech_regions` and
+With `vad=true`, silero-vad (speechkit/vad.py) first finds the speech; consecutive speech regions are packed into
+windows of up to `chunk_length_s` of speech, their samples back to back (the pauses between them left out, as
+faster-whisper does), and only those are transcribed, in batches, each on its own (no context across windows), every
+word and segment time mapped back to the recording. A recording with no speech gives an empty transcript. The JSON then holds `speech_regions` and
 `speech_s`.
 """
 
@@ -45,7 +45,7 @@ from speechkit.onnx_export import for_runtime
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.asr import SpeechRecognition
 from speechkit.tasks.asr.seq2seq import TIME_PRECISION
-from speechkit.vad import SpeechDetector, describe
+from speechkit.vad import SpeechDetector, Window, describe
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,11 @@ class Transcriber:
     def transcribe(self, path: str) -> dict:
         began = time.perf_counter()
         decoder = open_recording(path, self.rate)
-        if self.vad is not None:  # the speech regions alone, merged into windows of up to chunk_s
+        if self.vad is not None:  # the speech regions alone, packed into windows of up to chunk_s
             speech = self.vad.speech(path, self.chunk_s)
-            merged = speech.windows(self.chunk_s)
-            spans = ((start, end, start, read_range(decoder, start, end)) for start, end in merged)
-            count, duration = len(merged), speech.duration_s
+            packed = speech.windows(self.chunk_s)  # each read on its own time line, mapped back when joined
+            spans = ((0.0, window.duration_s, 0.0, window.samples(decoder)) for window in packed)
+            count, duration = len(packed), speech.duration_s
             log.info(describe(speech, path))
         else:
             header = decoder.metadata.duration_seconds_from_header
@@ -131,12 +131,12 @@ class Transcriber:
             spans = windows(decoder, self.rate, self.chunk_s, self.stride_s)
         bar = tqdm(total=count, desc=os.path.basename(path), unit="window", leave=False, dynamic_ncols=True,
                    disable=not self.cfg.progress_bar)
-        parts, batch, starts = [], [], []
-        for start, end, left, samples in spans:
+        parts, batch, read = [], [], []
+        for k, (start, end, left, samples) in enumerate(spans):
             if samples.size == 0:
                 continue
             batch.append((start, end, left, samples))
-            starts.append(start)
+            read.append(k)
             if self.vad is None:
                 duration = end
             if len(batch) == self.cfg.batch_size:
@@ -149,8 +149,8 @@ class Transcriber:
         bar.close()
         if not parts and self.vad is None:
             raise ValueError(f"{path}: no audio samples")
-        # windows that overlap (joined over their context), or speech regions apart (each read alone, then placed)
-        result = self.output.join(parts, starts if self.vad is not None else None)
+        # windows that overlap (joined over their context), or packed speech regions (each read alone, then mapped)
+        result = self.output.join(parts, [packed[k] for k in read] if self.vad is not None else None)
         seconds = time.perf_counter() - began
         extra = {"speech_s": round(speech.speech_s, 3), "speech_regions": [[round(a, 3), round(b, 3)]
                                                                            for a, b in speech.regions]} \
@@ -191,16 +191,16 @@ class CtcFrames:
             out.append(row[first:min(last, valid)])
         return out
 
-    def join(self, parts: List[np.ndarray], starts: Optional[List[float]] = None) -> dict:
-        """The recording's frames decoded once; or, for speech regions apart (`starts`: where each begins), each
-        region decoded alone and its words placed at its start."""
-        if starts is not None:
+    def join(self, parts: List[np.ndarray], packed: Optional[List[Window]] = None) -> dict:
+        """The recording's frames decoded once; or, for packed speech regions (`packed`: each part's window), each
+        window decoded alone and its words' times mapped back to the recording."""
+        if packed is not None:
             texts, words = [], []
-            for frames, at in zip(parts, starts):
+            for frames, window in zip(parts, packed):
                 region = self.join([frames])
                 texts.append(region["text"])
-                words += [{**w, "start": round(w["start"] + at, 3), "end": round(w["end"] + at, 3)}
-                          for w in region["words"]]
+                words += [{**w, "start": round(window.to_recording(w["start"]), 3),
+                           "end": round(window.to_recording(w["end"], closing=True), 3)} for w in region["words"]]
             return {"text": " ".join(t for t in texts if t), "words": words}
         if self.lm is not None:  # beam search with the LM over the whole recording's frames
             text, _, offsets, *_ = self.lm.decode_beams(np.concatenate(parts))[0]
@@ -274,15 +274,18 @@ class Generated:
             out += [(token, opened, max(end, opened)) for token in pending]
         return out
 
-    def join(self, parts: List[tuple], starts: Optional[List[float]] = None) -> dict:
-        """Windows joined where they overlap; speech regions apart (`starts` given) one after the other (their
-        times are the recording's already)."""
+    def join(self, parts: List[tuple], packed: Optional[List[Window]] = None) -> dict:
+        """Windows joined where they overlap; packed speech regions (`packed`: each part's window) one after the
+        other, their times mapped back to the recording."""
         sequences = [[token for token, _, _ in timed] for _, _, timed in parts]
-        merged = join_overlapping(sequences) if starts is None else [
+        merged = join_overlapping(sequences) if packed is None else [
             (token, k, j) for k, sequence in enumerate(sequences) for j, token in enumerate(sequence)]
         groups: List[Tuple[Tuple[float, float], List[int]]] = []
         for token, window, position in merged:
             _, seg_start, seg_end = parts[window][2][position]
+            if packed is not None:
+                seg_start = packed[window].to_recording(seg_start)
+                seg_end = packed[window].to_recording(seg_end, closing=True)
             if groups and groups[-1][0] == (seg_start, seg_end):
                 groups[-1][1].append(token)
             else:
