@@ -9,7 +9,8 @@ cores; the wav2vec2-base architecture: random weights, 94M parameters, one train
 speechkit run): export.py (float32, then quantize=int8) with the parity gate's figures; then, per runtime,
 `transcribe.py` on a long recording made of the demo corpus' held-out clips, its speech in stretches of about 20 s
 with 10 s pauses (one third silence), as real-time factor, peak memory (the process' max RSS) and WER against the
-clips' transcripts; `transcribe.py vad=true` on the same recording (PyTorch float32); `serve.py` under
+clips' transcripts; `transcribe.py vad=true` on the same recording (PyTorch float32), every transcribe.py
+command in a fresh process, all of them in turn `--repeats` times (the median kept); `serve.py` under
 benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime's model file; and the graph alone
 (PyTorch, its conv feature encoder alone, ONNX fp32 and int8) on one batch, run in turn, warm-up runs shown. Writes
 <out>/inference.json and inference.md and prints the table.
@@ -116,6 +117,24 @@ def transcribed(model_dir: Path, audio: Path, runtime: str, vad: bool, out: Path
             "speech_s": result.get("speech_s")}
 
 
+def transcribed_in_turn(model_dir: Path, audio: Path, out: Path, reference: str, repeats: int) -> dict:
+    """transcribe.py per runtime, and with vad=true (PyTorch), each in a fresh process, all of them in turn
+    `repeats` times (so that a slow spell of the machine falls on every one alike): per kind, the median real-time
+    factor, every run's, and the largest peak RSS."""
+    kinds = {runtime: (runtime, False) for runtime in RUNTIMES} | {"vad": ("torch", True)}
+    runs = {kind: [] for kind in kinds}
+    for turn in range(repeats):
+        for kind, (runtime, vad) in kinds.items():
+            print(f"[{model_dir.parent.name}] transcribe.py {kind} ({turn + 1}/{repeats}) ...", flush=True)
+            runs[kind].append(transcribed(model_dir, audio, runtime, vad, out, reference))
+    figures = {}
+    for kind, done in runs.items():
+        factors = [r["real_time_factor"] for r in done]
+        figures[kind] = {**done[0], "real_time_factor": float(np.median(factors)), "runs": factors,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in done)}
+    return figures
+
+
 def served(model_dir: Path, clip: Path, runtime: str, args, out: Path) -> dict:
     import serve_load
 
@@ -181,14 +200,13 @@ def one_model(name: str, run_dir: Path, args, out: Path) -> dict:
 
     samples, rate = sf.read(audio, dtype="float32")
     sf.write(clip, samples[:int(args.clip_s * rate)], rate)
+    transcripts = transcribed_in_turn(model_dir, audio, out, reference, args.repeats)
     for runtime in RUNTIMES:
-        print(f"[{name}] {runtime}: transcribe.py and serve.py ...", flush=True)
+        print(f"[{name}] {runtime}: serve.py ...", flush=True)
         figures["runtimes"][runtime] = {
             "size_mb": round((model_dir / FILES[runtime]).stat().st_size / 2**20, 1),
-            "transcribe": transcribed(model_dir, audio, runtime, False, out, reference),
-            "serve": served(model_dir, clip, runtime, args, out)}
-    print(f"[{name}] torch, vad=true ...", flush=True)
-    figures["vad"] = transcribed(model_dir, audio, "torch", True, out, reference)
+            "transcribe": transcripts[runtime], "serve": served(model_dir, clip, runtime, args, out)}
+    figures["vad"] = transcripts["vad"]
     print(f"[{name}] the graph alone, one batch of {args.batch} x 20 s ...", flush=True)
     figures["model_alone"] = model_alone(model_dir, args.batch, 20.0)
     r = figures["runtimes"]
@@ -221,7 +239,9 @@ def targets(results: dict) -> dict:
 
 
 def table(results: dict, met: dict, cpu: str) -> str:
-    lines = [f"`python benchmarks/inference.py` on {cpu}, {os.cpu_count()} cores, one run:", "",
+    repeats = len(next(iter(results.values()))["vad"]["runs"])
+    lines = [f"`python benchmarks/inference.py` on {cpu}, {os.cpu_count()} cores, one run (transcribe.py: the "
+             f"median of {repeats} runs in turn):", "",
              "| model | runtime | file | RTF (transcribe.py) | speed-up | WER (long recording) | peak RSS | "
              "serve p50 | serve p99 | requests/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, f in results.items():
@@ -273,6 +293,7 @@ def main(argv=None) -> dict:
     p.add_argument("--speech-s", type=float, default=120.0, help="seconds of speech in the long recording")
     p.add_argument("--clip-s", type=float, default=8.0, help="seconds of the recording each serve.py request sends")
     p.add_argument("--batch", type=int, default=4, help="windows in the graph-alone batch (transcribe.py's batch_size)")
+    p.add_argument("--repeats", type=int, default=3, help="transcribe.py runs per runtime, in turn (the median is kept)")
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--requests", type=int, default=10, help="per client")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "inference"))
