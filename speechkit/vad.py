@@ -5,17 +5,21 @@ across blocks, so memory stays flat however long the recording is. The per-frame
 regions by silero-vad's own state machine (`get_speech_timestamps_from_probs`), each region at most the model's
 window long (a longer one is split at its best pause).
 
-transcribe.py then packs consecutive regions into windows of up to `chunk_length_s` of speech, their samples back
-to back and the pauses between them left out (as faster-whisper does; each region keeps its 0.2 s margin of the
-pause, so two regions meet over 0.4 s of it), transcribes only those and maps each time back to the recording;
-diarize.py keeps the speaker turns inside speech.
+The detector runs in a thread of its own, ahead of its reader: the state machine is run section by section, each
+section closed in the middle of a pause of a second or more (where the machine is idle, so the regions are those of
+one run over the whole recording, tested), and the regions of a closed section are handed on at once. transcribe.py
+packs them into windows of up to `chunk_length_s` of speech, their samples back to back and the pauses between them
+left out (as faster-whisper does; each region keeps its 0.2 s margin of the pause), and transcribes a window while
+the detector reads on; each time is mapped back to the recording. diarize.py keeps the speaker turns inside speech.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,10 +32,12 @@ BLOCK_FRAMES = 512  # frames per onnxruntime call: 16.4 s
 # silero-vad's defaults, but a wider margin around speech (its 30 ms would clip a word's first and last sounds, which
 # a CTC model then cannot hear)
 THRESHOLD = 0.5
+NEG_THRESHOLD = THRESHOLD - 0.15  # below it a frame is silence to the state machine (silero-vad's own default)
 MIN_SPEECH_MS = 250
 MIN_SILENCE_MS = 100
 SPEECH_PAD_MS = 200
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
+SECTION_PAUSE_FRAMES = 32  # a pause of this many silent frames (1 s) or more closes a section in its middle
 
 
 @dataclass
@@ -46,15 +52,23 @@ class Speech:
         return sum(end - start for start, end in self.regions)
 
     def windows(self, longest_s: float) -> List["Window"]:
-        """Consecutive regions packed into windows of at most `longest_s` of speech (the pauses between them left
-        out)."""
-        out: List[Window] = []
-        for start, end in self.regions:
-            if out and out[-1].duration_s + (end - start) <= longest_s:
-                out[-1].regions.append((start, end))
-            else:
-                out.append(Window([(start, end)]))
-        return out
+        """The regions packed into windows of at most `longest_s` of speech (`packed`)."""
+        return list(packed(self.regions, longest_s))
+
+
+def packed(regions: Iterable[Tuple[float, float]], longest_s: float) -> Iterator["Window"]:
+    """Consecutive regions packed into windows of at most `longest_s` of speech (the pauses between them left out),
+    each window handed on as soon as the next region does not fit in it."""
+    window: Optional[Window] = None
+    for start, end in regions:
+        if window is not None and window.duration_s + (end - start) <= longest_s:
+            window.regions.append((start, end))
+            continue
+        if window is not None:
+            yield window
+        window = Window([(start, end)])
+    if window is not None:
+        yield window
 
 
 @dataclass
@@ -104,42 +118,122 @@ class SpeechDetector:
         self._timestamps, self._frame_blocks = get_speech_timestamps_from_probs, frame_blocks
         self.session = SileroVADSequence(str(files("silero_vad.data") / MODEL_FILE), RATE).session
 
-    def probabilities(self, path: str) -> Tuple[np.ndarray, int]:
-        """Per 32 ms frame, the probability of speech, and the recording's length in samples at 16 kHz."""
+    def blocks(self, path: str, stop: Optional[threading.Event] = None) -> Iterator[Tuple[np.ndarray, int]]:
+        """Per block read from the file, the speech probability of each of its 32 ms frames, and the samples read so
+        far at 16 kHz (the recording's length, after the last block). `stop` set: no more blocks are read."""
         decoder = open_recording(path, RATE)
         block_s = BLOCK_FRAMES * FRAME / RATE
         hidden = cell = np.zeros((1, 1, 128), dtype=np.float32)
         context = np.zeros(CONTEXT, dtype=np.float32)
-        pending, probabilities, total, at = np.zeros(0, np.float32), [], 0, 0.0
-        while True:
+        pending, total, at = np.zeros(0, np.float32), 0, 0.0
+        while stop is None or not stop.is_set():
             samples = read_range(decoder, at, at + block_s)
             at += block_s
             total += samples.size
             pending = np.concatenate([pending, samples])
             ended = samples.size == 0 or samples.size < block_s * RATE - 1
             whole = pending.size if ended else pending.size // FRAME * FRAME  # the last frame zero-padded
+            values = np.zeros(0, np.float32)
             if whole:
                 rows = np.concatenate(list(self._frame_blocks(pending[:whole], FRAME, CONTEXT, BLOCK_FRAMES * 2)))
                 rows[0, :CONTEXT] = context  # the previous block's last samples, as one long call would hear them
                 context = rows[-1, -CONTEXT:].copy()
                 values, hidden, cell = self.session.run(["speech_probs", "hn", "cn"],
                                                         {"input": rows, "h": hidden, "c": cell})
-                probabilities.append(values.reshape(-1))
                 pending = pending[whole:]
+            yield values.reshape(-1), total
             if ended:
-                break
-        return (np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)), total
+                return
+
+    def probabilities(self, path: str) -> Tuple[np.ndarray, int]:
+        """Per 32 ms frame, the probability of speech, and the recording's length in samples at 16 kHz."""
+        probabilities, total = [np.zeros(0, np.float32)], 0
+        for values, total in self.blocks(path):
+            probabilities.append(values)
+        return np.concatenate(probabilities), total
+
+    def regions(self, path: str, longest_s: float) -> "Regions":
+        """The speech regions of the recording at `path`, none longer than `longest_s`, as the detector finds them:
+        it reads on in a thread of its own while they are used."""
+        return Regions(self, path, longest_s)
 
     def speech(self, path: str, longest_s: float) -> Speech:
-        """The speech regions of the recording at `path`, none longer than `longest_s`."""
-        probabilities, total = self.probabilities(path)
-        if total == 0:
-            raise ValueError(f"{path}: no audio samples")
+        """The speech regions of the recording at `path`, none longer than `longest_s`, all at once."""
+        found = self.regions(path, longest_s)
+        return Speech(list(found), found.total / RATE)
+
+    def state_machine(self, probabilities: np.ndarray, samples: int, longest_s: float) -> List[Tuple[int, int]]:
+        """silero-vad's state machine over the probabilities of `samples` samples: regions (start, end) in
+        samples."""
         found = self._timestamps(probabilities.tolist(), sampling_rate=RATE, threshold=THRESHOLD,
-                                 min_speech_duration_ms=MIN_SPEECH_MS, min_silence_duration_ms=MIN_SILENCE_MS,
-                                 speech_pad_ms=SPEECH_PAD_MS, max_speech_duration_s=longest_s,
-                                 audio_length_samples=total)
-        return Speech([(s["start"] / RATE, s["end"] / RATE) for s in found], total / RATE)
+                                 neg_threshold=NEG_THRESHOLD, min_speech_duration_ms=MIN_SPEECH_MS,
+                                 min_silence_duration_ms=MIN_SILENCE_MS, speech_pad_ms=SPEECH_PAD_MS,
+                                 max_speech_duration_s=longest_s, audio_length_samples=samples)
+        return [(s["start"], s["end"]) for s in found]
+
+
+class Regions:
+    """Speech regions (start, end) in seconds, handed on section by section while the detector reads on in a thread:
+    iterate over it; afterwards `total` is the recording's length in samples at 16 kHz.
+
+    A section ends in the middle of the last pause of `SECTION_PAUSE_FRAMES` silent frames or more (each below the
+    state machine's silence threshold) seen so far. There the machine is idle, as it is at the start of a recording,
+    and the regions on either side are more than twice the margin apart, so each section's margins are its own:
+    the regions are those of one run over the whole recording."""
+
+    def __init__(self, detector: SpeechDetector, path: str, longest_s: float):
+        self.detector, self.path, self.longest_s = detector, path, longest_s
+        self.total = 0
+        self.found: List[Tuple[float, float]] = []  # every region handed on so far
+
+    def __iter__(self) -> Iterator[Tuple[float, float]]:
+        blocks: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                for block in self.detector.blocks(self.path, stop):
+                    blocks.put(block)
+                blocks.put(None)
+            except BaseException as err:  # raised again by the reader
+                blocks.put(err)
+
+        threading.Thread(target=read, name="speech-detector", daemon=True).start()
+        pending, first = np.zeros(0, np.float32), 0  # the open section's probabilities, and its first frame
+        try:
+            while True:
+                block = blocks.get()
+                if isinstance(block, BaseException):
+                    raise block
+                if block is None:
+                    break
+                values, self.total = block
+                pending = np.concatenate([pending, values])
+                cut = section_end(pending)
+                if cut:
+                    yield from self._found(pending[:cut], first, cut * FRAME)
+                    pending, first = pending[cut:], first + cut
+            if self.total == 0:
+                raise ValueError(f"{self.path}: no audio samples")
+            yield from self._found(pending, first, self.total - first * FRAME)
+        finally:
+            stop.set()
+
+    def _found(self, probabilities: np.ndarray, first: int, samples: int) -> Iterator[Tuple[float, float]]:
+        offset = first * FRAME
+        for start, end in self.detector.state_machine(probabilities, samples, self.longest_s):
+            self.found.append(((offset + start) / RATE, (offset + end) / RATE))
+            yield self.found[-1]
+
+
+def section_end(probabilities: np.ndarray) -> int:
+    """Where a section of these frames' probabilities may end: the middle of the last run of `SECTION_PAUSE_FRAMES`
+    or more silent frames; 0 where there is none."""
+    silent = np.concatenate([[0], (probabilities < NEG_THRESHOLD).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(silent))  # run starts and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    long = np.flatnonzero(ends - starts >= SECTION_PAUSE_FRAMES)
+    return int((starts[long[-1]] + ends[long[-1]]) // 2) if long.size else 0
 
 
 def keep_speech(turns: List[tuple], regions: List[Tuple[float, float]]) -> List[tuple]:

@@ -208,6 +208,31 @@ def test_speech_regions_are_packed_without_their_pauses_and_mapped_back(paused):
     assert np.allclose(samples[-40000:], audio[160000:200000], atol=1e-6)
 
 
+def test_regions_found_section_by_section_are_those_of_one_run_over_the_recording(tmp_path):
+    """The detector hands regions on section by section, each section closed in the middle of a pause of 1 s or
+    more, while it reads on: over 50 s of sentences apart by pauses of 0.15 to 3 s (some regions split at the 3 s
+    longest), the regions are those of silero-vad's state machine run once over all the probabilities."""
+    from speechkit.data.audio import decode
+    from speechkit.vad import FRAME, RATE, SpeechDetector, section_end
+
+    rate, parts = 16000, []
+    pauses = [0.15, 0.6, 1.2, 3.0, 0.3, 2.0, 0.8, 1.5, 0.15, 2.5]
+    for i, pause in enumerate(pauses * 2):
+        said = decode(str(speak(SENTENCES[i % len(SENTENCES)] + " and " + SENTENCES[(i + 1) % len(SENTENCES)],
+                                tmp_path / f"s{i}.wav")), rate)
+        parts += [said, np.zeros(int(pause * rate), np.float32)]
+    path = tmp_path / "pauses.wav"
+    sf.write(path, np.concatenate(parts), rate)
+    detector = SpeechDetector()
+    probabilities, total = detector.probabilities(str(path))
+    whole = [(a / RATE, b / RATE) for a, b in detector.state_machine(probabilities, total, 3.0)]
+    found = detector.regions(str(path), 3.0)
+    assert list(found) == whole and found.found == whole and found.total == total
+    assert len(whole) >= 2 * len(pauses) and total > 3 * 512 * FRAME  # several blocks, so several sections
+    assert section_end(probabilities[:512]) > 0  # the first block already closes a section
+    assert max(b - a for a, b in whole) <= 3.0 and all(a2 >= b1 for (_, b1), (a2, _) in zip(whole, whole[1:]))
+
+
 def test_the_detector_reads_a_recording_block_by_block_as_one_call_would(paused, tmp_path):
     """The speech probabilities read in 16 s blocks from the file, the LSTM state and context carried across them,
     are silero-vad's own for the whole recording at once (bit for bit, at its own 16 kHz: resampled block by block,

@@ -16,7 +16,8 @@ middle plus `stride_length_s` of context on each side. Windows go through the mo
 With `vad=true`, silero-vad (speechkit/vad.py) first finds the speech; consecutive speech regions are packed into
 windows of up to `chunk_length_s` of speech, their samples back to back (the pauses between them left out, as
 faster-whisper does), and only those are transcribed, in batches, each on its own (no context across windows), every
-word and segment time mapped back to the recording. A recording with no speech gives an empty transcript. The JSON then holds `speech_regions` and
+word and segment time mapped back to the recording. The detector reads on in a thread while the model transcribes
+the windows it has found. A recording with no speech gives an empty transcript. The JSON then holds `speech_regions` and
 `speech_s`.
 """
 
@@ -45,7 +46,7 @@ from speechkit.onnx_export import for_runtime
 from speechkit.tasks import load_model_dir
 from speechkit.tasks.asr import SpeechRecognition
 from speechkit.tasks.asr.seq2seq import TIME_PRECISION
-from speechkit.vad import SpeechDetector, Window, describe
+from speechkit.vad import RATE, Regions, Speech, SpeechDetector, Window, describe, packed
 from speechkit.validation import saved_model_dir
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,10 @@ class Transcriber:
     def transcribe(self, path: str) -> dict:
         began = time.perf_counter()
         decoder = open_recording(path, self.rate)
-        if self.vad is not None:  # the speech regions alone, packed into windows of up to chunk_s
-            speech = self.vad.speech(path, self.chunk_s)
-            packed = speech.windows(self.chunk_s)  # each read on its own time line, mapped back when joined
-            spans = ((0.0, window.duration_s, 0.0, window.samples(decoder)) for window in packed)
-            count, duration = len(packed), speech.duration_s
-            log.info(describe(speech, path))
+        if self.vad is not None:  # the speech regions alone, packed into windows of up to chunk_s of speech
+            found = self.vad.regions(path, self.chunk_s)  # handed on while the detector reads on
+            packs: List[Window] = []  # every window read, to map its times back
+            spans, count = self._packed(found, decoder, packs), None
         else:
             header = decoder.metadata.duration_seconds_from_header
             count = math.ceil(header / (self.chunk_s - 2 * self.stride_s)) if header else None
@@ -149,15 +148,26 @@ class Transcriber:
         bar.close()
         if not parts and self.vad is None:
             raise ValueError(f"{path}: no audio samples")
+        extra = {}
+        if self.vad is not None:
+            speech = Speech(found.found, found.total / RATE)
+            duration = speech.duration_s
+            log.info(describe(speech, path))
+            extra = {"speech_s": round(speech.speech_s, 3),
+                     "speech_regions": [[round(a, 3), round(b, 3)] for a, b in speech.regions]}
         # windows that overlap (joined over their context), or packed speech regions (each read alone, then mapped)
-        result = self.output.join(parts, [packed[k] for k in read] if self.vad is not None else None)
+        result = self.output.join(parts, [packs[k] for k in read] if self.vad is not None else None)
         seconds = time.perf_counter() - began
-        extra = {"speech_s": round(speech.speech_s, 3), "speech_regions": [[round(a, 3), round(b, 3)]
-                                                                           for a, b in speech.regions]} \
-            if self.vad is not None else {}
         return {"file": path, "text": result.pop("text"), "duration_s": round(duration, 3),
                 "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 4),
                 **extra, **result}
+
+    def _packed(self, found: Regions, decoder, packs: List[Window]) -> Iterator[tuple]:
+        """Windows of the speech regions as they are found, each as a span on its own time line (new part =
+        the whole window), its samples its regions' back to back; each window is also kept in `packs`."""
+        for window in packed(found, self.chunk_s):
+            packs.append(window)
+            yield 0.0, window.duration_s, 0.0, window.samples(decoder)
 
 
 class CtcFrames:
