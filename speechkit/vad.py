@@ -51,10 +51,6 @@ class Speech:
     def speech_s(self) -> float:
         return sum(end - start for start, end in self.regions)
 
-    def windows(self, longest_s: float) -> List["Window"]:
-        """The regions packed into windows of at most `longest_s` of speech (`packed`)."""
-        return list(packed(self.regions, longest_s))
-
 
 def packed(regions: Iterable[Tuple[float, float]], longest_s: float) -> Iterator["Window"]:
     """Consecutive regions packed into windows of at most `longest_s` of speech (the pauses between them left out),

@@ -192,10 +192,9 @@ def test_speech_regions_are_packed_without_their_pauses_and_mapped_back(paused):
     samples back to back, and a time in the window maps back to the recording (where two regions meet: the next
     one's start, or the first one's end for a closing time)."""
     from speechkit.data.audio import decode, open_recording
-    from speechkit.vad import Speech
+    from speechkit.vad import packed
 
-    speech = Speech([(1.0, 3.0), (10.0, 12.5), (13.0, 16.0)], 20.0)
-    first, second = speech.windows(5.0)
+    first, second = packed([(1.0, 3.0), (10.0, 12.5), (13.0, 16.0)], 5.0)
     assert first.regions == [(1.0, 3.0), (10.0, 12.5)] and second.regions == [(13.0, 16.0)]
     assert first.duration_s == 4.5
     assert [first.to_recording(t) for t in (0.0, 0.5, 2.0, 3.5, 4.5)] == [1.0, 1.5, 10.0, 11.5, 12.5]
