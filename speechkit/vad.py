@@ -185,6 +185,7 @@ class Regions:
     def __iter__(self) -> Iterator[Tuple[float, float]]:
         blocks: queue.Queue = queue.Queue()
         stop = threading.Event()
+        self.total, self.found = 0, []  # read again from the start
 
         def read() -> None:
             try:
