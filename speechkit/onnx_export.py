@@ -11,21 +11,33 @@ MMS, XLSR), audio classification (wav2vec2-like, AST) and diarization frames; a 
 says why (its `onnx_refused`: w2v-BERT).
 The graph's inputs are the family's model inputs (speechkit/models/base.py: ModelInputs) with the batch axis, and
 the length axis where the family takes any length (AST's filter bank is a fixed window), dynamic; its output is
-`logits`. Whisper (encoder, and a decoder that generates) is refused in one line.
+`logits`.
+
+Whisper is two graphs: its encoder (`input_features` of its fixed window -> `last_hidden_state`, in encoder.onnx)
+and its decoder with the output projection (`decoder_input_ids` and the encoder's states -> `logits`, batch and
+length dynamic, in model.onnx, whose parity record also holds the encoder file's hash). `OnnxGenerating` puts the
+two sessions in the place of the model's encoder and forward pass, so transformers' own `generate` (the prompt, the
+suppressed tokens, timestamps, beams) runs around them unchanged. The decoder takes no past keys and values yet:
+each step runs it over the whole prefix (generation is slower than PyTorch's cached one), and torch is needed
+around it.
 
 The file names are the inference handler's (speechkit/sagemaker/inference.py), which serves these files too.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
@@ -34,7 +46,7 @@ from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PA
 
 log = logging.getLogger(__name__)
 FILES = {"none": ONNX_FILES["onnx"], "int8": ONNX_FILES["onnx_int8"]}  # export.py's quantize= -> file
-EXPORTED_HEADS = ("ctc", "classification", "frames")
+EXPORTED_HEADS = ("ctc", "classification", "frames", "seq2seq")
 LONGEST_S = 600  # the length axis's upper bound: 10 minutes of audio
 
 
@@ -56,11 +68,46 @@ def check_exportable(config, key: str = "model_dir") -> None:
 
     head, family = head_of(config), family_of(config.model_type)
     if head not in EXPORTED_HEADS:
-        raise ConfigError(f"{key}: a {head} model (Whisper); export.py exports CTC, classification and "
-                          "diarization models so far (Whisper's generating decoder is not exported yet)")
+        raise ConfigError(f"{key}: a {head} model; export.py exports CTC, Whisper, classification and diarization "
+                          "models")
     if family.onnx_refused:
         raise ConfigError(f"{key}: a {family.name} model; {family.onnx_refused} (serve it with "
                           "inference.runtime=torch)")
+
+
+def encoder_file(path: str) -> str:
+    """A Whisper export's encoder graph, beside its decoder's file (model.onnx -> encoder.onnx, model.int8.onnx ->
+    encoder.int8.onnx)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, "encoder" + name[len("model"):])
+
+
+def generates(model) -> bool:
+    """Whether the model generates (Whisper: an encoder and a decoder, two graphs) rather than giving logits in one
+    pass."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features):
+        return self.model.get_encoder()(input_features).last_hidden_state
+
+
+class _Decoder(torch.nn.Module):
+    """The decoder over a whole prefix, without past keys and values, and the output projection."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids, encoder_hidden_states):
+        states = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden_states,
+                                          use_cache=False).last_hidden_state
+        return self.model.get_output_embeddings()(states)
 
 
 def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
@@ -75,17 +122,30 @@ def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) 
     if switch:
         model.set_attn_implementation("eager")
     try:
-        return _export(model, example, path, lengths)
+        if not generates(model):
+            return _export(_Logits(model, example), example, path, lengths)
+        features = example[model.main_input_name]
+        _export(_Encoder(model), {"input_features": features}, encoder_file(path), None)
+        start = model.config.decoder_start_token_id
+        prefix = torch.full((features.shape[0], 3), start, dtype=torch.long)
+        with torch.no_grad():
+            states = model.get_encoder()(features).last_hidden_state
+        return _export(_Decoder(model), {"decoder_input_ids": prefix, "encoder_hidden_states": states}, path,
+                       (1, model.config.max_target_positions), length_of=("decoder_input_ids",))
     finally:
         if switch:
             model.set_attn_implementation(attention)
 
 
-def _export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
+def _export(graph: torch.nn.Module, example: dict, path: str, lengths: Optional[Tuple[int, int]],
+            length_of: Optional[Tuple[str, ...]] = None) -> str:
+    """`graph` (its inputs in `example`'s order) as ONNX at `path`: the batch axis dynamic, and the length axis (axis
+    1) within `lengths` of the inputs `length_of` names (all of them when None)."""
     example = {k: v.long() if k == "attention_mask" else v for k, v in example.items()}  # int64, as fed
     batch = torch.export.Dim("batch", min=1, max=1024)
     length = torch.export.Dim("length", min=lengths[0], max=lengths[1]) if lengths else None
-    dynamic = tuple({0: batch, **({1: length} if length is not None else {})} for _ in example)
+    dynamic = tuple({0: batch, **({1: length} if length is not None and (length_of is None or name in length_of)
+                                  else {})} for name in example)
     tmp = path + ".tmp"
     # The exporter and its graph optimizer narrate every step (hundreds of lines for wav2vec2): errors only
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -96,9 +156,11 @@ def _export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message="# The axis name")  # axes of one constraint share a name
-            torch.onnx.export(_Logits(model, example).eval(), tuple(example.values()), tmp,
-                              input_names=list(example), output_names=["logits"],
-                              dynamic_shapes=(dynamic,),  # one entry: the wrapper's *inputs
+            torch.onnx.export(graph.eval(), tuple(example.values()), tmp,
+                              input_names=list(example),
+                              output_names=["last_hidden_state" if isinstance(graph, _Encoder) else "logits"],
+                              # _Logits takes *inputs: one entry for them all; the other graphs one per input
+                              dynamic_shapes=(dynamic,) if isinstance(graph, _Logits) else dynamic,
                               dynamo=True, external_data=False, verbose=False)
     finally:
         for logger, level in zip(chatty, levels):
@@ -112,9 +174,11 @@ def quantize_int8(source: str, path: str) -> str:
     on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = path + ".tmp"
-    quantize_dynamic(source, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-    os.replace(tmp, path)
+    for source_file, file in ((encoder_file(source), encoder_file(path)), (source, path)):
+        if source_file == source or os.path.isfile(source_file):  # a Whisper export's encoder too
+            quantize_dynamic(source_file, file + ".tmp", weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            os.replace(file + ".tmp", file)
     return path
 
 
@@ -133,7 +197,25 @@ def for_runtime(model, model_dir: str, runtime: str):
     if runtime == "torch":
         return model
     check_exportable(model.config, f"inference.runtime={runtime} (use inference.runtime=torch)")
-    return OnnxModel(served_file(model_dir, runtime), model)
+    path = served_file(model_dir, runtime)
+    if generates(model):
+        encoder = encoder_file(path)
+        with open(os.path.join(os.path.dirname(path), PARITY)) as f:
+            wanted = json.load(f)[os.path.basename(path)].get("encoder_sha256")
+        if not os.path.isfile(encoder) or sha256(encoder) != wanted:
+            raise ConfigError(f"inference.runtime={runtime}: {encoder} is not the encoder export.py checked with "
+                              f"{path}; export it again: python export.py model_dir={model_dir}"
+                              + (" quantize=int8" if runtime == "onnx_int8" else ""))
+    return exported_model(path, model)
+
+
+def exported_model(path: str, reference, keep_reference: bool = False):
+    """The export at `path` in the place of `reference`: an OnnxModel, or for a generating model (Whisper) the
+    reference itself with its encoder and forward pass run by the two sessions (a copy of it when
+    `keep_reference`: export.py's gate runs both)."""
+    if not generates(reference):
+        return OnnxModel(path, reference)
+    return OnnxGenerating.install(copy.deepcopy(reference) if keep_reference else reference, path)
 
 
 @dataclass
@@ -172,3 +254,53 @@ class OnnxModel(torch.nn.Module):
                 feed[name] = value.float().cpu().numpy()
         logits = self.session.run(["logits"], feed)[0]
         return OnnxOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)))
+
+
+class _OnnxEncoder(torch.nn.Module):
+    """The encoder's session as the module `generate` asks the model for (`get_encoder()`)."""
+
+    def __init__(self, session, reference_encoder):
+        super().__init__()
+        self.session = session
+        self.main_input_name = getattr(reference_encoder, "main_input_name", "input_features")
+        self.config = reference_encoder.config
+
+    def forward(self, input_features=None, attention_mask=None, **_):
+        states = self.session.run(["last_hidden_state"], {"input_features": input_features.float().cpu().numpy()})[0]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(states)))
+
+
+class OnnxGenerating:
+    """A Whisper model whose encoder and forward pass are its export's two sessions (encoder.onnx, model.onnx):
+    transformers' `generate` runs around them as it runs around the PyTorch ones, without past keys and values
+    (`use_cache` off)."""
+
+    @staticmethod
+    def install(model, path: str):
+        from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+        encoder = _OnnxEncoder(onnx_session(encoder_file(path)), model.get_encoder())
+        decoder = onnx_session(path)
+
+        def get_encoder(*_, **__):
+            return encoder
+
+        def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
+                    labels=None, **_):
+            if encoder_outputs is None:
+                encoder_outputs = encoder(input_features)
+            states = encoder_outputs[0]
+            if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
+                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                       self.config.decoder_start_token_id)
+            logits = decoder.run(["logits"], {"decoder_input_ids": decoder_input_ids.long().cpu().numpy(),
+                                              "encoder_hidden_states": states.float().cpu().numpy()})[0]
+            return Seq2SeqLMOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)),
+                                   encoder_last_hidden_state=states)
+
+        model.get_encoder = get_encoder
+        model.model.get_encoder = get_encoder
+        model.forward = types.MethodType(forward, model)
+        model.generation_config.use_cache = False
+        model.onnx_file = path
+        return model

@@ -5,6 +5,7 @@ transcribed long, served; its drops and refusals named."""
 
 import csv
 import json
+import os
 import re
 import shutil
 
@@ -106,10 +107,45 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
     inside = lambda t: any(a - 1e-3 <= t <= b + 1e-3 for a, b in regions)  # noqa: E731
     assert all(inside(s["start"]) and inside(s["end"]) for s in out["segments"]), (out["segments"], regions)
 
-    # Whisper has no ONNX export yet: asked for one, refused in one line
-    with pytest.raises(ConfigError, match="inference.runtime=onnx .*Whisper"):
-        transcribe.run(compose("transcribe", [f"model_dir={run_dir / 'model'}", f"audio={long}",
-                                              "inference.runtime=onnx", "hw=cpu"]))
+
+def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_run, tmp_path, monkeypatch):
+    """export.py on a Whisper: its encoder and decoder graphs (encoder.onnx, model.onnx) scored by the task's own
+    evaluation (generation) beside the PyTorch model, the encoder's hash kept in the parity record; evaluate.py and
+    transcribe.py with inference.runtime=onnx give the PyTorch model's transcripts; a changed encoder file is refused
+    in one line, and so is serving the export through the torch-free handler."""
+    from speechkit.commands import export
+    from speechkit.commands.deploy import pack
+    from speechkit.sagemaker import inference
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(whisper_run[0], run_dir)  # the exports go into its model/
+    model_dir = run_dir / "model"
+    figures = export.run(compose("export", [f"model_dir={model_dir}"]))
+    assert figures["passed"] and figures["changed_predictions"] == 0 and figures["max_logit_difference"] < 1e-3
+    record = json.loads((model_dir / "onnx" / "parity.json").read_text())["model.onnx"]
+    assert record["encoder_sha256"] and (model_dir / "onnx" / "encoder.onnx").is_file()
+
+    result = evaluate.run(compose("evaluate", [f"model_dir={model_dir}", "dataset=demo_en", *SMALL_DEMO, "hw=cpu",
+                                               "inference.runtime=onnx", f"run_dir={tmp_path / 'eval'}"]))
+    assert [p["hypothesis"] for p in result.predictions] == [r["hypothesis"] for r in predictions(run_dir)]
+    clip = predictions(run_dir)[0]["id"]
+    for runtime in ("torch", "onnx"):
+        transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
+                                              f"inference.runtime={runtime}", f"output_dir={tmp_path / runtime}",
+                                              "progress_bar=false"]))
+    name = os.path.splitext(os.path.basename(clip))[0] + ".txt"
+    assert (tmp_path / "onnx" / name).read_text() == (tmp_path / "torch" / name).read_text()
+
+    with open(model_dir / "onnx" / "encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ConfigError, match="encoder.onnx is not the encoder export.py checked"):
+        transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
+                                              "inference.runtime=onnx"]))
+    monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx")
+    with pytest.raises(inference.InferenceError, match="Whisper.*serve it with runtime=torch"):
+        inference.model_fn(str(model_dir))
+    with pytest.raises(ConfigError, match="Whisper.*deploy it with inference.runtime=torch"):
+        pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx")
 
 
 def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_path):

@@ -9,6 +9,7 @@ s3://<sagemaker.bucket>/<sagemaker.prefix>/models/<name>/, and creates the model
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -48,6 +49,11 @@ def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
     packed = [(path, path.name) for path in files]
     if runtime != "torch":  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
         from speechkit.onnx_export import served_file
+
+        if json.loads((Path(model_dir) / "config.json").read_text()).get("is_encoder_decoder"):
+            raise ConfigError(f"inference.runtime={runtime}: {model_dir} is a Whisper model; its export runs in "
+                              "evaluate.py and transcribe.py (generation needs torch), not in the torch-free "
+                              "handler yet: deploy it with inference.runtime=torch")
 
         export = Path(served_file(model_dir, runtime))
         parity = export.with_name(inference.PARITY_FILE)

@@ -62,10 +62,11 @@ def run(raw_cfg: DictConfig) -> dict:
     path = export.export(model, example, os.path.join(folder, export.FILES["none"]), _lengths(task, model))
     if cfg.quantize.value == "int8":
         path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]))
-    log.info("Exported %s (%.1f MB)", path, os.path.getsize(path) / 2**20)
+    log.info("Exported %s (%.1f MB)%s", path, os.path.getsize(path) / 2**20,
+             f" and its encoder {export.encoder_file(path)}" if export.generates(model) else "")
 
     # 3. The parity gate: the same split, batches and scoring for both.
-    exported = export.OnnxModel(path, model)
+    exported = export.exported_model(path, model, keep_reference=True)
     with torch.no_grad():
         reference = task.evaluate(model, loader, eval_set, accelerator)
         result = task.evaluate(exported, loader, eval_set, accelerator)
@@ -74,7 +75,9 @@ def run(raw_cfg: DictConfig) -> dict:
     _record(folder, os.path.basename(path), figures)
     print(_table(figures), flush=True)
     if not figures["passed"]:
-        os.remove(path)
+        for file in (path, export.encoder_file(path)):
+            if os.path.isfile(file):
+                os.remove(file)
         raise RunError(f"the export differs from the PyTorch model by {figures['difference']:.4f} "
                        f"{figures['metric']} on {dataset.name}/{split}, above tolerance={figures['tolerance']}: "
                        f"{path} removed (the figures are in {os.path.join(folder, export.PARITY)})")
@@ -142,9 +145,11 @@ def _figures(cfg, task, path, model_dir, dataset, split, reference, result, larg
     changed = sum(p != q for p, q in zip(reference.predictions, result.predictions))
     difference = float(abs(result.metrics[first.key] - reference.metrics[first.key]))
     weights = os.path.join(model_dir, export.WEIGHTS)
+    encoder = export.encoder_file(path)  # a Whisper export's second graph
     return {"format": cfg.format.value, "quantize": cfg.quantize.value, "file": path, "sha256": export.sha256(path),
+            **({"encoder_sha256": export.sha256(encoder)} if os.path.isfile(encoder) else {}),
             "weights_sha256": export.sha256(weights) if os.path.isfile(weights) else None,
-            "size_mb": round(os.path.getsize(path) / 2**20, 2),
+            "size_mb": round(sum(os.path.getsize(f) for f in (path, encoder) if os.path.isfile(f)) / 2**20, 2),
             "pytorch_size_mb": round(os.path.getsize(weights) / 2**20, 2) if os.path.isfile(weights) else None,
             "dataset": dataset.name, "split": split, "utterances": len(result.rows), "unit": task.unit,
             "scores": {s.key: s.name for s in scores if s.key in reference.metrics},

@@ -228,8 +228,9 @@ def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
 
     task, auto = served
     if auto == "AutoModelForSpeechSeq2Seq":
-        raise InferenceError(f"inference.runtime={runtime()}: {model_dir} is a Whisper model; export.py exports "
-                             "CTC, classification and diarization models so far: serve it with runtime=torch", 500)
+        raise InferenceError(f"inference.runtime={runtime()}: {model_dir} is a Whisper model; its export runs in "
+                             "evaluate.py and transcribe.py (generation needs torch), not in this torch-free "
+                             "handler yet: serve it with runtime=torch", 500)
     session = onnx_session(checked_onnx_file(model_dir, runtime()), os.environ.get("SPEECHKIT_DEVICE", "cpu"))
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) \
