@@ -110,9 +110,9 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
 
 def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_run, tmp_path, monkeypatch):
     """export.py on a Whisper: its encoder and decoder graphs (encoder.onnx, model.onnx) scored by the task's own
-    evaluation (generation) beside the PyTorch model, the encoder's hash kept in the parity record; evaluate.py and
-    transcribe.py with inference.runtime=onnx give the PyTorch model's transcripts; a changed encoder file is refused
-    in one line, and so is serving the export through the torch-free handler."""
+    evaluation (generation) beside the PyTorch model, the encoder's hash kept in the parity record; transcribe.py with
+    inference.runtime=onnx gives the PyTorch model's transcript; a changed encoder file is refused in one line, and
+    so is serving the export through the torch-free handler or deploying it."""
     from speechkit.commands import export
     from speechkit.commands.deploy import pack
     from speechkit.sagemaker import inference
@@ -125,10 +125,7 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     record = json.loads((model_dir / "onnx" / "parity.json").read_text())["model.onnx"]
     assert record["encoder_sha256"] and (model_dir / "onnx" / "encoder.onnx").is_file()
 
-    result = evaluate.run(compose("evaluate", [f"model_dir={model_dir}", "dataset=demo_en", *SMALL_DEMO, "hw=cpu",
-                                               "inference.runtime=onnx", f"run_dir={tmp_path / 'eval'}"]))
-    assert [p["hypothesis"] for p in result.predictions] == [r["hypothesis"] for r in predictions(run_dir)]
-    clip = predictions(run_dir)[0]["id"]
+    clip = predictions(run_dir)[0]["id"]  # (evaluate.py runs it through the gate's code: for_runtime, as for CTC)
     for runtime in ("torch", "onnx"):
         transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
                                               f"inference.runtime={runtime}", f"output_dir={tmp_path / runtime}",
