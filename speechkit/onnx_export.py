@@ -82,6 +82,11 @@ def encoder_file(path: str) -> str:
     return os.path.join(folder, "encoder" + name[len("model"):])
 
 
+def graph_files(model, path: str) -> list:
+    """The files an export of `model` at `path` is made of: the file itself, and a Whisper's encoder beside it."""
+    return [encoder_file(path), path] if generates(model) else [path]
+
+
 def generates(model) -> bool:
     """Whether the model generates (Whisper: an encoder and a decoder, two graphs) rather than giving logits in one
     pass."""
@@ -169,16 +174,15 @@ def _export(graph: torch.nn.Module, example: dict, path: str, lengths: Optional[
     return path
 
 
-def quantize_int8(source: str, path: str) -> str:
+def quantize_int8(source: str, path: str, model) -> str:
     """Dynamic int8 quantization of the linear layers (MatMul, Gemm): weights stored as int8, activations quantized
     on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for source_file, file in ((encoder_file(source), encoder_file(path)), (source, path)):
-        if source_file == source or os.path.isfile(source_file):  # a Whisper export's encoder too
-            quantize_dynamic(source_file, file + ".tmp", weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-            os.replace(file + ".tmp", file)
+    for source_file, file in zip(graph_files(model, source), graph_files(model, path)):  # a Whisper's encoder too
+        quantize_dynamic(source_file, file + ".tmp", weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+        os.replace(file + ".tmp", file)
     return path
 
 

@@ -61,7 +61,7 @@ def run(raw_cfg: DictConfig) -> dict:
                if k != "labels"}  # the inputs alone (a CTC model is given its labels for its own loss)
     path = export.export(model, example, os.path.join(folder, export.FILES["none"]), _lengths(task, model))
     if cfg.quantize.value == "int8":
-        path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]))
+        path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]), model)
     log.info("Exported %s (%.1f MB)%s", path, os.path.getsize(path) / 2**20,
              f" and its encoder {export.encoder_file(path)}" if export.generates(model) else "")
 
@@ -71,13 +71,13 @@ def run(raw_cfg: DictConfig) -> dict:
         reference = task.evaluate(model, loader, eval_set, accelerator)
         result = task.evaluate(exported, loader, eval_set, accelerator)
         largest = _largest_logit_difference(task, model, exported, loader)
-    figures = _figures(cfg, task, path, model_dir, dataset, split, reference, result, largest)
+    figures = _figures(cfg, task, export.graph_files(model, path), model_dir, dataset, split, reference, result,
+                       largest)
     _record(folder, os.path.basename(path), figures)
     print(_table(figures), flush=True)
     if not figures["passed"]:
-        for file in (path, export.encoder_file(path)):
-            if os.path.isfile(file):
-                os.remove(file)
+        for file in export.graph_files(model, path):
+            os.remove(file)
         raise RunError(f"the export differs from the PyTorch model by {figures['difference']:.4f} "
                        f"{figures['metric']} on {dataset.name}/{split}, above tolerance={figures['tolerance']}: "
                        f"{path} removed (the figures are in {os.path.join(folder, export.PARITY)})")
@@ -136,7 +136,7 @@ def _largest_logit_difference(task, model, exported, loader) -> float:
     return largest
 
 
-def _figures(cfg, task, path, model_dir, dataset, split, reference, result, largest) -> dict:
+def _figures(cfg, task, files, model_dir, dataset, split, reference, result, largest) -> dict:
     """Both models' scores (the task's, the first of which the tolerance is on), the predictions that changed,
     sizes, and the hashes the handler checks before it serves the file."""
     tolerance = cfg.tolerance if cfg.tolerance is not None else TOLERANCE[cfg.quantize.value]
@@ -145,11 +145,11 @@ def _figures(cfg, task, path, model_dir, dataset, split, reference, result, larg
     changed = sum(p != q for p, q in zip(reference.predictions, result.predictions))
     difference = float(abs(result.metrics[first.key] - reference.metrics[first.key]))
     weights = os.path.join(model_dir, export.WEIGHTS)
-    encoder = export.encoder_file(path)  # a Whisper export's second graph
+    path, encoder = files[-1], files[0] if len(files) > 1 else None  # a Whisper export's second graph first
     return {"format": cfg.format.value, "quantize": cfg.quantize.value, "file": path, "sha256": export.sha256(path),
-            **({"encoder_sha256": export.sha256(encoder)} if os.path.isfile(encoder) else {}),
+            **({"encoder_sha256": export.sha256(encoder)} if encoder else {}),
             "weights_sha256": export.sha256(weights) if os.path.isfile(weights) else None,
-            "size_mb": round(sum(os.path.getsize(f) for f in (path, encoder) if os.path.isfile(f)) / 2**20, 2),
+            "size_mb": round(sum(os.path.getsize(f) for f in files) / 2**20, 2),
             "pytorch_size_mb": round(os.path.getsize(weights) / 2**20, 2) if os.path.isfile(weights) else None,
             "dataset": dataset.name, "split": split, "utterances": len(result.rows), "unit": task.unit,
             "scores": {s.key: s.name for s in scores if s.key in reference.metrics},
