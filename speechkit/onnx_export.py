@@ -15,11 +15,11 @@ the length axis where the family takes any length (AST's filter bank is a fixed 
 
 Whisper is two graphs: its encoder (`input_features` of its fixed window -> `last_hidden_state`, in encoder.onnx)
 and its decoder with the output projection (`decoder_input_ids` and the encoder's states -> `logits`, batch and
-length dynamic, in model.onnx, whose parity record also holds the encoder file's hash). `OnnxGenerating` puts the
-two sessions in the place of the model's encoder and forward pass, so transformers' own `generate` (the prompt, the
-suppressed tokens, timestamps, beams) runs around them unchanged. The decoder takes no past keys and values yet:
-each step runs it over the whole prefix (generation is slower than PyTorch's cached one), and torch is needed
-around it.
+length dynamic, in model.onnx, whose parity record also holds the encoder file's hash). The handler's
+`onnx_generating` puts the two sessions in the place of the model's encoder and forward pass, so transformers' own
+`generate` (the prompt, the suppressed tokens, timestamps, beams), and the stock pipeline around it, run unchanged.
+The decoder takes no past keys and values yet: each step runs it over the whole prefix (generation is slower than
+PyTorch's cached one), and torch is needed around it.
 
 The file names are the inference handler's (speechkit/sagemaker/inference.py), which serves these files too.
 """
@@ -30,19 +30,18 @@ import copy
 import json
 import logging
 import os
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
 from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
-                                           WEIGHTS, InferenceError, checked_onnx_file, onnx_session, sha256)
+                                           WEIGHTS, InferenceError, checked_onnx_files, encoder_file,
+                                           onnx_generating, onnx_session, sha256)
 
 log = logging.getLogger(__name__)
 FILES = {"none": ONNX_FILES["onnx"], "int8": ONNX_FILES["onnx_int8"]}  # export.py's quantize= -> file
@@ -73,13 +72,6 @@ def check_exportable(config, key: str = "model_dir") -> None:
     if family.onnx_refused:
         raise ConfigError(f"{key}: a {family.name} model; {family.onnx_refused} (serve it with "
                           "inference.runtime=torch)")
-
-
-def encoder_file(path: str) -> str:
-    """A Whisper export's encoder graph, beside its decoder's file (model.onnx -> encoder.onnx, model.int8.onnx ->
-    encoder.int8.onnx)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, "encoder" + name[len("model"):])
 
 
 def graph_files(model, path: str) -> list:
@@ -186,11 +178,12 @@ def quantize_int8(source: str, path: str, model) -> str:
     return path
 
 
-def served_file(model_dir: str, runtime: str) -> str:
-    """The checked ONNX file of `inference.runtime` (onnx, onnx_int8), refused in one line (ConfigError) when it is
-    missing, failed its parity check or is older than the weights: the handler's own check."""
+def served_files(model_dir: str, runtime: str) -> list:
+    """The checked ONNX files of `inference.runtime` (onnx, onnx_int8; a Whisper's encoder and decoder), refused in
+    one line (ConfigError) when missing, failed their parity check or older than the weights: the handler's own
+    check."""
     try:
-        return checked_onnx_file(model_dir, runtime)
+        return checked_onnx_files(model_dir, runtime)
     except InferenceError as err:
         raise ConfigError(err.message) from None
 
@@ -201,25 +194,16 @@ def for_runtime(model, model_dir: str, runtime: str):
     if runtime == "torch":
         return model
     check_exportable(model.config, f"inference.runtime={runtime} (use inference.runtime=torch)")
-    path = served_file(model_dir, runtime)
-    if generates(model):
-        encoder = encoder_file(path)
-        with open(os.path.join(os.path.dirname(path), PARITY)) as f:
-            wanted = json.load(f)[os.path.basename(path)].get("encoder_sha256")
-        if not os.path.isfile(encoder) or sha256(encoder) != wanted:
-            raise ConfigError(f"inference.runtime={runtime}: {encoder} is not the encoder export.py checked with "
-                              f"{path}; export it again: python export.py model_dir={model_dir}"
-                              + (" quantize=int8" if runtime == "onnx_int8" else ""))
-    return exported_model(path, model)
+    return exported_model(served_files(model_dir, runtime), model)
 
 
-def exported_model(path: str, reference, keep_reference: bool = False):
-    """The export at `path` in the place of `reference`: an OnnxModel, or for a generating model (Whisper) the
-    reference itself with its encoder and forward pass run by the two sessions (a copy of it when
+def exported_model(files: list, reference, keep_reference: bool = False):
+    """The export (`files`: graph_files) in the place of `reference`: an OnnxModel, or for a generating model
+    (Whisper) the reference itself with its encoder and forward pass run by the two sessions (a copy of it when
     `keep_reference`: export.py's gate runs both)."""
     if not generates(reference):
-        return OnnxModel(path, reference)
-    return OnnxGenerating.install(copy.deepcopy(reference) if keep_reference else reference, path)
+        return OnnxModel(files[-1], reference)
+    return onnx_generating(copy.deepcopy(reference) if keep_reference else reference, files)
 
 
 @dataclass
@@ -258,53 +242,3 @@ class OnnxModel(torch.nn.Module):
                 feed[name] = value.float().cpu().numpy()
         logits = self.session.run(["logits"], feed)[0]
         return OnnxOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)))
-
-
-class _OnnxEncoder(torch.nn.Module):
-    """The encoder's session as the module `generate` asks the model for (`get_encoder()`)."""
-
-    def __init__(self, session, reference_encoder):
-        super().__init__()
-        self.session = session
-        self.main_input_name = getattr(reference_encoder, "main_input_name", "input_features")
-        self.config = reference_encoder.config
-
-    def forward(self, input_features=None, attention_mask=None, **_):
-        states = self.session.run(["last_hidden_state"], {"input_features": input_features.float().cpu().numpy()})[0]
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(states)))
-
-
-class OnnxGenerating:
-    """A Whisper model whose encoder and forward pass are its export's two sessions (encoder.onnx, model.onnx):
-    transformers' `generate` runs around them as it runs around the PyTorch ones, without past keys and values
-    (`use_cache` off)."""
-
-    @staticmethod
-    def install(model, path: str):
-        from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
-        encoder = _OnnxEncoder(onnx_session(encoder_file(path)), model.get_encoder())
-        decoder = onnx_session(path)
-
-        def get_encoder(*_, **__):
-            return encoder
-
-        def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                    labels=None, **_):
-            if encoder_outputs is None:
-                encoder_outputs = encoder(input_features)
-            states = encoder_outputs[0]
-            if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
-                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
-                                                       self.config.decoder_start_token_id)
-            logits = decoder.run(["logits"], {"decoder_input_ids": decoder_input_ids.long().cpu().numpy(),
-                                              "encoder_hidden_states": states.float().cpu().numpy()})[0]
-            return Seq2SeqLMOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)),
-                                   encoder_last_hidden_state=states)
-
-        model.get_encoder = get_encoder
-        model.model.get_encoder = get_encoder
-        model.forward = types.MethodType(forward, model)
-        model.generation_config.use_cache = False
-        model.onnx_file = path
-        return model

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
@@ -111,8 +112,8 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
 def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_run, tmp_path, monkeypatch):
     """export.py on a Whisper: its encoder and decoder graphs (encoder.onnx, model.onnx) scored by the task's own
     evaluation (generation) beside the PyTorch model, the encoder's hash kept in the parity record; transcribe.py with
-    inference.runtime=onnx gives the PyTorch model's transcript; a changed encoder file is refused in one line, and
-    so is serving the export through the torch-free handler or deploying it."""
+    inference.runtime=onnx gives the PyTorch model's transcript, and the handler (serve.py, the endpoint) its answers;
+    deploy.py packs both graphs; a changed encoder file is refused in one line by each of them."""
     from speechkit.commands import export
     from speechkit.commands.deploy import pack
     from speechkit.sagemaker import inference
@@ -133,16 +134,30 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     name = os.path.splitext(os.path.basename(clip))[0] + ".txt"
     assert (tmp_path / "onnx" / name).read_text() == (tmp_path / "torch" / name).read_text()
 
+    # the handler (serve.py, the endpoint) serves it: the stock pipeline generating around the two sessions, a long
+    # clip in chunks of the window, as it serves the PyTorch model; deploy.py packs both graphs
+    audio, rate = sf.read(clip, dtype="float32")
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        monkeypatch.setenv("SPEECHKIT_RUNTIME", runtime)
+        served = inference.model_fn(str(model_dir))
+        answers[runtime] = [inference.predict_fn({"array": a, "sampling_rate": rate}, served)
+                            for a in (audio, np.tile(audio, 3))]
+    assert answers["onnx"] == answers["torch"] and answers["onnx"][1]["chunked"], answers
+    assert len(served["model"].model.encoder.layers) == 0  # the sessions stand in for them: not held twice
+    with tarfile.open(pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx")) as tar:
+        assert {"onnx/encoder.onnx", "onnx/model.onnx", "onnx/parity.json"} <= set(tar.getnames())
+
     with open(model_dir / "onnx" / "encoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ConfigError, match="encoder.onnx is not the encoder export.py checked"):
         transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
                                               "inference.runtime=onnx"]))
-    monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx")
-    with pytest.raises(inference.InferenceError, match="Whisper.*serve it with runtime=torch"):
-        inference.model_fn(str(model_dir))
-    with pytest.raises(ConfigError, match="Whisper.*deploy it with inference.runtime=torch"):
+    with pytest.raises(ConfigError, match="encoder.onnx is not the encoder export.py checked"):
         pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx")
+    monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx")
+    with pytest.raises(inference.InferenceError, match="encoder.onnx is not the encoder export.py checked"):
+        inference.model_fn(str(model_dir))
 
 
 def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_path):

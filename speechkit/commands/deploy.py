@@ -48,17 +48,11 @@ def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
                           "point it at a run's model/ folder")
     packed = [(path, path.name) for path in files]
     if runtime != "torch":  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
-        from speechkit.onnx_export import served_file
+        from speechkit.onnx_export import served_files
 
-        if json.loads((Path(model_dir) / "config.json").read_text()).get("is_encoder_decoder"):
-            raise ConfigError(f"inference.runtime={runtime}: {model_dir} is a Whisper model; its export runs in "
-                              "evaluate.py and transcribe.py (generation needs torch), not in the torch-free "
-                              "handler yet: deploy it with inference.runtime=torch")
-
-        export = Path(served_file(model_dir, runtime))
-        parity = export.with_name(inference.PARITY_FILE)
-        packed += [(export, f"{inference.ONNX_FOLDER}/{export.name}"),
-                   (parity, f"{inference.ONNX_FOLDER}/{parity.name}")]
+        exports = [Path(f) for f in served_files(model_dir, runtime)]  # a Whisper's encoder graph beside it
+        parity = exports[-1].with_name(inference.PARITY_FILE)
+        packed += [(path, f"{inference.ONNX_FOLDER}/{path.name}") for path in (*exports, parity)]
     requirements = Path(tarball).with_name("requirements.txt")
     requirements.write_text("\n".join(handler_requirements(runtime)) + "\n")
     with tarfile.open(tarball, "w:gz") as tar:

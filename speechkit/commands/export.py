@@ -66,7 +66,7 @@ def run(raw_cfg: DictConfig) -> dict:
              f" and its encoder {export.encoder_file(path)}" if export.generates(model) else "")
 
     # 3. The parity gate: the same split, batches and scoring for both.
-    exported = export.exported_model(path, model, keep_reference=True)
+    exported = export.exported_model(export.graph_files(model, path), model, keep_reference=True)
     with torch.no_grad():
         reference = task.evaluate(model, loader, eval_set, accelerator)
         result = task.evaluate(exported, loader, eval_set, accelerator)

@@ -22,8 +22,10 @@ never chunk), SPEECHKIT_STRIDE_LENGTH_S (4; none: chunk/6), SPEECHKIT_RESPONSE (
 SPEECHKIT_DEVICE (cuda when available, else cpu), SPEECHKIT_RUNTIME (torch; onnx or onnx_int8: the model's export in
 <model_dir>/onnx/, made and checked by export.py, run by onnxruntime).
 
-With an ONNX runtime the model runs without torch: features by the feature extractor in numpy, the graph by
-onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. torch is still imported for
+With an ONNX runtime a CTC model or a classifier runs without torch: features by the feature extractor in numpy,
+the graph by onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. A Whisper export (its
+encoder and decoder graphs) needs torch: the stock pipeline and transformers' `generate` run around its two
+sessions (`onnx_generating`), so its answers are made as the PyTorch model's are. torch is still imported for
 audio files and for JSON at another rate (FFmpeg's decoder and resampler come through torchcodec); JSON at the
 model's own rate touches no torch at all. The ONNX file is served only if export.py's parity record says it passed
 and was made from the weights the folder holds now, so what is served is what was scored.
@@ -118,12 +120,23 @@ def model_fn(model_dir: str, context: Any = None) -> dict:
         return onnx_model_fn(model_dir, config, served)
     import torch
     import transformers
-    from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
 
     device = os.environ.get("SPEECHKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     task, auto = served
-    model = getattr(transformers, auto).from_pretrained(model_dir, local_files_only=True,
-                                                        use_safetensors=True).to(device).eval()
+    return pipeline_model(_loaded(getattr(transformers, auto), model_dir, device), model_dir, task, device)
+
+
+def _loaded(auto, model_dir: str, device: str):
+    """The PyTorch model, from safetensors only, in eval mode on `device`."""
+    return auto.from_pretrained(model_dir, local_files_only=True, use_safetensors=True).to(device).eval()
+
+
+def pipeline_model(model, model_dir: str, task: str, device: str) -> dict:
+    """`model` (PyTorch, or a Whisper generating around its ONNX sessions) in the stock pipeline of `task`, with
+    the feature extractor and tokenizer it was trained with."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
+
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     # The tokenizer and the feature extractor passed as they are: a shipped n-gram LM (pyctcdecode, not installed in
     # the endpoint) is left out, so the endpoint decodes greedily.
@@ -180,10 +193,23 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def encoder_file(path: str) -> str:
+    """A Whisper export's encoder graph, beside its decoder's file (model.onnx -> encoder.onnx, model.int8.onnx ->
+    encoder.int8.onnx)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, "encoder" + name[len("model"):])
+
+
 def checked_onnx_file(model_dir: str, runtime: str) -> str:
-    """The ONNX file `runtime` names, served only as export.py left it: there, its parity record passed, the file
-    the one that was scored and the weights beside it the ones it was made from (a retrained model/ with a stale
-    export is refused, not served)."""
+    """The ONNX file `runtime` names (for a Whisper, its decoder's), checked as `checked_onnx_files` checks it."""
+    return checked_onnx_files(model_dir, runtime)[-1]
+
+
+def checked_onnx_files(model_dir: str, runtime: str) -> list:
+    """The ONNX files `runtime` names, served only as export.py left them: there, their parity record passed, the
+    files the ones that were scored (a Whisper's encoder graph first, then its decoder's; one file for every other
+    model) and the weights beside them the ones they were made from (a retrained model/ with a stale export is
+    refused, not served)."""
     name = ONNX_FILES[runtime]
     path = os.path.join(model_dir, ONNX_FOLDER, name)
     export = f"python export.py model_dir={model_dir}" + (" quantize=int8" if runtime == "onnx_int8" else "")
@@ -204,7 +230,13 @@ def checked_onnx_file(model_dir: str, runtime: str) -> str:
             os.path.isfile(weights) and record.get("weights_sha256") != sha256(weights)):
         raise InferenceError(f"inference.runtime={runtime}: {path} is not the file export.py checked against the "
                              f"weights beside it (one of them changed since); export it again: {export}", 500)
-    return path
+    if "encoder_sha256" not in record:
+        return [path]
+    encoder = encoder_file(path)
+    if not os.path.isfile(encoder) or sha256(encoder) != record["encoder_sha256"]:
+        raise InferenceError(f"inference.runtime={runtime}: {encoder} is not the encoder export.py checked with "
+                             f"{path}; export it again: {export}", 500)
+    return [encoder, path]
 
 
 def onnx_session(path: str, device: str = "cpu"):
@@ -221,17 +253,80 @@ def onnx_session(path: str, device: str = "cpu"):
     return ort.InferenceSession(path, options, providers=providers)
 
 
+class _EncoderSession:
+    """A Whisper export's encoder session as the encoder `generate` asks the model for (`get_encoder()`)."""
+
+    def __init__(self, session, reference):
+        self.session, self.config = session, reference.config
+        self.main_input_name = getattr(reference, "main_input_name", "input_features")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, input_features=None, attention_mask=None, **_):
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        states = self.session.run(["last_hidden_state"], {"input_features": input_features.float().cpu().numpy()})[0]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(states)).to(
+            input_features.device))
+
+
+def onnx_generating(model, files: list, device: str = "cpu"):
+    """A Whisper model (PyTorch, loaded) whose encoder and forward pass become its export's two sessions (`files`:
+    encoder.onnx, model.onnx, as checked_onnx_files gives them): transformers' `generate`, and so the stock pipeline,
+    runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps, beams), without past
+    keys and values (`use_cache` off). The PyTorch layers the sessions stand in for are dropped (only the
+    embeddings, the convolutions' shapes and the config stay), so the served process does not hold both."""
+    import types
+
+    import torch
+    from transformers.modeling_outputs import Seq2SeqLMOutput
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    encoder = _EncoderSession(onnx_session(files[0], device), model.get_encoder())
+    decoder = onnx_session(files[1], device)
+
+    def get_encoder(*_, **__):
+        return encoder
+
+    def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
+                labels=None, **_):
+        if encoder_outputs is None:
+            encoder_outputs = encoder(input_features)
+        states = encoder_outputs[0]
+        if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
+        logits = decoder.run(["logits"], {"decoder_input_ids": decoder_input_ids.long().cpu().numpy(),
+                                          "encoder_hidden_states": states.float().cpu().numpy()})[0]
+        return Seq2SeqLMOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)).to(decoder_input_ids.device),
+                               encoder_last_hidden_state=states)
+
+    model.model.encoder.layers = torch.nn.ModuleList()
+    model.model.decoder.layers = torch.nn.ModuleList()
+    model.get_encoder = get_encoder
+    model.model.get_encoder = get_encoder
+    model.forward = types.MethodType(forward, model)
+    model.generation_config.use_cache = False
+    model.onnx_file = files[-1]
+    return model
+
+
 def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
     """The model's ONNX export in an onnxruntime session, with the feature extractor and tokenizer it was trained
     with; no torch."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     task, auto = served
-    if auto == "AutoModelForSpeechSeq2Seq":
-        raise InferenceError(f"inference.runtime={runtime()}: {model_dir} is a Whisper model; its export runs in "
-                             "evaluate.py and transcribe.py (generation needs torch), not in this torch-free "
-                             "handler yet: serve it with runtime=torch", 500)
-    session = onnx_session(checked_onnx_file(model_dir, runtime()), os.environ.get("SPEECHKIT_DEVICE", "cpu"))
+    device = os.environ.get("SPEECHKIT_DEVICE", "cpu")
+    files = checked_onnx_files(model_dir, runtime())
+    if auto == "AutoModelForSpeechSeq2Seq":  # Whisper: the stock pipeline, generating around the two sessions
+        import transformers
+
+        model = onnx_generating(_loaded(transformers.AutoModelForSpeechSeq2Seq, model_dir, "cpu"), files, device)
+        return {**pipeline_model(model, model_dir, task, "cpu"), "runtime": runtime()}
+    session = onnx_session(files[-1], device)
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) \
         if task != "audio-classification" else None
