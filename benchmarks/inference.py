@@ -1,18 +1,21 @@
 """Inference per runtime: PyTorch float32 against its ONNX export (float32 and int8), and VAD-segmented
 transcription, measured side by side in one run.
 
-    python benchmarks/inference.py                      # the demo model and the wav2vec2-base architecture
+    python benchmarks/inference.py                      # the demo model, wav2vec2-base, the demo Whisper
     python benchmarks/inference.py --only demo --demo-run <a run dir of `train.py experiment=demo`>
+    python benchmarks/inference.py --only demo_whisper --whisper-run <a run dir of `experiment=demo_whisper`>
 
 For each model (the demo model: `experiment=demo`, trained here first when --demo-run is not given, 3 minutes on 2
 cores; the wav2vec2-base architecture: random weights, 94M parameters, one training step so that it is a real
-speechkit run): export.py (float32, then quantize=int8) with the parity gate's figures; then, per runtime,
+speechkit run; the demo Whisper: `experiment=demo_whisper`, trained first when --whisper-run is not given, 4 minutes
+on 2 cores): export.py (float32, then quantize=int8) with the parity gate's figures; then, per runtime,
 `transcribe.py` on a long recording made of the demo corpus' held-out clips, its speech in stretches of about 20 s
 with 10 s pauses (one third silence), as real-time factor, peak memory (the process' max RSS) and WER against the
 clips' transcripts; `transcribe.py vad=true` on the same recording (PyTorch float32), every transcribe.py
 command in a fresh process, all of them in turn `--repeats` times (the median kept); `serve.py` under
-benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime's model file; and the graph alone
-(PyTorch, its conv feature encoder alone, ONNX fp32 and int8) on one batch, run in turn, warm-up runs shown. Writes
+benchmarks/serve_load.py (p50/p99 latency, requests/s); the size of each runtime's model files (a Whisper export's
+three graphs together); and for a CTC model the graph alone (PyTorch, its conv feature encoder alone, ONNX fp32 and
+int8) on one batch, run in turn, warm-up runs shown. Writes
 <out>/inference.json and inference.md and prints the table.
 
 Targets on the CPU (docs/serving.md): wav2vec2-base ONNX int8 >= 2x the real-time factor of
@@ -37,8 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 RUNTIMES = ("torch", "onnx", "onnx_int8")
 FILES = {"torch": "model.safetensors", "onnx": "onnx/model.onnx", "onnx_int8": "onnx/model.int8.onnx"}
-BASE = ["model=wav2vec2_base", "model.name_or_path=null", "dataset.demo.num_train=24", "dataset.demo.num_test=6",
-        "trainer.max_steps=1", "trainer.batch_size=2", "trainer.eval_batch_size=2"]
+MODELS = {"demo": ["experiment=demo"], "wav2vec2_base": ["experiment=demo", "model=wav2vec2_base", "model.name_or_path=null",
+                                                         "dataset.demo.num_train=24", "dataset.demo.num_test=6",
+                                                         "trainer.max_steps=1", "trainer.batch_size=2",
+                                                         "trainer.eval_batch_size=2"],
+          "demo_whisper": ["experiment=demo_whisper"]}  # what each is trained with when no run dir is given
 
 
 def run(args, log: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
@@ -203,12 +209,15 @@ def one_model(name: str, run_dir: Path, args, out: Path) -> dict:
     transcripts = transcribed_in_turn(model_dir, audio, out, reference, args.repeats)
     for runtime in RUNTIMES:
         print(f"[{name}] {runtime}: serve.py ...", flush=True)
+        size = (model_dir / FILES[runtime]).stat().st_size / 2**20 if runtime == "torch" else \
+            parity[Path(FILES[runtime]).name]["size_mb"]  # every graph of the export (a Whisper's three)
         figures["runtimes"][runtime] = {
-            "size_mb": round((model_dir / FILES[runtime]).stat().st_size / 2**20, 1),
+            "size_mb": round(size, 1),
             "transcribe": transcripts[runtime], "serve": served(model_dir, clip, runtime, args, out)}
     figures["vad"] = transcripts["vad"]
-    print(f"[{name}] the graph alone, one batch of {args.batch} x 20 s ...", flush=True)
-    figures["model_alone"] = model_alone(model_dir, args.batch, 20.0)
+    if parity["model.onnx"].get("companion_sha256") is None:  # a CTC graph; a Whisper generates (above)
+        print(f"[{name}] the graph alone, one batch of {args.batch} x 20 s ...", flush=True)
+        figures["model_alone"] = model_alone(model_dir, args.batch, 20.0)
     r = figures["runtimes"]
     rtf = {k: v["transcribe"]["real_time_factor"] for k, v in r.items()}
     figures["ratios"] = {
@@ -266,6 +275,8 @@ def table(results: dict, met: dict, cpu: str) -> str:
     lines += ["", "| model | the graph alone, one batch: each run in turn (s) | steady | against torch |",
               "|---|---|---|---|"]
     for name, f in results.items():
+        if "model_alone" not in f:
+            continue
         a = f["model_alone"]
         for key, runs in a["runs_s"].items():
             steady, torch_s = a["steady_s"][key], a["steady_s"]["torch"]
@@ -287,9 +298,11 @@ def cpu_name() -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=["demo", "wav2vec2_base", "all"], default="all")
+    p.add_argument("--only", choices=[*MODELS, "all"], default="all")
     p.add_argument("--demo-run", help="a run dir of `train.py experiment=demo` (default: trained into <out>)")
     p.add_argument("--base-run", help="a wav2vec2-base run dir (default: made into <out>, one training step)")
+    p.add_argument("--whisper-run", help="a run dir of `train.py experiment=demo_whisper` (default: trained into "
+                   "<out>)")
     p.add_argument("--speech-s", type=float, default=120.0, help="seconds of speech in the long recording")
     p.add_argument("--clip-s", type=float, default=8.0, help="seconds of the recording each serve.py request sends")
     p.add_argument("--batch", type=int, default=4, help="windows in the graph-alone batch (transcribe.py's batch_size)")
@@ -302,14 +315,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     results = {}
-    if args.only in ("demo", "all"):
-        run_dir = Path(args.demo_run).resolve() if args.demo_run else trained_run(
-            "demo", out / "demo_run", ["experiment=demo"], out)
-        results["demo"] = one_model("demo", run_dir, args, out)
-    if args.only in ("wav2vec2_base", "all"):
-        run_dir = Path(args.base_run).resolve() if args.base_run else trained_run(
-            "wav2vec2_base", out / "wav2vec2_base_run", ["experiment=demo", *BASE], out)
-        results["wav2vec2_base"] = one_model("wav2vec2_base", run_dir, args, out)
+    given = {"demo": args.demo_run, "wav2vec2_base": args.base_run, "demo_whisper": args.whisper_run}
+    for name, overrides in MODELS.items():
+        if args.only in (name, "all"):
+            run_dir = Path(given[name]).resolve() if given[name] else trained_run(name, out / f"{name}_run",
+                                                                                 overrides, out)
+            results[name] = one_model(name, run_dir, args, out)
     met = targets(results)
     summary = {"cpu": cpu_name(), "cores": os.cpu_count(), "results": results, "targets": met}
     (out / "inference.json").write_text(json.dumps(summary, indent=1))

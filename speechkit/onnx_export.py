@@ -40,7 +40,7 @@ from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
 from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
-                                           WEIGHTS, InferenceError, checked_onnx_files, encoder_file,
+                                           WEIGHTS, InferenceError, checked_onnx_files, companion_files,
                                            onnx_generating, onnx_session, sha256)
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,14 @@ def check_exportable(config, key: str = "model_dir") -> None:
 
 
 def graph_files(model, path: str) -> list:
-    """The files an export of `model` at `path` is made of: the file itself, and a Whisper's encoder beside it."""
-    return [encoder_file(path), path] if generates(model) else [path]
+    """The files an export of `model` at `path` is made of: the file itself, and a Whisper's other graphs before it
+    (companion_files: its encoder, its decoder's step)."""
+    return [*companion_files(path), path] if generates(model) else [path]
 
 
 def generates(model) -> bool:
-    """Whether the model generates (Whisper: an encoder and a decoder, two graphs) rather than giving logits in one
-    pass."""
+    """Whether the model generates (Whisper: an encoder and a decoder, three graphs) rather than giving logits in
+    one pass."""
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
@@ -94,23 +95,67 @@ class _Encoder(torch.nn.Module):
         return self.model.get_encoder()(input_features).last_hidden_state
 
 
-class _Decoder(torch.nn.Module):
-    """The decoder over a whole prefix, without past keys and values, and the output projection."""
+def _cache_names(layers: int, kinds=("self", "cross")) -> list:
+    """Every decoder layer's keys and values, in the order the graphs take and give them."""
+    return [f"{i}.{kind}.{part}" for i in range(layers) for kind in kinds for part in ("key", "value")]
+
+
+class _Prompt(torch.nn.Module):
+    """The decoder over a prompt (no past), the output projection, and every layer's keys and values, of its
+    self-attention over the prompt and of its cross-attention over the encoder's states (computed once here, taken
+    by every later step)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, decoder_input_ids, encoder_hidden_states):
-        states = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden_states,
-                                          use_cache=False).last_hidden_state
-        return self.model.get_output_embeddings()(states)
+        out = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden_states,
+                                       use_cache=True)
+        cache = out.past_key_values
+        present = []
+        for own, cross in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
+            present += [own.keys, own.values, cross.keys, cross.values]
+        return (self.model.get_output_embeddings()(out.last_hidden_state), *present)
+
+
+class _WithPast(torch.nn.Module):
+    """One decoder step: the new token given every layer's past keys and values (its self-attention's so far and
+    its cross-attention's), its logits and its own self-attention keys and values (the caller appends them)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):  # the new token's ids, then every layer's keys and values (_cache_names)
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        decoder_input_ids, past = inputs[0], inputs[1:]
+        config = copy.deepcopy(self.model.config)
+        config.num_hidden_layers = config.decoder_layers
+        cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        for i in range(config.decoder_layers):
+            keys, values, cross_keys, cross_values = past[4 * i:4 * i + 4]
+            cache.self_attention_cache.update(keys, values, i)
+            cache.cross_attention_cache.update(cross_keys, cross_values, i)
+            cache.is_updated[i] = True  # the cross-attention reads its keys and values from the cache
+        # encoder states are not read (the cache holds what the cross-attention needs), but their presence is what
+        # turns the decoder's cross-attention on: a stand-in of one frame
+        stand_in = past[2].new_zeros(decoder_input_ids.shape[0], 1, config.d_model)
+        out = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=stand_in,
+                                       past_key_values=cache, use_cache=True)
+        new = decoder_input_ids.shape[1]
+        present = []
+        for own in out.past_key_values.self_attention_cache.layers:
+            present += [own.keys[:, :, -new:], own.values[:, :, -new:]]
+        return (self.model.get_output_embeddings()(out.last_hidden_state), *present)
 
 
 def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) -> str:
     """`model` (in eval mode) as ONNX at `path`, through a temporary file (a reader never sees half). `example`:
     a batch of the model's inputs (at least two clips: an axis of size one would be fixed); `lengths`: (shortest,
-    longest) of the length axis (axis 1), or None where it is fixed."""
+    longest) of the length axis (axis 1), or None where it is fixed. A Whisper's other graphs go beside `path`
+    (graph_files)."""
     model = model.eval()
     # Attention as plain matmuls and a softmax: SDPA exports with a NaN-safe softmax (IsNaN and Where over every
     # attention map) that cost onnxruntime about a quarter of wav2vec2-base's time (benchmarks/inference.py)
@@ -120,29 +165,51 @@ def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) 
         model.set_attn_implementation("eager")
     try:
         if not generates(model):
-            return _export(_Logits(model, example), example, path, lengths)
-        features = example[model.main_input_name]
-        _export(_Encoder(model), {"input_features": features}, encoder_file(path), None)
-        start = model.config.decoder_start_token_id
-        prefix = torch.full((features.shape[0], 3), start, dtype=torch.long)
-        with torch.no_grad():
-            states = model.get_encoder()(features).last_hidden_state
-        return _export(_Decoder(model), {"decoder_input_ids": prefix, "encoder_hidden_states": states}, path,
-                       (1, model.config.max_target_positions), length_of=("decoder_input_ids",))
+            return _export(_Logits(model, example), example, path, _axes(example, lengths), ["logits"], True)
+        return _export_whisper(model, example[model.main_input_name], path)
     finally:
         if switch:
             model.set_attn_implementation(attention)
 
 
-def _export(graph: torch.nn.Module, example: dict, path: str, lengths: Optional[Tuple[int, int]],
-            length_of: Optional[Tuple[str, ...]] = None) -> str:
-    """`graph` (its inputs in `example`'s order) as ONNX at `path`: the batch axis dynamic, and the length axis (axis
-    1) within `lengths` of the inputs `length_of` names (all of them when None)."""
-    example = {k: v.long() if k == "attention_mask" else v for k, v in example.items()}  # int64, as fed
+def _export_whisper(model, features: torch.Tensor, path: str) -> str:
+    encoder, with_past = companion_files(path)
+    _export(_Encoder(model), {"input_features": features}, encoder, _axes({"input_features": features}, None),
+            ["last_hidden_state"])
+    longest, layers = model.config.max_target_positions, model.config.decoder_layers
+    start = model.config.decoder_start_token_id
+    prompt = torch.full((features.shape[0], 3), start, dtype=torch.long)
+    with torch.no_grad():
+        states = model.get_encoder()(features).last_hidden_state
+        _, *present = _Prompt(model)(prompt, states)
+    # the prompt graph: batch and prompt length dynamic
+    example = {"decoder_input_ids": prompt, "encoder_hidden_states": states}
+    _export(_Prompt(model), example, path, _axes(example, (1, longest), ("decoder_input_ids",)),
+            ["logits", *(f"present.{n}" for n in _cache_names(layers))])
+    # the step graph: one new token, the past's length dynamic (axis 2 of the self-attention's keys and values)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    past = torch.export.Dim("past", min=1, max=longest - 1)
+    example = {"decoder_input_ids": prompt[:, :1], **{f"past.{n}": t for n, t in zip(_cache_names(layers), present)}}
+    dynamic = tuple({0: batch, **({2: past} if ".self." in name else {})} for name in example)
+    _export(_WithPast(model), example, with_past, dynamic,
+            ["logits", *(f"present.{n}" for n in _cache_names(layers, ("self",)))], True)
+    return path
+
+
+def _axes(example: dict, lengths: Optional[Tuple[int, int]], length_of: Optional[Tuple[str, ...]] = None) -> tuple:
+    """Each input's dynamic axes: the batch (axis 0), and the length (axis 1) within `lengths` of the inputs
+    `length_of` names (all of them when None; none when `lengths` is None)."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     length = torch.export.Dim("length", min=lengths[0], max=lengths[1]) if lengths else None
-    dynamic = tuple({0: batch, **({1: length} if length is not None and (length_of is None or name in length_of)
-                                  else {})} for name in example)
+    return tuple({0: batch, **({1: length} if length is not None and (length_of is None or name in length_of)
+                              else {})} for name in example)
+
+
+def _export(graph: torch.nn.Module, example: dict, path: str, dynamic: tuple, outputs: list,
+            star: bool = False) -> str:
+    """`graph` (its inputs in `example`'s order) as ONNX at `path`, its outputs named `outputs`, with the dynamic
+    axes `dynamic` (one dict per input); `star`: the graph takes its inputs as *inputs."""
+    example = {k: v.long() if k == "attention_mask" else v for k, v in example.items()}  # int64, as fed
     tmp = path + ".tmp"
     # The exporter and its graph optimizer narrate every step (hundreds of lines for wav2vec2): errors only
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -153,11 +220,10 @@ def _export(graph: torch.nn.Module, example: dict, path: str, lengths: Optional[
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message="# The axis name")  # axes of one constraint share a name
-            torch.onnx.export(graph.eval(), tuple(example.values()), tmp,
-                              input_names=list(example),
-                              output_names=["last_hidden_state" if isinstance(graph, _Encoder) else "logits"],
-                              # _Logits takes *inputs: one entry for them all; the other graphs one per input
-                              dynamic_shapes=(dynamic,) if isinstance(graph, _Logits) else dynamic,
+            torch.onnx.export(graph.eval(), tuple(example.values()), tmp, input_names=list(example),
+                              output_names=outputs,
+                              # a graph taking *inputs has one entry for them all; the others one per input
+                              dynamic_shapes=(dynamic,) if star else dynamic,
                               dynamo=True, external_data=False, verbose=False)
     finally:
         for logger, level in zip(chatty, levels):

@@ -124,7 +124,8 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     figures = export.run(compose("export", [f"model_dir={model_dir}"]))
     assert figures["passed"] and figures["changed_predictions"] == 0 and figures["max_logit_difference"] < 1e-3
     record = json.loads((model_dir / "onnx" / "parity.json").read_text())["model.onnx"]
-    assert record["encoder_sha256"] and (model_dir / "onnx" / "encoder.onnx").is_file()
+    assert set(record["companion_sha256"]) == {"encoder.onnx", "decoder_with_past.onnx"}
+    assert all((model_dir / "onnx" / name).is_file() for name in record["companion_sha256"])
 
     clip = predictions(run_dir)[0]["id"]  # (evaluate.py runs it through the gate's code: for_runtime, as for CTC)
     for runtime in ("torch", "onnx"):
@@ -150,13 +151,13 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
 
     with open(model_dir / "onnx" / "encoder.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ConfigError, match="encoder.onnx is not the encoder export.py checked"):
+    with pytest.raises(ConfigError, match="encoder.onnx is not the graph export.py checked"):
         transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
                                               "inference.runtime=onnx"]))
-    with pytest.raises(ConfigError, match="encoder.onnx is not the encoder export.py checked"):
+    with pytest.raises(ConfigError, match="encoder.onnx is not the graph export.py checked"):
         pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx")
     monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx")
-    with pytest.raises(inference.InferenceError, match="encoder.onnx is not the encoder export.py checked"):
+    with pytest.raises(inference.InferenceError, match="encoder.onnx is not the graph export.py checked"):
         inference.model_fn(str(model_dir))
 
 

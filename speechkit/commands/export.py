@@ -63,7 +63,7 @@ def run(raw_cfg: DictConfig) -> dict:
     if cfg.quantize.value == "int8":
         path = export.quantize_int8(path, os.path.join(folder, export.FILES["int8"]), model)
     log.info("Exported %s (%.1f MB)%s", path, os.path.getsize(path) / 2**20,
-             f" and its encoder {export.encoder_file(path)}" if export.generates(model) else "")
+             f" with {', '.join(export.companion_files(path))}" if export.generates(model) else "")
 
     # 3. The parity gate: the same split, batches and scoring for both.
     exported = export.exported_model(export.graph_files(model, path), model, keep_reference=True)
@@ -145,9 +145,9 @@ def _figures(cfg, task, files, model_dir, dataset, split, reference, result, lar
     changed = sum(p != q for p, q in zip(reference.predictions, result.predictions))
     difference = float(abs(result.metrics[first.key] - reference.metrics[first.key]))
     weights = os.path.join(model_dir, export.WEIGHTS)
-    path, encoder = files[-1], files[0] if len(files) > 1 else None  # a Whisper export's second graph first
+    path, companions = files[-1], files[:-1]  # a Whisper export's other graphs before model.onnx
     return {"format": cfg.format.value, "quantize": cfg.quantize.value, "file": path, "sha256": export.sha256(path),
-            **({"encoder_sha256": export.sha256(encoder)} if encoder else {}),
+            **({"companion_sha256": {os.path.basename(f): export.sha256(f) for f in companions}} if companions else {}),
             "weights_sha256": export.sha256(weights) if os.path.isfile(weights) else None,
             "size_mb": round(sum(os.path.getsize(f) for f in files) / 2**20, 2),
             "pytorch_size_mb": round(os.path.getsize(weights) / 2**20, 2) if os.path.isfile(weights) else None,

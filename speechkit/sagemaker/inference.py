@@ -193,11 +193,17 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def encoder_file(path: str) -> str:
-    """A Whisper export's encoder graph, beside its decoder's file (model.onnx -> encoder.onnx, model.int8.onnx ->
-    encoder.int8.onnx)."""
+# A Whisper export is three graphs: model.onnx (the decoder over a prompt, giving the keys and values every later
+# step takes) and, beside it, these (model.int8.onnx beside encoder.int8.onnx, ...)
+ENCODER, WITH_PAST = "encoder", "decoder_with_past"
+
+
+def companion_files(path: str) -> list:
+    """A Whisper export's other graphs, beside its prompt graph at `path` (model.onnx -> encoder.onnx,
+    decoder_with_past.onnx; model.int8.onnx -> encoder.int8.onnx, ...): its encoder, and its decoder's step, which
+    takes the keys and values of the tokens before it."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, "encoder" + name[len("model"):])
+    return [os.path.join(folder, role + name[len("model"):]) for role in (ENCODER, WITH_PAST)]
 
 
 def checked_onnx_file(model_dir: str, runtime: str) -> str:
@@ -207,8 +213,7 @@ def checked_onnx_file(model_dir: str, runtime: str) -> str:
 
 def checked_onnx_files(model_dir: str, runtime: str) -> list:
     """The ONNX files `runtime` names, served only as export.py left them: there, their parity record passed, the
-    files the ones that were scored (a Whisper's encoder graph first, then its decoder's; one file for every other
-    model) and the weights beside them the ones they were made from (a retrained model/ with a stale export is
+    files the ones that were scored (one for most models; a Whisper's three: companion_files, then model.onnx) and the weights beside them the ones they were made from (a retrained model/ with a stale export is
     refused, not served)."""
     name = ONNX_FILES[runtime]
     path = os.path.join(model_dir, ONNX_FOLDER, name)
@@ -230,13 +235,17 @@ def checked_onnx_files(model_dir: str, runtime: str) -> list:
             os.path.isfile(weights) and record.get("weights_sha256") != sha256(weights)):
         raise InferenceError(f"inference.runtime={runtime}: {path} is not the file export.py checked against the "
                              f"weights beside it (one of them changed since); export it again: {export}", 500)
-    if "encoder_sha256" not in record:
+    config_file = os.path.join(model_dir, "config.json")
+    with open(config_file) as f:
+        generates = bool(json.load(f).get("is_encoder_decoder"))
+    if not generates:
         return [path]
-    encoder = encoder_file(path)
-    if not os.path.isfile(encoder) or sha256(encoder) != record["encoder_sha256"]:
-        raise InferenceError(f"inference.runtime={runtime}: {encoder} is not the encoder export.py checked with "
-                             f"{path}; export it again: {export}", 500)
-    return [encoder, path]
+    wanted = record.get("companion_sha256") or {}
+    for companion in companion_files(path):
+        if not os.path.isfile(companion) or sha256(companion) != wanted.get(os.path.basename(companion)):
+            raise InferenceError(f"inference.runtime={runtime}: {companion} is not the graph export.py checked with "
+                                 f"{path}; export it again: {export}", 500)
+    return [*companion_files(path), path]
 
 
 def onnx_session(path: str, device: str = "cpu"):
@@ -273,34 +282,64 @@ class _EncoderSession:
 
 
 def onnx_generating(model, files: list, device: str = "cpu"):
-    """A Whisper model (PyTorch, loaded) whose encoder and forward pass become its export's two sessions (`files`:
-    encoder.onnx, model.onnx, as checked_onnx_files gives them): transformers' `generate`, and so the stock pipeline,
-    runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps, beams), without past
-    keys and values (`use_cache` off). The PyTorch layers the sessions stand in for are dropped (only the
-    embeddings, the convolutions' shapes and the config stay), so the served process does not hold both."""
+    """A Whisper model (PyTorch, loaded) whose encoder and forward pass become its export's sessions (`files`, as
+    checked_onnx_files gives them: encoder, decoder step, decoder over a prompt): transformers' `generate`, and so the
+    stock pipeline, runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps, beams).
+    Past keys and values are kept as the PyTorch model keeps them (an EncoderDecoderCache, which beam search
+    reorders): the prompt graph gives every layer's, the cross-attention's included, and each later token runs the
+    step graph on them alone. The PyTorch layers the sessions stand in for are dropped (only the embeddings, the
+    convolutions' shapes and the config stay), so the served process does not hold both."""
+    import copy
     import types
 
     import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import Seq2SeqLMOutput
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
     encoder = _EncoderSession(onnx_session(files[0], device), model.get_encoder())
-    decoder = onnx_session(files[1], device)
+    step, prompt = onnx_session(files[1], device), onnx_session(files[-1], device)
+    layers = model.config.decoder_layers
+    cache_config = copy.deepcopy(model.config)
+    cache_config.num_hidden_layers = layers  # one slot per decoder layer, as the PyTorch decoder makes it
 
     def get_encoder(*_, **__):
         return encoder
 
+    def tensor(array, like):
+        return torch.from_numpy(np.ascontiguousarray(array)).to(like.device)
+
     def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                labels=None, **_):
+                past_key_values=None, use_cache=None, labels=None, **_):
         if encoder_outputs is None:
             encoder_outputs = encoder(input_features)
         states = encoder_outputs[0]
         if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
                                                    self.config.decoder_start_token_id)
-        logits = decoder.run(["logits"], {"decoder_input_ids": decoder_input_ids.long().cpu().numpy(),
-                                          "encoder_hidden_states": states.float().cpu().numpy()})[0]
-        return Seq2SeqLMOutput(logits=torch.from_numpy(np.ascontiguousarray(logits)).to(decoder_input_ids.device),
+        ids = decoder_input_ids.long().cpu().numpy()
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            logits, *present = prompt.run(None, {"decoder_input_ids": ids,
+                                                 "encoder_hidden_states": states.float().cpu().numpy()})
+            cache = EncoderDecoderCache(DynamicCache(config=cache_config), DynamicCache(config=cache_config))
+            for i in range(layers):
+                keys, values, cross_keys, cross_values = (tensor(a, decoder_input_ids) for a in present[4 * i:4 * i + 4])
+                cache.self_attention_cache.update(keys, values, i)
+                cache.cross_attention_cache.update(cross_keys, cross_values, i)
+                cache.is_updated[i] = True
+        else:
+            cache = past_key_values
+            feed = {"decoder_input_ids": ids}
+            for i in range(layers):
+                own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
+                for kind, layer in (("self", own), ("cross", cross)):
+                    feed[f"past.{i}.{kind}.key"] = layer.keys.cpu().numpy()
+                    feed[f"past.{i}.{kind}.value"] = layer.values.cpu().numpy()
+            logits, *present = step.run(None, feed)
+            for i in range(layers):
+                cache.self_attention_cache.update(tensor(present[2 * i], decoder_input_ids),
+                                                  tensor(present[2 * i + 1], decoder_input_ids), i)
+        return Seq2SeqLMOutput(logits=tensor(logits, decoder_input_ids), past_key_values=cache,
                                encoder_last_hidden_state=states)
 
     model.model.encoder.layers = torch.nn.ModuleList()
@@ -308,7 +347,6 @@ def onnx_generating(model, files: list, device: str = "cpu"):
     model.get_encoder = get_encoder
     model.model.get_encoder = get_encoder
     model.forward = types.MethodType(forward, model)
-    model.generation_config.use_cache = False
     model.onnx_file = files[-1]
     return model
 
