@@ -100,34 +100,36 @@ def _cache_names(layers: int, kinds=("self", "cross")) -> list:
     return [f"{i}.{kind}.{part}" for i in range(layers) for kind in kinds for part in ("key", "value")]
 
 
-class _Prompt(torch.nn.Module):
-    """The decoder over a prompt (no past), the output projection, and every layer's keys and values, of its
-    self-attention over the prompt and of its cross-attention over the encoder's states (computed once here, taken
-    by every later step)."""
+class _CrossKV(torch.nn.Module):
+    """Every decoder layer's cross-attention keys and values over the encoder's states: computed once per clip (its
+    projections live in this graph alone), taken by every decoder step."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, decoder_input_ids, encoder_hidden_states):
-        out = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden_states,
-                                       use_cache=True)
-        cache = out.past_key_values
-        present = []
-        for own, cross in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
-            present += [own.keys, own.values, cross.keys, cross.values]
-        return (self.model.get_output_embeddings()(out.last_hidden_state), *present)
+    def forward(self, encoder_hidden_states):
+        batch, frames = encoder_hidden_states.shape[:2]
+        out = []
+        for layer in self.model.get_decoder().layers:
+            attention = layer.encoder_attn
+            for projection in (attention.k_proj, attention.v_proj):  # as WhisperAttention shapes them
+                out.append(projection(encoder_hidden_states).view(batch, frames, attention.num_heads,
+                                                                  attention.head_dim).transpose(1, 2))
+        return tuple(out)
 
 
-class _WithPast(torch.nn.Module):
-    """One decoder step: the new token given every layer's past keys and values (its self-attention's so far and
-    its cross-attention's), its logits and its own self-attention keys and values (the caller appends them)."""
+class _Decoder(torch.nn.Module):
+    """The decoder and the output projection over new tokens, given every layer's keys and values: its
+    self-attention's past and its cross-attention's (_CrossKV). The past always starts with one empty slot, masked
+    out, so that a prompt (no past yet) and each later token run the same graph (an exported axis cannot be empty):
+    logits, and the new tokens' own self-attention keys and values (the caller appends them to its cache)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, *inputs):  # the new token's ids, then every layer's keys and values (_cache_names)
+    def forward(self, *inputs):  # the new tokens' ids, then every layer's keys and values (_cache_names)
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         decoder_input_ids, past = inputs[0], inputs[1:]
@@ -139,12 +141,20 @@ class _WithPast(torch.nn.Module):
             cache.self_attention_cache.update(keys, values, i)
             cache.cross_attention_cache.update(cross_keys, cross_values, i)
             cache.is_updated[i] = True  # the cross-attention reads its keys and values from the cache
+        batch, new = decoder_input_ids.shape
+        slots = past[0].shape[2]  # the empty slot and the tokens before these
+        positions = (torch.arange(new) + (slots - 1)).unsqueeze(0).expand(batch, -1)
+        # each new token sees the tokens before it and itself, never the empty slot: an additive mask, as the eager
+        # attention the export runs takes it
+        seen = torch.arange(slots + new).unsqueeze(0)
+        allowed = (seen >= 1) & (seen < slots + torch.arange(new).unsqueeze(1) + 1)
+        mask = torch.zeros(new, slots + new).masked_fill(~allowed, torch.finfo(torch.float32).min)
         # encoder states are not read (the cache holds what the cross-attention needs), but their presence is what
         # turns the decoder's cross-attention on: a stand-in of one frame
-        stand_in = past[2].new_zeros(decoder_input_ids.shape[0], 1, config.d_model)
+        stand_in = past[2].new_zeros(batch, 1, config.d_model)
         out = self.model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=stand_in,
-                                       past_key_values=cache, use_cache=True)
-        new = decoder_input_ids.shape[1]
+                                       past_key_values=cache, attention_mask=mask.expand(batch, 1, -1, -1),
+                                       position_ids=positions, use_cache=True)
         present = []
         for own in out.past_key_values.self_attention_cache.layers:
             present += [own.keys[:, :, -new:], own.values[:, :, -new:]]
@@ -173,27 +183,32 @@ def export(model, example: dict, path: str, lengths: Optional[Tuple[int, int]]) 
 
 
 def _export_whisper(model, features: torch.Tensor, path: str) -> str:
-    encoder, with_past = companion_files(path)
+    encoder, cross = companion_files(path)
+    layers, longest = model.config.decoder_layers, model.config.max_target_positions
     _export(_Encoder(model), {"input_features": features}, encoder, _axes({"input_features": features}, None),
             ["last_hidden_state"])
-    longest, layers = model.config.max_target_positions, model.config.decoder_layers
-    start = model.config.decoder_start_token_id
-    prompt = torch.full((features.shape[0], 3), start, dtype=torch.long)
     with torch.no_grad():
         states = model.get_encoder()(features).last_hidden_state
-        _, *present = _Prompt(model)(prompt, states)
-    # the prompt graph: batch and prompt length dynamic
-    example = {"decoder_input_ids": prompt, "encoder_hidden_states": states}
-    _export(_Prompt(model), example, path, _axes(example, (1, longest), ("decoder_input_ids",)),
-            ["logits", *(f"present.{n}" for n in _cache_names(layers))])
-    # the step graph: one new token, the past's length dynamic (axis 2 of the self-attention's keys and values)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    past = torch.export.Dim("past", min=1, max=longest - 1)
-    example = {"decoder_input_ids": prompt[:, :1], **{f"past.{n}": t for n, t in zip(_cache_names(layers), present)}}
-    dynamic = tuple({0: batch, **({2: past} if ".self." in name else {})} for name in example)
-    _export(_WithPast(model), example, with_past, dynamic,
-            ["logits", *(f"present.{n}" for n in _cache_names(layers, ("self",)))], True)
-    return path
+        cross_kv = _CrossKV(model)(states)
+    _export(_CrossKV(model), {"encoder_hidden_states": states}, cross, _axes({"encoder_hidden_states": states}, None),
+            [f"cross.{n}" for n in _cache_names(layers, ("cross",))])
+    # the decoder: batch, new tokens (a prompt's 3, or 1) and past slots (the empty one, and 2 tokens) dynamic
+    batch = features.shape[0]
+    own = model.get_decoder().layers[0].self_attn
+    empty = torch.zeros(batch, own.num_heads, 2, own.head_dim)  # the empty slot and one token (sizes apart from new)
+    past = {}
+    for i in range(layers):
+        past.update({f"past.{i}.self.key": empty, f"past.{i}.self.value": empty,
+                     f"past.{i}.cross.key": cross_kv[2 * i], f"past.{i}.cross.value": cross_kv[2 * i + 1]})
+    ids = torch.full((batch, 3), model.config.decoder_start_token_id, dtype=torch.long)
+    example = {"decoder_input_ids": ids, **past}
+    dims = {"batch": torch.export.Dim("batch", min=1, max=1024),
+            "new": torch.export.Dim("new", min=1, max=longest),
+            "slots": torch.export.Dim("slots", min=1, max=longest)}
+    dynamic = tuple({0: dims["batch"], **({1: dims["new"]} if name == "decoder_input_ids" else {}),
+                     **({2: dims["slots"]} if ".self." in name else {})} for name in example)
+    return _export(_Decoder(model), example, path, dynamic,
+                   ["logits", *(f"present.{n}" for n in _cache_names(layers, ("self",)))], True)
 
 
 def _axes(example: dict, lengths: Optional[Tuple[int, int]], length_of: Optional[Tuple[str, ...]] = None) -> tuple:

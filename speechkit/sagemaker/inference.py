@@ -193,17 +193,17 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-# A Whisper export is three graphs: model.onnx (the decoder over a prompt, giving the keys and values every later
-# step takes) and, beside it, these (model.int8.onnx beside encoder.int8.onnx, ...)
-ENCODER, WITH_PAST = "encoder", "decoder_with_past"
+# A Whisper export is three graphs: model.onnx (its decoder, which takes past keys and values) and, beside it, these
+# (model.int8.onnx beside encoder.int8.onnx, ...)
+ENCODER, CROSS = "encoder", "cross_kv"
 
 
 def companion_files(path: str) -> list:
-    """A Whisper export's other graphs, beside its prompt graph at `path` (model.onnx -> encoder.onnx,
-    decoder_with_past.onnx; model.int8.onnx -> encoder.int8.onnx, ...): its encoder, and its decoder's step, which
-    takes the keys and values of the tokens before it."""
+    """A Whisper export's other graphs, beside its decoder's at `path` (model.onnx -> encoder.onnx, cross_kv.onnx;
+    model.int8.onnx -> encoder.int8.onnx, ...): its encoder, and its cross-attention's keys and values over the
+    encoder's states (computed once per clip)."""
     folder, name = os.path.split(path)
-    return [os.path.join(folder, role + name[len("model"):]) for role in (ENCODER, WITH_PAST)]
+    return [os.path.join(folder, role + name[len("model"):]) for role in (ENCODER, CROSS)]
 
 
 def checked_onnx_file(model_dir: str, runtime: str) -> str:
@@ -248,9 +248,11 @@ def checked_onnx_files(model_dir: str, runtime: str) -> list:
     return [*companion_files(path), path]
 
 
-def onnx_session(path: str, device: str = "cpu"):
+def onnx_session(path: str, device: str = "cpu", spinning: bool = True):
     """An onnxruntime session of `path` (on CUDA where `device` says so and onnxruntime has it), as the handler,
-    export.py's parity gate, evaluate.py and transcribe.py run an export."""
+    export.py's parity gate, evaluate.py and transcribe.py run an export. `spinning`: whether its threads spin
+    waiting for work after a run (onnxruntime's default, for back-to-back runs; off where PyTorch works between
+    runs, as around a Whisper's decoder steps, whose threads the spinning would starve)."""
     import onnxruntime as ort
 
     wanted = "CUDAExecutionProvider" if device.startswith("cuda") else None
@@ -259,6 +261,8 @@ def onnx_session(path: str, device: str = "cpu"):
     # No memory pattern: planned for each input shape, it holds every activation buffer of the largest request at
     # once (wav2vec2-base int8 on 4 x 20 s: 3.4 GB peak with it, 1.8 GB without, the same speed)
     options.enable_mem_pattern = False
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=providers)
 
 
@@ -283,12 +287,12 @@ class _EncoderSession:
 
 def onnx_generating(model, files: list, device: str = "cpu"):
     """A Whisper model (PyTorch, loaded) whose encoder and forward pass become its export's sessions (`files`, as
-    checked_onnx_files gives them: encoder, decoder step, decoder over a prompt): transformers' `generate`, and so the
-    stock pipeline, runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps, beams).
-    Past keys and values are kept as the PyTorch model keeps them (an EncoderDecoderCache, which beam search
-    reorders): the prompt graph gives every layer's, the cross-attention's included, and each later token runs the
-    step graph on them alone. The PyTorch layers the sessions stand in for are dropped (only the embeddings, the
-    convolutions' shapes and the config stay), so the served process does not hold both."""
+    checked_onnx_files gives them: encoder, cross-attention keys and values, decoder): transformers' `generate`, and
+    so the stock pipeline, runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps,
+    beams). Past keys and values are kept as the PyTorch model keeps them, in an EncoderDecoderCache (which beam
+    search reorders): the cross-attention's computed once per clip, and each step runs the decoder on the new token
+    alone. The PyTorch layers the sessions stand in for are dropped (only the embeddings, the convolutions' shapes
+    and the config stay), so the served process does not hold both."""
     import copy
     import types
 
@@ -297,17 +301,14 @@ def onnx_generating(model, files: list, device: str = "cpu"):
     from transformers.modeling_outputs import Seq2SeqLMOutput
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-    encoder = _EncoderSession(onnx_session(files[0], device), model.get_encoder())
-    step, prompt = onnx_session(files[1], device), onnx_session(files[-1], device)
+    encoder = _EncoderSession(onnx_session(files[0], device, spinning=False), model.get_encoder())
+    cross, decoder = (onnx_session(f, device, spinning=False) for f in files[1:])
     layers = model.config.decoder_layers
     cache_config = copy.deepcopy(model.config)
     cache_config.num_hidden_layers = layers  # one slot per decoder layer, as the PyTorch decoder makes it
 
     def get_encoder(*_, **__):
         return encoder
-
-    def tensor(array, like):
-        return torch.from_numpy(np.ascontiguousarray(array)).to(like.device)
 
     def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 past_key_values=None, use_cache=None, labels=None, **_):
@@ -317,29 +318,33 @@ def onnx_generating(model, files: list, device: str = "cpu"):
         if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
                                                    self.config.decoder_start_token_id)
-        ids = decoder_input_ids.long().cpu().numpy()
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
-            logits, *present = prompt.run(None, {"decoder_input_ids": ids,
-                                                 "encoder_hidden_states": states.float().cpu().numpy()})
+        like = decoder_input_ids
+        if past_key_values is None or past_key_values.get_seq_length() == 0:  # a prompt: the clip's cross keys
             cache = EncoderDecoderCache(DynamicCache(config=cache_config), DynamicCache(config=cache_config))
+            kv = cross.run(None, {"encoder_hidden_states": states.float().cpu().numpy()})
             for i in range(layers):
-                keys, values, cross_keys, cross_values = (tensor(a, decoder_input_ids) for a in present[4 * i:4 * i + 4])
-                cache.self_attention_cache.update(keys, values, i)
-                cache.cross_attention_cache.update(cross_keys, cross_values, i)
+                cache.cross_attention_cache.update(torch.from_numpy(kv[2 * i]).to(like.device),
+                                                   torch.from_numpy(kv[2 * i + 1]).to(like.device), i)
                 cache.is_updated[i] = True
         else:
             cache = past_key_values
-            feed = {"decoder_input_ids": ids}
-            for i in range(layers):
-                own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
-                for kind, layer in (("self", own), ("cross", cross)):
-                    feed[f"past.{i}.{kind}.key"] = layer.keys.cpu().numpy()
-                    feed[f"past.{i}.{kind}.value"] = layer.values.cpu().numpy()
-            logits, *present = step.run(None, feed)
-            for i in range(layers):
-                cache.self_attention_cache.update(tensor(present[2 * i], decoder_input_ids),
-                                                  tensor(present[2 * i + 1], decoder_input_ids), i)
-        return Seq2SeqLMOutput(logits=tensor(logits, decoder_input_ids), past_key_values=cache,
+        feed = {"decoder_input_ids": like.long().cpu().numpy()}
+        batch = like.shape[0]
+        for i in range(layers):
+            cross_layer = cache.cross_attention_cache.layers[i]
+            heads, dim = cross_layer.keys.shape[1], cross_layer.keys.shape[3]
+            empty = np.zeros((batch, heads, 1, dim), np.float32)  # the decoder's masked first slot
+            own = cache.self_attention_cache.layers[i] if i < len(cache.self_attention_cache.layers) else None
+            for part in ("key", "value"):
+                past = getattr(own, part + "s", None) if own is not None else None
+                feed[f"past.{i}.self.{part}"] = empty if past is None or past.numel() == 0 else \
+                    np.concatenate([empty, past.cpu().numpy()], axis=2)
+                feed[f"past.{i}.cross.{part}"] = getattr(cross_layer, part + "s").cpu().numpy()
+        logits, *present = decoder.run(None, feed)
+        for i in range(layers):
+            cache.self_attention_cache.update(torch.from_numpy(present[2 * i]).to(like.device),
+                                              torch.from_numpy(present[2 * i + 1]).to(like.device), i)
+        return Seq2SeqLMOutput(logits=torch.from_numpy(logits).to(like.device), past_key_values=cache,
                                encoder_last_hidden_state=states)
 
     model.model.encoder.layers = torch.nn.ModuleList()
