@@ -192,13 +192,18 @@ def _export_whisper(model, features: torch.Tensor, path: str) -> str:
         cross_kv = _CrossKV(model)(states)
     _export(_CrossKV(model), {"encoder_hidden_states": states}, cross, _axes({"encoder_hidden_states": states}, None),
             [f"cross.{n}" for n in _cache_names(layers, ("cross",))])
-    # the decoder: batch, new tokens (a prompt's 3, or 1) and past slots (the empty one, and 2 tokens) dynamic
+    # the decoder: batch, new tokens (a prompt's, or 1) and past slots dynamic
     batch = features.shape[0]
     own = model.get_decoder().layers[0].self_attn
-    empty = torch.zeros(batch, own.num_heads, 2, own.head_dim)  # the empty slot and one token (sizes apart from new)
+    # traced as a prompt runs it: the empty slot alone, a tensor of its own for every input (the exporter takes one
+    # tensor given twice for one input: every layer's past was then read from the first's, which the prompt, whose
+    # past is empty, does not show, but every later step did; the test checks steps against PyTorch)
+    def empty():
+        return torch.zeros(batch, own.num_heads, 1, own.head_dim)
+
     past = {}
     for i in range(layers):
-        past.update({f"past.{i}.self.key": empty, f"past.{i}.self.value": empty,
+        past.update({f"past.{i}.self.key": empty(), f"past.{i}.self.value": empty(),
                      f"past.{i}.cross.key": cross_kv[2 * i], f"past.{i}.cross.value": cross_kv[2 * i + 1]})
     ids = torch.full((batch, 3), model.config.decoder_start_token_id, dtype=torch.long)
     example = {"decoder_input_ids": ids, **past}

@@ -127,6 +127,27 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     assert set(record["companion_sha256"]) == {"encoder.onnx", "cross_kv.onnx"}
     assert all((model_dir / "onnx" / name).is_file() for name in record["companion_sha256"])
 
+    # the decoder graph, step by step on the cache it gives, against PyTorch over the whole sequence
+    from transformers import WhisperForConditionalGeneration
+
+    from speechkit.onnx_export import exported_model, graph_files
+
+    reference = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    steps = exported_model(graph_files(reference, str(model_dir / "onnx" / "model.onnx")), reference,
+                           keep_reference=True)
+    torch.manual_seed(0)
+    features = torch.randn(2, reference.config.num_mel_bins, 2 * reference.config.max_source_positions)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 6))
+    with torch.no_grad():
+        expected = reference(input_features=features, decoder_input_ids=ids).logits
+        out = steps(input_features=features, decoder_input_ids=ids[:, :3])  # a prompt of 3, then one at a time
+        logits = [out.logits]
+        for t in range(3, 6):
+            out = steps(encoder_outputs=(out.encoder_last_hidden_state,), decoder_input_ids=ids[:, t:t + 1],
+                        past_key_values=out.past_key_values)
+            logits.append(out.logits)
+    assert (torch.cat(logits, 1) - expected).abs().max() < 1e-4
+
     clip = predictions(run_dir)[0]["id"]  # (evaluate.py runs it through the gate's code: for_runtime, as for CTC)
     for runtime in ("torch", "onnx"):
         transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
