@@ -159,7 +159,7 @@ class Transcriber:
         result = self.output.join(parts, [packs[k] for k in read] if self.vad is not None else None)
         seconds = time.perf_counter() - began
         return {"file": path, "text": result.pop("text"), "duration_s": round(duration, 3),
-                "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 4),
+                "decoder": self.output.decoder, "real_time_factor": round(seconds / max(duration, 1e-9), 6),
                 **extra, **result}
 
     def _packed(self, found: Regions, decoder, packs: List[Window]) -> Iterator[tuple]:
