@@ -155,15 +155,19 @@ def served(model_dir: Path, clip: Path, runtime: str, args, out: Path) -> dict:
 
 
 def model_alone(model_dir: Path, batch: int, seconds: float, runs: int = 4) -> dict:
-    """The graph alone, in a process of its own (spawned, not forked): PyTorch fp32 (and its conv feature encoder
+    """The graph alone, in a process of its own: PyTorch fp32 (and its conv feature encoder
     alone), ONNX fp32 and int8 on one batch of `batch` windows of `seconds` of noise, each run `runs` times (the first
     ones include warming up): every run's seconds. Not in this process: it would keep the models' memory, and a
     command started after it would report that as its own peak (a forked child's ru_maxrss counts the parent's pages
     it held until exec: 4690 MB for every demo Whisper command run after wav2vec2-base's graph here)."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_model_alone, (model_dir, batch, seconds, runs))
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import inference; "
+            "print(json.dumps(inference._model_alone(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), "
+            "int(sys.argv[5]))))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks"), str(model_dir), str(batch),
+                           str(seconds), str(runs)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the graph-alone timing of {model_dir} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _model_alone(model_dir: Path, batch: int, seconds: float, runs: int) -> dict:
