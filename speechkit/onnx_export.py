@@ -13,13 +13,13 @@ The graph's inputs are the family's model inputs (speechkit/models/base.py: Mode
 the length axis where the family takes any length (AST's filter bank is a fixed window), dynamic; its output is
 `logits`.
 
-Whisper is two graphs: its encoder (`input_features` of its fixed window -> `last_hidden_state`, in encoder.onnx)
-and its decoder with the output projection (`decoder_input_ids` and the encoder's states -> `logits`, batch and
-length dynamic, in model.onnx, whose parity record also holds the encoder file's hash). The handler's
-`onnx_generating` puts the two sessions in the place of the model's encoder and forward pass, so transformers' own
-`generate` (the prompt, the suppressed tokens, timestamps, beams), and the stock pipeline around it, run unchanged.
-The decoder takes no past keys and values yet: each step runs it over the whole prefix (generation is slower than
-PyTorch's cached one), and torch is needed around it.
+Whisper is three graphs (graph_files): its encoder (`input_features` of its fixed window -> `last_hidden_state`,
+in encoder.onnx), every decoder layer's cross-attention keys and values over those states (cross_kv.onnx, run once
+per clip), and its decoder with the output projection (new `decoder_input_ids` and every layer's past keys and
+values -> `logits` and the new tokens' keys and values, in model.onnx, whose parity record also holds the other
+graphs' hashes). The handler's `onnx_generating` puts the sessions in the place of the model's encoder and forward
+pass, with the keys and values in transformers' own cache, so `generate` (the prompt, the suppressed tokens,
+timestamps, beams), and the stock pipeline around it, run unchanged; torch is needed around them.
 
 The file names are the inference handler's (speechkit/sagemaker/inference.py), which serves these files too.
 """
@@ -27,7 +27,6 @@ The file names are the inference handler's (speechkit/sagemaker/inference.py), w
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import warnings
@@ -76,7 +75,7 @@ def check_exportable(config, key: str = "model_dir") -> None:
 
 def graph_files(model, path: str) -> list:
     """The files an export of `model` at `path` is made of: the file itself, and a Whisper's other graphs before it
-    (companion_files: its encoder, its decoder's step)."""
+    (companion_files: its encoder, its cross-attention's keys and values)."""
     return [*companion_files(path), path] if generates(model) else [path]
 
 
@@ -257,7 +256,7 @@ def quantize_int8(source: str, path: str, model) -> str:
     on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for source_file, file in zip(graph_files(model, source), graph_files(model, path)):  # a Whisper's encoder too
+    for source_file, file in zip(graph_files(model, source), graph_files(model, path)):  # a Whisper's three
         quantize_dynamic(source_file, file + ".tmp", weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gemm"])
         os.replace(file + ".tmp", file)
@@ -265,7 +264,7 @@ def quantize_int8(source: str, path: str, model) -> str:
 
 
 def served_files(model_dir: str, runtime: str) -> list:
-    """The checked ONNX files of `inference.runtime` (onnx, onnx_int8; a Whisper's encoder and decoder), refused in
+    """The checked ONNX files of `inference.runtime` (onnx, onnx_int8; a Whisper's three graphs), refused in
     one line (ConfigError) when missing, failed their parity check or older than the weights: the handler's own
     check."""
     try:
@@ -285,7 +284,7 @@ def for_runtime(model, model_dir: str, runtime: str):
 
 def exported_model(files: list, reference, keep_reference: bool = False):
     """The export (`files`: graph_files) in the place of `reference`: an OnnxModel, or for a generating model
-    (Whisper) the reference itself with its encoder and forward pass run by the two sessions (a copy of it when
+    (Whisper) the reference itself with its encoder and forward pass run by the sessions (a copy of it when
     `keep_reference`: export.py's gate runs both)."""
     if not generates(reference):
         return OnnxModel(files[-1], reference)

@@ -110,10 +110,11 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
 
 
 def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_run, tmp_path, monkeypatch):
-    """export.py on a Whisper: its encoder and decoder graphs (encoder.onnx, model.onnx) scored by the task's own
-    evaluation (generation) beside the PyTorch model, the encoder's hash kept in the parity record; transcribe.py with
-    inference.runtime=onnx gives the PyTorch model's transcript, and the handler (serve.py, the endpoint) its answers;
-    deploy.py packs both graphs; a changed encoder file is refused in one line by each of them."""
+    """export.py on a Whisper: its three graphs (encoder.onnx, cross_kv.onnx, model.onnx) scored by the task's own
+    evaluation (generation) beside the PyTorch model, the other graphs' hashes kept in the parity record; the decoder
+    step by step on its cache as PyTorch over the whole sequence; transcribe.py with inference.runtime=onnx gives the
+    PyTorch model's transcript, and the handler (serve.py, the endpoint) its answers; deploy.py packs the three
+    graphs; a changed encoder file is refused in one line by each of them."""
     from speechkit.commands import export
     from speechkit.commands.deploy import pack
     from speechkit.sagemaker import inference
@@ -156,7 +157,7 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     name = os.path.splitext(os.path.basename(clip))[0] + ".txt"
     assert (tmp_path / "onnx" / name).read_text() == (tmp_path / "torch" / name).read_text()
 
-    # the handler (serve.py, the endpoint) serves it: the stock pipeline generating around the two sessions, a long
+    # the handler (serve.py, the endpoint) serves it: the stock pipeline generating around the sessions, a long
     # clip in chunks of the window, as it serves the PyTorch model; deploy.py packs both graphs
     audio, rate = sf.read(clip, dtype="float32")
     answers = {}

@@ -9,7 +9,6 @@ s3://<sagemaker.bucket>/<sagemaker.prefix>/models/<name>/, and creates the model
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -50,7 +49,7 @@ def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
     if runtime != "torch":  # refused here, before anything is uploaded, as the endpoint would refuse it at start-up
         from speechkit.onnx_export import served_files
 
-        exports = [Path(f) for f in served_files(model_dir, runtime)]  # a Whisper's encoder graph beside it
+        exports = [Path(f) for f in served_files(model_dir, runtime)]  # a Whisper's three graphs
         parity = exports[-1].with_name(inference.PARITY_FILE)
         packed += [(path, f"{inference.ONNX_FOLDER}/{path.name}") for path in (*exports, parity)]
     requirements = Path(tarball).with_name("requirements.txt")

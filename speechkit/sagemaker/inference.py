@@ -24,8 +24,8 @@ SPEECHKIT_DEVICE (cuda when available, else cpu), SPEECHKIT_RUNTIME (torch; onnx
 
 With an ONNX runtime a CTC model or a classifier runs without torch: features by the feature extractor in numpy,
 the graph by onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. A Whisper export (its
-encoder and decoder graphs) needs torch: the stock pipeline and transformers' `generate` run around its two
-sessions (`onnx_generating`), so its answers are made as the PyTorch model's are. torch is still imported for
+three graphs) needs torch: the stock pipeline and transformers' `generate` run around its sessions
+(`onnx_generating`), so its answers are made as the PyTorch model's are. torch is still imported for
 audio files and for JSON at another rate (FFmpeg's decoder and resampler come through torchcodec); JSON at the
 model's own rate touches no torch at all. The ONNX file is served only if export.py's parity record says it passed
 and was made from the weights the folder holds now, so what is served is what was scored.
@@ -206,15 +206,11 @@ def companion_files(path: str) -> list:
     return [os.path.join(folder, role + name[len("model"):]) for role in (ENCODER, CROSS)]
 
 
-def checked_onnx_file(model_dir: str, runtime: str) -> str:
-    """The ONNX file `runtime` names (for a Whisper, its decoder's), checked as `checked_onnx_files` checks it."""
-    return checked_onnx_files(model_dir, runtime)[-1]
-
-
 def checked_onnx_files(model_dir: str, runtime: str) -> list:
     """The ONNX files `runtime` names, served only as export.py left them: there, their parity record passed, the
-    files the ones that were scored (one for most models; a Whisper's three: companion_files, then model.onnx) and the weights beside them the ones they were made from (a retrained model/ with a stale export is
-    refused, not served)."""
+    files the ones that were scored (one for most models; a Whisper's three: companion_files, then model.onnx) and
+    the weights beside them the ones they were made from (a retrained model/ with a stale export is refused, not
+    served)."""
     name = ONNX_FILES[runtime]
     path = os.path.join(model_dir, ONNX_FOLDER, name)
     export = f"python export.py model_dir={model_dir}" + (" quantize=int8" if runtime == "onnx_int8" else "")
@@ -334,9 +330,9 @@ def onnx_generating(model, files: list, device: str = "cpu"):
             cross_layer = cache.cross_attention_cache.layers[i]
             heads, dim = cross_layer.keys.shape[1], cross_layer.keys.shape[3]
             empty = np.zeros((batch, heads, 1, dim), np.float32)  # the decoder's masked first slot
-            own = cache.self_attention_cache.layers[i] if i < len(cache.self_attention_cache.layers) else None
+            own = cache.self_attention_cache.layers[i]  # one per layer (cache_config); empty before the prompt
             for part in ("key", "value"):
-                past = getattr(own, part + "s", None) if own is not None else None
+                past = getattr(own, part + "s")
                 feed[f"past.{i}.self.{part}"] = empty if past is None or past.numel() == 0 else \
                     np.concatenate([empty, past.cpu().numpy()], axis=2)
                 feed[f"past.{i}.cross.{part}"] = getattr(cross_layer, part + "s").cpu().numpy()
@@ -352,7 +348,6 @@ def onnx_generating(model, files: list, device: str = "cpu"):
     model.get_encoder = get_encoder
     model.model.get_encoder = get_encoder
     model.forward = types.MethodType(forward, model)
-    model.onnx_file = files[-1]
     return model
 
 
@@ -364,7 +359,7 @@ def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
     task, auto = served
     device = os.environ.get("SPEECHKIT_DEVICE", "cpu")
     files = checked_onnx_files(model_dir, runtime())
-    if auto == "AutoModelForSpeechSeq2Seq":  # Whisper: the stock pipeline, generating around the two sessions
+    if auto == "AutoModelForSpeechSeq2Seq":  # Whisper: the stock pipeline, generating around the sessions
         import transformers
 
         model = onnx_generating(_loaded(transformers.AutoModelForSpeechSeq2Seq, model_dir, "cpu"), files, device)
