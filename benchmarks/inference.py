@@ -40,11 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 RUNTIMES = ("torch", "onnx", "onnx_int8")
 FILES = {"torch": "model.safetensors", "onnx": "onnx/model.onnx", "onnx_int8": "onnx/model.int8.onnx"}
-MODELS = {"demo": ["experiment=demo"], "wav2vec2_base": ["experiment=demo", "model=wav2vec2_base", "model.name_or_path=null",
-                                                         "dataset.demo.num_train=24", "dataset.demo.num_test=6",
-                                                         "trainer.max_steps=1", "trainer.batch_size=2",
-                                                         "trainer.eval_batch_size=2"],
-          "demo_whisper": ["experiment=demo_whisper"]}  # what each is trained with when no run dir is given
+MODELS = {  # what each is trained with when no run dir is given
+    "demo": ["experiment=demo"],
+    "wav2vec2_base": ["experiment=demo", "model=wav2vec2_base", "model.name_or_path=null", "dataset.demo.num_train=24",
+                      "dataset.demo.num_test=6", "trainer.max_steps=1", "trainer.batch_size=2",
+                      "trainer.eval_batch_size=2"],
+    "demo_whisper": ["experiment=demo_whisper"]}
 
 
 def run(args, log: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
@@ -155,9 +156,9 @@ def served(model_dir: Path, clip: Path, runtime: str, args, out: Path) -> dict:
 
 
 def model_alone(model_dir: Path, batch: int, seconds: float, runs: int = 4) -> dict:
-    """The graph alone, in a process of its own: PyTorch fp32 (and its conv feature encoder
-    alone), ONNX fp32 and int8 on one batch of `batch` windows of `seconds` of noise, each run `runs` times (the first
-    ones include warming up): every run's seconds. Not in this process: it would keep the models' memory, and a
+    """The graph alone, in a process of its own: PyTorch fp32 (and its conv feature encoder alone), ONNX fp32 and
+    int8 on one batch of `batch` windows of `seconds` of noise, each run `runs` times (the first ones include warming
+    up): every run's seconds. Not in this process: it would keep the models' memory, and a
     command started after it would report that as its own peak (a forked child's ru_maxrss counts the parent's pages
     it held until exec: 4690 MB for every demo Whisper command run after wav2vec2-base's graph here)."""
     code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import inference; "
@@ -320,7 +321,7 @@ def main(argv=None) -> dict:
     p.add_argument("--speech-s", type=float, default=120.0, help="seconds of speech in the long recording")
     p.add_argument("--clip-s", type=float, default=8.0, help="seconds of the recording each serve.py request sends")
     p.add_argument("--batch", type=int, default=4, help="windows in the graph-alone batch (transcribe.py's batch_size)")
-    p.add_argument("--repeats", type=int, default=3, help="transcribe.py runs per runtime, in turn (the median is kept)")
+    p.add_argument("--repeats", type=int, default=3, help="transcribe.py runs per runtime, in turn (median kept)")
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--requests", type=int, default=10, help="per client")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "inference"))
