@@ -7,7 +7,10 @@ with `datasets.map`, `train_sampling_strategy="group_by_length"`, `DataCollatorC
 own path (`speechkit.commands.train.run`, as `python train.py` does) with batches of a duration budget equal, on
 average, to the Trainer's batch size, so both take about the same number of steps. A third system, `speechkit_plain`
 (`--systems speechkit,trainer,speechkit_plain`), is speechkit with `trainer.fast_paths=false`: what those pay,
-measured in the same invocation.
+measured in the same invocation. `steps_alone` is the ceiling: speechkit's set-up and batches, all made before the
+clock starts, then only the optimizer steps timed (forward, backward, clipping, optimizer, schedule): the model's own
+compute, which no loop feeding it these batches can beat; a system's throughput over it says how much of the
+machine's time went to the model.
 
 Per system: training throughput (seconds of real audio per second, padding excluded, evaluation excluded), the
 padding fraction, the fraction of training time spent waiting for the next batch, peak RSS, time from launch to the
@@ -39,8 +42,10 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 # speechkit_plain: speechkit with trainer.fast_paths=false; speechkit_ungrouped: with trainer.group_by_length=false;
-# speechkit_lora: with adapter=lora (the model frozen, low-rank updates and the head trained)
-SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped", "speechkit_lora")
+# speechkit_lora: with adapter=lora (the model frozen, low-rank updates and the head trained); steps_alone: speechkit's
+# optimizer steps on its own batches, made before the clock starts, with nothing else timed (the model's compute: the
+# most any loop feeding these batches to this model could reach)
+SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped", "speechkit_lora", "steps_alone")
 VARIANTS = {"speechkit_plain": ["trainer.fast_paths=false"], "speechkit_ungrouped": ["trainer.group_by_length=false"],
             "speechkit_lora": ["adapter=lora"]}
 DEFAULT_SYSTEMS = ("speechkit", "trainer")
@@ -147,7 +152,7 @@ def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
     against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
     names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped",
-             "speechkit_lora": "speechkit_lora"}
+             "speechkit_lora": "speechkit_lora", "steps_alone": "steps_alone"}
     lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
              "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
@@ -184,7 +189,8 @@ def main(argv=None) -> dict:
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results}
     for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths"),
-                        ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_lora", "ratios_lora")):
+                        ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_lora", "ratios_lora"),
+                        ("steps_alone", "ratios_steps_alone")):
         if "speechkit" in results and other in results:  # speechkit / the other system
             sk, tr = results["speechkit"], results[other]
             summary[name] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
@@ -340,9 +346,16 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
 
     raw = compose(speechkit_overrides(spec, str(work / "run")) + VARIANTS.get(system, []))
     cfg = OmegaConf.to_object(raw)
+    if system == "steps_alone":
+        from speechkit.training import trainer
+
+        trainer.loop = steps_alone_loop(work / "steps_alone.jsonl")  # train.run's own set-up and shipping around it
     train.run(raw)
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    logged = [r for r in records if r["kind"] == "train"]
+    if system == "steps_alone":
+        logged = [json.loads(line) for line in (work / "steps_alone.jsonl").read_text().splitlines()]
+    else:
+        records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in records if r["kind"] == "train"]
     audio = sum(r["audio_s"] for r in logged)
     seconds = sum(r["train_s"] for r in logged)
     curve, seen = [], 0.0
@@ -361,6 +374,43 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
     result.update(parameter_counts(cfg, model_builder))
     result.update(device_figures(spec, model_builder, result["audio_s_per_s"]))
     return result
+
+
+def steps_alone_loop(path: Path):
+    """A stand-in for speechkit's training loop (speechkit/training/trainer.py: loop) that first takes all its
+    batches from the run's loader, then times only the optimizer steps on them: the forward pass and loss, backward,
+    gradient clipping, the optimizer and the schedule, as the loop calls them, without its logging, checks or waiting
+    for data. Writes one record a step to `path`, in metrics.jsonl's train keys."""
+
+    def loop(cfg, accelerator, task, run) -> None:
+        import itertools
+
+        import torch
+
+        batches = [b for b in itertools.islice(run.batches, run.state.total_steps) if b is not None]
+        model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+        model.train()
+        losses, times = [], []
+        started = time.perf_counter()
+        for batch in batches:
+            loss = task.forward(model, batch).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(loss.detach())
+            times.append(time.perf_counter())
+        run.state.global_step = run.state.total_steps
+        rate = run.sampling_rate
+        with open(path, "w") as f:
+            for batch, loss, end, start in zip(batches, losses, times, [started, *times]):
+                f.write(json.dumps({"step": len(times), "loss": float(loss), "audio_s": batch["audio_samples"] / rate,
+                                    "train_s": end - start, "padding": 1 - batch["audio_samples"] /
+                                    batch["padded_samples"], "data_wait": 0.0,
+                                    "time": time.time() - (times[-1] - end)}) + "\n")
+
+    return loop
 
 
 def parameter_counts(cfg, model_builder) -> dict:

@@ -134,3 +134,50 @@ def test_a_family_is_found_by_model_type_and_an_unknown_one_is_named():
     assert family_of("whisper").heads == ("seq2seq",)
     with pytest.raises(ConfigError, match="no family for model type 'speecht5'"):
         family_of("speecht5")
+
+
+@pytest.mark.parametrize("window_s,seconds", [
+    (4, [2.0, 1.7, 2.3, 0.4]),  # the demo's: half the window is padding
+    (4, [3.9, 4.0, 3.95]),  # the window full: computed whole
+    (4, [1.0, 6.5]),  # a clip longer than the window is cut
+    (4, [0.01]),  # one clip shorter than a frame
+    (30, [3.2, 9.8, 12.0]),  # a checkpoint's 30 s window
+])
+def test_whisper_input_is_the_feature_extractors_filter_bank(window_s, seconds):
+    """The Whisper family's input computes the filter bank only as far as the batch's audio reaches and fills the
+    rest with the floor: the features, and the audio counted, are those WhisperFeatureExtractor gives the window (to
+    float32's last bit: an FFT over fewer frames may round one differently)."""
+    import numpy as np
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+
+    from speechkit.models.base import ModelInputs
+
+    fe = WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=window_s)
+    family = family_of("whisper")
+    inputs = family.inputs(WhisperConfig(max_source_positions=window_s * 50), fe)
+    rng = np.random.default_rng(len(seconds))
+    t = np.arange(int(16000 * max(seconds))) / 16000
+    clips = [(0.3 * np.sin(2 * np.pi * 220 * t[:int(16000 * s)]) + 0.05 * rng.standard_normal(int(16000 * s)))
+             .astype(np.float32) for s in seconds]
+    ours, stock = inputs(clips), ModelInputs(fe, False, family.input_window(fe))(clips)
+    assert type(inputs).__name__ == "LogMelWindow"
+    assert ours["input_features"].shape == stock["input_features"].shape == (len(clips), 80, window_s * 100)
+    torch.testing.assert_close(ours["input_features"], stock["input_features"], rtol=0, atol=2.5e-7)
+    assert (ours["audio_samples"], ours["padded_samples"]) == (stock["audio_samples"], stock["padded_samples"])
+
+
+def test_a_dithering_whisper_feature_extractor_is_computed_over_the_whole_window():
+    """Dither adds noise to the padding too, so nothing there is the floor: the whole window, as the stock call."""
+    import numpy as np
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+
+    from speechkit.models.base import ModelInputs
+
+    fe = WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=4, dither=1e-4)
+    clips = [np.full(16000, 0.1, dtype=np.float32)]
+    torch.manual_seed(0)
+    ours = family_of("whisper").inputs(WhisperConfig(max_source_positions=200), fe)(clips)["input_features"]
+    torch.manual_seed(0)
+    stock = ModelInputs(fe, False, 64000)(clips)["input_features"]
+    assert torch.equal(ours, stock)
+    assert ours[0, :, -1].std() > 0  # the padding's frames carry the noise

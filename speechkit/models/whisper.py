@@ -12,9 +12,43 @@ from __future__ import annotations
 from typing import Optional
 
 from speechkit.config import ConfigError
-from speechkit.models.base import ModelFamily
+from speechkit.models.base import ModelFamily, ModelInputs
 
 HOP_S = 0.01  # the filter bank's frames; the encoder's second convolution strides 2 of them into one position
+
+
+class LogMelWindow(ModelInputs):
+    """Whisper's input: the log-mel filter bank of each clip zero-padded (or cut) to the window, as
+    `WhisperFeatureExtractor` computes it, with the feature extractor's own batched torch code. Computed only as far
+    as the batch's audio reaches: past the longest clip by a whole FFT, every frame sees nothing but zeros and comes
+    out as the filter bank's floor, so those frames are filled with the value of the last frame computed, which
+    sees only zeros too (a batch of 2 s clips in whisper_scratch's 4 s window costs about half the full window's).
+    A feature extractor that dithers (adds noise to every sample) computes the whole window, through its __call__."""
+
+    def __call__(self, clips) -> dict:
+        import numpy as np
+        import torch
+
+        fe = self.feature_extractor
+        fbank = getattr(fe, "_torch_extract_fbank_features", None)
+        if fbank is None or fe.dither:  # no batched torch filter bank, or noise in the padding too: __call__ as is
+            return super().__call__(clips)
+        window, hop, n_fft = self.window, fe.hop_length, fe.n_fft
+        longest = min(max(len(c) for c in clips), window)
+        # samples computed: the longest clip and a whole FFT of zeros after it, in whole frames; the whole window where
+        # that leaves too little (the window's own end reflects its last samples into its last frames)
+        span = -(-(longest + n_fft) // hop) * hop
+        if span + 2 * n_fft > window:
+            span = window
+        audio = np.zeros((len(clips), span), dtype=np.float32)
+        for row, clip in zip(audio, clips):
+            row[:min(len(clip), span)] = clip[:span]
+        computed = torch.from_numpy(fbank(audio, "cpu"))
+        features = computed.new_empty((len(clips), computed.shape[1], window // hop))
+        features[..., :computed.shape[-1]] = computed
+        features[..., computed.shape[-1]:] = computed[..., -1:]  # frames of zeros only: the floor
+        seen = sum(min(len(c), window) for c in clips)
+        return {self.name: features, "audio_samples": seen, "padded_samples": window * len(clips)}
 
 
 class Whisper(ModelFamily):
@@ -45,6 +79,9 @@ class Whisper(ModelFamily):
 
     def input_window(self, feature_extractor) -> Optional[int]:
         return int(feature_extractor.n_samples)
+
+    def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
+        return LogMelWindow(feature_extractor, False, self.input_window(feature_extractor))
 
     def longest_clip(self, config, sampling_rate: int) -> Optional[int]:
         """A clip longer than the window would be cut: it cannot be trained on or scored whole."""
