@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated, from: " + ",".join(SYSTEMS) + " (speechkit_plain: speechkit without its "
                         "fast paths, speechkit_ungrouped: without batches grouped by duration, to measure what each "
                         "pays)")
+    p.add_argument("--repeats", type=int, default=1, help="run the systems this many times, in turn (A B A B ...); "
+                   "each system's table figures are its median-throughput run's, and every run's throughput and each "
+                   "round's ratios are reported (machines of this kind vary by several percent from run to run)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s, for MFU")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=42)
@@ -131,6 +134,7 @@ def run_system(system: str, spec: dict) -> dict:
 
 ROWS = [  # (key, label, format, ratio: higher is better?)
     ("audio_s_per_s", "training throughput (audio s / s)", "{:.1f}", True),
+    ("throughput_runs", "throughput of each run, in turn", "{:.1f}", None),
     ("padding", "padding fraction", "{:.3f}", None),
     ("data_wait", "data wait (share of training time)", "{:.3f}", None),
     ("peak_rss_mb", "peak RSS (MB)", "{:.0f}", False),
@@ -142,6 +146,7 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
     ("total_params", "parameters in all", "{:,}", None),
     ("audio_s", "audio trained on (s)", "{:.0f}", None),
     ("final_loss", "mean loss, last quarter of the audio", "{:.3f}", None),
+    ("heldout_loss", "held-out loss per token after training", "{:.3f}", None),
     ("peak_device_mb", "peak device memory (MB)", "{:.0f}", False),
     ("tflops", "model TFLOP/s", "{:.2f}", True),
     ("mfu", "MFU (share of peak bf16)", "{:.3f}", True),
@@ -159,11 +164,15 @@ def markdown(results: Dict[str, dict], header: str) -> str:
         values = [results[s].get(key) for s in systems]
         if all(v is None for v in values):
             continue
-        cells = [fmt.format(v) if v is not None else "–" for v in values]
+        cells = [(", ".join(fmt.format(x) for x in v) if isinstance(v, list) else fmt.format(v)) if v is not None
+                 else "–" for v in values]
         for other in against:
             a, b = results["speechkit"].get(key), results[other].get(key)
-            cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s", "total_params")
-                         else "")
+            if isinstance(a, list) and isinstance(b, list):  # round by round
+                cells.append(", ".join(f"{x / y:.2f}x" for x, y in zip(a, b)))
+            else:
+                cells.append(f"{a / b:.2f}x" if a is not None and b and key not in ("steps", "audio_s", "total_params")
+                             else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -183,23 +192,30 @@ def main(argv=None) -> dict:
     # A fixed-window model (Whisper) pads every clip to its window: both systems take batch_size clips a batch.
     spec.update(data=str(root), mean_clip_s=mean_s, seq2seq=seq2seq,
                 batch_duration_s=None if seq2seq else args.batch_duration_s or round(args.batch_size * mean_s, 1))
-    results = {system: run_system(system, spec) for system in systems}
+    runs: Dict[str, List[dict]] = {system: [] for system in systems}
+    for _ in range(args.repeats):  # in turn, so that a slow spell of the machine falls on every system alike
+        for system in systems:
+            runs[system].append(run_system(system, spec))
+    results = {system: median_run(runs[system]) for system in systems}
     device = next(iter(results.values()))["device"]
     given = argv if argv is not None else sys.argv[1:]
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
-               "spec": spec, "device": device, "results": results}
+               "spec": spec, "device": device, "results": results, "runs": runs}
     for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths"),
                         ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_lora", "ratios_lora"),
                         ("steps_alone", "ratios_steps_alone")):
         if "speechkit" in results and other in results:  # speechkit / the other system
             sk, tr = results["speechkit"], results[other]
             summary[name] = {k: sk[k] / tr[k] for k in ("audio_s_per_s", "end_to_end_s", "first_step_s",
-                                                        "peak_rss_mb", "final_loss", "trainable_params",
+                                                        "peak_rss_mb", "final_loss", "heldout_loss",
+                                                        "trainable_params",
                                                         "peak_device_mb") if sk.get(k) and tr.get(k)}
     batching = (f"both {args.batch_size} clips a batch (each padded to the model's window)" if seq2seq else
                 f"Trainer batch {args.batch_size} clips, speechkit batch {spec['batch_duration_s']:g} s of audio")
+    repeats = f"; {args.repeats} runs of each, in turn, the median one's figures" if args.repeats > 1 else ""
     header = (f"`{summary['command']}` on {device}: model {args.model}, {args.epochs:g} epoch(s) of "
-              f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; {batching}")
+              f"{results[systems[0]]['clips']} clips (mean {mean_s:.2f} s), precision {args.precision}; {batching}"
+              f"{repeats}")
     table = markdown(results, header)
     os.makedirs(args.out, exist_ok=True)
     stem = Path(args.out) / f"throughput-{args.model}-{device.split(' ')[0].lower()}"
@@ -207,6 +223,13 @@ def main(argv=None) -> dict:
     stem.with_suffix(".md").write_text(table)
     print("\n" + table + f"\nWritten: {stem}.json, {stem}.md")
     return summary
+
+
+def median_run(runs: List[dict]) -> dict:
+    """The run of median throughput (of an even count, the slower middle one), with every run's throughput."""
+    ranked = sorted(runs, key=lambda r: r["audio_s_per_s"])
+    median = ranked[(len(ranked) - 1) // 2]
+    return {**median, "throughput_runs": [r["audio_s_per_s"] for r in runs]} if len(runs) > 1 else median
 
 
 # ------------------------------------------------------------------------------------------------ children
@@ -367,6 +390,12 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
               "train_s": seconds, "audio_s_per_s": audio / seconds, "padding": 1 - audio / padded,
               "data_wait": sum(r["data_wait"] * r["train_s"] for r in logged) / seconds, "curve": curve,
               "first_step_at": logged[0]["time"], "last_step_at": logged[-1]["time"]}
+    if spec.get("seq2seq"):
+        from transformers import AutoModelForSpeechSeq2Seq, WhisperProcessor
+
+        shipped = work / "run" / "model"
+        result["heldout_loss"] = heldout_loss(AutoModelForSpeechSeq2Seq.from_pretrained(shipped),
+                                              WhisperProcessor.from_pretrained(shipped), spec["data"])
     head, extra = ("seq2seq", {"decoder_start_token_id": 1}) if spec.get("seq2seq") else ("ctc", {})
 
     def model_builder():
@@ -625,8 +654,41 @@ def run_seq2seq_trainer(spec: dict, work: Path) -> dict:
     # remove_unused_columns=False: the collator also reads input_length, for measuring only (one integer a row)
     result = train_measured(Seq2SeqTrainer, Seq2SeqTrainingArguments, {"remove_unused_columns": False}, model,
                             collator, train, feature_extractor, spec, cfg, work, stats)
+    result["heldout_loss"] = heldout_loss(model, processor, spec["data"])
     result.update(device_figures(spec, lambda: WhisperForConditionalGeneration(config), result["audio_s_per_s"]))
     return result
+
+
+def heldout_loss(model, processor, data: str, batch_size: int = 16) -> float:
+    """A trained Whisper's teacher-forced cross-entropy per target token on every clip of the test split (the
+    transcript and the end of text after the language and task prompt), one definition for every system: the
+    training loss of the last steps depends on which clips those steps drew (speechkit groups them by duration),
+    this does not."""
+    import soundfile as sf
+    import torch
+
+    fe, tokenizer = processor.feature_extractor, processor.tokenizer
+    tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
+    start = model.config.decoder_start_token_id
+    with open(Path(data) / "test" / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    total = tokens = 0.0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            audio = [sf.read(str(Path(data) / "test" / r["file_name"]), dtype="float32")[0] for r in chunk]
+            features = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
+            ids = [tokenizer(r["transcription"]).input_ids for r in chunk]
+            ids = [x[1:] if x[0] == start else x for x in ids]  # the model puts its decoder start there itself
+            labels = torch.full((len(ids), max(map(len, ids))), -100)
+            for row, x in zip(labels, ids):
+                row[:len(x)] = torch.tensor(x)
+            logits = model(input_features=features.to(model.device), labels=labels.to(model.device)).logits
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float().cpu(), labels.flatten(),
+                                                       ignore_index=-100, reduction="sum").item()
+            tokens += int((labels != -100).sum())
+    return total / tokens
 
 
 if __name__ == "__main__":
