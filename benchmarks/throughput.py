@@ -42,12 +42,14 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 # speechkit_plain: speechkit with trainer.fast_paths=false; speechkit_ungrouped: with trainer.group_by_length=false;
+# speechkit_grouped: with trainer.group_by_length=true (for a Whisper, whose batches are not grouped by default);
 # speechkit_lora: with adapter=lora (the model frozen, low-rank updates and the head trained); steps_alone: speechkit's
 # optimizer steps on its own batches, made before the clock starts, with nothing else timed (the model's compute: the
 # most any loop feeding these batches to this model could reach)
-SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped", "speechkit_lora", "steps_alone")
+SYSTEMS = ("speechkit", "trainer", "speechkit_plain", "speechkit_ungrouped", "speechkit_grouped", "speechkit_lora",
+           "steps_alone")
 VARIANTS = {"speechkit_plain": ["trainer.fast_paths=false"], "speechkit_ungrouped": ["trainer.group_by_length=false"],
-            "speechkit_lora": ["adapter=lora"]}
+            "speechkit_grouped": ["trainer.group_by_length=true"], "speechkit_lora": ["adapter=lora"]}
 DEFAULT_SYSTEMS = ("speechkit", "trainer")
 # Dense bf16 tensor-core peaks (TFLOP/s), for MFU; --peak-tflops for any other device.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "MI300X": 1307.0, "MI250": 362.0}
@@ -78,8 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logging-steps", type=int, default=5)
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                    help="comma-separated, from: " + ",".join(SYSTEMS) + " (speechkit_plain: speechkit without its "
-                        "fast paths, speechkit_ungrouped: without batches grouped by duration, to measure what each "
-                        "pays)")
+                        "fast paths, speechkit_ungrouped / speechkit_grouped: with batches grouped by duration off / "
+                        "on, to measure what each pays; steps_alone: the model's optimizer steps alone)")
     p.add_argument("--repeats", type=int, default=1, help="run the systems this many times, in turn (A B A B ...); "
                    "each system's table figures are its median-throughput run's, and every run's throughput and each "
                    "round's ratios are reported (machines of this kind vary by several percent from run to run)")
@@ -157,7 +159,7 @@ def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
     against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
     names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped",
-             "speechkit_lora": "speechkit_lora", "steps_alone": "steps_alone"}
+             "speechkit_grouped": "speechkit_grouped", "speechkit_lora": "speechkit_lora", "steps_alone": "steps_alone"}
     lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
              "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
@@ -202,7 +204,8 @@ def main(argv=None) -> dict:
     summary = {"command": " ".join(["python", "benchmarks/throughput.py", *given]),
                "spec": spec, "device": device, "results": results, "runs": runs}
     for other, name in (("trainer", "ratios"), ("speechkit_plain", "ratios_fast_paths"),
-                        ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_lora", "ratios_lora"),
+                        ("speechkit_ungrouped", "ratios_grouped"), ("speechkit_grouped", "ratios_ungrouped"),
+                        ("speechkit_lora", "ratios_lora"),
                         ("steps_alone", "ratios_steps_alone")):
         if "speechkit" in results and other in results:  # speechkit / the other system
             sk, tr = results["speechkit"], results[other]

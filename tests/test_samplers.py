@@ -62,17 +62,23 @@ def test_sampler_covers_every_index_once_and_groups_lengths():
     assert spread < random_spread / 5  # padding stays small
 
 
-def test_a_duration_budget_over_a_fixed_window_is_a_clip_count_still_grouped_by_duration():
-    """Whisper pads every clip to its window: 32 s of budget over a 4 s window is 8 clips a batch, and the clips of a
-    batch are of similar duration (so of similar transcript length: little decoder padding)."""
+def test_a_duration_budget_over_a_fixed_window_is_a_clip_count_of_clips_as_drawn():
+    """Whisper pads every clip to its window: 32 s of budget over a 4 s window is 8 clips a batch, taken as drawn
+    (grouping them by duration saves the encoder nothing); trainer.group_by_length=true still groups them."""
     lengths = np.random.default_rng(2).integers(16000, 64000, size=400)
-    s = batch_sampler(lengths, batch_size=3, batch_duration_s=32.0, sampling_rate=16000, seed=1, padded_to=64000)
-    batches = list(s)
-    assert isinstance(s, ClipCountBatchSampler) and {len(b) for b in batches} == {8}
-    assert sorted(i for b in batches for i in b) == list(range(400))
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    assert spread < np.mean([lengths[c].max() - lengths[c].min() for c in np.split(np.arange(400), 50)]) / 5
+    random_spread = np.mean([lengths[c].max() - lengths[c].min() for c in np.split(np.arange(400), 50)])
+    for group, grouped in ((None, False), (False, False), (True, True)):
+        s = batch_sampler(lengths, batch_size=3, batch_duration_s=32.0, sampling_rate=16000, seed=1,
+                          group_by_length=group, padded_to=64000)
+        batches = list(s)
+        assert isinstance(s, ClipCountBatchSampler) and {len(b) for b in batches} == {8}
+        assert sorted(i for b in batches for i in b) == list(range(400))
+        spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+        assert (spread < random_spread / 5) == grouped, (group, spread, random_spread)
     assert {len(b) for b in batch_sampler(lengths, 3, 2.0, 16000, 1, padded_to=64000)} == {1}  # at least one clip
+    # clips padded to the batch's longest (no fixed window): grouped by default
+    by_count = list(batch_sampler(lengths, 8, None, 16000, 1))
+    assert np.mean([lengths[b].max() - lengths[b].min() for b in by_count]) < random_spread / 5
 
 
 def test_sampler_is_deterministic_per_epoch_and_shuffles_across_epochs():

@@ -143,14 +143,19 @@ def eval_loader(dataset, collate_fn, batch_size: int, seed: int = 0, **loading) 
 
 
 def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float], sampling_rate: int,
-                  seed, group_by_length: bool = True, padded_to: Optional[int] = None,
+                  seed, group_by_length: Optional[bool] = None, padded_to: Optional[int] = None,
                   lengths_at: Optional[Callable[[int], np.ndarray]] = None) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
     training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike.
     `padded_to`: a model of a fixed input window (Whisper) is fed every clip padded to that many samples, so a
-    duration budget is a number of clips (the budget over the window); they are still grouped by their own duration,
-    which keeps transcripts of similar length together (less padding in the decoder). `lengths_at`: a split's
-    lengths by epoch where speed perturbation changes them."""
+    duration budget is a number of clips (the budget over the window). `group_by_length` (trainer.group_by_length):
+    batches of clips of similar duration; None, the default: where clips are padded to the batch's longest, not to a
+    fixed window. Whisper's encoder takes its whole window whatever the grouping, and grouped batches, which keep
+    transcripts of similar length together, spare only the small decoder some padding: on whisper_scratch they
+    trained no faster and reached a 4-6 % higher held-out loss (docs/speed.md). `lengths_at`: a split's lengths by
+    epoch where speed perturbation changes them."""
+    if group_by_length is None:
+        group_by_length = padded_to is None
     if batch_duration_s and padded_to:
         return ClipCountBatchSampler(lengths, clips_per_budget(batch_duration_s, sampling_rate, padded_to),
                                      seed=seed, group_by_length=group_by_length, lengths_at=lengths_at)
@@ -166,7 +171,7 @@ def clips_per_budget(batch_duration_s: float, sampling_rate: int, padded_to: int
 
 
 def train_batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Optional[float],
-                        sampling_rate: int, seed: int, group_by_length: bool = True,
+                        sampling_rate: int, seed: int, group_by_length: Optional[bool] = None,
                         padded_to: Optional[int] = None,
                         lengths_at: Optional[Callable[[int], np.ndarray]] = None) -> torch.utils.data.Sampler:
     """batch_sampler's batches, each index tagged with its epoch (EpochTagged)."""

@@ -110,7 +110,7 @@ class StreamedBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, stream: IterableDataset, check: RowCheck, target_of: Callable, split: str,
                  sampling_rate: int, window: int, batch_size: int, batch_duration_s: Optional[float], seed: int = 0,
-                 crop: Optional[int] = None, group_by_length: bool = True, padded_to: Optional[int] = None):
+                 crop: Optional[int] = None, group_by_length: Optional[bool] = None, padded_to: Optional[int] = None):
         self.stream, self.check, self.target_of, self.split = stream, check, target_of, split
         self.sampling_rate, self.window = sampling_rate, window
         self.batch_size, self.batch_duration_s, self.group_by_length = batch_size, batch_duration_s, group_by_length

@@ -159,8 +159,8 @@ class SpeechRecognition(Task):
         if self.padded_to and training:
             window = self.padded_to / self.sampling_rate
             log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
-                     "(trainer.batch_duration_s), and batches group clips of similar duration so their transcripts "
-                     "pad the decoder little (trainer.group_by_length)", self.family.name, window, window)
+                     "(trainer.batch_duration_s), and batches take clips as drawn, whatever their duration, unless "
+                     "trainer.group_by_length=true", self.family.name, window, window)
         return dataset
 
     def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
