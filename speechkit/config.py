@@ -394,7 +394,7 @@ class TrainerConfig:
     tri_stage: TriStageConfig = field(default_factory=TriStageConfig)
     max_grad_norm: float = 1.0  # gradients clipped to this norm before each step
     # batches of clips of similar duration (the order of batches still shuffled); null: where that cuts padding, not
-    # for a model fed every clip padded to a fixed window (Whisper), where it also trained worse (docs/speed.md)
+    # for a model fed every clip padded to a fixed window (Whisper), where it mostly trained worse (docs/speed.md)
     group_by_length: Optional[bool] = None
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
     compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)
