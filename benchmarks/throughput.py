@@ -158,9 +158,9 @@ ROWS = [  # (key, label, format, ratio: higher is better?)
 def markdown(results: Dict[str, dict], header: str) -> str:
     systems = list(results)
     against = [s for s in systems if s != "speechkit"] if "speechkit" in systems else []  # ratio columns
-    names = {"trainer": "Trainer", "speechkit_plain": "speechkit_plain", "speechkit_ungrouped": "speechkit_ungrouped",
-             "speechkit_grouped": "speechkit_grouped", "speechkit_lora": "speechkit_lora", "steps_alone": "steps_alone"}
-    lines = [header, "", "| | " + " | ".join(systems) + " |" + "".join(f" speechkit / {names[s]} |" for s in against),
+    names = {"trainer": "Trainer"}  # the others as --systems names them
+    lines = [header, "", "| | " + " | ".join(systems) + " |" +
+             "".join(f" speechkit / {names.get(s, s)} |" for s in against),
              "|---" * (len(systems) + 1 + len(against)) + "|"]
     for key, label, fmt, _ in ROWS:
         values = [results[s].get(key) for s in systems]
@@ -436,8 +436,8 @@ def steps_alone_loop(path: Path):
         run.state.global_step = run.state.total_steps
         rate = run.sampling_rate
         with open(path, "w") as f:
-            for batch, loss, end, start in zip(batches, losses, times, [started, *times]):
-                f.write(json.dumps({"step": len(times), "loss": float(loss), "audio_s": batch["audio_samples"] / rate,
+            for step, (batch, loss, end, start) in enumerate(zip(batches, losses, times, [started, *times]), 1):
+                f.write(json.dumps({"step": step, "loss": float(loss), "audio_s": batch["audio_samples"] / rate,
                                     "train_s": end - start, "padding": 1 - batch["audio_samples"] /
                                     batch["padded_samples"], "data_wait": 0.0,
                                     "time": time.time() - (times[-1] - end)}) + "\n")

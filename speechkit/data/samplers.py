@@ -152,8 +152,8 @@ def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Opt
     batches of clips of similar duration; None, the default: where clips are padded to the batch's longest, not to a
     fixed window. Whisper's encoder takes its whole window whatever the grouping, and grouped batches, which keep
     transcripts of similar length together, spare only the decoder some padding: on whisper_scratch they bought a
-    few percent of throughput at most and trained worse in three of four side-by-side runs (docs/speed.md). `lengths_at`: a split's lengths by
-    epoch where speed perturbation changes them."""
+    few percent of throughput at most and trained worse in three of four side-by-side runs (docs/speed.md).
+    `lengths_at`: a split's lengths by epoch where speed perturbation changes them."""
     if group_by_length is None:
         group_by_length = padded_to is None
     if batch_duration_s and padded_to:

@@ -136,6 +136,7 @@ class ModelFamily:
     # peft matches against each module's full name ("": none known; adapter.target_modules names them)
     lora_targets: str = ""
     language_adapter_types: Tuple[str, ...] = ()  # adapter=mms: the model types with MMS's adapter layers
+    input_class: type = ModelInputs  # what turns clips into the model's input (inputs() builds it)
 
     # ------------------------------------------------------------------------------------------- building
     def has_head(self, model_type: str, head: str) -> bool:
@@ -242,7 +243,8 @@ class ModelFamily:
     def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
         """What turns clips into the model's input; `specaugment`: a training run's augment.specaugment, for a
         family that masks its input features (AST)."""
-        return ModelInputs(feature_extractor, self.uses_attention_mask(config), self.input_window(feature_extractor))
+        return self.input_class(feature_extractor, self.uses_attention_mask(config),
+                                self.input_window(feature_extractor))
 
     def uses_attention_mask(self, config) -> bool:
         """Whether the model is given the attention mask (some were trained on plain zero padding without one)."""

@@ -56,6 +56,7 @@ class Whisper(ModelFamily):
     model_types = ("whisper",)
     heads = ("seq2seq",)
     processor = "WhisperProcessor"
+    input_class = LogMelWindow
     has_encoder = True
     lora_targets = (r".*\.(encoder|decoder)\.layers\.\d+\."
                     r"((self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)")
@@ -79,9 +80,6 @@ class Whisper(ModelFamily):
 
     def input_window(self, feature_extractor) -> Optional[int]:
         return int(feature_extractor.n_samples)
-
-    def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
-        return LogMelWindow(feature_extractor, False, self.input_window(feature_extractor))
 
     def longest_clip(self, config, sampling_rate: int) -> Optional[int]:
         """A clip longer than the window would be cut: it cannot be trained on or scored whole."""
