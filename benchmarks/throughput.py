@@ -599,7 +599,7 @@ def run_seq2seq_trainer(spec: dict, work: Path) -> dict:
     from omegaconf import OmegaConf
 
     from speechkit.models import family_of
-    from speechkit.tasks.asr.seq2seq import build_tokenizer
+    from speechkit.models.whisper import build_tokenizer
 
     cfg = OmegaConf.to_object(compose(speechkit_overrides(spec, str(work / "unused"))))
     m = cfg.model

@@ -144,10 +144,20 @@ class DecoderType(str, Enum):
     kenlm = "kenlm"  # CTC: beam search with a word n-gram LM (pyctcdecode + KenLM), shipped inside model/
 
 
+class VocabSource(str, Enum):
+    auto = "auto"  # the head kind's choice: CTC, data; generation, pretrained where there is a checkpoint
+    data = "data"  # built from the training transcripts (a CTC vocab of characters, a from-scratch tokenizer)
+    pretrained = "pretrained"  # the pretrained checkpoint's own tokenizer, and its head, kept
+
+
 @dataclass
 class VocabConfig:
-    """task=asr: the character vocab (speechkit/tasks/asr/vocab.py), built from the training transcripts."""
+    """task=asr: the symbols transcripts become: a character vocab (speechkit/kinds/ctc/vocab.py) built from the
+    training transcripts, or the pretrained checkpoint's own tokenizer."""
 
+    # where the symbols come from: data (the training transcripts) or pretrained (the checkpoint's tokenizer and its
+    # head kept); auto: the head kind's choice (CTC: data; generation: pretrained where there is a checkpoint)
+    source: VocabSource = VocabSource.auto
     path: Optional[str] = None  # reuse an existing vocab.json instead of building one
     include_eval_text: bool = False  # build the vocab from the evaluation transcripts too
     word_delimiter: str = "|"  # the symbol that stands for a space between words
@@ -157,8 +167,8 @@ class VocabConfig:
 
 @dataclass
 class DecoderConfig:
-    """task=asr: how the shipped model's output becomes text: a CTC model's frames (speechkit/tasks/asr/decoding.py),
-    or a sequence-to-sequence model's generation (speechkit/tasks/asr/seq2seq.py)."""
+    """task=asr: how the shipped model's output becomes text: a CTC model's frames (speechkit/kinds/ctc/lm.py), or a
+    sequence-to-sequence model's generation (speechkit/kinds/generation/)."""
 
     type: DecoderType = DecoderType.greedy  # how frames (CTC) become text
     # sequence to sequence (Whisper): beams searched when generating (1: greedy), and the most tokens generated per
@@ -187,8 +197,9 @@ class WhisperTask(str, Enum):
 
 @dataclass
 class AsrConfig:
-    """task=asr: speech recognition, scored by WER and CER (speechkit/tasks/asr/): a CTC head over characters
-    (wav2vec2-like encoders, w2v-BERT), or a sequence-to-sequence model that generates tokens (Whisper)."""
+    """task=asr: speech recognition, scored by WER and CER (speechkit/tasks/asr.py), by the model's head kind
+    (speechkit/kinds/): a CTC head over characters (wav2vec2-like encoders, w2v-BERT), or a sequence-to-sequence
+    model that generates tokens (Whisper, Moonshine)."""
 
     name: str = "asr"  # the task (set by task=asr)
     vocab: VocabConfig = field(default_factory=VocabConfig)  # CTC: the character vocab

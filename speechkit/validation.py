@@ -177,20 +177,23 @@ def _check_task_and_model(cfg: DictConfig) -> None:
             and _get(cfg, "model.name_or_path") is None:
         _refuse("adapter.ship", "adapter", "merged for a model built from scratch (model.name_or_path is null: "
                                            "there is no base model to load the adapter onto)")
-    weight = _get(cfg, "task.whisper_ctc_weight")
-    if weight not in (_ABSENT, None, 0) and heads != ["seq2seq"]:
-        _refuse("task.whisper_ctc_weight", weight, f"0 for a {kind} model (an auxiliary CTC loss is for a "
-                                                   "sequence-to-sequence model; a CTC model's loss is CTC already)")
-    if heads == ["seq2seq"]:  # speech recognition by generation (Whisper)
-        if _get(cfg, "task.decoder.type") == "kenlm":
-            _refuse("task.decoder.type", "kenlm", f"greedy for a {kind} model (an n-gram LM decodes a CTC model's "
-                                                  "frames; a sequence-to-sequence model generates its text: "
-                                                  "task.decoder.num_beams searches more)")
-        demo = _get(cfg, "dataset.source") == Source.demo
-        if not _get(cfg, "dataset.language") and not (demo and _get(cfg, "dataset.demo.language")):
-            _refuse("dataset.language", _get(cfg, "dataset.language"), f"the ISO 639-1 code of the transcripts' "
-                                                                       f"language for a {kind} model, whose prompt "
-                                                                       "names it (e.g. dataset.language=en)")
+    _check_kind(cfg, heads, family)
+
+
+def _check_kind(cfg: DictConfig, heads: list, family) -> None:
+    """The rules of the head kind the model gets (speechkit/kinds/: the same list the build reads), where its head
+    is one of speech recognition's; the first refused setting stops it."""
+    from speechkit.kinds import KINDS, kind_class
+
+    if not heads or heads[0] not in KINDS:
+        return
+
+    def get(key: str):
+        value = _get(cfg, key)
+        return None if value is _ABSENT else getattr(value, "value", value)
+
+    for key, value, allowed in kind_class(heads[0]).refusals(get, family):
+        _refuse(key, value, allowed)
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -170,7 +170,7 @@ def make_whisper_checkpoint(root: Path, texts, languages=("en", "es")) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
-    from speechkit.tasks.asr.seq2seq import build_tokenizer, new_generation_config
+    from speechkit.models.whisper import build_tokenizer, new_generation_config
 
     tokenizer = build_tokenizer(list(texts), 30.0)
     ids = tokenizer.convert_tokens_to_ids

@@ -13,7 +13,7 @@ from conftest import compose, speak, write_metadata, write_tone
 from speechkit import data
 from speechkit.config import ConfigError
 from speechkit.data.audio import decode
-from speechkit.tasks.asr.vocab import build_vocab, drop_unspellable
+from speechkit.kinds.ctc.vocab import build_vocab, drop_unspellable
 
 GOOD = ["the cat sees a dog", "my old boat is red", "a bird in the park", "one tree by the sea"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SMALL_DEMO, TINY, compose, run_cli
 from speechkit.commands import train
-from speechkit.tasks.asr import decoding
+from speechkit.kinds.ctc import lm as decoding
 
 SENTENCES = ["the cat sees a dog", "the dog sees a cat", "a cat runs", "my dog runs here", "the old cat sleeps",
              "a dog sleeps here", "the cat sees my dog"]
@@ -45,7 +45,7 @@ def test_alphabet_matches_the_model_outputs_not_the_tokenizer(tmp_path):
     from transformers import Wav2Vec2CTCTokenizer
 
     from speechkit.config import VocabConfig
-    from speechkit.tasks.asr.vocab import build_vocab, write_vocab
+    from speechkit.kinds.ctc.vocab import build_vocab, write_vocab
 
     vocab = build_vocab(SENTENCES, VocabConfig())
     write_vocab(vocab, str(tmp_path / "vocab.json"))

@@ -17,7 +17,7 @@ from datasets import Audio, Dataset, Features, List as ListOf, Value
 from browser import check_report
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from speechkit.commands import evaluate, train
-from speechkit.commands.diarize import attribute
+from speechkit.recordings import attribute
 from speechkit.data.references import BadReference, check_turns, read_turns, write_rttm
 from speechkit.tasks.diarization import der, frame_targets, pit_loss, turns_from_activity
 

@@ -149,7 +149,7 @@ def test_a_pretrained_checkpoint_brings_its_own_feature_extractor(tmp_path):
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
     from speechkit.tasks import make_task
-    from speechkit.tasks.asr.vocab import write_vocab
+    from speechkit.kinds.ctc.vocab import write_vocab
     from speechkit.rundir import RunDir
 
     checkpoint = tmp_path / "w2v-bert"

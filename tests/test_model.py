@@ -9,7 +9,7 @@ from speechkit.config import ConfigError
 from speechkit.models import build_model, family_of
 from speechkit.rundir import RunDir
 from speechkit.tasks import make_task
-from speechkit.tasks.asr.vocab import write_vocab
+from speechkit.kinds.ctc.vocab import write_vocab
 
 SMALL_ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)

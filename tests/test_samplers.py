@@ -7,7 +7,7 @@ from transformers import Wav2Vec2FeatureExtractor
 
 from speechkit.data.samplers import ClipCountBatchSampler, DurationBatchSampler, batch_sampler, train_batch_sampler
 from speechkit.models import ModelInputs
-from speechkit.tasks.asr.ctc import pad_labels
+from speechkit.kinds.base import pad_labels
 from speechkit.tasks.base import Collator
 
 

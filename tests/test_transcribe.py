@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, compose, run_cli, speak
 from speechkit.rundir import RunDir
 from speechkit.tasks import make_task
-from speechkit.tasks.asr.vocab import build_vocab, write_vocab
+from speechkit.kinds.ctc.vocab import build_vocab, write_vocab
 
 pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
@@ -110,7 +110,7 @@ def test_nothing_to_transcribe_is_refused_naming_the_key(model_dir, tmp_path):
 def test_windows_cover_a_recording_once_whatever_the_rounding_of_their_bounds(chunk_s, stride_s, seconds, tmp_path):
     """The new parts of the windows tile the recording from 0 to its end, each window at most chunk_s long, also
     where a window's bounds fall between two samples (a 4 s window with 4/6 s of context)."""
-    from speechkit.commands.transcribe import windows
+    from speechkit.recordings import windows
     from speechkit.data.audio import open_recording
 
     sf.write(tmp_path / "a.wav", np.zeros(int(seconds * 16000), np.float32), 16000)

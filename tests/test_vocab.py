@@ -7,7 +7,7 @@ import pytest
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from speechkit.config import ConfigError, VocabConfig
-from speechkit.tasks.asr.vocab import build_vocab, load_vocab, make_tokenizer, write_vocab
+from speechkit.kinds.ctc.vocab import build_vocab, load_vocab, make_tokenizer, write_vocab
 
 TEXTS = ["hello world", "the cat sat", "über café", "don't stop"]
 

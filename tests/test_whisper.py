@@ -187,7 +187,8 @@ def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_
     """A checkpoint in the openai layout (its generation config has Whisper's timestamp settings): transcribe.py
     generates with timestamps and reads segments off the timestamp tokens; a long recording's segments are in
     order, within the recording, and make up its text."""
-    from speechkit.commands.transcribe import Generated, Transcriber
+    from speechkit.kinds.generation import Generated
+    from speechkit.recordings import Transcriber
 
     checkpoint = make_whisper_checkpoint(tmp_path / "whisper", ["the cat sat", "a dog ran"])
     tone = np.sin(np.arange(16000 * 70) / 16000 * 2 * np.pi * 220).astype(np.float32) * 0.1
@@ -215,7 +216,7 @@ def test_a_checkpoint_that_predicts_timestamps_times_its_segments_with_them(tmp_
 
 
 def test_join_overlapping_windows_keeps_each_token_once():
-    from speechkit.commands.transcribe import join_overlapping
+    from speechkit.kinds.generation import join_overlapping
 
     merged = join_overlapping([[1, 2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8], [9]])
     assert [t for t, _, _ in merged] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
@@ -347,7 +348,7 @@ def test_the_auxiliary_ctc_layer_trains_with_the_model_and_does_not_ship(tmp_pat
     from transformers import WhisperForConditionalGeneration
 
     from speechkit.tasks import load_model_dir
-    from speechkit.tasks.asr.seq2seq import attach_ctc_layer
+    from speechkit.kinds.generation.hybrid import attach_ctc_layer
 
     run_dir = tmp_path / "run"
     train.run(compose("train", [*WHISPER_DEMO, "task.whisper_ctc_weight=0.3", "trainer.max_steps=2",

@@ -5,104 +5,28 @@ memory holds one batch of windows and the per-frame speaker activity, a few kB a
 evaluates (speechkit/tasks/diarization.py: overlapping windows, speakers linked across them), its turns printed as
 the ROCm recipe prints pyannote's (`start=0.0s stop=1.0s speaker_SPEAKER_00`) and written as `<name>.rttm`.
 
-With `asr_model_dir`, the recording is also transcribed (speechkit/commands/transcribe.py: word timestamps, the
-model's LM if it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the
-speakers' turns with their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`.
-With `vad=true`, silero-vad (speechkit/vad.py) finds the speech: turns are cut to it (the model's false alarms in
-silence dropped), and the ASR model transcribes the speech regions alone.
+With `asr_model_dir`, the recording is also transcribed (speechkit/recordings.py: word timestamps, the model's LM if
+it ships one) and each word goes to the speaker talking at its middle (or the nearest turn): the speakers' turns with
+their words are written as `<name>.speakers.txt`, `.speakers.json` and `.speakers.srt`. With `vad=true`, silero-vad
+(speechkit/vad.py) finds the speech: turns are cut to it (the model's false alarms in silence dropped), and the ASR
+model transcribes the speech regions alone. The engine is speechkit/recordings.py.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
-from typing import List
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
-from speechkit.data.audio import open_recording, read_range
 from speechkit.config import ConfigError, DiarizeConfig, TranscribeConfig, check_required
+from speechkit.data.references import write_rttm
 from speechkit.hardware import make_accelerator
-from speechkit.data.references import Turn, write_rttm
+from speechkit.recordings import (Transcriber, attribute, diarize_file, each_file, find_audio, output_stems,
+                                  recipe_lines, write_speakers)
 from speechkit.tasks import load_model_dir
-from speechkit.tasks.diarization import Diarization
-from speechkit.commands.transcribe import Transcriber, _clock, each_file, find_audio, output_stems, write_texts
-from speechkit.vad import SpeechDetector, describe, keep_speech
+from speechkit.vad import SpeechDetector
 from speechkit.validation import saved_model_dir
-
-log = logging.getLogger(__name__)
-
-
-def recipe_lines(turns: List[Turn]) -> str:
-    """Turns as the recipe prints pyannote's output."""
-    return "\n".join(f"start={a:.1f}s stop={b:.1f}s speaker_{who}" for a, b, who in turns)
-
-
-def diarize_file(task: Diarization, model, path: str, progress_bar: bool = True, vad=None) -> tuple:
-    """(turns, duration in seconds) of one recording, read window by window; with a speech detector (`vad`), the
-    turns cut to its speech regions."""
-    rate = task.sampling_rate
-    decoder = open_recording(path, rate)
-    seconds = decoder.metadata.duration_seconds_from_header or decoder.metadata.duration_seconds
-    if not seconds:
-        raise ValueError(f"{path}: its length is unknown (no duration in the header); convert it to WAV or FLAC")
-    total = int(round(seconds * rate))
-
-    def read(start: int, count: int) -> np.ndarray:
-        return read_range(decoder, start / rate, (start + count) / rate)
-
-    bar = tqdm(total=round(seconds), desc=os.path.basename(path), unit="s", leave=False, dynamic_ncols=True,
-               disable=not progress_bar)
-
-    def progress(done: int, _total: int) -> None:
-        bar.update(round(done / rate) - bar.n)
-
-    try:
-        turns = task.diarize(model, read, total, progress=progress)
-    finally:
-        bar.close()
-    if vad is not None:
-        speech = vad.speech(path, seconds)
-        log.info(describe(speech, path))
-        turns = keep_speech(turns, speech.regions)
-    return turns, seconds
-
-
-def attribute(turns: List[Turn], words: List[dict]) -> List[dict]:
-    """Each word to the speaker talking at its middle (the nearest turn when nobody is); consecutive words of one
-    speaker joined into one utterance: [{"speaker", "start", "end", "text"}]."""
-    out: List[dict] = []
-    for w in words:
-        middle = (w["start"] + w["end"]) / 2
-        talking = [t for t in turns if t[0] <= middle <= t[1]]
-        pool = talking or turns
-        if not pool:
-            who = "UNKNOWN"
-        else:
-            who = min(pool, key=lambda t: (0 if t[0] <= middle <= t[1] else min(abs(t[0] - middle),
-                                                                                   abs(t[1] - middle)),
-                                           -(min(t[1], w["end"]) - max(t[0], w["start"]))))[2]
-        if out and out[-1]["speaker"] == who:
-            out[-1]["end"], out[-1]["text"] = w["end"], out[-1]["text"] + " " + w["word"]
-        else:
-            out.append({"speaker": who, "start": w["start"], "end": w["end"], "text": w["word"]})
-    return out
-
-
-def write_speakers(utterances: List[dict], result: dict, stem: str) -> List[str]:
-    """<stem>.speakers.txt (one line per utterance), .json and .srt (the speaker in each cue)."""
-    files = {
-        "txt": "".join(f"[{_clock(u['start'], '.')} - {_clock(u['end'], '.')}] {u['speaker']}: {u['text']}\n"
-                       for u in utterances),
-        "json": json.dumps({**result, "utterances": utterances}, indent=1, ensure_ascii=False) + "\n",
-        "srt": "".join(f"{i}\n{_clock(u['start'], ',')} --> {_clock(u['end'], ',')}\n{u['speaker']}: {u['text']}\n\n"
-                       for i, u in enumerate(utterances, 1)),
-    }
-    return write_texts(files, f"{stem}.speakers")
 
 
 def run(raw_cfg: DictConfig) -> dict:
@@ -112,7 +36,7 @@ def run(raw_cfg: DictConfig) -> dict:
     files = find_audio(cfg.audio)
     accelerator = make_accelerator(cfg.hw)
     task, model = load_model_dir(saved_model_dir(cfg.model_dir))
-    if not isinstance(task, Diarization):
+    if not hasattr(task, "diarize"):
         raise ConfigError(f"model_dir: {cfg.model_dir} is a {task.name} model; diarize.py needs a diarization one "
                           "(train.py task=diarization)")
     model = model.to(accelerator.device).eval()

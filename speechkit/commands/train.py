@@ -17,7 +17,7 @@ from speechkit.data import streaming
 from speechkit.data.augment import Augmenter
 from speechkit.hardware import make_accelerator
 from speechkit.logger import start as start_tracking, tracker_dir, tracker_name
-from speechkit.models import adapters, family_of
+from speechkit.models import adapters
 from speechkit.rundir import RunDir
 from speechkit.tasks import make_task
 from speechkit.tasks.scoring import write_results
@@ -45,10 +45,11 @@ def run(raw_cfg: DictConfig) -> float | str:
         OmegaConf.save(OmegaConf.create(public), RunDir(run_dir).config)
     start_tracking(cfg.logger, accelerator, public, run_dir)
     task = make_task(cfg)
-    config, head = task.model_config(cfg.model)  # the checkpoint's config only: a model unfit for the task stops here
+    # the checkpoint's config only, and the model's family bound for the run: a model unfit for the task stops here
+    config, head = task.model_config(cfg.model)
     augment = Augmenter(cfg.augment, cfg.model.sampling_rate)  # its folders checked before any data is read
     adapter = adapters.make(cfg.adapter, cfg.dataset.spoken_language(), cfg.model.name_or_path)
-    family = family_of(config.model_type)
+    family = task.family
     adapter.check(config, head, family)  # an adapter the model cannot have: refused before any data is read
 
     # 1. Data: the two splits, checked once; what is dropped, and why, goes to drop_report.jsonl. With

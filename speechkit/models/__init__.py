@@ -3,7 +3,7 @@
 
 - wav2vec2.py   wav2vec2-like encoders over the raw waveform: wav2vec2, XLSR-53, MMS, HuBERT, WavLM
 - w2v_bert.py   w2v-BERT 2.0, a conformer over filter banks
-- whisper.py    Whisper, an encoder-decoder that generates tokens (sequence to sequence)
+- whisper.py    Whisper, an encoder-decoder that generates tokens after a language and task prompt
 - ast.py        the Audio Spectrogram Transformer (classification)
 - fast_paths.py the same model computed faster (trainer.fast_paths), applied where a family says
 
@@ -51,13 +51,13 @@ def model_type(cfg: ModelConfig) -> Optional[str]:
 
 
 def model_config(cfg: ModelConfig, heads: Iterable[str], task: str = ""):
-    """The model's config (no weights) and the first of `heads` (a task's, in its order) the model can have; refused,
-    naming the model and `task`, when it has none of them. Checked before any data is read."""
+    """(the model's config (no weights), the first of `heads` (a task's, in its order) the model can have, its
+    family); refused, naming the model and `task`, when it has none of them. Checked before any data is read."""
     config = base_config(cfg)
     family = family_of(config.model_type)
     for head in heads:
         if family.has_head(config.model_type, head):
-            return config, head
+            return config, head, family
     raise _no_head(cfg, config, family, heads, task)
 
 

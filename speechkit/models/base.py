@@ -282,17 +282,65 @@ class ModelFamily:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ speech recognition
-    def ctc_processor(self, tokenizer, feature_extractor):
-        """The processor a CTC model ships with: its tokenizer and feature extractor, as the stock pipeline and
-        load_ctc_processor read them back."""
+    def make_processor(self, tokenizer, feature_extractor):
+        """The processor a speech recognition model ships with: its tokenizer and feature extractor, as the stock
+        pipeline and load_processor read them back."""
         import transformers
 
         return getattr(transformers, self.processor)(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
-    def load_ctc_processor(self, model_dir: str):
+    def load_processor(self, model_dir: str):
         import transformers
 
         return getattr(transformers, self.processor).from_pretrained(model_dir)
+
+    # --------------------------------------------- generation (speechkit/kinds/generation/): a decoder writes the text
+    prompt_language: bool = False  # its prompt names the transcripts' language: dataset.language is required
+    prompt_tokens: int = 1  # the decoder's tokens before the transcript: its start, and the family's prompt after it
+    timestamp_s: float = 0.0  # seconds per timestamp token, where the family predicts timestamps
+
+    def decoder_positions(self, config) -> int:
+        """The most tokens the decoder takes, its prompt's included."""
+        return config.max_position_embeddings
+
+    def new_tokenizer(self, texts: List[str], config):
+        """A tokenizer for a model built from scratch, made from the training transcripts `texts`, saved as the
+        family's stock tokenizer class saves it."""
+        raise NotImplementedError
+
+    def new_head_config(self, tokenizer) -> dict:
+        """A from-scratch decoder's vocabulary and special tokens, from `tokenizer`."""
+        end = tokenizer.eos_token_id
+        return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id
+                is not None else end, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": end,
+                "decoder_start_token_id": tokenizer.bos_token_id}
+
+    def kept_head_config(self, config) -> dict:
+        """What a pretrained decoder's config needs for training that its checkpoint may lack (none by default)."""
+        return {}
+
+    def set_prompt(self, tokenizer, language: Optional[str], task: str) -> None:
+        """The tokenizer's prompt before each transcript (Whisper's language and task tokens); none by default."""
+
+    def describe_prompt(self, language: Optional[str], task: str, short: bool = False) -> str:
+        """The prompt in words, for the log (`short`) and the decoder's name."""
+        return "no prompt"
+
+    def generation_config(self, model, tokenizer, language: Optional[str], task: str, pretrained: bool):
+        """What generate() is given: a pretrained checkpoint's own generation config, else one of the tokenizer's
+        special tokens."""
+        from transformers import GenerationConfig
+
+        if pretrained:
+            return model.generation_config
+        config = model.config
+        return GenerationConfig(decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
+                                eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+                                max_length=self.decoder_positions(config))
+
+    def timestamp_begin(self, generation_config) -> Optional[int]:
+        """The id of the first timestamp token, where the model predicts timestamps; None where it does not."""
+        return None
 
     # ------------------------------------------------------------------------------------------ fast paths
     def fast_paths(self, model, device) -> list:

@@ -89,6 +89,7 @@ class Task:
         self.cfg, self.dataset_cfg, self.model_cfg = cfg, dataset, model
         self.family = self.config = self.feature_extractor = self.inputs = self.specaugment = None
         self._collator: Optional[Collator] = None
+        self._bound: Optional[tuple] = None  # (config, head) once model_config has read them
 
     @property
     def heads(self) -> Tuple[str, ...]:
@@ -118,27 +119,30 @@ class Task:
         return {}
 
     def model_config(self, model_cfg):
-        """The model's config (no weights) and the head it gets: refused before any data when it has none."""
-        return checked_model_config(model_cfg, self.heads, self.name)
+        """The model's config (no weights) and the head it gets: refused before any data when it has none. The
+        model's family is bound here, once for the run (`family`)."""
+        if self._bound is None:
+            config, head, self.family = checked_model_config(model_cfg, self.heads, self.name)
+            self._bound = (config, head)
+        return self._bound
 
     def build_model(self, model_cfg, run_dir: str, specaugment=None, adapter=None):
         """The model with the task's head, and what ships with it (`prepare`); `specaugment`: augment.specaugment,
         the masks the model (or its input) gets in training; `adapter`: conf/adapter's (speechkit/models/adapters.py),
         attached last, so that what the task added to the model trains with the head."""
         config, head = self.model_config(model_cfg)
-        family = family_of(config.model_type)
-        model = family.build(model_cfg, config, head, specaugment, adapter, **self.head_config())
+        model = self.family.build(model_cfg, config, head, specaugment, adapter, **self.head_config())
         self.specaugment = specaugment
-        self.bind(model, family.feature_extractor(model.config, model_cfg))
+        self.bind(model, self.family.feature_extractor(model.config, model_cfg))
         self.prepare(model, run_dir)
         if adapter is not None:
-            adapter.attach(model, family)
+            adapter.attach(model, self.family)
         return model
 
     def bind(self, model, feature_extractor) -> None:
         """The model this task now trains or scores, and what turns clips into its input."""
         self.config, self.feature_extractor = model.config, feature_extractor
-        self.family = family_of(model.config.model_type)
+        self.family = self.family or family_of(model.config.model_type)
         self.inputs = self.family.inputs(model.config, feature_extractor, self.specaugment)
         self._collator = None
 

@@ -18,14 +18,12 @@ import numpy as np
 
 from speechkit import data
 from speechkit.data.text import TextNormalizer
-from speechkit.tasks.asr.ctc import Ctc
-from speechkit.tasks.asr.seq2seq import Seq2Seq
+from speechkit.kinds import kind_class
 from speechkit.tasks.base import Score, Task
 from speechkit.tasks.scoring import EvalResult
 
 log = logging.getLogger(__name__)
 
-KINDS = {"ctc": Ctc, "seq2seq": Seq2Seq}  # the model's head -> how speech recognition trains and reads it
 PROBE_S = 3.0  # seconds of each hallucination-probe clip
 PROBE_NOISE_RMS = 0.01  # white noise at -40 dB of full scale
 
@@ -68,7 +66,7 @@ class SpeechRecognition(Task):
         super().__init__(cfg, dataset, model)
         normalizer = TextNormalizer(dataset.text) if dataset is not None else None
         self.normalize = (lambda t: normalizer(t).text) if normalizer else None  # the transcripts' normalization
-        self.kind = None  # Ctc or Seq2Seq, once the model's head is known (model_config, restore)
+        self.kind = None  # the head kind (speechkit/kinds/), once the model's head is known (model_config, restore)
         self.probe: Optional[dict] = None  # the last evaluation's probe hypotheses
         self._probe_clips: Optional[ProbeClips] = None
 
@@ -94,12 +92,12 @@ class SpeechRecognition(Task):
 
     # ---------------------------------------------------------------------------- training: targets and model
     def model_config(self, model_cfg):
-        """The checkpoint's config and its head, which decides the kind of speech recognition (CTC or sequence to
-        sequence); refused before any data when the model has neither, or cannot do what is asked of it."""
+        """The checkpoint's config and its head, which decides the head kind (speechkit/kinds/); refused before any
+        data when the model has none of the task's heads, or cannot do what is asked of it (the kind's rules)."""
         config, head = super().model_config(model_cfg)
         if self.kind is None or self.kind.name != head:
-            self.kind = KINDS[head](self)
-        self.kind.check_model(config)
+            self.kind = kind_class(head)(self)
+        self.kind.check_model(config, self.family)
         return config, head
 
     def fit_targets(self, train_rows, eval_rows, splits: Tuple[str, str], report, run_dir: str, is_main: bool):
@@ -123,12 +121,13 @@ class SpeechRecognition(Task):
         """A saved model; `options` (evaluate.py): the data set to normalize the hypotheses as (`dataset`),
         `whisper_normalizer`, `hallucination_probe`."""
         from speechkit.config import AsrConfig
-        from speechkit.models import head_of
+        from speechkit.models import family_of, head_of
 
         cfg = AsrConfig(whisper_normalizer=bool(options.get("whisper_normalizer")),
                         hallucination_probe=int(options.get("hallucination_probe") or 0))
         task = cls(cfg, dataset=options.get("dataset"))
-        task.kind = KINDS[head_of(model.config)](task)
+        task.family = family_of(model.config.model_type)
+        task.kind = kind_class(head_of(model.config))(task)
         task.kind.restore(model, model_dir)
         return task
 
