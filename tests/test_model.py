@@ -181,3 +181,49 @@ def test_a_dithering_whisper_feature_extractor_is_computed_over_the_whole_window
     stock = ModelInputs(fe, False, 64000)(clips)["input_features"]
     assert torch.equal(ours, stock)
     assert ours[0, :, -1].std() > 0  # the padding's frames carry the noise
+
+
+def test_a_ctc_checkpoint_keeps_its_own_tokenizer_and_head_with_vocab_source_pretrained(tmp_path):
+    """task.vocab.source=pretrained on a fine-tuned CTC checkpoint (its processor beside it, as on the Hub): the
+    checkpoint's tokenizer is kept (vocab.json is its vocab), its head too (the same weights, its size), and a
+    transcript with a character it lacks is dropped and named; without a checkpoint it is refused in one line."""
+    import json
+
+    from omegaconf import OmegaConf
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    from speechkit.data import DropReport
+
+    checkpoint = tmp_path / "ctc"
+    vocab = {c: i for i, c in enumerate(["[PAD]", "[UNK]", "|", *"abcdefghijklmnopqrstuvwxy"])}  # no "z"
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                     word_delimiter_token="|")
+    Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer).save_pretrained(checkpoint)
+    Wav2Vec2ForCTC(Wav2Vec2Config(**SMALL_ARCH, vocab_size=len(vocab), pad_token_id=0)).save_pretrained(checkpoint)
+    head = Wav2Vec2ForCTC.from_pretrained(checkpoint).lm_head.weight
+
+    cfg = OmegaConf.to_object(compose("train", ["model=wav2vec2_base", f"model.name_or_path={checkpoint}",
+                                                "task.vocab.source=pretrained", f"run_dir={tmp_path / 'run'}"]))
+    (tmp_path / "run").mkdir()
+    task = make_task(cfg)
+    task.model_config(cfg.model)
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"audio": ["a.wav", "b.wav"], "text": ["a cab", "a zebra"]})
+    report = DropReport()
+    train_rows, _ = task.fit_targets(rows, rows, ("train", "test"), report, str(tmp_path / "run"), True)
+    assert len(train_rows) == 1 and [(r["split"], r["reason"]) for r in report.rows] == [("train",
+                                                                                          "chars_outside_vocab")]
+    saved = json.loads(open(RunDir(str(tmp_path / "run")).vocab).read())
+    assert vocab.items() <= saved.items()  # its symbols, with the ids its head was trained on
+    model = task.build_model(cfg.model, str(tmp_path / "run"))
+    assert model.lm_head.out_features == len(vocab) and torch.equal(model.lm_head.weight, head)
+    assert task.processor.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert task.targets(train_rows) == [tokenizer("a cab").input_ids]
+
+    scratch = compose("train", ["model=tiny", "task.vocab.source=pretrained", "run_dir=/x"])
+    from speechkit.validation import check_values
+
+    with pytest.raises(ConfigError, match=r"^task\.vocab\.source='pretrained' is not allowed: .*built from scratch"):
+        check_values(scratch)

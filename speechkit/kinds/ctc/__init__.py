@@ -86,10 +86,11 @@ class Ctc(HeadKind):
         except (OSError, ValueError) as err:
             raise ConfigError(f"task.vocab.source=pretrained: {model_cfg.name_or_path} has no tokenizer to keep "
                               f"({str(err).splitlines()[0][:200]}); use task.vocab.source=data") from None
-        head = getattr(self.task.config, "vocab_size", None)
-        if head is not None and len(tokenizer) > head:
-            raise ConfigError(f"task.vocab.source=pretrained: {model_cfg.name_or_path}'s tokenizer has {len(tokenizer)} "
-                              f"symbols, more than its head's {head} outputs; use task.vocab.source=data")
+        head = getattr(self.task.model_config(model_cfg)[0], "vocab_size", None)
+        if head is not None and tokenizer.vocab_size > head:
+            raise ConfigError(f"task.vocab.source=pretrained: {model_cfg.name_or_path}'s tokenizer has "
+                              f"{tokenizer.vocab_size} symbols, more than its head's {head} outputs; use "
+                              "task.vocab.source=data")
         return tokenizer
 
     def describe(self) -> str:
