@@ -124,7 +124,8 @@ def _parity_split(cfg: ExportConfig, model_dir: str):
 def _largest_logit_difference(task, model, exported, loader) -> float:
     """The largest absolute logit difference, over the frames each clip really has where the logits are per frame."""
     largest = 0.0
-    lengths = getattr(model, "_get_feat_extract_output_lengths", None)
+    # per frame: a CTC model's logits (a generating model's are per token, teacher-forced)
+    lengths = None if export.generates(model) else getattr(model, "_get_feat_extract_output_lengths", None)
     for batch in loader:
         inputs = task.collator().model_inputs(batch)
         a, b = model(**inputs).logits, exported(**inputs).logits

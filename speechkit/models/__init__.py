@@ -4,6 +4,7 @@
 - wav2vec2.py   wav2vec2-like encoders over the raw waveform: wav2vec2, XLSR-53, MMS, HuBERT, WavLM
 - w2v_bert.py   w2v-BERT 2.0, a conformer over filter banks
 - whisper.py    Whisper, an encoder-decoder that generates tokens after a language and task prompt
+- moonshine.py  Moonshine, an encoder-decoder over the raw waveform that generates tokens with no prompt
 - ast.py        the Audio Spectrogram Transformer (classification)
 - fast_paths.py the same model computed faster (trainer.fast_paths), applied where a family says
 
@@ -22,9 +23,10 @@ from speechkit.models.ast import AudioSpectrogramTransformer
 from speechkit.models.base import HEAD_NAMES, ModelFamily, ModelInputs, base_config, head_of  # noqa: F401
 from speechkit.models.w2v_bert import W2vBert
 from speechkit.models.wav2vec2 import Wav2Vec2Like
+from speechkit.models.moonshine import Moonshine
 from speechkit.models.whisper import Whisper
 
-FAMILIES: Tuple[ModelFamily, ...] = (Wav2Vec2Like(), W2vBert(), Whisper(), AudioSpectrogramTransformer())
+FAMILIES: Tuple[ModelFamily, ...] = (Wav2Vec2Like(), W2vBert(), Whisper(), Moonshine(), AudioSpectrogramTransformer())
 
 
 def family_of(model_type: str) -> ModelFamily:

@@ -342,6 +342,13 @@ class ModelFamily:
         """The id of the first timestamp token, where the model predicts timestamps; None where it does not."""
         return None
 
+    # ------------------------------------------------------------------------------------------ ONNX export
+    def exportable(self, model):
+        """A context in which `model` traces for ONNX export (speechkit/onnx_export.py): as it is by default."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
     # ------------------------------------------------------------------------------------------ fast paths
     def fast_paths(self, model, device) -> list:
         """Switch `model` (in place) to the fast paths that fit it; what was switched, for the log."""
