@@ -197,15 +197,19 @@ def shipped_handler(path=None):
     (code/inference.py), written to a temporary folder and imported from it as the module `inference`, as SageMaker's
     container imports it; so a bundling mistake fails the tests that use it. Made once per process. `path`: a
     code/inference.py unpacked from a model.tar.gz, imported as it is."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from speechkit.inference import bundle
+
     global _SHIPPED
     if path is not None:
-        from speechkit.inference import bundle
-
         return bundle.imported(path)
-    if _SHIPPED is None:
-        from speechkit.inference import bundle
-
-        _SHIPPED = bundle.load()
+    if _SHIPPED is None:  # a folder of its own, which a test may import it from in another process
+        folder = tempfile.mkdtemp(prefix="speechkit-handler-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SHIPPED = bundle.load(folder)
     return _SHIPPED
 
 

@@ -17,9 +17,8 @@ bundling mistake fails them. Nothing is generated into the checkout.
 from __future__ import annotations
 
 import ast
-import atexit
 import importlib.util
-import shutil
+import linecache
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -131,13 +130,17 @@ def write(folder) -> Path:
 
 
 def load(folder: Optional[str] = None) -> ModuleType:
-    """The handler as shipped: bundle() written to `folder` (a temporary folder, removed at exit, when None) and
-    imported from there as the module `inference` (not entered in sys.modules: an import of that name elsewhere is
-    left alone)."""
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix="speechkit-handler-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return imported(write(folder))
+    """The handler as shipped: bundle() written to `folder`/inference.py and imported from there as the module
+    `inference`. With no `folder`, a temporary one, removed once the module is imported (a process stopped by a
+    signal, as serve.py is, runs no exit hooks), the file's lines kept for tracebacks."""
+    if folder is not None:
+        return imported(write(folder))
+    with tempfile.TemporaryDirectory(prefix="speechkit-handler-") as temporary:
+        path = write(temporary)
+        module = imported(path)
+        text = path.read_text()
+        linecache.cache[str(path)] = (len(text), None, text.splitlines(keepends=True), str(path))
+    return module
 
 
 def imported(path) -> ModuleType:
