@@ -722,8 +722,8 @@ class DiarizeConfig:
 
 @dataclass
 class InferenceConfig(RuntimeConfig):
-    """How the inference handler (speechkit/sagemaker/inference.py) treats requests, served or deployed, and what
-    runs the model (runtime: torch, onnx, onnx_int8)."""
+    """How the inference handler (speechkit/inference/, shipped as code/inference.py) treats requests, served or
+    deployed, and what runs the model (runtime: torch, onnx, onnx_int8)."""
 
     max_body_mb: float = 6.0  # a larger request is refused (6 MB is SageMaker's real-time payload limit)
     # Longer audio is refused (413) from its sample count or header, before decoding: a few MB of FLAC or of JSON at

@@ -21,7 +21,7 @@ graphs' hashes). The handler's `onnx_generating` puts the sessions in the place 
 pass, with the keys and values in transformers' own cache, so `generate` (the prompt, the suppressed tokens,
 timestamps, beams), and the stock pipeline around it, run unchanged; torch is needed around them.
 
-The file names are the inference handler's (speechkit/sagemaker/inference.py), which serves these files too.
+The file names are the inference runtime's (speechkit/inference/onnx.py), whose handler serves these files too.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ import torch
 from transformers.utils import ModelOutput
 
 from speechkit.config import ConfigError
-from speechkit.sagemaker.inference import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
-                                           WEIGHTS, InferenceError, checked_onnx_files, companion_files,
-                                           onnx_generating, onnx_session, sha256)
+from speechkit.inference.onnx import (ONNX_FILES, ONNX_FOLDER as FOLDER, PARITY_FILE as PARITY,  # noqa: F401
+                                      WEIGHTS, checked_onnx_files, companion_files, onnx_generating, onnx_session,
+                                      sha256)
+from speechkit.inference.requests import InferenceError
 
 log = logging.getLogger(__name__)
 FILES = {"none": ONNX_FILES["onnx"], "int8": ONNX_FILES["onnx_int8"]}  # export.py's quantize= -> file

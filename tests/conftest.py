@@ -192,6 +192,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shipped_handler(path=None):
+    """The handler as deploy.py ships it and serve.py serves it: speechkit/inference/ bundled into one file
+    (code/inference.py), written to a temporary folder and imported from it as the module `inference`, as SageMaker's
+    container imports it; so a bundling mistake fails the tests that use it. Made once per process. `path`: a
+    code/inference.py unpacked from a model.tar.gz, imported as it is."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from speechkit.inference import bundle
+
+    global _SHIPPED
+    if path is not None:
+        return bundle.imported(path)
+    if _SHIPPED is None:  # a folder of its own, which a test may import it from in another process
+        folder = tempfile.mkdtemp(prefix="speechkit-handler-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SHIPPED = bundle.load(folder)
+    return _SHIPPED
+
+
+_SHIPPED = None
+
+
 def serve_and_post_wav(model_dir, wav, *overrides: str) -> dict:
     """`serve.py model_dir=... <overrides>` started on a free port, one WAV posted to /invocations, the JSON answer;
     the server stopped whatever happens."""

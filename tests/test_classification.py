@@ -135,7 +135,8 @@ def test_ast_multi_label_trains_ships_and_the_pipeline_uses_sigmoid(multi_label_
     # Exported (AST's filter bank is a fixed window: only the batch axis is dynamic), scored by mAP, and served with
     # the sigmoid the pipeline uses.
     from speechkit.commands import export
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     figures = export.run(compose("export", [f"model_dir={run_dir / 'model'}"]))
     assert figures["passed"] and figures["metric"] == "mAP" and figures["max_logit_difference"] < 1e-4
@@ -311,7 +312,8 @@ def test_serve_answers_a_classifier_with_its_top_labels(commands_run):
 def test_a_classifier_exports_through_the_parity_gate_and_serves_the_same_labels(commands_run, tmp_path, monkeypatch):
     """export.py on a classifier: scored by accuracy (and macro-F1) on the run's own eval split, kept, and the
     handler's ONNX path (softmax in numpy) answers the labels and scores the PyTorch pipeline answers."""
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     run_dir = tmp_path / "run"
     shutil.copytree(commands_run[0], run_dir)

@@ -48,7 +48,8 @@ def test_an_encoder_family_trains_ships_reloads_evaluates_transcribes_serves_and
     from transformers import AutoConfig, AutoFeatureExtractor, pipeline
 
     from speechkit.models import family_of
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     _, feature_extractor, model_class = ENCODERS[name]
     run_dir = tmp_path / "run"

@@ -78,8 +78,9 @@ def test_the_handler_and_serve_run_the_export_as_they_run_pytorch(run_copy, clip
     PyTorch, and serve.py serves it over HTTP; bad input keeps its 4xx."""
     from conftest import serve_and_post_wav
     from speechkit.data.audio import decode
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
     from speechkit.tasks import load_model_dir
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     model_dir = str(run_copy / "model")
     long_clip = decode(str(long_wav), 16000)
@@ -111,7 +112,8 @@ def test_the_handler_serves_the_export_without_torch(run_copy, clip_16k, monkeyp
     import subprocess
     import sys
 
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     model_dir = str(run_copy / "model")
     body = json.dumps({"speech_array": clip_16k.tolist(), "sampling_rate": 16000})
@@ -190,7 +192,7 @@ def test_deploy_packs_the_checked_export_and_the_endpoint_loads_it(run_copy, tmp
 
     from speechkit.commands.deploy import pack
     from speechkit.config import ConfigError
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
 
     model_dir = run_copy / "model"
     tarball = pack(str(model_dir), str(tmp_path / "model.tar.gz"), "onnx_int8")
@@ -201,6 +203,7 @@ def test_deploy_packs_the_checked_export_and_the_endpoint_loads_it(run_copy, tmp
     assert {"onnx/model.int8.onnx", "onnx/parity.json", "model.safetensors", "code/inference.py"} <= names
     assert "onnx/model.onnx" not in names and "onnxruntime==1.32.0" in requirements
     monkeypatch.setenv("SPEECHKIT_RUNTIME", "onnx_int8")
+    inference = shipped_handler(tmp_path / "opt_ml_model" / "code" / "inference.py")  # the one model.tar.gz holds
     assert inference.model_fn(str(tmp_path / "opt_ml_model"))["runtime"] == "onnx_int8"
 
     bare = tmp_path / "bare"

@@ -113,11 +113,13 @@ def test_a_model_without_a_ctc_head_is_refused_for_speech_recognition():
 
 
 def test_the_handler_serves_each_trainable_head_as_its_task_says():
-    """The SageMaker handler is self-contained (it ships alone in model.tar.gz), so it states the pipeline and the Auto
-    class of the heads it serves itself; they are the tasks' pipelines and the model families' Auto classes."""
+    """The SageMaker handler (shipped alone in model.tar.gz) serves the heads of speechkit/inference/heads.py that
+    name a pipeline, which the model families read too: each served head's pipeline is its task's, its Auto class
+    the family's."""
     from speechkit.models.base import HEADS
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
     from speechkit.tasks import TASKS, task_class
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     trained = {(task_class(name).pipeline, *HEADS[head]) for name, entry in TASKS.items() for head in entry.heads}
     assert set(inference.SERVED) <= trained  # each served head as the task and the family say it

@@ -301,6 +301,8 @@ def test_metric_regexes_match_the_trainers_log_lines(launched, container_run):
 
 
 def test_deploy_packs_uploads_and_creates_the_endpoint(container_run, tmp_path):
+    from speechkit.inference.bundle import bundle
+
     done = run_cli("deploy.py", f"model_dir={container_run['model']}", f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}",
                    f"sagemaker.region={REGION}", "endpoint.name=speechkit-test", f"hydra.run.dir={tmp_path}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -326,14 +328,15 @@ def test_deploy_packs_uploads_and_creates_the_endpoint(container_run, tmp_path):
     assert {"config.json", "model.safetensors", "vocab.json", "tokenizer_config.json", "code/inference.py",
             "code/requirements.txt"} <= names
     assert {n for n in names if "/" in n} == {"code/inference.py", "code/requirements.txt"}
-    assert handler == (REPO / "speechkit" / "sagemaker" / "inference.py").read_bytes()
+    assert handler == bundle().encode()  # speechkit/inference/ as one file
     assert requirements == ["torch==2.13.0", "torchcodec==0.13.0", "transformers==5.23.0", "numpy>=1.26"]
 
 
 # ------------------------------------------------------------------------------------------- the handler
 @pytest.fixture(scope="module")
 def handler(container_run):
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     return inference, inference.model_fn(str(container_run["model"]))
 
@@ -486,7 +489,9 @@ def test_handler_never_unpickles_or_trusts_remote_code():
     """No pickle-capable loader, no eval, no remote code in the handler's code (its docstrings may say so)."""
     import ast
 
-    tree = ast.parse((REPO / "speechkit" / "sagemaker" / "inference.py").read_text())
+    from speechkit.inference.bundle import bundle
+
+    tree = ast.parse(bundle())  # code/inference.py as shipped
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                 for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
                                      if isinstance(n, ast.ImportFrom) and n.module}
@@ -567,7 +572,8 @@ def test_serve_answers_ping_and_invocations_over_http(served, clip):
 def test_random_bytes_under_every_content_type_never_get_a_500(served):
     """A bounded fuzz: 6 random bodies (empty to 4 KB) under each accepted content type; every answer is a 4xx (or
     a 200 when FFmpeg finds audio in the noise), never a 5xx, and the server is still up afterwards."""
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     rng = np.random.default_rng(7)
     seen = []

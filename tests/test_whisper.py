@@ -117,7 +117,8 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     graphs; a changed encoder file is refused in one line by each of them."""
     from speechkit.commands import export
     from speechkit.commands.deploy import pack
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     run_dir = tmp_path / "run"
     shutil.copytree(whisper_run[0], run_dir)  # the exports go into its model/
@@ -227,7 +228,8 @@ def test_join_overlapping_windows_keeps_each_token_once():
 def test_the_handler_and_serve_answer_a_whisper_model(whisper_run):
     from transformers import pipeline
 
-    from speechkit.sagemaker import inference
+    from conftest import shipped_handler
+    inference = shipped_handler()  # code/inference.py as deploy.py ships it
 
     run_dir, _ = whisper_run
     served = inference.model_fn(str(run_dir / "model"))

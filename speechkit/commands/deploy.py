@@ -1,14 +1,16 @@
 """`python deploy.py model_dir=<run>/model sagemaker.role=... sagemaker.bucket=...`: a SageMaker real-time endpoint for a model.
 
 Packs model.tar.gz as SageMaker's Hugging Face/PyTorch inference containers expect it (the model and processor
-files at the top, code/inference.py and code/requirements.txt beside them; with inference.runtime=onnx or onnx_int8
-the checked export and its parity record in onnx/, and onnxruntime in the requirements), uploads it to
+files at the top, code/inference.py (the handler, speechkit/inference/ bundled into one file) and code/requirements.txt
+beside them; with inference.runtime=onnx or onnx_int8 the checked export and its parity record in onnx/, and
+onnxruntime in the requirements), uploads it to
 s3://<sagemaker.bucket>/<sagemaker.prefix>/models/<name>/, and creates the model, the endpoint config and the endpoint (all named
 <name>) with the SageMaker Python SDK 3 resources.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -20,12 +22,13 @@ from typing import List
 from omegaconf import DictConfig, OmegaConf
 
 from speechkit.config import Backend, ConfigError, DeployConfig, check_required
-from speechkit.sagemaker import inference, launch
+from speechkit.inference import bundle
+from speechkit.inference.onnx import ONNX_FOLDER, PARITY_FILE
+from speechkit.sagemaker import launch
 from speechkit.commands.serve import settings_env
 
 log = logging.getLogger(__name__)
 
-HANDLER = Path(inference.__file__)  # shipped as code/inference.py: it imports nothing of speechkit
 # What the handler imports, pinned as speechkit pins them (pyproject.toml); installed by the inference container.
 HANDLER_REQUIREMENTS = ("torch", "torchcodec", "transformers", "numpy")
 ONNX_REQUIREMENTS = ("onnxruntime",)  # and, with inference.runtime=onnx or onnx_int8, what runs the export
@@ -50,14 +53,18 @@ def pack(model_dir: str, tarball: str, runtime: str = "torch") -> str:
         from speechkit.onnx_export import served_files
 
         exports = [Path(f) for f in served_files(model_dir, runtime)]  # a Whisper's three graphs
-        parity = exports[-1].with_name(inference.PARITY_FILE)
-        packed += [(path, f"{inference.ONNX_FOLDER}/{path.name}") for path in (*exports, parity)]
+        parity = exports[-1].with_name(PARITY_FILE)
+        packed += [(path, f"{ONNX_FOLDER}/{path.name}") for path in (*exports, parity)]
     requirements = Path(tarball).with_name("requirements.txt")
     requirements.write_text("\n".join(handler_requirements(runtime)) + "\n")
     with tarfile.open(tarball, "w:gz") as tar:
         for path, name in packed:
             tar.add(path, arcname=name)
-        tar.add(HANDLER, arcname="code/inference.py")
+        # the handler as one file that imports nothing of speechkit (speechkit/inference/bundle.py)
+        handler = bundle.bundle().encode()
+        info = tarfile.TarInfo("code/inference.py")
+        info.size, info.mtime, info.mode = len(handler), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(handler))
         tar.add(requirements, arcname="code/requirements.txt")
     return tarball
 

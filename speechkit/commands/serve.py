@@ -1,9 +1,10 @@
-"""`python serve.py model_dir=<run>/model`: the deployed handler (inference.py) over HTTP on this machine.
+"""`python serve.py model_dir=<run>/model`: the deployed handler (code/inference.py) over HTTP on this machine.
 
 SageMaker's container contract: GET /ping answers 200 once the model is loaded, POST /invocations takes the request
 body with its Content-Type (and Accept) and answers with output_fn's JSON. Refusals are JSON {"error": ...} with the
 handler's status (400, 413, 415, 406); a request that finds the queue full is answered 503 with Retry-After. A
-small ASGI app (starlette) run by uvicorn.
+small ASGI app (starlette) run by uvicorn. The handler served is the file deploy.py ships, bundled from
+speechkit/inference/ (bundle.py) and imported from it, so what answers here is what an endpoint runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.routing import Route
 
 from speechkit.config import ConfigError, ServeConfig, check_required
 from speechkit.validation import saved_model_dir
-from speechkit.sagemaker import inference
+from speechkit.inference import bundle
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def settings_env(cfg) -> dict:
 
 
 def create_app(model_dir: str) -> Starlette:
+    inference = bundle.load()  # code/inference.py, as deploy.py ships it
     try:
         model = inference.model_fn(model_dir)
     except inference.InferenceError as err:  # not a model the handler serves
@@ -131,7 +133,8 @@ class Admission:
         return max(1, math.ceil(self.mean_s * (self.waiting + self.threads) / self.threads))
 
 
-def _error(err: "inference.InferenceError") -> Response:
+def _error(err) -> Response:
+    """`err`: the handler's InferenceError."""
     return JSONResponse({"error": err.message}, status_code=err.status_code)
 
 

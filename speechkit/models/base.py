@@ -2,8 +2,9 @@
 
 A family (speechkit/models/<family>.py) covers some of transformers' model types and answers, for a model of one:
 
-- which heads it can have ("ctc", "classification", "frames"; the Auto class serving each is transformers' own,
-  HEADS below), built from a pretrained checkpoint or from an architecture with random weights;
+- which heads it can have ("ctc", "classification", "frames", "seq2seq"; the Auto class serving each is
+  transformers' own, HEADS below, from speechkit/inference/heads.py), built from a pretrained checkpoint or from an
+  architecture with random weights;
 - what turns a clip into its input: a pretrained checkpoint's own feature extractor (its preprocessor_config.json,
   from its folder or the Hub), else the family's class with the family's settings; `inputs()` pads a batch with it;
 - its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip;
@@ -23,16 +24,13 @@ from typing import List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from speechkit.config import ConfigError, ModelConfig, first_line
+from speechkit.inference.heads import HEADS as TABLE
 
 log = logging.getLogger(__name__)
 
-# head -> (transformers' Auto class, transformers' list of the model types that have it)
-HEADS = {"ctc": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
-         "classification": ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"),
-         # one output per speaker and frame (diarization)
-         "frames": ("AutoModelForAudioFrameClassification", "MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES"),
-         # an encoder-decoder generating tokens (Whisper)
-         "seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES")}
+# head -> (transformers' Auto class, transformers' list of the model types that have it): the first two columns of
+# the one table of heads, speechkit/inference/heads.py, whose third (the pipeline serving a head) the handler reads
+HEADS = {head: (auto, mapping) for head, (auto, mapping, _pipeline) in TABLE.items()}
 HEAD_NAMES = {"ctc": "CTC", "classification": "classification", "frames": "frame-level",
               "seq2seq": "sequence-to-sequence"}  # for messages
 REGULARISATION = ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
