@@ -104,6 +104,61 @@ def test_the_handler_and_serve_answer_a_moonshine_model(moonshine_run):
     assert answer["text"].strip() == clip["hypothesis"]
 
 
+def test_a_moonshine_export_passes_the_gate_and_generates_as_pytorch_does(moonshine_run, tmp_path, monkeypatch):
+    """export.py on a Moonshine: the generation kind's three graphs, the encoder's over a waveform of any length with
+    its attention mask (and the frame mask it gives the decoder's cross-attention), scored by the task's own
+    evaluation beside the PyTorch model in padded batches; the decoder step by step on its cache as PyTorch over
+    the whole sequence; transcribe.py and the handler (as deploy.py ships it) answer with the export as with
+    PyTorch."""
+    import os
+
+    from transformers import MoonshineForConditionalGeneration
+
+    from conftest import shipped_handler
+    from speechkit.commands import export
+    from speechkit.onnx_export import exported_model, graph_files
+
+    inference = shipped_handler()
+    run_dir = tmp_path / "run"
+    shutil.copytree(moonshine_run, run_dir)
+    model_dir = run_dir / "model"
+    figures = export.run(compose("export", [f"model_dir={model_dir}"]))
+    assert figures["passed"] and figures["changed_predictions"] == 0 and figures["max_logit_difference"] < 1e-3
+
+    reference = MoonshineForConditionalGeneration.from_pretrained(model_dir).eval()
+    steps = exported_model(graph_files(reference, str(model_dir / "onnx" / "model.onnx")), reference,
+                           keep_reference=True)
+    torch.manual_seed(0)
+    audio = torch.randn(2, 20000) * 0.1
+    mask = torch.ones(2, 20000, dtype=torch.long)
+    mask[1, 12000:] = 0  # a shorter clip, padded: the cross-attention reads its frames alone
+    audio[1, 12000:] = 0
+    ids = torch.randint(3, reference.config.vocab_size, (2, 6))
+    with torch.no_grad():
+        expected = reference(input_values=audio, attention_mask=mask, decoder_input_ids=ids).logits
+        out = steps(input_values=audio, attention_mask=mask, decoder_input_ids=ids[:, :3])
+        encoded, logits = steps.get_encoder()(audio, attention_mask=mask), [out.logits]
+        for t in range(3, 6):
+            out = steps(encoder_outputs=encoded, decoder_input_ids=ids[:, t:t + 1], past_key_values=out.past_key_values)
+            logits.append(out.logits)
+    assert (torch.cat(logits, 1) - expected).abs().max() < 1e-4
+
+    clip = predictions(run_dir)[0]["id"]
+    for runtime in ("torch", "onnx"):
+        transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={clip}", "hw=cpu",
+                                              f"inference.runtime={runtime}", f"output_dir={tmp_path / runtime}",
+                                              "progress_bar=false"]))
+    name = os.path.splitext(os.path.basename(clip))[0] + ".txt"
+    assert (tmp_path / "onnx" / name).read_text() == (tmp_path / "torch" / name).read_text()
+    samples, rate = sf.read(clip, dtype="float32")
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        monkeypatch.setenv("SPEECHKIT_RUNTIME", runtime)
+        served = inference.model_fn(str(model_dir))
+        answers[runtime] = inference.predict_fn({"array": samples, "sampling_rate": rate}, served)
+    assert answers["onnx"] == answers["torch"] and served["min_samples"] == 895  # Moonshine's receptive field
+
+
 def _resume(run_dir, *extra):
     return compose("train", [*MOONSHINE_DEMO, "trainer.max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
                              "trainer.save_total_limit=null", "model.attention_dropout=0.1", f"run_dir={run_dir}",

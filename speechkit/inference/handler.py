@@ -119,8 +119,14 @@ def shortest_clip(model, feature_extractor) -> int:
     import torch
 
     if model.main_input_name == "input_values" and hasattr(model, "_get_feat_extract_output_lengths"):
-        frames = model._get_feat_extract_output_lengths(torch.arange(1, 8001))
-        return int(torch.nonzero(frames >= 1)[0, 0]) + 1
+        def frames(samples: int) -> int:  # one length at a time: some models' arithmetic takes no batch (Moonshine)
+            return int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
+
+        low, high = 1, 8000  # the fewest samples that give a frame: frames grow with samples
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if frames(middle) >= 1 else (middle + 1, high)
+        return low
     return filter_bank_shortest(feature_extractor)
 
 

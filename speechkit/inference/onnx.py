@@ -15,6 +15,7 @@ torch and transformers inside the functions that need them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -118,57 +119,82 @@ def onnx_session(path: str, device: str = "cpu", spinning: bool = True):
 
 
 class _EncoderSession:
-    """A Whisper export's encoder session as the encoder `generate` asks the model for (`get_encoder()`)."""
+    """A generating export's encoder session as the encoder `generate` asks the model for (`get_encoder()`): its
+    main input (Whisper's window of features, Moonshine's waveform) and, where the graph takes one, the attention
+    mask, to the encoder's states (and, then, its mask of the frames the decoder's cross-attention reads)."""
 
     def __init__(self, session, reference):
         self.session, self.config = session, reference.config
         self.main_input_name = getattr(reference, "main_input_name", "input_features")
+        self.names = [i.name for i in session.get_inputs()]
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def forward(self, input_features=None, attention_mask=None, **_):
+    def forward(self, inputs=None, attention_mask=None, **kwargs):
         import torch
-        from transformers.modeling_outputs import BaseModelOutput
 
-        states = self.session.run(["last_hidden_state"], {"input_features": input_features.float().cpu().numpy()})[0]
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(states)).to(
-            input_features.device))
+        inputs = kwargs.get(self.main_input_name) if inputs is None else inputs
+        feed = {self.main_input_name: inputs.float().cpu().numpy()}
+        if "attention_mask" in self.names:
+            mask = torch.ones(inputs.shape[:2], dtype=torch.long) if attention_mask is None else attention_mask
+            feed["attention_mask"] = mask.long().cpu().numpy()
+        out = self.session.run(None, feed)
+        states = torch.from_numpy(np.ascontiguousarray(out[0])).to(inputs.device)
+        frames = torch.from_numpy(out[1]).to(inputs.device) if len(out) > 1 else None
+        return _encoder_output()(last_hidden_state=states, attention_mask=frames)
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder_output():
+    """The encoder's output type: transformers' BaseModelOutput and the mask of its frames (None where there is
+    none), a ModelOutput generate() expands for beams like the model's own."""
+    import dataclasses
+
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    # made, not declared: a dataclass declared here would read its string annotations through sys.modules, which
+    # code/inference.py, imported from a file by the container, need not be in
+    return dataclasses.make_dataclass("EncoderOutput", [("attention_mask", Optional[torch.Tensor], None)],
+                                      bases=(BaseModelOutput,))
 
 
 def onnx_generating(model, files: list, device: str = "cpu"):
-    """A Whisper model (PyTorch, loaded) whose encoder and forward pass become its export's sessions (`files`, as
-    checked_onnx_files gives them: encoder, cross-attention keys and values, decoder): transformers' `generate`, and
-    so the stock pipeline, runs around them as around the PyTorch ones (the prompt, suppressed tokens, timestamps,
-    beams). Past keys and values are kept as the PyTorch model keeps them, in an EncoderDecoderCache (which beam
-    search reorders): the cross-attention's computed once per clip, and each step runs the decoder on the new token
-    alone. The PyTorch layers the sessions stand in for are dropped (only the embeddings, the convolutions' shapes
-    and the config stay), so the served process does not hold both."""
+    """A generating model (Whisper, Moonshine; PyTorch, loaded) whose encoder and forward pass become its export's
+    sessions (`files`, as checked_onnx_files gives them: encoder, cross-attention keys and values, decoder):
+    transformers' `generate`, and so the stock pipeline, runs around them as around the PyTorch ones (the prompt,
+    suppressed tokens, timestamps, beams). Past keys and values are kept as the PyTorch model keeps them, in an
+    EncoderDecoderCache (which beam search reorders): the cross-attention's computed once per clip, and each step
+    runs the decoder on the new token alone; a decoder graph that takes the encoder's frame mask (a family fed an
+    attention mask: Moonshine) is given it. The PyTorch layers the sessions stand in for are dropped (only the
+    embeddings, the convolutions' shapes and the config stay), so the served process does not hold both."""
     import copy
     import types
 
     import torch
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import Seq2SeqLMOutput
-    from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
     encoder = _EncoderSession(onnx_session(files[0], device, spinning=False), model.get_encoder())
     cross, decoder = (onnx_session(f, device, spinning=False) for f in files[1:])
-    layers = model.config.decoder_layers
+    masked = "encoder_attention_mask" in {i.name for i in decoder.get_inputs()}
+    layers = len(model.get_decoder().layers)
     cache_config = copy.deepcopy(model.config)
     cache_config.num_hidden_layers = layers  # one slot per decoder layer, as the PyTorch decoder makes it
 
     def get_encoder(*_, **__):
         return encoder
 
-    def forward(self, input_features=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                past_key_values=None, use_cache=None, labels=None, **_):
+    def forward(self, attention_mask=None, decoder_input_ids=None, encoder_outputs=None, past_key_values=None,
+                use_cache=None, labels=None, **inputs):
         if encoder_outputs is None:
-            encoder_outputs = encoder(input_features)
+            encoder_outputs = encoder(inputs[encoder.main_input_name], attention_mask=attention_mask)
         states = encoder_outputs[0]
         if decoder_input_ids is None and labels is not None:  # teacher forcing, as the PyTorch model does
-            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
-                                                   self.config.decoder_start_token_id)
+            decoder_input_ids = labels.new_full(labels.shape, self.config.decoder_start_token_id)
+            decoder_input_ids[:, 1:] = labels[:, :-1]
+            decoder_input_ids.masked_fill_(decoder_input_ids == -100, self.config.pad_token_id)
         like = decoder_input_ids
         if past_key_values is None or past_key_values.get_seq_length() == 0:  # a prompt: the clip's cross keys
             cache = EncoderDecoderCache(DynamicCache(config=cache_config), DynamicCache(config=cache_config))
@@ -180,6 +206,10 @@ def onnx_generating(model, files: list, device: str = "cpu"):
         else:
             cache = past_key_values
         feed = {"decoder_input_ids": like.long().cpu().numpy()}
+        if masked:
+            frames = getattr(encoder_outputs, "attention_mask", None)
+            feed["encoder_attention_mask"] = np.ones(states.shape[:2], np.int64) if frames is None else \
+                frames.long().cpu().numpy()
         batch = like.shape[0]
         for i in range(layers):
             cross_layer = cache.cross_attention_cache.layers[i]
@@ -198,8 +228,8 @@ def onnx_generating(model, files: list, device: str = "cpu"):
         return Seq2SeqLMOutput(logits=torch.from_numpy(logits).to(like.device), past_key_values=cache,
                                encoder_last_hidden_state=states)
 
-    model.model.encoder.layers = torch.nn.ModuleList()
-    model.model.decoder.layers = torch.nn.ModuleList()
+    model.get_encoder().layers = torch.nn.ModuleList()
+    model.get_decoder().layers = torch.nn.ModuleList()
     model.get_encoder = get_encoder
     model.model.get_encoder = get_encoder
     model.forward = types.MethodType(forward, model)
