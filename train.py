@@ -1,4 +1,4 @@
-"""Fine-tune a wav2vec2 CTC model: `python train.py [group=option ...] [key=value ...]` (see README.md)."""
+"""Fine-tune a speech model (speech recognition, audio classification, diarization): `python train.py [group=option ...] [key=value ...]` (see README.md)."""
 
 import hydra
 from omegaconf import DictConfig

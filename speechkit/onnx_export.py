@@ -13,10 +13,13 @@ The graph's inputs are the family's model inputs (speechkit/models/base.py: Mode
 the length axis where the family takes any length (AST's filter bank is a fixed window), dynamic; its output is
 `logits`.
 
-Whisper is three graphs (graph_files): its encoder (`input_features` of its fixed window -> `last_hidden_state`,
-in encoder.onnx), every decoder layer's cross-attention keys and values over those states (cross_kv.onnx, run once
+A generating model (Whisper, Moonshine) is three graphs (graph_files): its encoder (its main input: Whisper's
+`input_features` of its fixed window, Moonshine's `input_values` of any length with their `attention_mask` ->
+`last_hidden_state`, and for Moonshine the `encoder_attention_mask` of its frames, in encoder.onnx), every decoder
+layer's cross-attention keys and values over those states (cross_kv.onnx, run once
 per clip), and its decoder with the output projection (new `decoder_input_ids` and every layer's past keys and
-values -> `logits` and the new tokens' keys and values, in model.onnx, whose parity record also holds the other
+values, and the encoder's frame mask where there is one -> `logits` and the new tokens' keys and values, in
+model.onnx, whose parity record also holds the other
 graphs' hashes). The handler's `onnx_generating` puts the sessions in the place of the model's encoder and forward
 pass, with the keys and values in transformers' own cache, so `generate` (the prompt, the suppressed tokens,
 timestamps, beams), and the stock pipeline around it, run unchanged; torch is needed around them.
@@ -67,8 +70,8 @@ def check_exportable(config, key: str = "model_dir") -> None:
 
     head, family = head_of(config), family_of(config.model_type)
     if head not in EXPORTED_HEADS:
-        raise ConfigError(f"{key}: a {head} model; export.py exports CTC, Whisper, classification and diarization "
-                          "models")
+        raise ConfigError(f"{key}: a {head} model; export.py exports CTC, generating (Whisper, Moonshine), "
+                          "classification and diarization models")
     if family.onnx_refused:
         raise ConfigError(f"{key}: a {family.name} model; {family.onnx_refused} (serve it with "
                           "inference.runtime=torch)")

@@ -4,7 +4,7 @@ hold, and the checks an ONNX export passes before it is served.
 - heads.py     the one table of heads: head -> (transformers Auto class, its mapping's name, the pipeline serving it)
 - requests.py  input_fn and output_fn: a request's body parsed, its limits, InferenceError (the refusal, with its
                HTTP status)
-- onnx.py      the export's file names, their parity and hash checks, onnxruntime sessions, a Whisper generating
+- onnx.py      the export's file names, their parity and hash checks, onnxruntime sessions, a generating model
                around its three graphs, a CTC model's and a classifier's answers with numpy alone
 - handler.py   model_fn, predict_fn and transform: SageMaker's Hugging Face/PyTorch inference toolkit contract
 - bundle.py    the four above joined into one file, code/inference.py, which imports nothing of speechkit: what

@@ -1,7 +1,8 @@
 """The inference handler: SageMaker's Hugging Face/PyTorch toolkit contract, shipped as `code/inference.py`.
 
-    model_fn(model_dir)                 -> the model and its pipeline: speech recognition for a CTC model,
-                                           audio classification for a classifier, whatever its family
+    model_fn(model_dir)                 -> the model and its pipeline: speech recognition for a CTC or a
+                                           generating model (Whisper, Moonshine), audio classification for a
+                                           classifier, whatever its family
     input_fn(body, content_type)        -> a mono clip, from JSON {"speech_array": [...], "sampling_rate": N}
                                            or from raw audio bytes (audio/wav, audio/flac, audio/x-audio, ...)
     predict_fn(clip, model)             -> {"text": ..., "duration_s": ...}; resampled to the model's rate, long
@@ -26,7 +27,7 @@ SPEECHKIT_DEVICE (cuda when available, else cpu), SPEECHKIT_RUNTIME (torch; onnx
 <model_dir>/onnx/, made and checked by export.py, run by onnxruntime).
 
 With an ONNX runtime a CTC model or a classifier runs without torch: features by the feature extractor in numpy,
-the graph by onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. A Whisper export (its
+the graph by onnxruntime, CTC frames decoded by the tokenizer, a classifier's scores by numpy. A generating export (its
 three graphs) needs torch: the stock pipeline and transformers' `generate` run around its sessions
 (`onnx_generating`), so its answers are made as the PyTorch model's are. torch is still imported for
 audio files and for JSON at another rate (FFmpeg's decoder and resampler come through torchcodec); JSON at the
@@ -50,7 +51,7 @@ from speechkit.inference.requests import InferenceError, _env_float, input_fn, o
 # What a model is served as, by the head its config's architectures name (heads.py, the one table of heads): the
 # pipeline (the speechkit task's own pipeline tag, speechkit/tasks/), the transformers Auto class that loads it and
 # its list of architectures; a head with no pipeline (a diarizer's frames) is not served. Any model family
-# transformers has these heads for is served alike (wav2vec2, HuBERT, WavLM, w2v-BERT, Whisper, AST ...).
+# transformers has these heads for is served alike (wav2vec2, HuBERT, WavLM, w2v-BERT, Whisper, Moonshine, AST ...).
 SERVED = [(pipeline, auto, mapping) for auto, mapping, pipeline in HEADS.values() if pipeline]
 
 
@@ -92,7 +93,7 @@ def _loaded(auto, model_dir: str, device: str):
 
 
 def pipeline_model(model, model_dir: str, task: str, device: str) -> dict:
-    """`model` (PyTorch, or a Whisper generating around its ONNX sessions) in the stock pipeline of `task`, with
+    """`model` (PyTorch, or a generating model around its ONNX sessions) in the stock pipeline of `task`, with
     the feature extractor and tokenizer it was trained with."""
     import torch
     from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
@@ -144,7 +145,7 @@ def onnx_model_fn(model_dir: str, config, served: tuple) -> dict:
     task, auto = served
     device = os.environ.get("SPEECHKIT_DEVICE", "cpu")
     files = checked_onnx_files(model_dir, runtime())
-    if auto == "AutoModelForSpeechSeq2Seq":  # Whisper: the stock pipeline, generating around the sessions
+    if auto == "AutoModelForSpeechSeq2Seq":  # a generating model: the stock pipeline, generating around the sessions
         import transformers
 
         model = onnx_generating(_loaded(transformers.AutoModelForSpeechSeq2Seq, model_dir, "cpu"), files, device)

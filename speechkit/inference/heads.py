@@ -15,6 +15,6 @@ HEADS = {"ctc": ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES", "automatic-sp
          # one output per speaker and frame (diarization): not served
          "frames": ("AutoModelForAudioFrameClassification", "MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES",
                     None),
-         # an encoder-decoder generating tokens (Whisper)
+         # an encoder-decoder generating tokens (Whisper, Moonshine)
          "seq2seq": ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
                      "automatic-speech-recognition")}

@@ -91,8 +91,8 @@ def load(model_dir: str):
     head = head_of(config)
     if head is None:
         raise ConfigError(f"model_dir: {model_dir} holds a {config.architectures or 'model of no known architecture'}"
-                          "; speechkit scores CTC (speech recognition), audio-classification and frame-classification "
-                          "(diarization) models")
+                          "; speechkit scores CTC and sequence-to-sequence (speech recognition), "
+                          "audio-classification and frame-classification (diarization) models")
     alone = adapters.shipped_alone(model_dir)
     if alone:
         return adapters.load_shipped_adapter(model_dir, auto_class(head), alone), head

@@ -2,7 +2,7 @@
 the predictions are computed and scored, which result is best, and what ships beside the weights in model/.
 
 - base.py            the contract every task keeps (Task), and what they share (Collator, Score)
-- asr/               speech recognition: CTC over characters (task.py), its vocab (vocab.py), its LM (decoding.py)
+- asr.py             speech recognition, by the model's head kind (speechkit/kinds/: CTC frames, generation)
 - classification.py  audio classification: one class or several per clip
 - diarization.py     who spoke when: speaker activity per frame
 - scoring.py         the evaluation pass every task shares, and the files an evaluation writes

@@ -38,8 +38,9 @@ class Ctc(HeadKind):
     def refusals(cls, get, family):
         weight = get("task.whisper_ctc_weight")
         if weight:
-            yield "task.whisper_ctc_weight", weight, (f"0 for a {family.name} CTC model (an auxiliary CTC loss is for "
-                                                      "a sequence-to-sequence model; a CTC model's loss is CTC already)")
+            yield "task.whisper_ctc_weight", weight, (f"0 for a {family.name} CTC model (an auxiliary CTC loss is "
+                                                      "for a sequence-to-sequence model; a CTC model's loss is CTC "
+                                                      "already)")
         if get("task.vocab.source") == VocabSource.pretrained.value:
             if not get("model.name_or_path"):
                 yield "task.vocab.source", "pretrained", ("data for a model built from scratch (model.name_or_path is "

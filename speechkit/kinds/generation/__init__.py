@@ -133,7 +133,8 @@ class Generation(HeadKind):
         return rows if len(keep) == len(rows) else rows.select(keep)
 
     def describe(self) -> str:
-        return f"{len(self.tokenizer)} tokens ({self.task.family.describe_prompt(self.language, self.whisper_task, True)})"
+        prompt = self.task.family.describe_prompt(self.language, self.whisper_task, short=True)
+        return f"{len(self.tokenizer)} tokens ({prompt})"
 
     def head_config(self) -> dict:
         """A from-scratch decoder's vocabulary and special tokens (its family's); a pretrained one keeps its own,
