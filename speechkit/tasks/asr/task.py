@@ -148,21 +148,6 @@ class SpeechRecognition(Task):
     def batch_targets(self):
         return self.kind.batch_targets()
 
-    @property
-    def padded_to(self) -> Optional[int]:
-        """A model of a fixed input window (Whisper) is fed every clip padded to it, so every clip counts the whole
-        window in a batch's duration (trainer.batch_duration_s)."""
-        return self.family.input_window(self.feature_extractor)
-
-    def dataset(self, rows, training: bool, augment=None):
-        dataset = super().dataset(rows, training, augment)
-        if self.padded_to and training:
-            window = self.padded_to / self.sampling_rate
-            log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
-                     "(trainer.batch_duration_s), and batches take clips as drawn, whatever their duration, unless "
-                     "trainer.group_by_length=true", self.family.name, window, window)
-        return dataset
-
     def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
         """The model's transcripts of the split (the head kind's decoding), scored; with task.hallucination_probe,
         the words it emits on clips of silence and noise too."""
