@@ -6,7 +6,8 @@ A family (speechkit/models/<family>.py) covers some of transformers' model types
   HEADS below), built from a pretrained checkpoint or from an architecture with random weights;
 - what turns a clip into its input: a pretrained checkpoint's own feature extractor (its preprocessor_config.json,
   from its folder or the Hub), else the family's class with the family's settings; `inputs()` pads a batch with it;
-- its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip;
+- its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip
+  (output_frames) and of each clip of a batch from its attention mask (output_lengths, what CTC decoding masks by);
 - the processor a CTC model ships with (a tokenizer and that feature extractor), which inference loads back;
 - which of speechkit's fast paths apply (speechkit/models/fast_paths.py).
 
@@ -279,6 +280,13 @@ class ModelFamily:
     def output_frames(self, config, samples: int, sampling_rate: int) -> int:
         """The output frames of a clip of `samples` at `sampling_rate` (in a padded batch, those its attention mask
         covers)."""
+        raise NotImplementedError
+
+    def output_lengths(self, config, input_lengths):
+        """The output frames of each clip of a batch (a tensor of integers), from `input_lengths`, the lengths its
+        attention mask covers (`batch["attention_mask"].sum(-1)`, the batch `inputs()` made): samples for a waveform
+        encoder, input frames for a filter-bank one (w2v-BERT). The model's own length arithmetic, said by the family
+        (CTC decoding masks the frames past each clip's with it), equal to output_frames clip by clip."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ speech recognition
