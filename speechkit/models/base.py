@@ -302,6 +302,22 @@ class ModelFamily:
 
         return getattr(transformers, self.processor).from_pretrained(model_dir)
 
+    # ------------------------------------------------------------------------------------------ sharding
+    def layer_classes(self, model) -> List[str]:
+        """The class names of the model's repeated blocks, each one unit FSDP shards and gathers in turn (accelerate's
+        fsdp_transformer_layer_cls_to_wrap; speechkit/hardware.py: shard_by_layer): the items of every module list
+        named `layers` (a wav2vec2-like, w2v-BERT or Whisper encoder's and decoder's layers, an adapter's) or `layer`
+        (AST's). Read off the model, so each model type and variant (wav2vec2's stable-layer-norm layers, HuBERT's,
+        WavLM's) names its own; transformers' `_no_split_modules`, accelerate's default, names none for wav2vec2 or
+        WavLM."""
+        import torch
+
+        names = set()
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "layer"):
+                names.update(type(item).__name__ for item in module)
+        return sorted(names)
+
     # ------------------------------------------------------------------------------------------ fast paths
     def fast_paths(self, model, device) -> list:
         """Switch `model` (in place) to the fast paths that fit it; what was switched, for the log."""
