@@ -389,8 +389,9 @@ class TrainerConfig:
     num_epochs: float = 10  # passes over the training split (a fraction ends mid-epoch)
     max_steps: Optional[int] = None  # overrides num_epochs when set
     batch_size: int = 8  # clips per batch, per device (when batch_duration_s is null)
-    # Seconds of audio per batch, per device, padding counted (clips x longest clip): batches of clips of similar
-    # length from length buckets, so short clips make big batches and long ones small batches. null: batch_size.
+    # Seconds of audio per batch, per device, padding counted (clips x longest clip; clips x the window for a model
+    # fed a fixed window: Whisper, AST): batches of clips of similar length from length buckets, so short clips make
+    # big batches and long ones small batches. null: batch_size.
     batch_duration_s: Optional[float] = None
     eval_batch_size: int = 8  # clips per evaluation batch, per device
     gradient_accumulation_steps: int = 1  # batches whose gradients add up to one optimizer step
@@ -405,7 +406,7 @@ class TrainerConfig:
     tri_stage: TriStageConfig = field(default_factory=TriStageConfig)
     max_grad_norm: float = 1.0  # gradients clipped to this norm before each step
     # batches of clips of similar duration (the order of batches still shuffled); null: where that cuts padding, not
-    # for a model fed every clip padded to a fixed window (Whisper), where it mostly trained worse (docs/speed.md)
+    # for a model fed every clip padded to a fixed window (Whisper, AST), where it mostly trained worse (docs/speed.md)
     group_by_length: Optional[bool] = None
     num_workers: Optional[int] = None  # DataLoader worker processes; null: per backend (hardware.loader_settings)
     compile: bool = False  # torch.compile the model (pays on GPUs over long runs; compiling takes minutes on a CPU)

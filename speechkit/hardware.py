@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
 
 from speechkit.config import Backend, ConfigError, HardwareConfig, Precision
 
@@ -183,6 +183,34 @@ def distribution(accelerator: Accelerator) -> Tuple[str, Optional[str]]:
            f"{accelerator.device.type}{', hw=cpu' if accelerator.device.type == 'cpu' else ''})")
     return in_force, (f"The launch asked for {asked} (its accelerate config), but it is not applied: {why}. Training "
                       f"runs as {in_force}: every process holds the whole model, checkpoints hold full weights")
+
+
+def shard_by_layer(accelerator: Accelerator, layers: Sequence[str], model_name: str) -> None:
+    """Under FSDP (accelerate/fsdp.yaml), before the model is prepared: the layer classes FSDP shards one by one are
+    the family's (`layers`: ModelFamily.layer_classes), unless the launch's accelerate config names its own
+    (fsdp_transformer_layer_cls_to_wrap); the log names them. Nothing under any other distribution."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    wrapped = wrap_layers(accelerator.state.fsdp_plugin, layers)
+    if wrapped is None:
+        log.info("FSDP shards %s by its accelerate config's auto wrap policy (not by layer class)", model_name)
+    else:
+        log.info("FSDP shards %s layer by layer: %s%s", model_name, ", ".join(wrapped),
+                 "" if list(wrapped) == list(layers) else " (named by the accelerate config)")
+
+
+def wrap_layers(plugin, layers: Sequence[str]) -> Optional[List[str]]:
+    """The layer classes an FSDP plugin (accelerate's FullyShardedDataParallelPlugin, as the launch's config made it)
+    wraps: `layers` set where its policy wraps by layer class (TRANSFORMER_BASED_WRAP) and the config names none,
+    else the config's own; None where it does not wrap by class."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy = plugin.auto_wrap_policy
+    if getattr(policy, "func", policy) is not transformer_auto_wrap_policy:
+        return None
+    if plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = list(layers)
+    return list(plugin.transformer_cls_names_to_wrap)
 
 
 def _main_process_logs_only() -> None:

@@ -296,6 +296,24 @@ def test_a_resumed_classifier_run_ends_with_the_same_weights(tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)
 
 
+def test_an_ast_classifier_run_budgets_its_batches_by_the_window_and_says_so(tmp_path, caplog):
+    """AST is fed its whole window (here 1.28 s) whatever the clip: 2.56 s of trainer.batch_duration_s is two
+    clips a batch, two windows fed, however short the spoken words; the run's log says so, as a Whisper's does."""
+    run_dir = tmp_path / "run"
+    cfg = compose("train", ["experiment=demo_commands", *WORDS, "model=ast_tiny", *AST_TINY,
+                            "model.architecture.max_length=128", *FAST, "trainer.batch_duration_s=2.56",
+                            "trainer.max_steps=3", "trainer.eval_steps=3", "augment=none", f"run_dir={run_dir}"])
+    with caplog.at_level("INFO"):
+        train.run(cfg)
+    assert any(r.getMessage().startswith("Audio Spectrogram Transformer pads every clip to its 1.28 s input window")
+               for r in caplog.records)
+    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    for m in steps:  # one batch a logging window: the samples fed, padding counted, are two windows
+        assert m["audio_s"] / (1 - m["padding"]) == pytest.approx(2.56, rel=1e-6), m
+        assert m["audio_s"] < 2.56 * 0.9  # the words are shorter than the window: the rest is padding
+
+
 def test_serve_answers_a_classifier_with_its_top_labels(commands_run):
     """serve.py on a classifier's model/: the handler picks the audio-classification pipeline and answers the top
     labels with their scores, the first the one speechkit's evaluation predicted for that clip."""

@@ -123,3 +123,83 @@ def test_data_loading_and_optimizer_follow_the_device():
         settings = loader_settings(gpu)
         assert settings["pin_memory"] and settings["num_workers"] >= 1 and settings["persistent_workers"]
         assert optimizer_settings(gpu) == {"fused": True}
+
+
+# model option with tiny sizes -> (its head, the layer classes FSDP wraps, how many layers)
+FSDP_MODELS = {
+    "tiny": (["model.architecture.num_hidden_layers=2"], "ctc", ["Wav2Vec2EncoderLayerStableLayerNorm"], 2),
+    "tiny_group_norm": (["model.architecture.num_hidden_layers=2", "model.architecture.feat_extract_norm=group",
+                         "model.architecture.do_stable_layer_norm=false"], "ctc", ["Wav2Vec2EncoderLayer"], 2),
+    "whisper_scratch": (["model.architecture.encoder_layers=2", "model.architecture.decoder_layers=1"], "seq2seq",
+                        ["WhisperDecoderLayer", "WhisperEncoderLayer"], 3),
+    "ast_tiny": (["model.architecture.num_hidden_layers=2"], "classification", ["ASTLayer"], 2),
+}
+
+
+def fsdp_plugin(monkeypatch):
+    """accelerate's FSDP plugin as `accelerate launch --config_file accelerate/fsdp.yaml` makes it in train.py: the
+    file read by accelerate's own parser, its environment set, the plugin built from it."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin, prepare_multi_gpu_env
+
+    from conftest import REPO
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "accelerate" / "fsdp.yaml"),
+                                              str(REPO / "train.py")])
+    args, _, _ = _validate_launch_command(args)
+    for key, value in prepare_multi_gpu_env(args).items():
+        if key.startswith(("FSDP_", "ACCELERATE_USE_FSDP")):
+            monkeypatch.setenv(key, value)
+    return FullyShardedDataParallelPlugin()
+
+
+@pytest.mark.parametrize("name", sorted(FSDP_MODELS))
+def test_fsdp_shards_each_layer_the_family_names(name, monkeypatch, caplog):
+    """accelerate/fsdp.yaml names no layer classes: speechkit gives FSDP the family's (ModelFamily.layer_classes),
+    whatever the model, and says them. accelerate's own FSDP2 wrap policy, with the plugin the file makes, then takes
+    every layer of a wav2vec2 (either layer norm), a Whisper (encoder and decoder) and an AST, each one unit; its
+    default, transformers' _no_split_modules, takes none of wav2vec2's. (accelerate applies FSDP on GPUs only and
+    runs a CPU launch of the file as DDP: test_the_log_names_the_distribution_in_force_and_an_asked_one_not_applied;
+    two CPU processes sharded by torch's FSDP2 itself: test_scale.py.)"""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from omegaconf import OmegaConf
+
+    from speechkit.hardware import shard_by_layer
+    from speechkit.models import build_model, family_of
+
+    overrides, head, classes, layers = FSDP_MODELS[name]
+    option = "tiny" if name.startswith("tiny") else name
+    cfg = OmegaConf.to_object(compose("train", [f"model={option}", *overrides, "run_dir=/x"])).model
+    head_config = {"seq2seq": {}, "ctc": {"vocab_size": 8, "pad_token_id": 7},
+                   "classification": {"num_labels": 3}}[head]
+    model = build_model(cfg, head, **head_config)
+    family = family_of(model.config.model_type)
+    assert family.layer_classes(model) == classes
+
+    plugin = fsdp_plugin(monkeypatch)
+    assert plugin.transformer_cls_names_to_wrap is None  # the file leaves them to speechkit
+    if name.startswith("tiny"):  # accelerate's default would wrap no layer of a wav2vec2
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        assert type(model)._no_split_modules is None and not any(policy(m) for m in model.modules())
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+    with caplog.at_level(logging.INFO, logger="speechkit.hardware"):
+        shard_by_layer(accelerator, family.layer_classes(model), type(model).__name__)
+    assert f"FSDP shards {type(model).__name__} layer by layer: {', '.join(classes)}" in caplog.text
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    wrapped = [m for m in model.modules() if policy(m)]
+    assert sorted({type(m).__name__ for m in wrapped}) == classes and len(wrapped) == layers
+
+
+def test_an_accelerate_config_naming_its_own_layer_classes_or_another_policy_keeps_them(monkeypatch):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from speechkit.hardware import wrap_layers
+
+    fsdp_plugin(monkeypatch)  # the file's environment
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "MyLayer")
+    assert wrap_layers(FullyShardedDataParallelPlugin(), ["WhisperEncoderLayer"]) == ["MyLayer"]
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP")
+    assert wrap_layers(FullyShardedDataParallelPlugin(), ["WhisperEncoderLayer"]) is None

@@ -229,3 +229,44 @@ def test_a_ctc_checkpoint_keeps_its_own_tokenizer_and_head_with_vocab_source_pre
 
     with pytest.raises(ConfigError, match=r"^task\.vocab\.source='pretrained' is not allowed: .*built from scratch"):
         check_values(scratch)
+CONV_ARCH = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                 conv_dim=[16, 16, 32, 32], conv_kernel=[10, 8, 4, 4], conv_stride=[5, 4, 4, 4],
+                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=8)
+W2V_BERT_ARCH = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     output_hidden_size=32, conv_depthwise_kernel_size=3, vocab_size=8)
+
+
+@pytest.mark.parametrize("model_type,arch", [
+    ("wav2vec2", dict(CONV_ARCH, feat_extract_norm="layer")),
+    ("wav2vec2", dict(CONV_ARCH, add_adapter=True, adapter_stride=2, num_adapter_layers=2, output_hidden_size=32)),
+    ("hubert", CONV_ARCH),
+    ("wavlm", dict(CONV_ARCH, num_buckets=16, max_bucket_distance=32)),
+    ("wavlm", dict(CONV_ARCH, num_buckets=16, max_bucket_distance=32, add_adapter=True, adapter_stride=3,
+                   num_adapter_layers=1, output_hidden_size=32)),
+    ("wav2vec2-bert", W2V_BERT_ARCH),
+    ("wav2vec2-bert", dict(W2V_BERT_ARCH, add_adapter=True)),
+])
+def test_a_ctc_familys_output_lengths_are_the_models_own(model_type, arch):
+    """Every CTC-capable family says the output frames of a batch's clips from the lengths its attention mask covers
+    (samples for a waveform encoder, stacked filter-bank frames for w2v-BERT): the tiny random-init model's own
+    _get_feat_extract_output_lengths of the same mask, and output_frames clip by clip, edges included."""
+    from transformers import AutoConfig, AutoModelForCTC
+
+    config = AutoConfig.for_model(model_type, **arch)
+    family = family_of(model_type)
+    assert family.has_head(model_type, "ctc")
+    model = AutoModelForCTC.from_config(config).eval()
+    fe = family.new_feature_extractor(config, 16000)
+    field = family.receptive_field(config, 16000)
+    sizes = [field, field + 1, field + 159, 881, 1361, 3200, 16000, 23456]
+    clips = [torch.randn(n, generator=torch.Generator().manual_seed(n)).numpy() for n in sizes]
+    batch = family.inputs(config, fe)(clips)
+    lengths = batch["attention_mask"].sum(-1)
+    ours = family.output_lengths(config, lengths)
+    assert ours.tolist() == model._get_feat_extract_output_lengths(lengths).tolist()
+    assert ours.tolist() == [family.output_frames(config, n, 16000) for n in sizes]
+    assert min(ours.tolist()) >= 1
+    with torch.no_grad():  # the longest clip's frames: the batch's logits (w2v-BERT: one more where the longest
+        # clip has an odd last filter-bank frame, stacked with padding outside the mask)
+        frames = model(**{k: batch[k] for k in (fe.model_input_names[0], "attention_mask")}).logits.shape[1]
+    assert frames - max(ours) == (1 if model_type == "wav2vec2-bert" and (1 + (sizes[-1] - 400) // 160) % 2 else 0)

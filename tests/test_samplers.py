@@ -198,3 +198,44 @@ def test_batch_size_or_duration_from_the_trainer_config():
     rows = [[i for _, i in b] for b in batches]
     assert rows == list(by_duration.batches) and len(batches) == len(by_duration)
     assert all(len(b) * lengths[b].max() <= 45 * 16000 for b in rows)
+
+
+def _classifier(model_overrides, tmp_path):
+    """An audio-classification task with its model built as training builds it (random init, three labels)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from speechkit.tasks import make_task
+
+    cfg = OmegaConf.to_object(compose("train", ["experiment=demo_commands", *model_overrides,
+                                                "trainer.batch_duration_s=8.0", f"run_dir={tmp_path}"]))
+    task = make_task(cfg)
+    task.labels, task.multi_label = ["down", "stop", "up"], False
+    task.build_model(cfg.model, str(tmp_path))
+    return task, cfg.trainer
+
+
+def test_an_ast_classifier_is_budgeted_and_batched_by_its_window(tmp_path):
+    """AST pads or cuts every clip to its window (ast_tiny: 128 frames of 10 ms, 1.28 s), whatever the task: the
+    classification task's padded_to is that window, so 8 s of trainer.batch_duration_s is 6 clips a batch, taken
+    as drawn, each batch fed 6 windows; a wav2vec2 classifier, fed clips padded to the batch's longest, keeps
+    batches of 8 s of audio grouped by duration."""
+    task, trainer = _classifier(["model=ast_tiny"], tmp_path / "ast")
+    assert task.padded_to == task.inputs.window == 20480 == task.family.input_window(task.feature_extractor)
+    lengths = np.random.default_rng(3).integers(4000, 20480, size=300)  # spoken words, all shorter than the window
+    random_spread = np.mean([lengths[c].max() - lengths[c].min() for c in np.split(np.arange(300), 50)])
+    sampler = train_batch_sampler(lengths, trainer.batch_size, trainer.batch_duration_s, task.sampling_rate,
+                                  trainer.seed, trainer.group_by_length, task.padded_to)  # as the trainer calls it
+    batches = [[i for _, i in b] for b in sampler]
+    assert {len(b) for b in batches} == {6} and sorted(i for b in batches for i in b) == list(range(300))
+    assert np.mean([lengths[b].max() - lengths[b].min() for b in batches]) > random_spread / 2  # as drawn
+    items = [{"input_values": np.zeros(int(n), np.float32), "labels": 0, "index": i}
+             for i, n in enumerate(lengths[batches[0]])]
+    fed = task.collator(True).inputs([x["input_values"] for x in items])
+    assert fed["padded_samples"] == 6 * 20480 <= trainer.batch_duration_s * task.sampling_rate
+
+    task, trainer = _classifier(["model=tiny"], tmp_path / "wav2vec2")
+    assert task.padded_to is None
+    sampler = train_batch_sampler(lengths, trainer.batch_size, trainer.batch_duration_s, task.sampling_rate,
+                                  trainer.seed, trainer.group_by_length, task.padded_to)
+    assert isinstance(sampler.batches, DurationBatchSampler)

@@ -147,7 +147,7 @@ def batch_sampler(lengths: Sequence[int], batch_size: int, batch_duration_s: Opt
                   lengths_at: Optional[Callable[[int], np.ndarray]] = None) -> torch.utils.data.Sampler:
     """trainer.batch_duration_s when set (seconds of audio per batch), else trainer.batch_size clips per batch: the
     training batches of a split (train_batch_sampler) and of a stream's window (speechkit/data/streaming.py) alike.
-    `padded_to`: a model of a fixed input window (Whisper) is fed every clip padded to that many samples, so a
+    `padded_to`: a model of a fixed input window (Whisper, AST) is fed every clip padded to that many samples, so a
     duration budget is a number of clips (the budget over the window). `group_by_length` (trainer.group_by_length):
     batches of clips of similar duration; None, the default: where clips are padded to the batch's longest, not to a
     fixed window. Whisper's encoder takes its whole window whatever the grouping, and grouped batches, which keep

@@ -12,8 +12,8 @@ class MaskedFilterBank(ModelInputs):
     """AST's input with SpecAugment in training: `time_masks` spans of up to `time_length` frames and
     `feature_masks` bands of up to `feature_length` mel bins set to 0 (the normalized filter bank's mean)."""
 
-    def __init__(self, feature_extractor, spec):
-        super().__init__(feature_extractor, False, AudioSpectrogramTransformer().input_window(feature_extractor))
+    def __init__(self, feature_extractor, window: int, spec):
+        super().__init__(feature_extractor, False, window)
         self.spec = spec
 
     def mask(self, batch: dict, draws: List[tuple]) -> None:
@@ -56,11 +56,12 @@ class AudioSpectrogramTransformer(ModelFamily):
 
     def inputs(self, config, feature_extractor, specaugment=None) -> ModelInputs:
         if specaugment is not None and specaugment.enabled:
-            return MaskedFilterBank(feature_extractor, specaugment)
+            return MaskedFilterBank(feature_extractor, self.input_window(feature_extractor), specaugment)
         return super().inputs(config, feature_extractor)
 
     def input_window(self, feature_extractor) -> Optional[int]:
-        """max_length frames of 10 ms."""
+        """max_length frames of 10 ms: every clip is cut or padded to it (the one place the window is said: the
+        model's input, the classification task's crop and every task's padded_to read it here)."""
         return int(feature_extractor.max_length * feature_extractor.sampling_rate // 100)
 
     def receptive_field(self, config, sampling_rate: int) -> int:

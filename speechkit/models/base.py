@@ -7,7 +7,8 @@ A family (speechkit/models/<family>.py) covers some of transformers' model types
   architecture with random weights;
 - what turns a clip into its input: a pretrained checkpoint's own feature extractor (its preprocessor_config.json,
   from its folder or the Hub), else the family's class with the family's settings; `inputs()` pads a batch with it;
-- its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip;
+- its lengths: the shortest clip it takes (receptive field), samples per output frame, output frames of a clip
+  (output_frames) and of each clip of a batch from its attention mask (output_lengths, what CTC decoding masks by);
 - the processor a CTC model ships with (a tokenizer and that feature extractor), which inference loads back;
 - which of speechkit's fast paths apply (speechkit/models/fast_paths.py).
 
@@ -279,6 +280,13 @@ class ModelFamily:
         covers)."""
         raise NotImplementedError
 
+    def output_lengths(self, config, input_lengths):
+        """The output frames of each clip of a batch (a tensor of integers), from `input_lengths`, the lengths its
+        attention mask covers (`batch["attention_mask"].sum(-1)`, the batch `inputs()` made): samples for a waveform
+        encoder, input frames for a filter-bank one (w2v-BERT). The model's own length arithmetic, said by the family
+        (CTC decoding masks the frames past each clip's with it), equal to output_frames clip by clip."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------------------ speech recognition
     def make_processor(self, tokenizer, feature_extractor):
         """The processor a speech recognition model ships with: its tokenizer and feature extractor, as the stock
@@ -346,6 +354,22 @@ class ModelFamily:
         import contextlib
 
         return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------------ sharding
+    def layer_classes(self, model) -> List[str]:
+        """The class names of the model's repeated blocks, each one unit FSDP shards and gathers in turn (accelerate's
+        fsdp_transformer_layer_cls_to_wrap; speechkit/hardware.py: shard_by_layer): the items of every module list
+        named `layers` (a wav2vec2-like, w2v-BERT or Whisper encoder's and decoder's layers, an adapter's) or `layer`
+        (AST's). Read off the model, so each model type and variant (wav2vec2's stable-layer-norm layers, HuBERT's,
+        WavLM's) names its own; transformers' `_no_split_modules`, accelerate's default, names none for wav2vec2 or
+        WavLM."""
+        import torch
+
+        names = set()
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "layer"):
+                names.update(type(item).__name__ for item in module)
+        return sorted(names)
 
     # ------------------------------------------------------------------------------------------ fast paths
     def fast_paths(self, model, device) -> list:

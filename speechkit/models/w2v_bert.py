@@ -55,8 +55,18 @@ class W2vBert(ModelFamily):
         output), speechkit's evaluation and transcribe.py do not."""
         window, hop = self._window_hop(sampling_rate)
         n = (1 + (samples - window) // hop) // self._stride(config) if samples >= window else 0
+        return max(int(self._adapted(config, n)), 0)
+
+    def output_lengths(self, config, input_lengths):
+        """The attention mask counts input frames (filter-bank frames stacked `stride` at a time, an odd last one
+        outside it), not samples: only the adapter's arithmetic is left to do."""
+        return self._adapted(config, input_lengths).clamp(min=0)
+
+    @staticmethod
+    def _adapted(config, n):
+        """Input frames `n` (an int or a tensor) through the adapter's strided convolutions, where it has one."""
         if config.add_adapter:
             kernel, stride = config.adapter_kernel_size, config.adapter_stride
             for _ in range(config.num_adapter_layers):
                 n = (n + 2 * (kernel // 2) - kernel) // stride + 1
-        return max(int(n), 0)
+        return n

@@ -38,10 +38,23 @@ class Wav2Vec2Like(ModelFamily):
         return field
 
     def output_frames(self, config, samples: int, sampling_rate: int) -> int:
-        n = samples
+        return max(int(self._frames(config, samples)), 0)
+
+    def output_lengths(self, config, input_lengths):
+        """The attention mask counts samples: the convolutions' (and the adapter's) arithmetic on each."""
+        return self._frames(config, input_lengths).clamp(min=0)
+
+    @staticmethod
+    def _frames(config, n):
+        """Frames of `n` samples (an int or a tensor): the feature encoder's convolutions, then, with add_adapter
+        (wav2vec2, WavLM), the adapter's strided ones of kernel 1, as the model's own _get_feat_extract_output_lengths
+        counts them."""
         for kernel, stride in zip(config.conv_kernel, config.conv_stride):
             n = (n - kernel) // stride + 1
-        return max(int(n), 0)
+        if getattr(config, "add_adapter", False):
+            for _ in range(config.num_adapter_layers):
+                n = (n - 1) // config.adapter_stride + 1
+        return n
 
     def fast_paths(self, model, device) -> list:
         """The time-major conv feature encoder (wav2vec2's layer-norm stacks: the tiny model, XLSR-53, MMS) and, on

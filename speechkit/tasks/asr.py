@@ -9,7 +9,6 @@ ships)."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from typing import List, Optional, Tuple
 
@@ -22,7 +21,6 @@ from speechkit.kinds import kind_class
 from speechkit.tasks.base import Score, Task
 from speechkit.tasks.scoring import EvalResult
 
-log = logging.getLogger(__name__)
 
 PROBE_S = 3.0  # seconds of each hallucination-probe clip
 PROBE_NOISE_RMS = 0.01  # white noise at -40 dB of full scale
@@ -146,21 +144,6 @@ class SpeechRecognition(Task):
 
     def batch_targets(self):
         return self.kind.batch_targets()
-
-    @property
-    def padded_to(self) -> Optional[int]:
-        """A model of a fixed input window (Whisper) is fed every clip padded to it, so every clip counts the whole
-        window in a batch's duration (trainer.batch_duration_s)."""
-        return self.family.input_window(self.feature_extractor)
-
-    def dataset(self, rows, training: bool, augment=None):
-        dataset = super().dataset(rows, training, augment)
-        if self.padded_to and training:
-            window = self.padded_to / self.sampling_rate
-            log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
-                     "(trainer.batch_duration_s), and batches take clips as drawn, whatever their duration, unless "
-                     "trainer.group_by_length=true", self.family.name, window, window)
-        return dataset
 
     def evaluate(self, model, loader, dataset, accelerator) -> EvalResult:
         """The model's transcripts of the split (the head kind's decoding), scored; with task.hallucination_probe,

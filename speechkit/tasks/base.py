@@ -23,10 +23,13 @@ Inspection:  inventory
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 from speechkit.models import ModelInputs, family_of, load, model_config as checked_model_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,6 @@ class Task:
     inventory_kind: str = "labels"
     labels_to_model: bool = False  # the model computes its loss from `labels` itself (CTC); else forward's loss()
     crop: Optional[int] = None  # training clips longer than this many samples are cut to a random window of it
-    padded_to: Optional[int] = None  # every clip is fed padded to this many samples (a duration budget counts that)
 
     def __init__(self, cfg, dataset=None, model=None):
         """`cfg`: the task's schema (speechkit/config.py); `dataset`, `model`: the run's, when training. Once a model
@@ -182,6 +184,14 @@ class Task:
     def sampling_rate(self) -> int:
         return self.feature_extractor.sampling_rate
 
+    @property
+    def padded_to(self) -> Optional[int]:
+        """Samples every clip is fed padded to: a model of a fixed input window (Whisper, AST) takes the whole window
+        whatever the clip, so every clip counts the window in a batch's duration (trainer.batch_duration_s), and
+        batches are taken as drawn unless trainer.group_by_length=true (speechkit/data/samplers.py: batch_sampler).
+        None: clips are padded to the batch's longest (or no model is bound yet). The family says it, for every task."""
+        return self.family.input_window(self.feature_extractor) if self.family is not None else None
+
     def targets(self, rows) -> list:
         """Each checked row's target, as the dataset's items carry it (`labels`)."""
         raise NotImplementedError
@@ -191,6 +201,11 @@ class Task:
         `augment` (speechkit/data/augment.py: Augmenter) when given."""
         from speechkit.data import SpeechDataset
 
+        if self.padded_to and training:
+            window = self.padded_to / self.sampling_rate
+            log.info("%s pads every clip to its %g s input window: each clip counts %g s of a batch's duration "
+                     "(trainer.batch_duration_s), and batches take clips as drawn, whatever their duration, unless "
+                     "trainer.group_by_length=true", self.family.name, window, window)
         return SpeechDataset(rows, self.sampling_rate, self.targets(rows), crop=self.crop if training else None,
                              augment=augment if training else None)
 

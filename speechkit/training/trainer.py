@@ -25,7 +25,7 @@ from speechkit.config import ConfigError, FinalModel, TrainerConfig
 from speechkit.data import SpeechDataset
 from speechkit.data.samplers import eval_loader, train_batch_sampler
 from speechkit.data.streaming import StreamedBatches
-from speechkit.hardware import loader_settings, optimizer_settings
+from speechkit.hardware import loader_settings, optimizer_settings, shard_by_layer
 from speechkit.models.adapters import FullModel
 from speechkit.plots import training_curves
 from speechkit.rundir import RunDir
@@ -192,6 +192,7 @@ def setup(cfg: TrainerConfig, accelerator: Accelerator, task, model: PreTrainedM
             log.info("Fast paths: %s", "; ".join(applied))
     if cfg.compile:
         model.compile(dynamic=True)  # in place: parameter names, and so checkpoints, stay those of the plain model
+    shard_by_layer(accelerator, task.family.layer_classes(model), type(model).__name__)  # FSDP: the family's layers
     if isinstance(train_set, StreamedBatches):
         model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
         batches = StreamBatches(train_set, task.collator(True), loading, cfg.seed, accelerator)

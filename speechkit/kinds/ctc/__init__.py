@@ -158,10 +158,10 @@ class Ctc(HeadKind):
 
         tokenizer = self.processor.tokenizer
         blank = tokenizer.pad_token_id
-        unwrapped = accelerator.unwrap_model(model)
+        family, config = self.task.family, self.task.config
 
-        def frames_of(batch, on):  # the frames each clip really has: the model's own length arithmetic of its mask
-            return unwrapped._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).to(on)
+        def frames_of(batch, on):  # the frames each clip really has: its family's length arithmetic of its mask
+            return family.output_lengths(config, batch["attention_mask"].sum(-1)).to(on)
 
         def argmax(out, batch, _):
             pred = out.logits.argmax(dim=-1)
