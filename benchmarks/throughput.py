@@ -401,8 +401,14 @@ def run_speechkit(spec: dict, work: Path, system: str) -> dict:
                                               WhisperProcessor.from_pretrained(shipped), spec["data"])
     head, extra = ("seq2seq", {"decoder_start_token_id": 1}) if spec.get("seq2seq") else ("ctc", {})
 
-    def model_builder():
-        return build_model(cfg.model, head, vocab_size=64, pad_token_id=0, **extra)
+    def model_builder():  # the model train.py builds: SpecAugment's masks and the adapter as configured
+        from speechkit.models import adapters, family_of
+
+        adapter = adapters.make(cfg.adapter, cfg.dataset.spoken_language(), cfg.model.name_or_path)
+        model = build_model(cfg.model, head, cfg.augment.specaugment, adapter, vocab_size=64, pad_token_id=0,
+                            **extra)
+        adapter.attach(model, family_of(model.config.model_type))
+        return model
     result.update(parameter_counts(cfg, model_builder))
     result.update(device_figures(spec, model_builder, result["audio_s_per_s"]))
     return result

@@ -63,13 +63,17 @@ def model_config(cfg: ModelConfig, heads: Iterable[str], task: str = ""):
     raise _no_head(cfg, config, family, heads, task)
 
 
-def build_model(cfg: ModelConfig, head: str, **head_config):
-    """The model with a fresh `head` (head_config: its size, labels ...): speechkit/models/base.py's build."""
-    config = base_config(cfg)
-    family = family_of(config.model_type)
+def build_model(cfg: ModelConfig, head: str, specaugment=None, adapter=None, bound: Optional[tuple] = None,
+                **head_config):
+    """The model with a fresh `head` (head_config: its size, labels ...), as training builds it (a task's
+    build_model calls this): speechkit/models/base.py's build, with SpecAugment's masks (`specaugment`:
+    augment.specaugment) and what `adapter` needs of the config (conf/adapter, attached by the caller once what the
+    task adds is there). `bound`: (config, family) the run has read already."""
+    config, family = bound or (base_config(cfg), None)
+    family = family or family_of(config.model_type)
     if not family.has_head(config.model_type, head):
         raise _no_head(cfg, config, family, [head])
-    return family.build(cfg, config, head, **head_config)
+    return family.build(cfg, config, head, specaugment, adapter, **head_config)
 
 
 def _no_head(cfg: ModelConfig, config, family: ModelFamily, heads: Iterable[str], task: str = "") -> ConfigError:

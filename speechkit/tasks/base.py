@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from speechkit.models import ModelInputs, family_of, load, model_config as checked_model_config
+from speechkit.models import ModelInputs, build_model, family_of, load, model_config as checked_model_config
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Task:
         the masks the model (or its input) gets in training; `adapter`: conf/adapter's (speechkit/models/adapters.py),
         attached last, so that what the task added to the model trains with the head."""
         config, head = self.model_config(model_cfg)
-        model = self.family.build(model_cfg, config, head, specaugment, adapter, **self.head_config())
+        model = build_model(model_cfg, head, specaugment, adapter, (config, self.family), **self.head_config())
         self.specaugment = specaugment
         self.bind(model, self.family.feature_extractor(model.config, model_cfg))
         self.prepare(model, run_dir)
