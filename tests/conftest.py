@@ -255,3 +255,13 @@ def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
     raise TimeoutError(url)
+
+
+def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 train.py ...`, as docs/hardware.md says for the CPU: two
+    processes joined by torch.distributed (gloo, since hw=cpu)."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                           str(free_port()), str(REPO / "train.py"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)

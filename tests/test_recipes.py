@@ -4,7 +4,7 @@ and their experiments compose with every value of the originals."""
 import pytest
 
 from conftest import compose
-from hub_fixtures import FLEURS_KEPT, LIBRISPEECH_LINES, make_fleurs, make_librispeech
+from support.hub_fixtures import FLEURS_KEPT, LIBRISPEECH_LINES, make_fleurs, make_librispeech
 from speechkit import data
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from browser import check_report
+from support.browser import check_report
 from speechkit.report import asr_sections, page, timeline
 
 REFERENCES = ["the cat sat", "a red ball", "go home now", "we need our doctor"]

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, Dataset, Features, List as ListOf, Value
 
-from browser import check_report
+from support.browser import check_report
 from conftest import TINY, compose, run_cli, speak, write_metadata
 from speechkit.commands import evaluate, train
 from speechkit.recordings import attribute
@@ -277,7 +277,7 @@ def make_callhome(root):
     rows = {k: [] for k in features}
     import io
 
-    from hub_fixtures import _speech
+    from support.hub_fixtures import _speech
 
     for i in range(5):
         a, b = _speech("hola buenos días", "es", 8000), _speech("muy bien gracias", "es+f3", 8000)

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from browser import check_report
+from support.browser import check_report
 from conftest import TINY, compose, run_cli, speak, write_metadata
-from hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
+from support.hub_fixtures import AUDIOSET_ROWS, make_ast_checkpoint, make_audioset
 from speechkit.commands import train
 from speechkit.data.audio import decode
 
@@ -255,7 +255,7 @@ def test_sagemaker_metric_regexes_match_a_classifiers_log_lines(commands_run):
 def test_two_processes_train_a_classifier_and_score_every_clip_once(tmp_path):
     """DDP (`accelerate launch`, two CPU processes) for the classification task: every test clip scored once, the
     artifacts written once, and the shipped model's final accuracy equal to a one-process evaluate.py of it."""
-    from test_scale import accelerate_launch
+    from conftest import accelerate_launch
 
     run_dir = tmp_path / "run"
     done = accelerate_launch("experiment=demo_commands", *WORDS, *TINY, *FAST, "trainer.batch_size=4",

@@ -1,7 +1,7 @@
-"""One process of a two-process FSDP2 run on the CPU (gloo), started by torchrun from tests/test_scale.py: a tiny
-model of a family sharded as accelerate's fsdp2_prepare_model shards it (torch's fully_shard on each module the wrap
-policy picks, then on the root), with the plugin accelerate/fsdp.yaml makes and the layer classes speechkit gives it
-(speechkit/hardware.py: shard_by_layer), then two training steps. accelerate itself applies FSDP on GPUs only (on
+"""One process of a two-process FSDP2 run on the CPU (gloo), started by torchrun from tests/training/test_scale.py:
+a tiny model of a family sharded as accelerate's fsdp2_prepare_model shards it (torch's fully_shard on each module
+the wrap policy picks, then on the root), with the plugin accelerate/fsdp.yaml makes and the layer classes speechkit
+gives it (speechkit/hardware.py: shard_by_layer), then two training steps. accelerate itself applies FSDP on GPUs only (on
 the CPU it runs the file as DDP), so this is FSDP2 itself on the layers speechkit names. Prints one JSON line."""
 
 import json
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # conftest; this checkout's speechkit
+sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parents[2])]  # conftest; this checkout's speechkit
 
 
 class Said(logging.Handler):

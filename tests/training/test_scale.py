@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import CONF, REPO, SMALL_DEMO, TINY, compose, free_port, run_cli
+from conftest import CONF, REPO, SMALL_DEMO, TINY, accelerate_launch, compose, free_port, run_cli
 from speechkit.commands import evaluate
 
 pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
@@ -173,16 +173,6 @@ DDP = ["experiment=demo", "hw=cpu", *SMALL_DEMO, *TINY, *FAST,
        "model.mask_time_prob=0.2"]
 
 
-def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2 train.py ...`, as docs/hardware.md says for the CPU: two
-    processes joined by torch.distributed (gloo, since hw=cpu)."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                           str(free_port()), str(REPO / "train.py"), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
@@ -307,7 +297,7 @@ def test_accelerate_config_files_are_read_by_accelerate_launch(name, flag, expec
 ])
 def test_fsdp_shards_a_tiny_model_of_each_family_layer_by_layer_in_two_cpu_processes(option, classes, layers):
     """accelerate/fsdp.yaml on two CPU processes (gloo). accelerate applies FSDP on GPUs only (a CPU launch of the file
-    runs as DDP, and the log says so: test_hardware.py), so the two processes (tests/fsdp_worker.py, under torchrun)
+    runs as DDP, and the log says so: test_hardware.py), so the two processes (tests/support/fsdp_worker.py, under torchrun)
     shard as accelerate's fsdp2_prepare_model would: the plugin the file makes, the layer classes speechkit gives it
     from the family (its log names them), accelerate's wrap policy, torch's FSDP2 fully_shard; then two steps."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -318,7 +308,7 @@ def test_fsdp_shards_a_tiny_model_of_each_family_layer_by_layer_in_two_cpu_proce
     args, _, _ = _validate_launch_command(args)
     env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(REPO / "tests" / "fsdp_worker.py"), option],
+                           "--master_port", str(free_port()), str(REPO / "tests" / "support" / "fsdp_worker.py"), option],
                           cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import SMALL_DEMO, TINY_WHISPER, WHISPER_DEMO, WHISPER_FAST, compose, speak, write_metadata
-from hub_fixtures import FLEURS_KEPT, make_fleurs, make_whisper_checkpoint
+from support.hub_fixtures import FLEURS_KEPT, make_fleurs, make_whisper_checkpoint
 from speechkit.commands import evaluate, train, transcribe
 from speechkit.config import ConfigError
 
@@ -276,7 +276,7 @@ def test_a_whisper_run_resumes_exactly(tmp_path):
 
 
 def test_two_processes_train_a_whisper_and_score_every_clip_once(tmp_path):
-    from test_scale import accelerate_launch
+    from conftest import accelerate_launch
 
     run_dir = tmp_path / "run"
     done = accelerate_launch(*WHISPER_DEMO, "trainer.max_steps=2", "trainer.save_steps=2", f"hydra.run.dir={run_dir}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from browser import check_report as check_report_in_browser
+from support.browser import check_report as check_report_in_browser
 from conftest import SMALL_DEMO, TINY, compose, jiwer_wer, run_cli, speak, write_metadata
 from speechkit.commands import train
 from speechkit.config import ConfigError, RunError

@@ -15,12 +15,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import SMALL_DEMO, TINY, compose, speak, write_metadata
-from hub_fixtures import FLEURS_ROWS, make_fleurs
+from support.hub_fixtures import FLEURS_ROWS, make_fleurs
 from speechkit import data
 from speechkit.commands import train
 from speechkit.data import streaming
 from speechkit.tasks import make_task
-from test_scale import accelerate_launch
+from conftest import accelerate_launch
 
 pytestmark = pytest.mark.slow  # end to end: trainings, subprocesses, servers (docs/contributing.md, Tests)
 
