@@ -170,13 +170,23 @@ def test_the_bundle_refuses_what_would_not_work_in_one_file(tmp_path, monkeypatc
 
 
 def test_nothing_but_deploy_and_the_launcher_imports_sagemaker():
-    """speechkit/sagemaker/ is the SageMaker launcher (training jobs) and what runs in its training container: the
-    inference runtime is speechkit/inference/, so serve.py, export.py, evaluate.py, transcribe.py and onnx_export.py
-    import nothing of sagemaker/; deploy.py and train.py's hw=sagemaker take its launch.py (images, requirements,
-    the job)."""
+    """speechkit/sagemaker/ is the SageMaker launcher (training jobs), what runs in its training container and the
+    endpoint deploy.py makes: the inference runtime is speechkit/inference/, so serve.py, export.py, evaluate.py,
+    transcribe.py and onnx_export.py import nothing of sagemaker/; deploy.py takes its endpoint.py, train.py's
+    hw=sagemaker its launch.py (images, requirements, the job)."""
     known = modules()
     sagemaker = {name for name in known if name.split(".")[:2] == ["speechkit", "sagemaker"]}
     users = {name: imports(path, known) & sagemaker for name, path in known.items() if name not in sagemaker}
     users = {name: used for name, used in users.items() if used}
-    assert users == {"speechkit.commands.deploy": {"speechkit.sagemaker.launch"},
+    assert users == {"speechkit.commands.deploy": {"speechkit.sagemaker.endpoint"},
                      "speechkit.commands.train": {"speechkit.sagemaker.launch"}}
+
+
+def test_no_command_imports_another():
+    """speechkit/commands/ parse, call and print: the engines they use live in the library, so no command imports
+    another (imports inside functions counted)."""
+    known = modules()
+    commands = {name for name in known if name.startswith("speechkit.commands.")}
+    crossing = {name: imports(known[name], known) & (commands - {name}) for name in commands}
+    assert not {name: used for name, used in crossing.items() if used}
+

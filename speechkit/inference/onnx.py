@@ -5,8 +5,8 @@ the answers made from them.
   stated once) and `checked_onnx_files`: an export is served only if its parity record (export.py's gate) passed and
   the hashes of the file, its companion graphs and the weights beside it are the ones scored;
 - `onnx_session`: a session as the handler, the parity gate, evaluate.py and transcribe.py run an export;
-- `onnx_generating`: a generating model (Whisper, Moonshine) whose encoder and forward pass are its export's three sessions, so that transformers'
-  `generate` and the stock pipeline run around them;
+- `onnx_generating`: a generating model (Whisper, Moonshine) whose encoder and forward pass are its export's three
+  sessions, so that transformers' `generate` and the stock pipeline run around them;
 - `onnx_transcript`, `onnx_labels`: a CTC model's transcript and a classifier's top labels with numpy alone.
 
 Bundled into the handler (code/inference.py, bundle.py): numpy and the standard library at the top, onnxruntime,
@@ -49,7 +49,8 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-# A generating export (Whisper, Moonshine) is three graphs: model.onnx (its decoder, which takes past keys and values) and, beside it, these
+# A generating export (Whisper, Moonshine) is three graphs: model.onnx (its decoder, which takes past keys and
+# values) and, beside it, these
 # (model.int8.onnx beside encoder.int8.onnx, ...)
 ENCODER, CROSS = "encoder", "cross_kv"
 

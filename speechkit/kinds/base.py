@@ -7,6 +7,7 @@ Training:    check_model, fit, describe, head_config, prepare, targets, target_o
 A saved model:  restore, check_eval_rows, processor (what ships beside the weights)
 Scoring:     decode, decoder_label, decoder_name, after_training
 Long form:   long_form (a LongForm: window, read, join)
+Export:      export_graphs (None: the one-pass logits graph speechkit/onnx_export.py makes for any head)
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class LongForm:
 class HeadKind:
     name: str = ""  # the head (speechkit/inference/heads.py)
     card_kind: str = ""  # the model card's words for what the model is
+    # export.py's graphs of a model of this kind: export_graphs(model, example, path, lengths, write, axes) -> the
+    # path of its main graph; None: the logits of one forward pass, as speechkit/onnx_export.py exports any head
+    export_graphs = None
 
     def __init__(self, task):
         self.task, self.cfg = task, task.cfg

@@ -190,7 +190,7 @@ def test_deploy_packs_the_checked_export_and_the_endpoint_loads_it(run_copy, tmp
     serves it (the hashes travel with it); a runtime with no export is refused before anything is uploaded."""
     import tarfile
 
-    from speechkit.commands.deploy import pack
+    from speechkit.sagemaker.endpoint import pack
     from speechkit.config import ConfigError
     from conftest import shipped_handler
 

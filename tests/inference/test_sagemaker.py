@@ -372,7 +372,7 @@ def test_handler_json_request(handler, clip, stock):
 def test_handler_can_answer_the_bare_transcript_as_the_aws_recipe_did(handler, clip, stock, monkeypatch):
     from omegaconf import OmegaConf
 
-    from speechkit.commands.serve import settings_env
+    from speechkit.inference.server import settings_env
 
     inference, model = handler
     _, at_16k = clip

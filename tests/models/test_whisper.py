@@ -116,7 +116,7 @@ def test_a_whisper_export_passes_the_gate_and_generates_as_pytorch_does(whisper_
     PyTorch model's transcript, and the handler (serve.py, the endpoint) its answers; deploy.py packs the three
     graphs; a changed encoder file is refused in one line by each of them."""
     from speechkit.commands import export
-    from speechkit.commands.deploy import pack
+    from speechkit.sagemaker.endpoint import pack
     from conftest import shipped_handler
     inference = shipped_handler()  # code/inference.py as deploy.py ships it
 

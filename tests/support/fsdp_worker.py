@@ -1,8 +1,8 @@
 """One process of a two-process FSDP2 run on the CPU (gloo), started by torchrun from tests/training/test_scale.py:
 a tiny model of a family sharded as accelerate's fsdp2_prepare_model shards it (torch's fully_shard on each module
 the wrap policy picks, then on the root), with the plugin accelerate/fsdp.yaml makes and the layer classes speechkit
-gives it (speechkit/hardware.py: shard_by_layer), then two training steps. accelerate itself applies FSDP on GPUs only (on
-the CPU it runs the file as DDP), so this is FSDP2 itself on the layers speechkit names. Prints one JSON line."""
+gives it (speechkit/hardware.py: shard_by_layer), then two training steps. accelerate itself applies FSDP on GPUs
+only (on the CPU it runs the file as DDP), so this is FSDP2 itself on the layers speechkit names. Prints one JSON line."""
 
 import json
 import logging

@@ -297,7 +297,8 @@ def test_accelerate_config_files_are_read_by_accelerate_launch(name, flag, expec
 ])
 def test_fsdp_shards_a_tiny_model_of_each_family_layer_by_layer_in_two_cpu_processes(option, classes, layers):
     """accelerate/fsdp.yaml on two CPU processes (gloo). accelerate applies FSDP on GPUs only (a CPU launch of the file
-    runs as DDP, and the log says so: test_hardware.py), so the two processes (tests/support/fsdp_worker.py, under torchrun)
+    runs as DDP, and the log says so: test_hardware.py), so the two processes (tests/support/fsdp_worker.py, under
+    torchrun)
     shard as accelerate's fsdp2_prepare_model would: the plugin the file makes, the layer classes speechkit gives it
     from the family (its log names them), accelerate's wrap policy, torch's FSDP2 fully_shard; then two steps."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -308,7 +309,8 @@ def test_fsdp_shards_a_tiny_model_of_each_family_layer_by_layer_in_two_cpu_proce
     args, _, _ = _validate_launch_command(args)
     env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(REPO / "tests" / "support" / "fsdp_worker.py"), option],
+                           "--master_port", str(free_port()), str(REPO / "tests" / "support" / "fsdp_worker.py"),
+                           option],
                           cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,6 +16,7 @@ tokenizer, its generation config; this module asks for them.
 - Hybrid training (task.whisper_ctc_weight, hybrid.py): an auxiliary CTC loss on the encoder's frames.
 - Long recordings (Generated): windows of the model's input window at most, each generating its tokens, joined where
   consecutive windows agree over their overlap.
+- ONNX (graphs.py): its encoder, its cross-attention's keys and values, and a decoder step over past keys and values.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class Generation(HeadKind):
     """The generating side of speech recognition (speechkit/tasks/asr.py composes it)."""
 
     name = "seq2seq"
+
+    @staticmethod
+    def export_graphs(model, example, path, lengths, write, axes) -> str:
+        """Its three ONNX graphs (graphs.py)."""
+        from speechkit.kinds.generation import graphs
+
+        return graphs.export_graphs(model, example, path, lengths, write, axes)
 
     def __init__(self, task):
         super().__init__(task)
