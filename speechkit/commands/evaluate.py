@@ -1,62 +1,24 @@
 """`python evaluate.py`: score a trained model directory on one split of a dataset config. The task is the one whose
-head the model has (speechkit/tasks/__init__.py: load_model_dir)."""
+head the model has (speechkit/tasks/__init__.py: load_model_dir); the scoring: speechkit/evaluation.py."""
 
 from __future__ import annotations
 
-import logging
-import os
-
 from omegaconf import DictConfig, OmegaConf
 
-from speechkit import data
-from speechkit.data.samplers import eval_loader
 from speechkit.config import EvaluateConfig, check_required
-from speechkit.hardware import loader_settings, make_accelerator
-from speechkit.onnx_export import for_runtime
-from speechkit.rundir import RunDir
-from speechkit.tasks.scoring import EvalResult, write_results
-from speechkit.tasks import load_model_dir
-from speechkit.validation import saved_model_dir
-
-log = logging.getLogger(__name__)
+from speechkit.evaluation import evaluate_saved_model
+from speechkit.tasks.scoring import EvalResult
 
 
 def run(raw_cfg: DictConfig) -> EvalResult:
     check_required(raw_cfg)
     cfg: EvaluateConfig = OmegaConf.to_object(raw_cfg)
-    model_dir = saved_model_dir(cfg.model_dir)
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    accelerator = make_accelerator(cfg.hw)
-    task, model = load_model_dir(model_dir, multi_label=cfg.multi_label, collar_s=cfg.collar_s,
-                                 skip_overlap=cfg.skip_overlap, dataset=cfg.dataset,
-                                 whisper_normalizer=cfg.whisper_normalizer, hallucination_probe=cfg.hallucination_probe)
-    runtime = cfg.inference.runtime.value
-    model = for_runtime(model, model_dir, runtime)  # the ONNX export in its place, checked before any data is read
-
-    report = data.DropReport()
-    with accelerator.main_process_first():
-        rows = data.load_splits(cfg.dataset, {cfg.split: False}, task.sampling_rate, report, task.target,
-                                task.family.receptive_field(model.config, task.sampling_rate),
-                                task.family.longest_clip(model.config, task.sampling_rate))[cfg.split]
-    rows = task.check_eval_rows(rows, cfg.split, report)
-    dataset = task.dataset(rows, training=False)
-    loader = eval_loader(dataset, task.collator(False), cfg.batch_size, **loader_settings(accelerator))
-    if runtime == "torch":
-        model, loader = accelerator.prepare(model, loader)
-    else:  # onnxruntime on the CPU: nothing of the model for accelerate to place
-        loader = accelerator.prepare(loader)
-    result = task.evaluate(model, loader, dataset, accelerator)
-
-    if accelerator.is_main_process:
-        written = write_results(task, result, rows, cfg.run_dir, f"{cfg.dataset.name}/{cfg.split}: {model_dir}"
-                                + (f" ({runtime})" if runtime != "torch" else ""),
-                                training_run=os.path.dirname(os.path.abspath(model_dir)) if os.path.isdir(model_dir)
-                                else None)  # a run's model/: its run dir has the training curves
-        report.write(RunDir(cfg.run_dir).drop_report)
-        print(task.examples(result, cfg.num_examples))
-        dropped = report.counts()
+    done = evaluate_saved_model(cfg)
+    if done.main_process:
+        result, dropped = done.result, done.dropped
+        print(done.task.examples(result, cfg.num_examples))
         print(f"\n{cfg.dataset.name}/{cfg.split}: {result.summary}  "
-              f"scored {len(result.rows)} {task.unit}, dropped {sum(dropped.values())}"
+              f"scored {len(result.rows)} {done.task.unit}, dropped {sum(dropped.values())}"
               + (f" ({', '.join(f'{k}={v}' for k, v in sorted(dropped.items()))})" if dropped else "")
-              + "".join(f"\nWrote {path}" for path in written), flush=True)
-    return result
+              + "".join(f"\nWrote {path}" for path in done.written), flush=True)
+    return done.result
