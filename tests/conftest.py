@@ -265,3 +265,16 @@ def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
                            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                            str(free_port()), str(REPO / "train.py"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def long_recording(clips, path: Path, seconds: float = 120.0) -> Path:
+    """A recording of `seconds` at least: the clips (files) one after the other, 0.8 s of silence after each, round
+    again until it is long enough, written to `path` as WAV at their rate."""
+    audio, rate = [], None
+    while rate is None or sum(len(a) for a in audio) < seconds * rate:
+        for clip_path in clips:
+            clip, rate = sf.read(clip_path, dtype="float32")
+            audio += [clip, np.zeros(int(0.8 * rate), np.float32)]
+    sf.write(path, np.concatenate(audio), rate)
+    return path
+

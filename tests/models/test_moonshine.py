@@ -7,13 +7,12 @@ import csv
 import json
 import shutil
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMALL_DEMO, compose, run_cli
+from conftest import SMALL_DEMO, compose, long_recording, run_cli
 from speechkit.commands import evaluate, train, transcribe
 from speechkit.config import ConfigError
 
@@ -73,13 +72,7 @@ def test_evaluate_and_transcribe_take_a_moonshine_model(moonshine_run, tmp_path)
 
     # a 2-minute recording, in windows of chunk_length_s (Moonshine takes any length), joined where they overlap
     clips = [r["id"] for r in predictions(moonshine_run)]
-    audio, rate = [], None
-    while rate is None or sum(len(a) for a in audio) < 120 * rate:
-        for path in clips:
-            clip, rate = sf.read(path, dtype="float32")
-            audio += [clip, np.zeros(int(0.8 * rate), np.float32)]
-    long = tmp_path / "long.wav"
-    sf.write(long, np.concatenate(audio), rate)
+    long = long_recording(clips, tmp_path / "long.wav")
     done = transcribe.run(compose("transcribe", [f"model_dir={model_dir}", f"audio={long}", "chunk_length_s=10",
                                                  "stride_length_s=2", f"output_dir={tmp_path / 'out'}", "hw=cpu",
                                                  "progress_bar=false"]))

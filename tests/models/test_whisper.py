@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import SMALL_DEMO, TINY_WHISPER, WHISPER_DEMO, WHISPER_FAST, compose, speak, write_metadata
+from conftest import (SMALL_DEMO, TINY_WHISPER, WHISPER_DEMO, WHISPER_FAST, compose, long_recording, speak,
+                      write_metadata)
 from support.hub_fixtures import FLEURS_KEPT, make_fleurs, make_whisper_checkpoint
 from speechkit.commands import evaluate, train, transcribe
 from speechkit.config import ConfigError
@@ -77,13 +78,7 @@ def test_evaluate_and_transcribe_take_a_whisper_model(whisper_run, tmp_path):
 
     # a 2-minute recording: windows of the model's 4 s, joined where they overlap, segments timed within it
     clips = [r["id"] for r in predictions(run_dir)]
-    audio, rate = [], None
-    while rate is None or sum(len(a) for a in audio) < 120 * rate:
-        for path in clips:
-            clip, rate = sf.read(path, dtype="float32")
-            audio += [clip, np.zeros(int(0.8 * rate), np.float32)]
-    long = tmp_path / "long.wav"
-    sf.write(long, np.concatenate(audio), rate)
+    long = long_recording(clips, tmp_path / "long.wav")
     done = transcribe.run(compose("transcribe", [f"model_dir={run_dir / 'model'}", f"audio={long}",
                                                  f"output_dir={tmp_path / 'out'}", "hw=cpu", "progress_bar=false"]))
     assert done["done"] == [str(long)]
