@@ -193,8 +193,8 @@ class OnnxOutput(ModelOutput):
 
 
 class OnnxModel(torch.nn.Module):
-    """An onnxruntime session in the place of the PyTorch model it was exported from: its config and length
-    arithmetic are the reference model's, its logits the session's (on the CPU)."""
+    """An onnxruntime session in the place of the PyTorch model it was exported from: its config is the reference
+    model's (its family's length arithmetic reads it), its logits the session's (on the CPU)."""
 
     def __init__(self, path: str, reference):
         super().__init__()
@@ -202,11 +202,6 @@ class OnnxModel(torch.nn.Module):
         self.names = [i.name for i in self.session.get_inputs()]
         self.config = reference.config
         self.main_input_name = reference.main_input_name
-        # the reference's length arithmetic, which reads its config alone: taken from its class, so that the
-        # PyTorch weights are not kept alive beside the session
-        self._lengths = getattr(type(reference), "_get_feat_extract_output_lengths", None)
-        if self._lengths is not None:
-            self._get_feat_extract_output_lengths = lambda lengths, *a, **k: self._lengths(self, lengths, *a, **k)
         # where the model is, for code that asks its parameters (the session's inputs and outputs are on the CPU)
         self.placed = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 

@@ -115,13 +115,13 @@ def _parity_split(cfg: ExportConfig, model_dir: str):
 def _largest_logit_difference(task, model, exported, loader) -> float:
     """The largest absolute logit difference, over the frames each clip really has where the logits are per frame."""
     largest = 0.0
-    # per frame: a CTC model's logits (a generating model's are per token, teacher-forced)
-    lengths = None if export.generates(model) else getattr(model, "_get_feat_extract_output_lengths", None)
+    per_frame = not export.generates(model)  # a CTC or frame model's logits (a generating model's: per token)
     for batch in loader:
         inputs = task.collator().model_inputs(batch)
         a, b = model(**inputs).logits, exported(**inputs).logits
-        if a.dim() == 3 and lengths is not None and "attention_mask" in batch:
-            for i, n in enumerate(lengths(batch["attention_mask"].sum(-1)).tolist()):
+        if per_frame and a.dim() == 3 and "attention_mask" in batch:  # the frames each clip has, as its family says
+            frames = task.family.output_lengths(task.config, batch["attention_mask"].sum(-1))
+            for i, n in enumerate(frames.tolist()):
                 largest = max(largest, float((a[i, :n] - b[i, :n]).abs().max()))
         else:
             largest = max(largest, float((a - b).abs().max()))
